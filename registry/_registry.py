@@ -1,0 +1,267 @@
+"""The one `Registry` class behind `LOSSES`, `BACKBONES` and `DATASETS`.
+
+Registration is a decorator beside the code it names (timm's ``register_model``); ``create`` checks the
+keyword arguments against the factory's signature before calling it, and an unknown name is an error that
+lists the closest valid names and the full list (never a bare "Unknown model").
+
+Example:
+    >>> from registry import LOSSES
+    >>> head = LOSSES.create("cosface", embedding_dim=2, num_classes=10, s=10.0, m=0.1)
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Registry", "RegistryError", "Entry", "Family"]
+
+
+class RegistryError(ValueError):
+    """A name or a keyword argument that the registry cannot resolve; the message says how to fix it."""
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered factory.
+
+    Attributes:
+        name: the registered name (``"cosface"``).
+        factory: the callable ``create`` calls.
+        fixed: keyword arguments the registry passes itself (``embedding_dim`` for a loss), not the user.
+        defaults: keyword arguments bound at registration, e.g. ``sphere20a`` is ``sphereface`` with
+            ``depth=20``; the user may not override them.
+        validate: optional ``validate(params) -> None`` that checks values (paths present, ranges) without
+            building anything; raises ``ValueError`` with the fix.
+        summary: first line of the factory's docstring.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    fixed: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+    validate: Callable[[dict[str, Any]], None] | None = None
+    summary: str = ""
+
+    def parameters(self) -> dict[str, Any]:
+        """The user-settable parameters and their defaults (``inspect.Parameter.empty`` when required)."""
+        params: dict[str, Any] = {}
+        for p in inspect.signature(self.factory).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in self.fixed or p.name in self.defaults:
+                continue
+            params[p.name] = p.default
+        return params
+
+    def accepts_any_kwargs(self) -> bool:
+        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.factory).parameters.values())
+
+
+@dataclass(frozen=True)
+class Family:
+    """A prefix that resolves any name below it, e.g. ``timm/<model>`` answered by timm's own registry.
+
+    Attributes:
+        prefix: ``"timm/"``.
+        factory: called as ``factory(rest_of_name, **kwargs)``.
+        exists: ``exists(rest) -> bool``; ``known() -> list[str]`` lists the names it answers.
+    """
+
+    prefix: str
+    factory: Callable[..., Any]
+    exists: Callable[[str], bool]
+    known: Callable[[], list[str]]
+    fixed: tuple[str, ...] = ()
+    summary: str = ""
+
+
+class Registry:
+    """Name -> factory, with signature-checked creation and wildcard listing.
+
+    Args:
+        kind: what the registry holds, singular ("loss"); used in error messages.
+        fixed: keyword arguments every factory takes from the harness rather than from the user
+            (``("embedding_dim", "num_classes")`` for losses).
+    """
+
+    def __init__(self, kind: str, *, fixed: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.fixed = fixed
+        self._entries: dict[str, Entry] = {}
+        self._families: dict[str, Family] = {}
+
+    # registration -----------------------------------------------------------------------------
+    def register(
+        self,
+        name: str | None = None,
+        *,
+        aliases: dict[str, dict[str, Any]] | None = None,
+        validate: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator that registers a factory under ``name`` (default: the function's name).
+
+        Args:
+            name: registered name.
+            aliases: more names for the same factory with some arguments bound,
+                e.g. ``{"sphere20a": {"depth": 20}}``.
+            validate: checks a parameter dict without building; raises ``ValueError``.
+        """
+
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            doc = inspect.getdoc(factory) or ""
+            summary = doc.splitlines()[0] if doc else ""
+            self._add(Entry(name or factory.__name__, factory, self.fixed, {}, validate, summary))
+            for alias, bound in (aliases or {}).items():
+                self._add(Entry(alias, factory, self.fixed, dict(bound), validate, summary))
+            return factory
+
+        return decorator
+
+    def register_family(
+        self,
+        prefix: str,
+        factory: Callable[..., Any],
+        *,
+        exists: Callable[[str], bool],
+        known: Callable[[], list[str]],
+        summary: str = "",
+    ) -> None:
+        """Registers every name ``prefix + <rest>`` that ``exists(rest)`` accepts."""
+        self._families[prefix] = Family(prefix, factory, exists, known, self.fixed, summary)
+
+    def _add(self, entry: Entry) -> None:
+        if entry.name in self._entries and self._entries[entry.name].factory is not entry.factory:
+            warnings.warn(f"{self.kind} {entry.name!r} is registered again; the new factory replaces the old",
+                          stacklevel=3)
+        self._entries[entry.name] = entry
+
+    # lookup -------------------------------------------------------------------------------------
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if name in self._entries:
+            return True
+        family = self._family_for(name)
+        return family is not None and family.exists(name[len(family.prefix):])
+
+    def _family_for(self, name: str) -> Family | None:
+        for prefix, family in self._families.items():
+            if name.startswith(prefix):
+                return family
+        return None
+
+    def names(self, pattern: str = "*", *, include_families: bool = False) -> list[str]:
+        """Registered names matching a shell wildcard, in natural sort order.
+
+        Args:
+            pattern: ``fnmatch`` pattern, e.g. ``"*face"``.
+            include_families: also list the names that families answer (``timm/...``); can be thousands.
+        """
+        names = set(self._entries)
+        if include_families:
+            for family in self._families.values():
+                names.update(family.prefix + rest for rest in family.known())
+        return sorted((n for n in names if fnmatch.fnmatch(n, pattern)), key=_natural_key)
+
+    def families(self) -> list[Family]:
+        return list(self._families.values())
+
+    def entry(self, name: str) -> Entry:
+        """The entry for ``name``; raises `RegistryError` listing the closest names when unknown."""
+        if name in self._entries:
+            return self._entries[name]
+        family = self._family_for(name)
+        if family is not None:
+            rest = name[len(family.prefix):]
+            if family.exists(rest):
+                return Entry(name, _bind_family(family, rest), self.fixed, {}, None, family.summary)
+            close = difflib.get_close_matches(rest, family.known(), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(repr(family.prefix + c) for c in close)}?" if close else ""
+            raise RegistryError(f"Unknown {self.kind} {name!r}: {family.prefix!r} does not know {rest!r}.{hint}")
+        raise RegistryError(self.unknown_message(name))
+
+    def unknown_message(self, name: str) -> str:
+        candidates = list(self._entries) + [f.prefix + "<name>" for f in self._families.values()]
+        close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return f"Unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(candidates, key=_natural_key))}."
+
+    def parameters(self, name: str) -> dict[str, Any]:
+        """User-settable parameters of ``name`` with their defaults."""
+        return self.entry(name).parameters()
+
+    def check(self, name: str, params: dict[str, Any], *, provided: tuple[str, ...] = ()) -> None:
+        """Checks ``params`` against the factory of ``name`` without building anything.
+
+        Args:
+            name: registered name.
+            params: user keyword arguments.
+            provided: fixed arguments the caller will supply (they do not count as missing).
+
+        Raises:
+            RegistryError: unknown name, unknown or missing keyword arguments, or a value the
+                entry's ``validate`` rejects.
+        """
+        entry = self.entry(name)
+        if not entry.accepts_any_kwargs():
+            settable = entry.parameters()
+            unknown = [k for k in params if k not in settable]
+            if unknown:
+                msgs = []
+                for key in unknown:
+                    close = difflib.get_close_matches(key, list(settable), n=1, cutoff=0.5)
+                    msgs.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                valid = ", ".join(f"{k}={_show(v)}" for k, v in settable.items()) or "none"
+                raise RegistryError(
+                    f"{self.kind} {name!r} has no parameter {', '.join(msgs)}. Its parameters: {valid}.")
+            missing = [k for k, v in settable.items() if v is inspect.Parameter.empty and k not in params]
+            if missing:
+                raise RegistryError(f"{self.kind} {name!r} needs {', '.join(map(repr, missing))}; none was given.")
+        bound = [k for k in params if k in entry.defaults]
+        if bound:
+            raise RegistryError(f"{self.kind} {name!r} fixes {', '.join(f'{k}={entry.defaults[k]!r}' for k in bound)};"
+                                f" drop {', '.join(map(repr, bound))} or use the base name.")
+        if entry.validate is not None:
+            try:
+                entry.validate({**entry.defaults, **params})
+            except (ValueError, FileNotFoundError) as err:
+                raise RegistryError(f"{self.kind} {name!r}: {err}") from err
+
+    def create(self, name: str, /, **kwargs: Any) -> Any:
+        """Builds ``name`` with ``kwargs``; ``None`` values are dropped so that CLI defaults never override
+        the factory's own defaults.
+
+        Raises:
+            RegistryError: as `check`.
+        """
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        user = {k: v for k, v in kwargs.items() if k not in self.fixed}
+        self.check(name, user)
+        entry = self.entry(name)
+        return entry.factory(**entry.defaults, **kwargs)
+
+
+def _bind_family(family: Family, rest: str) -> Callable[..., Any]:
+    def factory(**kwargs: Any) -> Any:
+        return family.factory(rest, **kwargs)
+
+    factory.__signature__ = _family_signature(family)  # type: ignore[attr-defined]
+    return factory
+
+
+def _family_signature(family: Family) -> inspect.Signature:
+    sig = inspect.signature(family.factory)
+    params = list(sig.parameters.values())[1:]  # drop the model name
+    return sig.replace(parameters=params)
+
+
+def _show(value: Any) -> str:
+    return "<required>" if value is inspect.Parameter.empty else repr(value)

@@ -1,0 +1,90 @@
+"""What a dataset factory returns: splits as tensors (small sets) or torch Datasets (large ones)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["TensorSplit", "PairSet", "DataBundle", "SkippedSample"]
+
+
+@dataclass
+class TensorSplit:
+    """A split held whole in memory, moved to the training device as one tensor.
+
+    Attributes:
+        images: float32 ``(N, C, H, W)``, normalized as the model should see them.
+        labels: int64 ``(N,)`` class indices in ``0..num_classes-1``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
+            raise ValueError(f"images must be (N, C, H, W) and labels (N,), but got "
+                             f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> "TensorSplit":
+        return TensorSplit(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class PairSet:
+    """Verification pairs: two images and whether they show the same identity.
+
+    Attributes:
+        images: float32 ``(M, C, H, W)`` tensor, every distinct image once, or a Dataset whose item i is
+            image i (a ``(C, H, W)`` tensor) for sets too large to hold.
+        left, right: int64 ``(P,)`` indices into ``images``.
+        same: bool ``(P,)``.
+        folds: int64 ``(P,)`` fold of each pair (LFW View 2: 0..9).
+        name: e.g. ``"lfw"``.
+    """
+
+    images: torch.Tensor | Dataset
+    left: torch.Tensor
+    right: torch.Tensor
+    same: torch.Tensor
+    folds: torch.Tensor
+    name: str = "pairs"
+
+
+@dataclass
+class DataBundle:
+    """Everything a trial needs from a dataset.
+
+    Attributes:
+        name: registered name.
+        num_classes: classes (identities) in ``train``.
+        in_chans: image channels.
+        image_size: ``(H, W)`` in pixels.
+        train: the training split.
+        test: closed-set test split (same classes as train), or None.
+        pairs: verification pairs, or None.
+        info: provenance shown in reports (source path, sizes).
+    """
+
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: tuple[int, int]
+    train: TensorSplit | Dataset
+    test: TensorSplit | Dataset | None = None
+    pairs: PairSet | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Returned by a Dataset's ``__getitem__`` in place of ``(image, label)`` for an unreadable file;
+    the loader's collate drops it and the trial reports every one at the end."""
+
+    path: str
+    reason: str

@@ -1,0 +1,69 @@
+"""Reader for the IDX format of MNIST and Fashion-MNIST (http://yann.lecun.com/exdb/mnist/).
+
+A file is a big-endian header (two zero bytes, a type code, the number of dimensions, one uint32 per
+dimension) followed by the data; ``.gz`` files are read through gzip.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["read_idx", "write_idx", "IDXError"]
+
+_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+           0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+class IDXError(ValueError):
+    """A file that is not a valid IDX file; the message names the file and what is wrong."""
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Reads an IDX file (raw or ``.gz``).
+
+    Returns:
+        The array with the file's shape, e.g. uint8 ``(N, 28, 28)`` for images, ``(N,)`` for labels.
+
+    Raises:
+        IDXError: bad magic number, unknown type code, or fewer data bytes than the header promises.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:  # a truncated .gz raises EOFError
+        raise IDXError(f"{path}: cannot read ({err}); the file is damaged or truncated, download it again") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise IDXError(f"{path}: not an IDX file (magic bytes {raw[:4].hex() or 'missing'})")
+    code, ndim = raw[2], raw[3]
+    if code not in _DTYPES:
+        raise IDXError(f"{path}: unknown IDX type code 0x{code:02x}; valid: {', '.join(f'0x{c:02x}' for c in _DTYPES)}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IDXError(f"{path}: truncated header ({len(raw)} bytes, {header} needed)")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_DTYPES[code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise IDXError(f"{path}: truncated or padded: header says shape {shape} ({expected} data bytes), "
+                       f"the file has {len(raw) - header}; download it again")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Writes ``array`` as IDX (gzip when the name ends in ``.gz``); used by tests and tools."""
+    path = Path(path)
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in _DTYPES.items()}
+    dtype = np.dtype(array.dtype)
+    if dtype not in codes:
+        raise IDXError(f"cannot write dtype {dtype} as IDX; use one of {sorted(str(d) for d in codes)}")
+    big = array.astype(dtype.newbyteorder(">"))
+    payload = bytes([0, 0, codes[dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + big.tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(payload)

@@ -1,0 +1,111 @@
+"""MNIST (and the same-format Fashion-MNIST) from the standard IDX files under a root folder."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from registry import DATASETS
+from registry.datasets._types import DataBundle, TensorSplit
+from registry.datasets.idx import read_idx
+
+__all__ = ["load_idx_pair", "find_idx_files", "MNIST_FILES"]
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def find_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES) -> dict[str, Path]:
+    """Locates each IDX file under ``root`` (or ``root/raw``), raw or ``.gz``.
+
+    Raises:
+        FileNotFoundError: naming every file looked for and where.
+    """
+    root = Path(root).expanduser()
+    found, missing = {}, []
+    for key, stem in files.items():
+        candidates = [d / (stem + ext) for d in (root, root / "raw") for ext in ("", ".gz")]
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None:
+            missing.append(stem)
+        else:
+            found[key] = hit
+    if missing:
+        raise FileNotFoundError(
+            f"IDX files missing under {root} (looked for {', '.join(s + '[.gz]' for s in missing)} in {root} "
+            f"and {root / 'raw'}); put the files there or set download: true on a machine that is online")
+    return found
+
+
+def download_idx(root: str | Path, url: str = MNIST_URL, files: dict[str, str] = MNIST_FILES) -> None:
+    """Downloads the ``.gz`` IDX files into ``root`` (only what is missing); needs network access."""
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    for stem in files.values():
+        target = root / f"{stem}.gz"
+        if target.exists() or (root / stem).exists():
+            continue
+        tmp = target.with_suffix(".gz.part")
+        try:
+            urllib.request.urlretrieve(url + target.name, tmp)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise FileNotFoundError(f"could not download {url + target.name} into {root} ({err}); this machine "
+                                    f"looks offline: copy the IDX files into {root} by hand") from err
+        os.replace(tmp, target)  # never leave a half-written file under the real name
+
+
+def load_idx_pair(root: str | Path, *, download: bool = False, url: str = MNIST_URL,
+                  files: dict[str, str] = MNIST_FILES, limit: int | None = None) -> tuple[TensorSplit, TensorSplit]:
+    """Train and test splits as float tensors ``(N, 1, 28, 28)`` normalized by the MNIST mean and std."""
+    try:
+        paths = find_idx_files(root, files)
+    except FileNotFoundError:
+        if not download:
+            raise
+        download_idx(root, url, files)
+        paths = find_idx_files(root, files)
+    splits = []
+    for split in ("train", "test"):
+        images, labels = read_idx(paths[f"{split}_images"]), read_idx(paths[f"{split}_labels"])
+        if len(images) != len(labels):
+            raise ValueError(f"{paths[f'{split}_images']} has {len(images)} images but "
+                             f"{paths[f'{split}_labels']} has {len(labels)} labels")
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        x = (torch.from_numpy(images.astype(np.float32) / 255.0) - MNIST_MEAN) / MNIST_STD
+        splits.append(TensorSplit(x.unsqueeze(1).contiguous(), torch.from_numpy(labels.astype(np.int64))))
+    return splits[0], splits[1]
+
+
+def _validate_root(params: dict) -> None:
+    if params.get("download"):
+        return
+    find_idx_files(params.get("root", "data/mnist"))
+
+
+@DATASETS.register("mnist", validate=_validate_root)
+def mnist(root: str = "data/mnist", download: bool = False, repeat: int = 1, limit: int | None = None) -> DataBundle:
+    """MNIST digits from the IDX files under root (28x28, 1 channel, 10 classes).
+
+    Args:
+        root: folder holding the four IDX files, raw or ``.gz`` (or a ``raw/`` folder below it).
+        download: fetch missing files (needs network); offline, the error names the files looked for.
+        repeat: repeat the training split this many times (to time 60k-image epochs from the 10k set).
+        limit: keep only the first ``limit`` images of each split (quick checks).
+    """
+    train, test = load_idx_pair(root, download=download, limit=limit)
+    if repeat > 1:
+        train = TensorSplit(train.images.repeat(repeat, 1, 1, 1), train.labels.repeat(repeat))
+    return DataBundle("mnist", 10, 1, (28, 28), train, test,
+                      info={"root": str(Path(root).expanduser()), "train_size": len(train), "test_size": len(test)})
