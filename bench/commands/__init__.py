@@ -1,0 +1,1 @@
+"""Subcommands of ``bench``; each module has ``register(subparsers)`` and ``run(args) -> int``."""

@@ -1,0 +1,44 @@
+"""Options and error handling shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import yaml
+
+from bench.grid import Grid, GridError, load_grid
+
+__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets"]
+
+
+def add_grid_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--grid", required=required, metavar="FILE",
+                        help="grid YAML file; a bare name is looked up in ./sweeps (e.g. quickstart)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a flat trial key in every cell, e.g. --set epochs=1 --set dataset.root=/data")
+
+
+def add_tracking_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None, metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"bench: --set takes KEY=VALUE (e.g. --set epochs=1), but got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_grid_or_exit(args: argparse.Namespace) -> Grid:
+    """The validated grid, or exit 2 with the error (file, key, fix) and nothing trained."""
+    try:
+        return load_grid(args.grid, overrides=parse_sets(getattr(args, "set", [])))
+    except (GridError, FileNotFoundError) as err:
+        print(f"bench: invalid grid: {err}", file=sys.stderr)
+        raise SystemExit(2) from err

@@ -1,0 +1,295 @@
+"""Grid files: load, substitute environment variables, validate everything, expand into trials.
+
+A grid is YAML::
+
+    name: quickstart
+    base: {dataset: digits, backbone: lenet++, loss: softmax, epochs: 30, ...}   # one trial
+    grid:                                  # axes, crossed
+      loss:                                # axis name: the row label in reports
+        - {label: softmax, loss: softmax}  # a mapping is deep-merged into base
+        - {label: cosface, loss: {name: cosface, s: 10, m: 0.1}}
+      embedding_dim: [2, 3]                # scalars set the key named by the axis
+    seeds: [0, 1]
+    report: {tables: [...]}
+
+Validation happens in full before any training: unknown keys, unknown registry names and parameters, bad
+values, missing paths. Every error names the file, the key (``grid.loss[1].loss``) and the fix.
+``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.spec import COMPONENTS, SpecError, TrialSpec, split_component
+from registry import BACKBONES, DATASETS, LOSSES, RegistryError
+
+__all__ = ["Grid", "Cell", "GridError", "load_grid", "find_grid_file", "TOP_LEVEL_KEYS"]
+
+#: Top-level keys of a grid file and what they hold.
+TOP_LEVEL_KEYS = {
+    "name": "the study's name (MLflow experiment and Optuna study)",
+    "description": "one line shown in reports",
+    "base": "the trial every cell starts from",
+    "grid": "axes whose value lists are crossed",
+    "seeds": "list of seeds run for every cell",
+    "search": "Optuna search ranges over flat keys (loss.m: {type: uniform, low: 0.1, high: 0.5})",
+    "sampler": "Optuna sampler for search ranges (tpe, random, grid, cmaes)",
+    "pruner": "Optuna pruner on a per-epoch metric",
+    "n_trials": "number of sampled trials per cell (search) or overall",
+    "search_scope": "'cell' (search inside each cell) or 'grid' (across cells)",
+    "objective": "metric the study optimizes, with direction",
+    "report": "tables built by `bench report`",
+    "plots": "write embedding pictures per epoch (true/false)",
+    "workers": "default for --workers",
+}
+_REGISTRIES = {"dataset": DATASETS, "backbone": BACKBONES, "loss": LOSSES}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class GridError(ValueError):
+    """An invalid grid file: the message names the file, the key and the fix."""
+
+    def __init__(self, path: Path | str, key: str, message: str) -> None:
+        self.path, self.key = str(path), key
+        super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: its labels per axis and the trial spec (seed not yet set)."""
+
+    labels: dict[str, str]
+    spec: TrialSpec
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid.
+
+    Attributes:
+        name: study name.
+        path: the file it came from.
+        cells: the crossed axes, in file order (first axis slowest).
+        seeds: seeds per cell.
+        axes: axis names in file order.
+        raw: the parsed file with environment variables substituted (search, sampler, pruner, report...).
+    """
+
+    name: str
+    path: Path
+    cells: list[Cell]
+    seeds: list[int]
+    axes: list[str]
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def trials(self) -> list[TrialSpec]:
+        """Every cell x seed as a spec, cells outer, seeds inner."""
+        return [cell.spec.replace(seed=seed) for cell in self.cells for seed in self.seeds]
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return dict(self.raw.get("report") or {})
+
+    @property
+    def plots(self) -> bool:
+        return bool(self.raw.get("plots", False))
+
+
+def find_grid_file(name: str | Path, *, cwd: Path | None = None) -> Path:
+    """Resolves a grid argument: a path, else a bare name looked up in ``./sweeps`` and the installed sweeps.
+
+    Raises:
+        FileNotFoundError: listing the places looked in and the grids available.
+    """
+    cwd = cwd or Path.cwd()
+    path = Path(name)
+    candidates = [cwd / path] if not path.is_absolute() else [path]
+    if len(path.parts) == 1:
+        stems = [path.name] if path.suffix in (".yaml", ".yml") else [path.name + ".yaml", path.name + ".yml", path.name]
+        for folder in (cwd / "sweeps", Path(__file__).resolve().parent.parent / "sweeps"):
+            candidates += [folder / s for s in stems]
+    for c in candidates:
+        if c.is_file():
+            return c
+    available = sorted({p.name for f in (cwd / "sweeps", Path(__file__).resolve().parent.parent / "sweeps")
+                        if f.is_dir() for p in f.glob("*.yaml")})
+    raise FileNotFoundError(f"grid {str(name)!r} not found (looked in: {', '.join(str(c) for c in candidates)}). "
+                            f"Available in sweeps/: {', '.join(available) or 'none'}")
+
+
+def _substitute(value: Any, path: Path, key: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in env and env[var] != "":
+                return env[var]
+            if default is not None:
+                return default
+            raise GridError(path, key, f"environment variable {var} is not set; export {var}=... (or pass it on "
+                                       f"the command line with --set) or write ${{{var}:-default}} in the grid")
+        out = _ENV.sub(repl, value)
+        if out != value and _ENV.fullmatch(value):
+            loaded = yaml.safe_load(out) if out else out
+            return loaded if isinstance(loaded, (int, float, bool)) else out
+        return out
+    if isinstance(value, list):
+        return [_substitute(v, path, f"{key}[{i}]", env) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute(v, path, f"{key}.{k}" if key else str(k), env) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge; a component given as a new name replaces the old component's params."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if key in COMPONENTS:
+            old_name, old_params = split_component(key, out[key]) if key in out else (None, {})
+            new_name, new_params = split_component(key, value)
+            params = {**old_params, **new_params} if new_name == old_name else dict(new_params)
+            out[key] = {"name": new_name, **params}
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _axis_values(path: Path, axis: str, values: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """``[(label, update, key_path), ...]`` for one axis."""
+    if not isinstance(values, list) or not values:
+        raise GridError(path, f"grid.{axis}", f"an axis needs a non-empty list of values, but got {values!r}")
+    out = []
+    for i, value in enumerate(values):
+        where = f"grid.{axis}[{i}]"
+        if isinstance(value, Mapping):
+            update = {k: v for k, v in value.items() if k != "label"}
+            label = value.get("label")
+            if label is None:
+                label = ", ".join(f"{k}={_short(v)}" for k, v in update.items())
+            out.append((str(label), update, where))
+        else:
+            out.append((_short(value), {axis: value}, where))
+    labels = [lab for lab, _, _ in out]
+    dup = {lab for lab in labels if labels.count(lab) > 1}
+    if dup:
+        raise GridError(path, f"grid.{axis}", f"labels must be unique within an axis; repeated: {sorted(dup)}")
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Mapping) and "name" in value:
+        return str(value["name"])
+    return str(value) if not isinstance(value, (dict, list)) else json.dumps(value, sort_keys=True)
+
+
+def _origin(key: str, sources: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """The grid location that last set ``key`` (for error messages)."""
+    where = "base"
+    for name, update in sources:
+        if key in update:
+            where = name
+    return f"{where}.{key}"
+
+
+def _check_cell(path: Path, config: dict[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
+                labels: dict[str, str], checked: set[str]) -> TrialSpec:
+    try:
+        spec = TrialSpec.from_nested(config, labels)
+    except SpecError as err:
+        key = next((k for k in list(config) if k in str(err)), "")
+        raise GridError(path, _origin(key, sources) if key else "base", str(err)) from err
+    except TypeError as err:
+        raise GridError(path, "base", f"bad value: {err}") from err
+    for component, registry in _REGISTRIES.items():
+        name = getattr(spec, component)
+        params = dict(getattr(spec, f"{component}_params"))
+        memo = json.dumps([component, name, params], sort_keys=True, default=str)
+        if memo in checked:
+            continue
+        try:
+            registry.check(name, params)
+        except RegistryError as err:
+            raise GridError(path, _origin(component, sources), str(err)) from err
+        checked.add(memo)
+    return spec
+
+
+def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
+              overrides: Mapping[str, Any] | None = None) -> Grid:
+    """Reads, validates and expands a grid file.
+
+    Args:
+        source: a path, or a bare name looked up in ``sweeps/``.
+        env: environment for ``${VAR}`` substitution (default: ``os.environ``).
+        overrides: flat keys applied to every cell after merging (``{"epochs": 1}``), as ``--set`` gives.
+
+    Raises:
+        FileNotFoundError: no such grid.
+        GridError: anything invalid, before any training.
+    """
+    path = find_grid_file(source)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise GridError(path, "", f"not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise GridError(path, "", "a grid file must be a mapping with at least 'name' and 'base'")
+    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, TOP_LEVEL_KEYS, 1))
+                             else "") for k in unknown]
+        raise GridError(path, unknown[0], f"unknown top-level key {', '.join(hints)}; valid keys: "
+                                          f"{', '.join(TOP_LEVEL_KEYS)}")
+    raw = _substitute(raw, path, "", os.environ if env is None else env)
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name or ""):
+        raise GridError(path, "name", f"a name of letters, digits, '_', '-', '.' is required, but got {name!r}")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise GridError(path, "base", f"must be a mapping of trial keys, but got {base!r}")
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise GridError(path, "seeds", f"a list of integers (or a count) is required, but got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise GridError(path, "seeds", f"seeds repeat: {seeds}")
+    axes_raw = raw.get("grid") or {}
+    if not isinstance(axes_raw, dict):
+        raise GridError(path, "grid", f"must map axis names to value lists, but got {axes_raw!r}")
+    axes = list(axes_raw)
+    per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
+    cells: list[Cell] = []
+    checked: set[str] = set()
+    for combo in itertools.product(*per_axis) if per_axis else [()]:
+        config = dict(base)
+        sources: list[tuple[str, Mapping[str, Any]]] = []
+        for label, update, where in combo:
+            config = _merge(config, update)
+            sources.append((where, update))
+        labels = {axis: label for axis, (label, _, _) in zip(axes, combo)}
+        spec = _check_cell(path, config, sources, labels, checked)
+        if overrides:
+            try:
+                spec = spec.with_flat(overrides)
+            except (SpecError, TypeError) as err:
+                raise GridError(path, "--set", str(err)) from err
+            _check_cell(path, spec.to_nested(), [("--set", {k.split(".")[0]: v for k, v in overrides.items()})],
+                        labels, checked)
+        cells.append(Cell(labels, spec))
+    return Grid(name=name, path=path, cells=cells, seeds=list(seeds), axes=axes,
+                description=str(raw.get("description", "")), raw=raw)

@@ -1,0 +1,206 @@
+"""MLflow tracking: one parent run per study, one child run per trial, logging that stays off the hot loop.
+
+The embedded default is ``sqlite:///mlflow.db`` in the working directory with artifacts in
+``./mlartifacts``; ``--tracking-uri http://host:5000`` points the same code at a tracking server.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.spec import TrialSpec
+
+__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri", "environment_tags", "StudyTracker", "TrialRun",
+           "STATUS_TAG", "TRIAL_KEY_TAG", "STUDY_TAG", "ROLE_TAG"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+STUDY_TAG = "marginbench.study"
+ROLE_TAG = "marginbench.role"
+STATUS_TAG = "marginbench.status"
+TRIAL_KEY_TAG = "marginbench.trial_key"
+LABEL_TAG_PREFIX = "label."
+_MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "pruned": "KILLED"}
+
+
+def resolve_tracking_uri(uri: str | None = None, *, cwd: Path | None = None) -> str:
+    """The tracking URI with a relative sqlite path made absolute (workers may change directory)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri[len("sqlite:///"):]
+        uri = "sqlite:///" + str(((cwd or Path.cwd()) / rel).resolve())
+    return uri
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts beside a local sqlite store (``./mlartifacts``); a server decides its own."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    device = torch.device(device) if device is not None else None
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device if device is not None and device.index is not None else 0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def environment_tags(device: str | torch.device | None = None) -> dict[str, str]:
+    """Tags that say where a number came from: git commit, torch/CUDA versions, device, host."""
+    return {
+        "git_commit": _git_commit(),
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda or "none"),
+        "device_name": device_name(device),
+        "host": socket.gethostname(),
+        "python_version": platform.python_version(),
+    }
+
+
+@dataclass
+class TrialRun:
+    """An open child run; `log_epoch` queues metrics asynchronously, `finish` waits and closes it."""
+
+    client: Any
+    run_id: str
+    _pending: list[Any] = field(default_factory=list)
+    log_seconds: float = 0.0
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        t0 = time.perf_counter()
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        op = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        if op is not None:
+            self._pending.append(op)
+        self.log_seconds += time.perf_counter() - t0
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def flush(self) -> None:
+        t0 = time.perf_counter()
+        for op in self._pending:
+            op.wait()
+        self._pending.clear()
+        self.log_seconds += time.perf_counter() - t0
+
+    def finish(self, status: str) -> None:
+        """Closes the run with marginbench status ``finished``/``diverged``/``failed``/``pruned``."""
+        self.flush()
+        self.client.set_tag(self.run_id, STATUS_TAG, status)
+        self.client.set_terminated(self.run_id, _MLFLOW_STATUS[status])
+
+
+class StudyTracker:
+    """The MLflow side of a study: the experiment, its parent run (found again on resume), child runs.
+
+    Args:
+        study: the study (grid) name; also the experiment name.
+        tracking_uri: MLflow URI (None: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` here).
+        description: shown on the parent run.
+    """
+
+    def __init__(self, study: str, tracking_uri: str | None = None, *, description: str = "",
+                 grid_path: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.study = study
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        experiment = self.client.get_experiment_by_name(study)
+        if experiment is None:
+            try:
+                self.experiment_id = self.client.create_experiment(study, artifact_location=artifact_root(self.tracking_uri))
+            except Exception:  # another worker created it between our look and our create
+                experiment = self.client.get_experiment_by_name(study)
+                if experiment is None:
+                    raise
+                self.experiment_id = experiment.experiment_id
+        else:
+            self.experiment_id = experiment.experiment_id
+        self.parent_run_id = self._parent_run(description, grid_path)
+
+    def _parent_run(self, description: str, grid_path: str | None) -> str:
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{self.study}'",
+                                       order_by=["attributes.start_time ASC"], max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        tags = {ROLE_TAG: "study", STUDY_TAG: self.study, "mlflow.runName": self.study,
+                "mlflow.note.content": description, **environment_tags()}
+        if grid_path:
+            tags["grid_path"] = grid_path
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study)
+        return run.info.run_id
+
+    def finished_keys(self) -> set[str]:
+        """Trial keys with a finished (or diverged) child run: what a resumed sequential run skips."""
+        runs = self.child_runs()
+        return {r.data.tags.get(TRIAL_KEY_TAG, "") for r in runs
+                if r.data.tags.get(STATUS_TAG) in ("finished", "diverged")}
+
+    def child_runs(self) -> list[Any]:
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
+                                                                           f"'{self.parent_run_id}'",
+                                       max_results=50000)
+
+    def start_trial(self, spec: TrialSpec, *, device: str | None = None, trial_number: int | None = None,
+                    extra_tags: dict[str, str] | None = None) -> TrialRun:
+        """Opens a child run with the spec as params and the cell's labels as tags."""
+        from mlflow.entities import Param
+
+        tags = {"mlflow.parentRunId": self.parent_run_id, ROLE_TAG: "trial", STUDY_TAG: self.study,
+                TRIAL_KEY_TAG: spec.key(), "seed": str(spec.seed), "label": spec.label,
+                STATUS_TAG: "running", **environment_tags(device)}
+        tags.update({LABEL_TAG_PREFIX + axis: value for axis, value in spec.labels.items()})
+        if trial_number is not None:
+            tags["optuna_trial"] = str(trial_number)
+        tags.update(extra_tags or {})
+        name = f"{spec.label} seed={spec.seed}"
+        run = self.client.create_run(self.experiment_id, tags={**tags, "mlflow.runName": name}, run_name=name)
+        params = [Param(k, str(v)) for k, v in spec.to_params().items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+        return TrialRun(self.client, run.info.run_id)
+
+    def record_failure(self, run: TrialRun, err: BaseException) -> None:
+        """Logs an exception's traceback as an artifact and closes the run as failed."""
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        run.log_text(text, "traceback.txt")
+        run.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+        run.finish("failed")

@@ -1,0 +1,392 @@
+"""One trial: build dataset, backbone and head from a `TrialSpec`, train, evaluate every epoch.
+
+A trial is a pure function of its spec (and the device): every random generator is seeded from
+``spec.seed`` and the data order comes from a generator of its own. The hot loop never waits on the
+host: losses and correct counts are summed on the device and read once per epoch, and the check for a
+non-finite loss reads one device flag every `NONFINITE_CHECK_EVERY` steps (the flag records the first
+bad step exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.data import Batches, SkipLog
+from bench.spec import TrialSpec
+from registry import BACKBONES, DATASETS, LOSSES
+from registry.datasets import DataBundle
+
+__all__ = ["TrialOptions", "TrialResult", "Pruned", "run_trial", "build_models", "load_dataset", "pick_device",
+           "autocast_dtype"]
+
+NONFINITE_CHECK_EVERY = 50
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Pruned(Exception):
+    """Raised by an ``on_epoch`` callback to stop a trial early (a pruner's decision)."""
+
+
+@dataclass
+class TrialOptions:
+    """How to run a trial; nothing here changes its numbers.
+
+    Attributes:
+        device: ``"cuda:1"``, ``"cpu"``...; None picks CUDA when present.
+        plots: write an embedding picture per epoch (2-D/3-D scatter with class directions, GIF at the
+            end; t-SNE of ten identities at the end for higher dimensions).
+        artifact_dir: where pictures and curves go (a temporary folder when None).
+        checkpoint_path: saved after every epoch and resumed from when it exists for the same spec.
+        num_workers: DataLoader workers for on-disk datasets.
+        progress: show a progress bar over epochs.
+        on_epoch: ``on_epoch(epoch, metrics)`` after each epoch; may raise `Pruned`.
+    """
+
+    device: str | None = None
+    plots: bool = False
+    artifact_dir: Path | None = None
+    checkpoint_path: Path | None = None
+    num_workers: int = 2
+    progress: bool = True
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+
+
+@dataclass
+class TrialResult:
+    """What a trial produced.
+
+    Attributes:
+        status: ``finished``, ``diverged`` or ``pruned``.
+        metrics: the last epoch's metrics (``train_loss``, ``train_acc``, ``test_acc``, ...).
+        history: one metrics dict per finished epoch, in order.
+        diverged: ``{"epoch": e, "step": s, "reason": ...}`` when the loss went NaN or inf.
+        skipped: unreadable samples ``{path: reason}`` met while loading.
+        artifacts: files written (pictures, ROC curves), to be logged.
+        train_seconds: time spent in training steps (device-synchronized).
+        images_per_second: training throughput.
+    """
+
+    spec: TrialSpec
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    diverged: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    device: str = ""
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else CUDA when available, else the CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return _AUTOCAST[precision]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@lru_cache(maxsize=4)
+def _load_dataset_cached(name: str, params_json: str) -> DataBundle:
+    return DATASETS.create(name, **json.loads(params_json))
+
+
+def load_dataset(spec: TrialSpec) -> DataBundle:
+    """The spec's dataset; bundles are cached per process so a grid loads MNIST once."""
+    return _load_dataset_cached(spec.dataset, json.dumps(dict(spec.dataset_params), sort_keys=True))
+
+
+def build_models(spec: TrialSpec, bundle: DataBundle) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+    """``(backbone, head, center_loss or None)`` for the spec, initialised from the current RNG state."""
+    backbone = BACKBONES.create(spec.backbone, embedding_dim=spec.embedding_dim, in_chans=bundle.in_chans,
+                                **spec.backbone_params)
+    head = LOSSES.create(spec.loss, embedding_dim=spec.embedding_dim, num_classes=bundle.num_classes,
+                         **spec.loss_params)
+    center = None
+    if spec.center_loss and float(spec.center_loss.get("weight", 0.0)) > 0:
+        from registry.losses.center import CenterLoss
+
+        center = CenterLoss(spec.embedding_dim, bundle.num_classes,
+                            alpha=float(spec.center_loss.get("alpha", 0.5)))
+    return backbone, head, center
+
+
+def _optimizer(spec: TrialSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    kw = dict(spec.optimizer_params)
+    if "betas" in kw:
+        kw["betas"] = tuple(kw["betas"])
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[spec.optimizer]
+    return cls(params, **kw)
+
+
+def _scheduler(spec: TrialSpec, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+    kw = dict(spec.scheduler_params)
+    if spec.scheduler == "none":
+        return None
+    if spec.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(kw.get("step_size", 5)),
+                                               gamma=float(kw.get("gamma", 0.1)))
+    if spec.scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(m) for m in kw.get("milestones", [])],
+                                                    gamma=float(kw.get("gamma", 0.1)))
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs, eta_min=float(kw.get("eta_min", 0)))
+
+
+def _embed(backbone: nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        return backbone(images).float()
+
+
+@torch.no_grad()
+def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype: torch.dtype | None,
+                   *, keep: int = 0) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """Top-1 accuracy of ``head.logits(emb)`` over a split; also returns up to ``keep`` embeddings and labels."""
+    backbone.eval()
+    head.eval()
+    correct = torch.zeros((), dtype=torch.long, device=batches.device)
+    total = 0
+    kept_emb, kept_lab = [], []
+    n_kept = 0
+    for images, labels in batches:
+        emb = _embed(backbone, images, dtype)
+        with torch.autocast(images.device.type, enabled=False):  # heads run in fp32
+            pred = head.logits(emb).argmax(1)
+        correct += (pred == labels).sum()
+        total += len(labels)
+        if n_kept < keep:
+            kept_emb.append(emb[: keep - n_kept].cpu())
+            kept_lab.append(labels[: keep - n_kept].cpu())
+            n_kept += len(kept_emb[-1])
+    acc = correct.item() / max(total, 1)
+    if keep:
+        return acc, torch.cat(kept_emb).numpy(), torch.cat(kept_lab).numpy()
+    return acc, None, None
+
+
+def _verification(backbone: nn.Module, bundle: DataBundle, device: torch.device, dtype: torch.dtype | None,
+                  batch_size: int) -> Any:
+    from bench.verification import pair_scores, verification_metrics
+
+    backbone.eval()
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return _embed(backbone, images.to(device), dtype)
+
+    pairs = bundle.pairs
+    assert pairs is not None
+    scores = pair_scores(embed, pairs, batch_size=batch_size, flip=True, device=device)
+    return verification_metrics(scores, pairs.same.numpy(), pairs.folds.numpy())
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResult:
+    """Trains and evaluates one trial.
+
+    Returns:
+        A `TrialResult`; a loss that turns NaN or inf ends the trial with status ``diverged`` (not an
+        exception), a `Pruned` raised by ``options.on_epoch`` with status ``pruned``.
+
+    Raises:
+        Whatever building the dataset or models raises (bad parameters should have been caught by the
+        grid's validation before training).
+    """
+    options = options or TrialOptions()
+    device = pick_device(options.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dtype = autocast_dtype(spec.precision)
+    bundle = load_dataset(spec)
+    seed_everything(spec.seed)
+    backbone, head, center = build_models(spec, bundle)
+    backbone.to(device)
+    head.to(device)
+    if center is not None:
+        center.to(device)
+    if spec.channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = _optimizer(spec, params)
+    scheduler = _scheduler(spec, optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
+    model_fn = torch.compile(backbone) if spec.compile else backbone
+
+    generator = torch.Generator().manual_seed(spec.seed)
+    skips = SkipLog()
+    train = Batches(bundle.train, spec.batch_size, device, shuffle=True, drop_last=False, generator=generator,
+                    num_workers=options.num_workers, channels_last=spec.channels_last, skips=skips)
+    test = (Batches(bundle.test, spec.eval_batch_size, device, num_workers=options.num_workers,
+                    channels_last=spec.channels_last, skips=skips) if bundle.test is not None else None)
+
+    result = TrialResult(spec=spec, status="finished", device=str(device))
+    start_epoch = 0
+    if options.checkpoint_path is not None and options.checkpoint_path.exists():
+        state = torch.load(options.checkpoint_path, map_location=device, weights_only=False)
+        if state.get("spec_key") == spec.key():
+            backbone.load_state_dict(state["backbone"])
+            head.load_state_dict(state["head"])
+            if center is not None and state.get("center") is not None:
+                center.load_state_dict(state["center"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler") is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            result.history = state["history"]
+            result.train_seconds = state.get("train_seconds", 0.0)
+            start_epoch = state["epoch"] + 1
+
+    artifact_dir = options.artifact_dir or Path(tempfile.mkdtemp(prefix="marginbench-"))
+    frames: list[Path] = []
+    grad_clip = float(spec.grad_clip) if spec.grad_clip else None
+    center_weight = float(spec.center_loss.get("weight", 0.0)) if center is not None else 0.0
+    progress = _progress(range(start_epoch, spec.epochs), spec, options.progress, initial=start_epoch)
+    images_seen = 0
+
+    for epoch in progress:
+        backbone.train()
+        head.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        seen = 0
+        _sync(device)
+        t0 = time.perf_counter()
+        for step, (images, labels) in enumerate(train):
+            emb = model_fn(images) if dtype is None else _embed(model_fn, images, dtype)
+            emb = emb.float()
+            with torch.autocast(device.type, enabled=False):  # margins need fp32 cosines near +-1
+                loss = head(emb, labels)
+                if center is not None:
+                    loss = loss + center_weight * center(emb, labels)
+                with torch.no_grad():
+                    correct += (head.logits(emb.detach()).argmax(1) == labels).sum()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if center is not None:
+                center.update(emb.detach(), labels)
+            detached = loss.detach()
+            bad = ~torch.isfinite(detached)
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+            loss_sum += torch.where(bad, torch.zeros_like(detached), detached) * len(labels)
+            seen += len(labels)
+            if (step + 1) % NONFINITE_CHECK_EVERY == 0 and first_bad.item() >= 0:
+                break
+        _sync(device)
+        result.train_seconds += time.perf_counter() - t0
+        images_seen += seen
+        bad_step = int(first_bad.item())
+        if bad_step >= 0:
+            result.status = "diverged"
+            result.diverged = {"epoch": epoch, "step": bad_step,
+                               "reason": f"training loss became NaN or inf at epoch {epoch}, step {bad_step}"}
+            break
+        metrics = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+                   "lr": optimizer.param_groups[0]["lr"]}
+        if scheduler is not None:
+            scheduler.step()
+        keep = 2000 if options.plots else 0
+        emb_np = lab_np = None
+        if test is not None:
+            metrics["test_acc"], emb_np, lab_np = evaluate_split(backbone, head, test, dtype, keep=keep)
+        if bundle.pairs is not None:
+            ver = _verification(backbone, bundle, device, dtype, spec.eval_batch_size)
+            metrics.update(ver.as_metrics(bundle.pairs.name))
+            if epoch == spec.epochs - 1:
+                from bench.verification import plot_roc
+
+                result.artifacts.append(plot_roc(ver, artifact_dir / f"roc_{bundle.pairs.name}.png"))
+        if options.plots and emb_np is not None:
+            frames += _plot_epoch(emb_np, lab_np, head, spec, epoch, artifact_dir)
+        result.history.append(metrics)
+        result.metrics = metrics
+        if hasattr(progress, "set_postfix"):
+            progress.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "lr"})
+        if options.checkpoint_path is not None:
+            _save_checkpoint(options.checkpoint_path, {
+                "spec_key": spec.key(), "epoch": epoch, "backbone": backbone.state_dict(), "head": head.state_dict(),
+                "center": center.state_dict() if center is not None else None, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": result.history, "train_seconds": result.train_seconds})
+        if options.on_epoch is not None:
+            try:
+                options.on_epoch(epoch, metrics)
+            except Pruned:
+                result.status = "pruned"
+                break
+    if hasattr(progress, "close"):
+        progress.close()
+    if frames:
+        result.artifacts += frames
+        if spec.embedding_dim in (2, 3) and len(frames) > 1:
+            from bench.embedding_plots import make_gif
+
+            result.artifacts.append(make_gif(frames, artifact_dir / "embeddings.gif"))
+    result.skipped = dict(skips.samples)
+    result.images_per_second = images_seen / result.train_seconds if result.train_seconds > 0 else math.nan
+    return result
+
+
+def _plot_epoch(emb: np.ndarray, labels: np.ndarray, head: nn.Module, spec: TrialSpec, epoch: int,
+                artifact_dir: Path) -> list[Path]:
+    from bench.embedding_plots import plot_embeddings
+
+    if spec.embedding_dim > 3 and epoch != spec.epochs - 1:
+        return []  # t-SNE once, at the end
+    weights = head.weight.detach().float().cpu().numpy() if spec.embedding_dim <= 3 else None
+    name = f"embeddings_epoch{epoch:03d}.png" if spec.embedding_dim <= 3 else "embeddings_tsne.png"
+    return [plot_embeddings(emb, labels, weights, artifact_dir / name, title=f"{spec.label} epoch {epoch + 1}")]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _progress(epochs: range, spec: TrialSpec, enabled: bool, *, initial: int) -> Any:
+    if not enabled:
+        return epochs
+    from tqdm.auto import tqdm
+
+    return tqdm(epochs, desc=f"{spec.label} seed {spec.seed}", unit="epoch", total=spec.epochs, initial=initial,
+                leave=False, dynamic_ncols=True)
