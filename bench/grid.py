@@ -245,7 +245,9 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise GridError(path, "", f"not valid YAML: {err}") from err
+        hint = (" (inside {...} or [...], quote environment references: root: \"${CASIA_ROOT}\")"
+                if "${" in path.read_text() else "")
+        raise GridError(path, "", f"not valid YAML{hint}: {err}") from err
     if not isinstance(raw, dict):
         raise GridError(path, "", "a grid file must be a mapping with at least 'name' and 'base'")
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]

@@ -137,6 +137,12 @@ class Registry:
         """Registers every name ``prefix + <rest>`` that ``exists(rest)`` accepts."""
         self._families[prefix] = Family(prefix, factory, exists, known, self.fixed, summary)
 
+    def unregister(self, name: str) -> None:
+        """Removes ``name`` (tests register throwaway entries and remove them again)."""
+        if name not in self._entries:
+            raise RegistryError(self.unknown_message(name))
+        del self._entries[name]
+
     def _add(self, entry: Entry) -> None:
         if entry.name in self._entries and self._entries[entry.name].factory is not entry.factory:
             warnings.warn(f"{self.kind} {entry.name!r} is registered again; the new factory replaces the old",
@@ -211,6 +217,10 @@ class Registry:
                 entry's ``validate`` rejects.
         """
         entry = self.entry(name)
+        bound = [k for k in params if k in entry.defaults]
+        if bound:
+            raise RegistryError(f"{self.kind} {name!r} fixes {', '.join(f'{k}={entry.defaults[k]!r}' for k in bound)};"
+                                f" drop {', '.join(map(repr, bound))} or use the base name.")
         if not entry.accepts_any_kwargs():
             settable = entry.parameters()
             unknown = [k for k in params if k not in settable]
@@ -225,10 +235,6 @@ class Registry:
             missing = [k for k, v in settable.items() if v is inspect.Parameter.empty and k not in params]
             if missing:
                 raise RegistryError(f"{self.kind} {name!r} needs {', '.join(map(repr, missing))}; none was given.")
-        bound = [k for k in params if k in entry.defaults]
-        if bound:
-            raise RegistryError(f"{self.kind} {name!r} fixes {', '.join(f'{k}={entry.defaults[k]!r}' for k in bound)};"
-                                f" drop {', '.join(map(repr, bound))} or use the base name.")
         if entry.validate is not None:
             try:
                 entry.validate({**entry.defaults, **params})

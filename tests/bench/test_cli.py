@@ -1,0 +1,83 @@
+"""The CLI end to end, in process: bench run -> MLflow store -> bench report; bench list; bad grids."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bench.cli import main
+from bench.spec import TrialSpec
+
+GRID = """
+name: tiny
+base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 3, batch_size: 16,
+       optimizer: {name: adam, lr: 0.003}}
+grid:
+  loss:
+    - {label: softmax, loss: softmax}
+    - {label: cosface, loss: {name: cosface, s: 10.0, m: 0.1}}
+seeds: [0, 1]
+"""
+
+
+def test_run_logs_one_finished_run_per_loss_and_seed(in_tmp, tiny_dataset, capsys):
+    (in_tmp / "tiny.yaml").write_text(GRID)
+    assert main(["run", "--grid", "tiny.yaml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| loss" in out and "softmax" in out and "cosface" in out
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.`marginbench.role` = 'trial'")
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    assert sorted(zip(runs["tags.label.loss"], runs["params.seed"])) == [
+        ("cosface", "0"), ("cosface", "1"), ("softmax", "0"), ("softmax", "1")]
+    # the params are the whole spec and round-trip to it
+    row = runs.iloc[0]
+    params = {k[len("params."):]: v for k, v in row.items() if k.startswith("params.") and v is not None}
+    spec = TrialSpec.from_params(params)
+    assert spec.epochs == 3 and spec.backbone == "lenet++"
+    # one value per epoch for each metric
+    client = mlflow.tracking.MlflowClient()
+    for metric in ("train_loss", "train_acc", "test_acc"):
+        history = client.get_metric_history(row["run_id"], metric)
+        assert sorted(m.step for m in history) == [0, 1, 2]
+    assert row["tags.git_commit"] and row["tags.torch_version"] and row["tags.device_name"]
+
+    capsys.readouterr()
+    assert main(["report", "--grid", "tiny.yaml"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("(n=2)") >= 4  # two rows x (train, test), each over two seeds
+
+
+def test_rerun_skips_finished_trials(in_tmp, tiny_dataset, capsys):
+    (in_tmp / "tiny.yaml").write_text(GRID.replace("seeds: [0, 1]", "seeds: [0]"))
+    assert main(["run", "--grid", "tiny.yaml", "--no-progress", "--set", "epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--grid", "tiny.yaml", "--no-progress", "--set", "epochs=1"]) == 0
+    assert capsys.readouterr().out.count("already finished") == 2
+
+
+def test_bad_grid_exits_2_fast_before_training(in_tmp, tiny_dataset, capsys):
+    (in_tmp / "bad.yaml").write_text(GRID.replace("loss: softmax", "loss: sofmax"))
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--grid", "bad.yaml"])
+    assert exit_.value.code == 2 and time.perf_counter() - t0 < 5
+    err = capsys.readouterr().err
+    assert "bad.yaml: grid.loss[0].loss: Unknown loss 'sofmax'. Did you mean 'softmax'" in err
+    assert not (in_tmp / "mlflow.db").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("kind,expected", [("losses", "cosface"), ("backbones", "lenet++"), ("datasets", "mnist")])
+def test_list_shows_entries_with_parameters(capsys, kind, expected):
+    assert main(["list", kind]) == 0
+    out = capsys.readouterr().out
+    assert expected in out and "params:" in out
+
+
+def test_list_losses_shows_defaults(capsys):
+    main(["list", "losses", "cosface"])
+    assert "s=64.0, m=0.35" in capsys.readouterr().out

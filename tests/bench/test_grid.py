@@ -1,0 +1,122 @@
+"""Grid loading: expansion, merging, env substitution, and every error naming file, key and fix, fast."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.grid import GridError, load_grid
+
+GOOD = """
+name: g
+base:
+  dataset: digits
+  backbone: lenet++
+  loss: {name: cosface, s: 10, m: 0.1}
+  epochs: 2
+grid:
+  loss:
+    - {label: soft, loss: softmax}
+    - {label: cos, loss: {name: cosface, m: 0.2}}
+  embedding_dim: [2, 3]
+seeds: [0, 1]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_axes_are_crossed_and_seeds_repeat_cells(tmp_path):
+    grid = load_grid(write(tmp_path, GOOD))
+    assert [c.labels for c in grid.cells] == [{"loss": "soft", "embedding_dim": "2"}, {"loss": "soft", "embedding_dim": "3"},
+                                              {"loss": "cos", "embedding_dim": "2"}, {"loss": "cos", "embedding_dim": "3"}]
+    assert len(grid.trials()) == 8 and [t.seed for t in grid.trials()[:2]] == [0, 1]
+
+
+def test_same_component_name_merges_params_new_name_replaces_them(tmp_path):
+    grid = load_grid(write(tmp_path, GOOD))
+    soft, cos = grid.cells[0].spec, grid.cells[2].spec
+    assert soft.loss == "softmax" and dict(soft.loss_params) == {}
+    assert cos.loss == "cosface" and dict(cos.loss_params) == {"s": 10, "m": 0.2}
+
+
+def test_overrides_apply_to_every_cell(tmp_path):
+    grid = load_grid(write(tmp_path, GOOD), overrides={"epochs": 1, "optimizer.lr": 0.05})
+    assert {c.spec.epochs for c in grid.cells} == {1}
+    assert {c.spec.optimizer_params["lr"] for c in grid.cells} == {0.05}
+
+
+def test_override_that_does_not_fit_a_cell_is_an_error(tmp_path):
+    # softmax has no scale: --set loss.s=30 cannot apply to its cells.
+    with pytest.raises(GridError, match=r"--set\.loss: loss 'softmax' has no parameter 's'"):
+        load_grid(write(tmp_path, GOOD), overrides={"loss.s": 30})
+
+
+def test_environment_variables_are_substituted(tmp_path):
+    text = GOOD.replace("dataset: digits", 'dataset: {name: mnist, root: "${MNIST_ROOT}"}')
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-10k"
+    if not root.exists():
+        root = tmp_path
+        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                     "t10k-labels-idx1-ubyte"):
+            (tmp_path / stem).write_bytes(b"")
+    grid = load_grid(write(tmp_path, text), env={"MNIST_ROOT": str(root)})
+    assert grid.cells[0].spec.dataset_params["root"] == str(root)
+
+
+def test_unset_environment_variable_is_named(tmp_path):
+    text = GOOD.replace("dataset: digits", 'dataset: {name: mnist, root: "${CASIA_ROOT}"}')
+    with pytest.raises(GridError, match=r"base\.dataset\.root: environment variable CASIA_ROOT is not set"):
+        load_grid(write(tmp_path, text), env={})
+
+
+def test_default_in_environment_reference(tmp_path):
+    text = GOOD.replace("epochs: 2", "epochs: ${EPOCHS:-3}")
+    assert load_grid(write(tmp_path, text), env={}).cells[0].spec.epochs == 3
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("loss: softmax", "loss: arcfce", r"grid\.loss\[0\]\.loss: Unknown loss 'arcfce'"),
+    ("backbone: lenet++", "backbone: lenet", r"base\.backbone: Unknown backbone 'lenet'\. Did you mean 'lenet\+\+'"),
+    ("dataset: digits", "dataset: digts", r"base\.dataset: Unknown dataset 'digts'\. Did you mean 'digits'"),
+    ("m: 0.2}", "margin: 0.2}", r"grid\.loss\[1\]\.loss: loss 'cosface' has no parameter 'margin'"),
+    ("epochs: 2", "epochz: 2", r"unknown trial key 'epochz'\. Did you mean 'epochs'"),
+    ("seeds: [0, 1]", "seeds: [0, 0]", r"seeds: seeds repeat"),
+    ("name: g", "name: g\nsearh: {}", r"searh: unknown top-level key 'searh' \(did you mean 'search'\?\)"),
+])
+def test_errors_name_file_key_and_fix_before_training(tmp_path, old, new, expected):
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    t0 = time.perf_counter()
+    with pytest.raises(GridError, match=expected) as err:
+        load_grid(path)
+    assert str(err.value).startswith(str(path))
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_missing_dataset_files_fail_at_validation(tmp_path):
+    text = GOOD.replace("dataset: digits", f"dataset: {{name: mnist, root: {tmp_path / 'nowhere'}}}")
+    with pytest.raises(GridError, match=r"base\.dataset: dataset 'mnist': IDX files missing under"):
+        load_grid(write(tmp_path, text))
+
+
+def test_bare_name_is_found_in_sweeps(tmp_path, monkeypatch):
+    (tmp_path / "sweeps").mkdir()
+    write(tmp_path / "sweeps", GOOD, "mine.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert load_grid("mine").name == "g"
+
+
+def test_unknown_grid_lists_available(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="Available in sweeps/:.*quickstart.yaml"):
+        load_grid("nonexistent-grid")
+
+
+def test_shipped_quickstart_validates():
+    grid = load_grid("quickstart")
+    assert {c.labels["loss"] for c in grid.cells} == {"softmax", "cosface"} and grid.seeds == [0, 1]

@@ -1,0 +1,58 @@
+"""One trial end to end on tiny generated data, on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.spec import TrialSpec
+from bench.trial import TrialOptions, run_trial
+
+
+def spec_for(dataset: str, **kw) -> TrialSpec:
+    base = dict(dataset=dataset, backbone="lenet++", loss="softmax", embedding_dim=4, epochs=1, batch_size=16,
+                optimizer_params={"lr": 3e-3}, eval_batch_size=64)
+    base.update(kw)
+    return TrialSpec(**base)
+
+
+def test_one_epoch_trial_reports_every_metric(tiny_dataset):
+    result = run_trial(spec_for(tiny_dataset), TrialOptions(progress=False))
+    assert result.status == "finished" and len(result.history) == 1
+    assert set(result.metrics) >= {"train_loss", "train_acc", "test_acc", "lr"}
+    assert 0.0 <= result.metrics["test_acc"] <= 1.0 and math.isfinite(result.metrics["train_loss"])
+    assert result.images_per_second > 0
+
+
+def test_same_spec_same_numbers(tiny_dataset):
+    a = run_trial(spec_for(tiny_dataset, epochs=2), TrialOptions(progress=False))
+    b = run_trial(spec_for(tiny_dataset, epochs=2), TrialOptions(progress=False))
+    assert a.history == b.history
+
+
+def test_a_few_epochs_learn_the_blobs(tiny_dataset):
+    result = run_trial(spec_for(tiny_dataset, epochs=6, loss="cosface", loss_params={"s": 10.0, "m": 0.1}),
+                       TrialOptions(progress=False))
+    assert result.metrics["test_acc"] >= 0.9  # four bright quadrants: chance is 0.25
+
+
+def test_nan_loss_is_recorded_as_diverged_not_raised(tiny_dataset):
+    result = run_trial(spec_for(tiny_dataset, epochs=3, optimizer_params={"lr": 1e30}), TrialOptions(progress=False))
+    assert result.status == "diverged"
+    assert result.diverged["epoch"] == 0 and result.diverged["step"] >= 0
+    assert "NaN or inf" in result.diverged["reason"]
+
+
+def test_checkpoint_resumes_from_last_epoch(tiny_dataset, tmp_path):
+    ckpt = tmp_path / "trial.pt"
+    full = run_trial(spec_for(tiny_dataset, epochs=3), TrialOptions(progress=False))
+    run_trial(spec_for(tiny_dataset, epochs=2), TrialOptions(progress=False, checkpoint_path=ckpt))
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 1
+    # A 3-epoch spec has another key, so a 2-epoch checkpoint must not be reused for it...
+    fresh = run_trial(spec_for(tiny_dataset, epochs=3), TrialOptions(progress=False, checkpoint_path=ckpt))
+    assert fresh.history == full.history
+    # ...while the same spec picks up after its last saved epoch and ends where an unbroken run ends.
+    resumed = run_trial(spec_for(tiny_dataset, epochs=3), TrialOptions(progress=False, checkpoint_path=ckpt))
+    assert len(resumed.history) == 3 and resumed.history == full.history

@@ -1,0 +1,45 @@
+"""Shared fixtures: tests run on the CPU with tiny generated data, in a temporary working directory."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Runs the test inside an empty working directory (mlflow.db and friends land there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_dataset():
+    """Registers ``tiny-blobs``: 4 classes of 8x8 one-channel images, each class a bright quadrant plus noise,
+    80 train and 40 test images; removed again after the test."""
+    from registry import DATASETS
+    from registry.datasets import DataBundle, TensorSplit
+
+    def make(n: int, seed: int) -> TensorSplit:
+        rng = np.random.default_rng(seed)
+        labels = np.arange(n) % 4
+        images = rng.normal(0.0, 0.3, size=(n, 1, 8, 8)).astype(np.float32)
+        for i, c in enumerate(labels):
+            r, q = divmod(int(c), 2)
+            images[i, 0, r * 4:(r + 1) * 4, q * 4:(q + 1) * 4] += 2.0
+        return TensorSplit(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
+
+    @DATASETS.register("tiny-blobs")
+    def tiny_blobs(train_size: int = 80, test_size: int = 40) -> DataBundle:
+        """Four-class generated blobs for tests."""
+        return DataBundle("tiny-blobs", 4, 1, (8, 8), make(train_size, 0), make(test_size, 1))
+
+    yield "tiny-blobs"
+    DATASETS.unregister("tiny-blobs")

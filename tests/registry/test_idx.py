@@ -1,0 +1,80 @@
+"""The IDX reader against files written byte by byte in the test (the format's spec, not our writer)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from registry.datasets.idx import IDXError, read_idx, write_idx
+from registry.datasets.mnist import find_idx_files, load_idx_pair
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    # Spec: 0x00 0x00, type 0x08 (unsigned byte), ndim, then big-endian uint32 sizes, then the data.
+    return bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_reads_images_raw_and_gz(tmp_path, gz):
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    path = tmp_path / ("img.idx.gz" if gz else "img.idx")
+    data = _idx_bytes(images)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    np.testing.assert_array_equal(read_idx(path), images)
+
+
+def test_reads_int32_big_endian(tmp_path):
+    values = np.array([1, -2, 70000], dtype=">i4")
+    path = tmp_path / "v.idx"
+    path.write_bytes(bytes([0, 0, 0x0C, 1]) + struct.pack(">I", 3) + values.tobytes())
+    np.testing.assert_array_equal(read_idx(path), [1, -2, 70000])
+
+
+def test_writer_round_trips(tmp_path):
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    write_idx(tmp_path / "l.gz", labels)
+    np.testing.assert_array_equal(read_idx(tmp_path / "l.gz"), labels)
+
+
+def test_truncated_file_gives_a_clear_error(tmp_path):
+    images = np.zeros((10, 28, 28), dtype=np.uint8)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(_idx_bytes(images)[:-100])
+    with pytest.raises(IDXError, match=r"truncated or padded: header says shape \(10, 28, 28\)"):
+        read_idx(path)
+
+
+def test_truncated_gzip_gives_a_clear_error(tmp_path):
+    path = tmp_path / "x.gz"
+    noise = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    path.write_bytes(gzip.compress(_idx_bytes(noise))[:2000])
+    with pytest.raises(IDXError, match="damaged or truncated"):
+        read_idx(path)
+
+
+def test_bad_magic_is_refused(tmp_path):
+    path = tmp_path / "x"
+    path.write_bytes(b"\x89PNG....")
+    with pytest.raises(IDXError, match="not an IDX file"):
+        read_idx(path)
+
+
+def test_missing_files_are_named_with_where_they_were_looked_for(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        find_idx_files(tmp_path)
+    assert "t10k-labels-idx1-ubyte[.gz]" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_mnist_layout_loads_normalized_tensors(tmp_path):
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 6), ("t10k", 4)):
+        (tmp_path / f"{stem}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(_idx_bytes(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))))
+        (tmp_path / f"{stem}-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(n, dtype=np.uint8) % 10))
+    train, test = load_idx_pair(tmp_path)
+    assert train.images.shape == (6, 1, 28, 28) and test.labels.tolist() == [0, 1, 2, 3]
+    raw = read_idx(tmp_path / "train-images-idx3-ubyte.gz").astype(np.float64) / 255.0
+    np.testing.assert_allclose(train.images[:, 0].numpy(), (raw - 0.1307) / 0.3081, rtol=1e-5, atol=1e-6)

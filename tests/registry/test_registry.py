@@ -1,0 +1,104 @@
+"""The Registry contract: decorator registration, signature-checked creation, close-match errors, wildcards."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from registry import BACKBONES, DATASETS, LOSSES, Registry, RegistryError
+
+
+def _fresh() -> Registry:
+    reg = Registry("widget", fixed=("size",))
+
+    @reg.register("arcwidget", aliases={"arcwidget-4": {"depth": 4}})
+    def arcwidget(size: int, depth: int = 2, scale: float = 1.0) -> tuple:
+        """A widget for tests."""
+        return ("arc", size, depth, scale)
+
+    @reg.register("cosine-widget")
+    def cos_widget(size: int, margin: float) -> tuple:
+        """Needs a margin."""
+        return ("cos", size, margin)
+
+    return reg
+
+
+def test_create_passes_fixed_and_user_kwargs():
+    assert _fresh().create("arcwidget", size=3, scale=2.0) == ("arc", 3, 2, 2.0)
+
+
+def test_alias_binds_arguments():
+    assert _fresh().create("arcwidget-4", size=1) == ("arc", 1, 4, 1.0)
+
+
+def test_alias_refuses_overriding_its_bound_argument():
+    with pytest.raises(RegistryError, match="fixes depth=4"):
+        _fresh().create("arcwidget-4", size=1, depth=3)
+
+
+def test_none_kwargs_are_dropped_so_factory_defaults_hold():
+    assert _fresh().create("arcwidget", size=1, depth=None) == ("arc", 1, 2, 1.0)
+
+
+def test_unknown_name_lists_close_matches_and_all_names():
+    with pytest.raises(RegistryError) as err:
+        _fresh().create("arcwidgt", size=1)
+    msg = str(err.value)
+    assert "Did you mean 'arcwidget'" in msg and "Available: arcwidget, arcwidget-4, cosine-widget" in msg
+
+
+def test_unknown_kwarg_names_it_and_suggests_the_close_one():
+    with pytest.raises(RegistryError, match=r"no parameter 'scal' \(did you mean 'scale'\?\)"):
+        _fresh().create("arcwidget", size=1, scal=2.0)
+
+
+def test_missing_required_kwarg_is_named():
+    with pytest.raises(RegistryError, match="needs 'margin'"):
+        _fresh().create("cosine-widget", size=1)
+
+
+def test_names_take_shell_wildcards_and_sort_naturally():
+    reg = Registry("thing")
+    for name in ("net10", "net2", "other", "net1"):
+        reg.register(name)(lambda: None)
+    assert reg.names("net*") == ["net1", "net2", "net10"]
+    assert reg.names() == ["net1", "net2", "net10", "other"]
+
+
+def test_registering_a_name_twice_warns():
+    reg = _fresh()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg.register("arcwidget")(lambda size: None)
+    assert any("registered again" in str(w.message) for w in caught)
+
+
+def test_validate_hook_errors_become_registry_errors():
+    reg = Registry("thing")
+
+    def must_be_positive(params):
+        if params.get("n", 1) <= 0:
+            raise ValueError(f"n must be > 0, but got n={params['n']}")
+
+    reg.register("counter", validate=must_be_positive)(lambda n=1: n)
+    with pytest.raises(RegistryError, match="n must be > 0"):
+        reg.check("counter", {"n": 0})
+
+
+def test_family_resolves_names_under_a_prefix():
+    reg = Registry("model", fixed=("dim",))
+    reg.register_family("zoo/", lambda name, dim, width=1: (name, dim, width),
+                        exists=lambda rest: rest in {"a", "b"}, known=lambda: ["a", "b"])
+    assert reg.create("zoo/a", dim=3, width=2) == ("a", 3, 2)
+    assert "zoo/b" in reg and "zoo/c" not in reg
+    with pytest.raises(RegistryError, match="does not know 'c'"):
+        reg.create("zoo/c", dim=1)
+    assert reg.names("zoo/*", include_families=True) == ["zoo/a", "zoo/b"]
+
+
+def test_project_registries_hold_the_first_entries():
+    assert {"softmax", "cosface"} <= set(LOSSES.names())
+    assert {"lenet++", "mini-resnet18"} <= set(BACKBONES.names())
+    assert {"digits", "mnist"} <= set(DATASETS.names())
