@@ -1,0 +1,52 @@
+"""``bench perf``: images/s of the harness's trial loop against a bare PyTorch loop, and their ratio."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("perf", help="benchmark the trial loop against a bare PyTorch loop", description=__doc__)
+    p.add_argument("--workload", action="append", choices=["lenet", "mobilenet"],
+                   help="workloads to time (default: lenet; repeat the flag for several)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    p.add_argument("--epochs", type=int, default=None, help="timed epochs (after one warm-up epoch)")
+    p.add_argument("--repeats", type=int, default=1, help="alternate bare/harness this many times, keep the best")
+    p.add_argument("--logging", action="store_true", help="also measure MLflow logging's share of a 20-epoch trial")
+    p.add_argument("--logging-epochs", type=int, default=20)
+    p.add_argument("--grid", default=None, help="also time this whole grid (into a throwaway MLflow store)")
+    p.add_argument("--workers", type=int, default=None, help="workers for --grid")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --grid")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.commands._common import parse_sets
+    from bench.perf import logging_overhead, measure, time_grid
+
+    report: dict = {"workloads": []}
+    print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} {'harness img/s':>14} {'ratio':>6}")
+    for name in args.workload or ["lenet"]:
+        r = measure(name, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                    epochs=args.epochs, repeats=args.repeats)
+        print(f"{r.workload:<10} {r.device[:40]:<40} {r.batch_size:>5} {r.precision:>5} "
+              f"{r.bare_images_per_second:>12,.0f} {r.harness_images_per_second:>14,.0f} {r.ratio:>6.3f}")
+        report["workloads"].append({**r.__dict__, "ratio": r.ratio})
+    if args.logging:
+        lo = logging_overhead(args.logging_epochs, args.device)
+        print(f"MLflow logging: {lo['logging_seconds_in_trial']:.3f} s in the trial loop of a {lo['epochs']}-epoch "
+              f"LeNet++ trial of {lo['wall_seconds']:.1f} s ({100 * lo['logging_share_in_trial']:.2f}%); with opening "
+              f"and closing the run {100 * lo['logging_share_total']:.2f}%")
+        report["logging"] = lo
+    if args.grid:
+        g = time_grid(args.grid, device=args.device, workers=args.workers, overrides=parse_sets(args.set))
+        print(f"grid {g['grid']}: {g['trials']} trials in {g['wall_seconds']:.1f} s wall")
+        report["grid"] = g
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+    return 0

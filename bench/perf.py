@@ -1,0 +1,203 @@
+"""`bench perf`: the harness's trial loop against a bare PyTorch loop on identical model, data, batch and
+precision, on whatever device is present.
+
+The bare loop is written here on purpose, without any harness code: it is the ceiling the harness is
+measured against. Both sides run a warm-up epoch first and are timed with the device synchronized around
+the clock (nanoGPT ``bench.py`` style). This is a benchmark; tests only check that it runs on a tiny case.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.spec import TrialSpec
+from bench.trial import TrialOptions, autocast_dtype, build_models, load_dataset, pick_device, run_trial
+
+__all__ = ["PerfResult", "WORKLOADS", "bare_images_per_second", "harness_images_per_second", "measure",
+           "logging_overhead", "time_grid"]
+
+
+@dataclass
+class PerfResult:
+    workload: str
+    device: str
+    batch_size: int
+    precision: str
+    bare_images_per_second: float
+    harness_images_per_second: float
+
+    @property
+    def ratio(self) -> float:
+        return self.harness_images_per_second / self.bare_images_per_second
+
+
+#: Named workloads: a spec per device type (the GPU figures of the issue; small enough for a CPU otherwise).
+WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
+    "lenet": {
+        "cpu": dict(dataset="digits", backbone="lenet++", loss="cosface", loss_params={"s": 10.0, "m": 0.1},
+                    embedding_dim=2, batch_size=128, epochs=3),
+        "cuda": dict(dataset="mnist", dataset_params={"root": "../shared/data/mnist-10k", "repeat": 6},
+                     backbone="lenet++", loss="cosface", loss_params={"s": 10.0, "m": 0.1}, embedding_dim=2,
+                     batch_size=512, epochs=3),
+    },
+    "mobilenet": {
+        "cpu": dict(dataset="synthetic-faces", dataset_params={"identities": 16, "images_per_identity": 4,
+                                                               "image_size": 112, "in_chans": 3},
+                    backbone="timm/mobilenetv3_large_100", loss="cosface", embedding_dim=512, batch_size=16,
+                    epochs=2),
+        "cuda": dict(dataset="synthetic-faces", dataset_params={"identities": 1000, "images_per_identity": 20,
+                                                                "image_size": 112, "in_chans": 3},
+                     backbone="timm/mobilenetv3_large_100", loss="cosface", embedding_dim=512, batch_size=1024,
+                     epochs=3, precision="bf16", channels_last=True),
+    },
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_epochs: int = 1) -> float:
+    """A plain loop: data on the device, shuffled index per epoch, forward, margin loss in fp32, backward,
+    optimizer step, loss and accuracy summed on the device; timed over ``spec.epochs`` epochs."""
+    bundle = load_dataset(spec)
+    torch.manual_seed(spec.seed)
+    backbone, head, _ = build_models(spec, bundle)
+    backbone.to(device)
+    head.to(device)
+    if spec.channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    images = bundle.train.images.to(device)
+    if spec.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = bundle.train.labels.to(device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    lr = float(spec.optimizer_params["lr"])
+    opt = torch.optim.Adam(params, lr=lr) if spec.optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    dtype = autocast_dtype(spec.precision)
+    model = torch.compile(backbone) if spec.compile else backbone
+    n, bs = len(labels), spec.batch_size
+    seen = 0
+    elapsed = 0.0
+    for epoch in range(warmup_epochs + spec.epochs):
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        order = torch.randperm(n, device=device)
+        _sync(device)
+        t0 = time.perf_counter()
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            x, y = images[idx], labels[idx]
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                emb = model(x)
+            emb = emb.float()
+            loss = head(emb, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if spec.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, float(spec.grad_clip))
+            opt.step()
+            loss_sum += loss.detach() * len(y)
+            with torch.no_grad():
+                correct += (head.logits(emb.detach()).argmax(1) == y).sum()
+        _sync(device)
+        if epoch >= warmup_epochs:
+            elapsed += time.perf_counter() - t0
+            seen += n
+    _ = (loss_sum.item(), correct.item())
+    return seen / elapsed
+
+
+def harness_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_epochs: int = 1) -> float:
+    """`bench.trial.run_trial` on the same spec; the warm-up is a separate 1-epoch trial (same compile cache)."""
+    options = TrialOptions(device=str(device), progress=False)
+    if warmup_epochs:
+        run_trial(spec.replace(epochs=warmup_epochs), options)
+    return run_trial(spec, options).images_per_second
+
+
+def measure(workload: str, *, device: str | None = None, batch_size: int | None = None,
+            precision: str | None = None, epochs: int | None = None, repeats: int = 1) -> PerfResult:
+    """Bare vs harness images/s for a named workload; ``repeats`` alternates the two and keeps the best of each."""
+    dev = pick_device(device)
+    config = dict(WORKLOADS[workload]["cuda" if dev.type == "cuda" else "cpu"])
+    for key, value in (("batch_size", batch_size), ("precision", precision), ("epochs", epochs)):
+        if value is not None:
+            config[key] = value
+    spec = TrialSpec(**config)
+    bare = harness = 0.0
+    for _ in range(repeats):
+        bare = max(bare, bare_images_per_second(spec, dev))
+        harness = max(harness, harness_images_per_second(spec, dev))
+    return PerfResult(workload, _device_label(dev), spec.batch_size, spec.precision, bare, harness)
+
+
+def logging_overhead(epochs: int = 20, device: str | None = None) -> dict[str, float]:
+    """Share of a LeNet++ trial's wall time spent in MLflow logging calls (a throwaway sqlite store)."""
+    from bench.runner import execute_trial
+    from bench.tracking import StudyTracker
+
+    dev = pick_device(device)
+    spec = TrialSpec(**{**WORKLOADS["lenet"]["cuda" if dev.type == "cuda" else "cpu"], "epochs": epochs})
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = StudyTracker("perf-logging", f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        # open and close one run first so that store start-up is not charged to the measured trial
+        execute_trial(spec.replace(epochs=1), tracker, TrialOptions(device=str(dev), progress=False))
+        t0 = time.perf_counter()
+        run = tracker.start_trial(spec, device=str(dev))
+        setup = time.perf_counter() - t0
+        result = run_trial(spec, TrialOptions(device=str(dev), progress=False, on_epoch=run.log_epoch))
+        t1 = time.perf_counter()
+        run.finish(result.status)
+        close = time.perf_counter() - t1
+        wall = time.perf_counter() - t0
+    in_loop = run.log_seconds
+    return {"epochs": epochs, "wall_seconds": wall, "logging_seconds_in_trial": in_loop,
+            "run_open_close_seconds": setup + close, "logging_share_in_trial": in_loop / wall,
+            "logging_share_total": (in_loop + setup + close) / wall}
+
+
+def time_grid(grid_path: str, *, device: str | None = None, workers: int | None = None,
+              overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """Wall time of a whole grid into a throwaway MLflow store."""
+    import os
+
+    from bench.grid import load_grid
+
+    grid = load_grid(grid_path, overrides=overrides)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        grid_abs = str(Path(grid.path).resolve())
+        os.chdir(tmp)
+        try:
+            t0 = time.perf_counter()
+            if workers and workers > 1:
+                from bench.study import run_study  # type: ignore[attr-defined]
+
+                run_study(load_grid(grid_abs, overrides=overrides), workers=workers, device=device, progress=False)
+            else:
+                from bench.runner import run_grid
+
+                run_grid(load_grid(grid_abs, overrides=overrides), device=device, progress=False, echo=lambda s: None)
+            wall = time.perf_counter() - t0
+        finally:
+            os.chdir(cwd)
+    return {"grid": grid.name, "trials": len(grid.trials()), "wall_seconds": wall}
+
+
+def _device_label(device: torch.device) -> str:
+    from bench.tracking import device_name
+
+    return device_name(device)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj, indent=2)
