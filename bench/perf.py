@@ -201,3 +201,56 @@ def _device_label(device: torch.device) -> str:
 
 def to_json(obj: Any) -> str:
     return json.dumps(asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj, indent=2)
+
+
+def head_memory(num_classes: int = 1_000_000, batch_size: int = 512, embedding_dim: int = 512,
+                chunk_classes: int = 65536, device: str | None = None) -> dict[str, float]:
+    """Peak memory and time of a CosFace forward+backward, plain vs class-chunked, beyond the weights and
+    their gradient (which both need). CUDA only for memory; on the CPU only times are given."""
+    import math
+
+    from registry.losses._chunked import chunked_margin_cross_entropy
+
+    dev = pick_device(device)
+    s, m = 64.0, 0.35
+
+    def plain(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cos = torch.nn.functional.linear(torch.nn.functional.normalize(emb), torch.nn.functional.normalize(weight))
+        cos = cos - m * torch.nn.functional.one_hot(labels, num_classes).to(cos.dtype)
+        return torch.nn.functional.cross_entropy(s * cos, labels)
+
+    def chunked(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return chunked_margin_cross_entropy(emb, weight, labels, s, lambda c: c - m, chunk_classes=chunk_classes)
+
+    out: dict[str, float] = {"num_classes": num_classes, "batch_size": batch_size, "embedding_dim": embedding_dim}
+    torch.manual_seed(0)
+    weight = torch.randn(num_classes, embedding_dim, device=dev, requires_grad=True)
+    emb = torch.randn(batch_size, embedding_dim, device=dev, requires_grad=True)
+    labels = torch.randint(0, num_classes, (batch_size,), device=dev)
+    results = {}
+    for name, fn in (("plain", plain), ("chunked", chunked)):
+        weight.grad = None
+        emb.grad = None
+        loss = fn(emb, weight, labels)  # warm-up, and allocates weight.grad
+        loss.backward()
+        grads = (emb.grad.clone(), weight.grad.clone())
+        _sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            base = torch.cuda.memory_allocated(dev)
+        t0 = time.perf_counter()
+        loss = fn(emb, weight, labels)
+        loss.backward()
+        _sync(dev)
+        out[f"{name}_ms"] = 1000 * (time.perf_counter() - t0)
+        if dev.type == "cuda":
+            out[f"{name}_peak_extra_gib"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**30
+        results[name] = (loss.item(), grads)
+        del grads
+    out["loss_abs_diff"] = abs(results["plain"][0] - results["chunked"][0])
+    out["grad_w_max_abs_diff"] = float((results["plain"][1][1] - results["chunked"][1][1]).abs().max())
+    out["grad_x_max_abs_diff"] = float((results["plain"][1][0] - results["chunked"][1][0]).abs().max())
+    if dev.type == "cuda":
+        out["memory_ratio"] = out["chunked_peak_extra_gib"] / out["plain_peak_extra_gib"]
+    out["finite"] = float(math.isfinite(results["chunked"][0]))
+    return out

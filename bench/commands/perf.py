@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=1, help="alternate bare/harness this many times, keep the best")
     p.add_argument("--logging", action="store_true", help="also measure MLflow logging's share of a 20-epoch trial")
     p.add_argument("--logging-epochs", type=int, default=20)
+    p.add_argument("--head", action="store_true", help="also compare the plain and class-chunked CosFace head")
+    p.add_argument("--head-classes", type=int, default=1_000_000)
     p.add_argument("--grid", default=None, help="also time this whole grid (into a throwaway MLflow store)")
     p.add_argument("--workers", type=int, default=None, help="workers for --grid")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --grid")
@@ -42,6 +44,16 @@ def run(args: argparse.Namespace) -> int:
               f"LeNet++ trial of {lo['wall_seconds']:.1f} s ({100 * lo['logging_share_in_trial']:.2f}%); with opening "
               f"and closing the run {100 * lo['logging_share_total']:.2f}%")
         report["logging"] = lo
+    if args.head:
+        from bench.perf import head_memory
+
+        h = head_memory(args.head_classes, device=args.device)
+        mem = (f", peak beyond weights+grad {h['plain_peak_extra_gib']:.2f} vs {h['chunked_peak_extra_gib']:.2f} GiB "
+               f"(ratio {h['memory_ratio']:.3f})" if "memory_ratio" in h else " (memory: CUDA only)")
+        print(f"CosFace head, {h['num_classes']:,} classes, batch {h['batch_size']}, {h['embedding_dim']}-d: plain "
+              f"{h['plain_ms']:.0f} ms, chunked {h['chunked_ms']:.0f} ms{mem}; |loss diff| {h['loss_abs_diff']:.2e}, "
+              f"max |grad diff| {max(h['grad_w_max_abs_diff'], h['grad_x_max_abs_diff']):.2e}")
+        report["head"] = h
     if args.grid:
         g = time_grid(args.grid, device=args.device, workers=args.workers, overrides=parse_sets(args.set))
         print(f"grid {g['grid']}: {g['trials']} trials in {g['wall_seconds']:.1f} s wall")

@@ -1,0 +1,101 @@
+"""Class-chunked margin cross-entropy for heads with very many classes.
+
+The plain head materialises the ``(B, C)`` cosine matrix, its softmax and their gradients, plus a
+normalized copy of the ``(C, D)`` weights: at a million classes that is several GiB. Here the log-sum-exp
+over the non-target classes is computed chunk by chunk of classes by a custom autograd function that keeps
+only ``(B, chunk)`` temporaries and recomputes each chunk's cosines in the backward pass. The target
+logit, where the margin lives, is only ``B`` numbers and goes through ordinary autograd:
+
+    loss_i = logaddexp(LSE_{j != y_i}(s cos theta_ij), s phi(cos theta_iy)) - s phi(cos theta_iy)
+
+which is exactly cross-entropy over the margin-applied logits, without cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["chunked_margin_cross_entropy", "DEFAULT_CHUNK_CLASSES"]
+
+DEFAULT_CHUNK_CLASSES = 65536
+_EPS = 1e-12  # F.normalize's eps
+
+
+class _NonTargetLogSumExp(torch.autograd.Function):
+    """``LSE_{j != y}(s * <x_hat, w_hat_j>)`` over class chunks; returns ``(B,)``."""
+
+    @staticmethod
+    def forward(ctx, x_hat: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, scale: float,
+                chunk: int) -> torch.Tensor:
+        b = x_hat.shape[0]
+        running_max = torch.full((b,), -torch.inf, dtype=x_hat.dtype, device=x_hat.device)
+        running_sum = torch.zeros(b, dtype=x_hat.dtype, device=x_hat.device)
+        rows = torch.arange(b, device=x_hat.device)
+        for start in range(0, weight.shape[0], chunk):
+            z = _chunk_logits(x_hat, weight[start:start + chunk], labels, rows, start, scale)
+            new_max = torch.maximum(running_max, z.max(1).values)
+            running_sum = running_sum * torch.exp(running_max - new_max) + torch.exp(z - new_max[:, None]).sum(1)
+            running_max = new_max
+        lse = running_max + torch.log(running_sum)
+        ctx.save_for_backward(x_hat, weight, labels, lse)
+        ctx.scale, ctx.chunk = scale, chunk
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse: torch.Tensor):  # type: ignore[override]
+        x_hat, weight, labels, lse = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        rows = torch.arange(x_hat.shape[0], device=x_hat.device)
+        grad_x = torch.zeros_like(x_hat) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for start in range(0, weight.shape[0], chunk):
+            w = weight[start:start + chunk]
+            norm = w.norm(dim=1, keepdim=True).clamp_min(_EPS)
+            w_hat = w / norm
+            z = _chunk_logits(x_hat, w, labels, rows, start, scale, w_hat=w_hat)
+            g_cos = torch.exp(z - lse[:, None]) * (grad_lse[:, None] * scale)  # d/d cos, 0 at the target
+            if grad_x is not None:
+                grad_x += g_cos @ w_hat
+            if grad_w is not None:
+                g_what = g_cos.t() @ x_hat
+                # backward of w_hat = w / ||w||: (g - w_hat <g, w_hat>) / ||w||
+                grad_w[start:start + chunk] = (g_what - w_hat * (g_what * w_hat).sum(1, keepdim=True)) / norm
+        return grad_x, grad_w, None, None, None
+
+
+def _chunk_logits(x_hat: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, start: int,
+                  scale: float, *, w_hat: torch.Tensor | None = None) -> torch.Tensor:
+    if w_hat is None:
+        w_hat = w / w.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    z = scale * (x_hat @ w_hat.t())
+    local = labels - start
+    inside = (local >= 0) & (local < w.shape[0])
+    z[rows[inside], local[inside]] = -torch.inf  # the target class is not in the non-target sum
+    return z
+
+
+def chunked_margin_cross_entropy(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, scale: float,
+                                 target_fn: Callable[[torch.Tensor], torch.Tensor], *,
+                                 chunk_classes: int = DEFAULT_CHUNK_CLASSES) -> torch.Tensor:
+    """Mean cross-entropy of ``s * cos`` logits with the target cosine replaced by ``target_fn(cos_y)``.
+
+    Args:
+        emb: embeddings ``(B, D)`` (normalized here).
+        weight: class weights ``(C, D)`` (normalized here, chunk by chunk).
+        labels: ``(B,)`` class indices.
+        scale: s.
+        target_fn: the head's margin on the target cosine, e.g. ``lambda c: c - m`` for CosFace
+            (elementwise on a ``(B,)`` tensor of cosines, in cosine units).
+        chunk_classes: classes per chunk; peak extra memory is about ``3 * B * chunk_classes`` floats.
+
+    Returns:
+        Scalar loss, equal to ``F.cross_entropy`` over the full margin-applied logits.
+    """
+    x_hat = F.normalize(emb, dim=1)
+    lse_rest = _NonTargetLogSumExp.apply(x_hat, weight, labels, float(scale), int(chunk_classes))
+    cos_y = (x_hat * F.normalize(weight[labels], dim=1)).sum(1)
+    target = scale * target_fn(cos_y)
+    return (torch.logaddexp(lse_rest, target) - target).mean()
