@@ -13,7 +13,6 @@ import socket
 import subprocess
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +81,22 @@ def environment_tags(device: str | torch.device | None = None) -> dict[str, str]
     }
 
 
-@dataclass
 class TrialRun:
-    """An open child run; `log_epoch` queues metrics asynchronously, `finish` waits and closes it."""
+    """An open child run.
 
-    client: Any
-    run_id: str
-    _pending: list[Any] = field(default_factory=list)
-    log_seconds: float = 0.0
+    `log_epoch` hands the epoch's metrics to a background thread and returns at once, so the trial never
+    waits on the tracking store; `flush` waits for what is queued; `finish` flushes and closes the run.
+    ``log_seconds`` is the time the caller spent in logging calls (what `bench perf` reports).
+    """
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.client = client
+        self.run_id = run_id
+        self.log_seconds = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
+        self._pending: list[Any] = []
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -97,14 +104,15 @@ class TrialRun:
         t0 = time.perf_counter()
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
-        op = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
-        if op is not None:
-            self._pending.append(op)
+        self._pending.append(self._pool.submit(self.client.log_batch, self.run_id, metrics=batch))
         self.log_seconds += time.perf_counter() - t0
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        t0 = time.perf_counter()
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.log_seconds += time.perf_counter() - t0
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), subdir)
@@ -113,16 +121,18 @@ class TrialRun:
         self.client.log_text(self.run_id, text, name)
 
     def flush(self) -> None:
+        """Waits until every queued metric batch is written; re-raises a write's error."""
         t0 = time.perf_counter()
-        for op in self._pending:
-            op.wait()
-        self._pending.clear()
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
         self.log_seconds += time.perf_counter() - t0
 
     def finish(self, status: str) -> None:
         """Closes the run with marginbench status ``finished``/``diverged``/``failed``/``pruned``."""
         self.flush()
-        self.client.set_tag(self.run_id, STATUS_TAG, status)
+        self._pool.shutdown(wait=True)
+        self.set_tags({STATUS_TAG: status})
         self.client.set_terminated(self.run_id, _MLFLOW_STATUS[status])
 
 
