@@ -1,22 +1,98 @@
-"""The tables `bench run` and `bench report` print."""
+"""Markdown for a table: title, the table, the not-in-the-means summary, and a provenance line.
+
+`render_results` is the one renderer: `bench report` (from MLflow) and README splicing (from the results
+CSVs) both go through it, so the two print the same text for the same runs.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from reports.runs import load_runs
-from reports.tables import mean_std_table
+import pandas as pd
 
-__all__ = ["default_table"]
+from reports.results import ResultsTable, grid_order, results_frame
+from reports.spec import TableSpec, default_tables, natural_key, parse_tables
+from reports.tables import aggregate
+
+__all__ = ["render_results", "provenance_line", "grid_tables", "study_results", "default_table"]
+
+
+def _unique(values: pd.Series) -> list[str]:
+    out = sorted({str(v) for v in values if str(v) not in ("", "nan", "None")}, key=natural_key)
+    return out
+
+
+def _join(values: list[str], limit: int = 3) -> str:
+    return ", ".join(values[:limit]) + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
+
+
+def provenance_line(results: ResultsTable) -> str:
+    """``*4 runs of grid quickstart · digits, 10 epochs · cpu (...) · torch 2.14.1 · commit a3865ea · 2026-11-22*``."""
+    frame = results.frame
+    parts = [f"{len(frame)} run{'s' if len(frame) != 1 else ''} of grid {results.grid}"]
+    if frame.empty:
+        return f"*{parts[0]}*"
+    data = _join(_unique(frame["dataset"]))
+    epochs = _unique(frame["epochs"])
+    if data or epochs:
+        parts.append(", ".join(p for p in (data, f"{_join(epochs)} epoch{'s' if epochs != ['1'] else ''}"
+                                           if epochs else "") if p))
+    devices = _unique(frame["device_name"])
+    if devices:
+        parts.append(_join(devices))
+    torch_versions = _unique(frame["torch_version"])
+    if torch_versions:
+        parts.append("torch " + _join(torch_versions))
+    commits = sorted({c[:7] + ("-dirty" if c.endswith("-dirty") else "") for c in _unique(frame["git_commit"])
+                      if c != "unknown"})
+    if commits:
+        parts.append(("commit " if len(commits) == 1 else "commits ") + _join(commits))
+    dates = sorted(_unique(frame["date"]))
+    if dates:
+        parts.append(dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}")
+    return "*" + " · ".join(parts) + "*"
+
+
+def render_results(results: ResultsTable, *, source: str | None = None) -> str:
+    """A table's markdown section: title, table, summary of runs not in the means, provenance.
+
+    Args:
+        results: the table's source data (`study_results` from MLflow or `load_results` from a CSV).
+        source: the results CSV's path as the README links it (appended to the provenance line).
+    """
+    table = aggregate(results.frame, results.spec, order=results.order)
+    parts = []
+    if results.spec.title:
+        parts.append(results.spec.title)
+    parts.append(table.to_markdown())
+    summary = table.summary()
+    line = provenance_line(results)
+    if source:
+        line = line[:-1] + f" · run ids: [{source}]({source})*"
+    if summary:
+        parts.append(summary)
+    parts.append(line)
+    return "\n\n".join(parts)
+
+
+def grid_tables(grid: Any) -> list[TableSpec]:
+    """The grid's ``report:`` tables, or the default table (every axis as rows, train and test accuracy)."""
+    return parse_tables(grid.report, axes=grid.axes, source=str(grid.path)) or default_tables(grid.name, grid.axes)
+
+
+def study_results(grid: Any, runs: pd.DataFrame, specs: list[TableSpec] | None = None) -> list[ResultsTable]:
+    """Each table's results frame from a study's tidy runs frame."""
+    order = grid_order(grid)
+    return [results_frame(runs, spec, grid=grid.name, order=order, description=grid.description)
+            for spec in (specs if specs is not None else grid_tables(grid))]
 
 
 def default_table(grid: Any, tracking_uri: str | None = None) -> str:
-    """One row per value of the grid's first axis, train and test accuracy as mean ± std over seeds."""
+    """Every table of the grid (its ``report:`` section, or the default table), from its MLflow runs, as markdown
+    with a ``### <grid>/<table>`` heading each. What `bench run` prints at the end and `bench report` prints."""
+    from reports.runs import load_runs
+
     runs = load_runs(grid.name, tracking_uri)
     if runs.empty:
         return f"(no runs of {grid.name} yet: bench run --grid {grid.path})"
-    rows = grid.axes[0] if grid.axes else "label"
-    if rows == "label":
-        runs = runs.assign(label=runs["run_name"])
-    metrics = [m for m in ("train_acc", "test_acc") if m in runs.columns]
-    return f"### {grid.name}\n\n" + mean_std_table(runs, rows, metrics)
+    return "\n\n".join(f"### {r.grid}/{r.spec.name}\n\n{render_results(r)}" for r in study_results(grid, runs))

@@ -1,41 +1,297 @@
-"""Aggregation over seeds and markdown rendering."""
+"""Aggregation over seeds: a tidy runs frame and a `TableSpec` -> a `Table` of `CellStats` -> markdown.
+
+Only runs with status ``finished`` enter the means; a trial run more than once counts once (`latest_runs`).
+A cell shows ``mean ± std (n=k)``, with ``ci`` ``mean ± std [lo, hi] (n=k)`` where the interval is the 95%
+Student t interval of the mean, ``mean ± t(0.975, n-1) · std / sqrt(n)`` (std with ddof=1). A cell whose
+runs all diverged shows ``diverged`` (likewise ``pruned``, ``failed``, ``running``); finished runs beside
+others show the others' count, ``(n=2, 1 diverged)``; a cell with no run at all shows ``-``.
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 from tabulate import tabulate
 
-__all__ = ["mean_std_table", "format_mean_std"]
+from reports.runs import RUN_COLUMNS, latest_runs
+from reports.spec import ReportError, TableSpec, natural_key
+
+__all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "value_column", "format_mean_std",
+           "mean_std_table", "STATUS_ORDER"]
+
+#: Run statuses in the order counts are reported.
+STATUS_ORDER = ("finished", "diverged", "pruned", "failed", "running")
 
 
-def format_mean_std(values: list[float], digits: int = 4) -> str:
-    """``"0.9712 ± 0.0031 (n=2)"``; a single value has no std."""
-    clean = [v for v in values if v is not None and not math.isnan(v)]
-    if not clean:
-        return "-"
-    s = pd.Series(clean)
-    if len(clean) == 1:
-        return f"{s.iloc[0]:.{digits}f} (n=1)"
-    return f"{s.mean():.{digits}f} ± {s.std(ddof=1):.{digits}f} (n={len(clean)})"
+def label_column(axis: str) -> str:
+    """The runs-frame column holding an axis's labels (``label.loss``; ``label`` for all labels joined)."""
+    return "label" if axis == "label" else f"label.{axis}"
+
+
+def value_column(spec: TableSpec, metric: str) -> str:
+    """The runs-frame column a table reads for ``metric``: ``test_acc`` (final) or ``best.test_acc``."""
+    return f"best.{metric}" if spec.metric_source == "best" else metric
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """The metric names present in a runs frame (final-value columns)."""
+    skip = set(RUN_COLUMNS)
+    out = []
+    for c in runs.columns:
+        c = str(c)
+        if c in skip or c.startswith(("label.", "param.", "epochs.", "_")):
+            continue
+        if c.startswith("best."):
+            c = c[len("best."):]
+        if c not in out:
+            out.append(c)
+    return out
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """The runs of one table cell.
+
+    Attributes:
+        values: the metric of each finished run (runs without the metric left out).
+        counts: runs per status in the cell, finished included.
+    """
+
+    values: tuple[float, ...] = ()
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def runs(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def mean(self) -> float:
+        return math.fsum(self.values) / self.n if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (ddof=1); NaN below two values."""
+        if self.n < 2:
+            return math.nan
+        m = self.mean
+        return math.sqrt(math.fsum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """The 95% Student t interval of the mean; None below two values."""
+        if self.n < 2:
+            return None
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, self.n - 1)) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    def others(self) -> list[tuple[str, int]]:
+        """Counts of runs that are not finished, in `STATUS_ORDER` then alphabetical."""
+        keys = [s for s in STATUS_ORDER if s != "finished"] + sorted(set(self.counts) - set(STATUS_ORDER))
+        return [(s, self.counts[s]) for s in keys if self.counts.get(s)]
+
+    def text(self, *, digits: int = 4, ci: bool = False, percent: bool = False, bold: bool = False) -> str:
+        """The cell as markdown (see the module docstring)."""
+        if self.n == 0:
+            if self.runs == 0:
+                return "-"
+            others = self.others()
+            if not others:
+                return "n/a"  # finished runs that did not log this metric
+            if len(others) == 1:
+                return others[0][0]
+            return ", ".join(f"{k} {s}" for s, k in others)
+        mean = _fmt(self.mean, digits, percent)
+        out = f"**{mean}**" if bold else mean
+        if self.n >= 2:
+            out += f" ± {_fmt(self.std, digits, percent)}"
+            if ci:
+                lo, hi = self.ci  # type: ignore[misc]
+                out += f" [{_fmt(lo, digits, percent)}, {_fmt(hi, digits, percent)}]"
+        notes = [f"n={self.n}"] + [f"{k} {s}" for s, k in self.others()]
+        return f"{out} ({', '.join(notes)})"
+
+
+def _fmt(value: float, digits: int, percent: bool) -> str:
+    return f"{value * 100 if percent else value:.{digits}f}"
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+@dataclass
+class Table:
+    """An aggregated table, before rendering.
+
+    Attributes:
+        spec: what was asked for.
+        row_keys: one tuple of labels (one per ``spec.rows`` axis) per row, in grid order.
+        col_keys: metric names, or the column axis's labels for a matrix.
+        cells: ``{(row_key, col_key): CellStats}``.
+        counts: runs per status over the whole table.
+        runs: the runs that were aggregated (after filtering and de-duplication).
+    """
+
+    spec: TableSpec
+    row_keys: list[tuple[str, ...]]
+    col_keys: list[str]
+    cells: dict[tuple[tuple[str, ...], str], CellStats]
+    counts: Mapping[str, int]
+    runs: pd.DataFrame
+
+    def cell(self, row: tuple[str, ...] | str, col: str) -> CellStats:
+        key = (row,) if isinstance(row, str) else tuple(row)
+        return self.cells.get((key, col), CellStats())
+
+    def _col_header(self, col: str) -> str:
+        return str(self.spec.headers.get(col, col)) if self.spec.is_matrix else self.spec.column_header(col)
+
+    def _metric_of(self, col: str) -> str:
+        return str(self.spec.metric) if self.spec.is_matrix else col
+
+    def layout(self) -> tuple[list[str], list[list[str]]]:
+        """``(headers, body)`` as strings, in display orientation (transposed when asked), bold and Mean row
+        applied."""
+        spec = self.spec
+        grid = [[self.cell(r, c) for c in self.col_keys] for r in self.row_keys]  # grid[row][col]
+        # bold: the best displayed mean among the rows of each column (among the columns of a row when transposed,
+        # i.e. always among the entries of the `rows` axes, for one metric)
+        bold = [[False] * len(self.col_keys) for _ in self.row_keys]
+        for j, col in enumerate(self.col_keys):
+            metric = self._metric_of(col)
+            direction = spec.direction(metric)
+            shown = [(i, float(_fmt(grid[i][j].mean, spec.digits, spec.percent)))
+                     for i in range(len(self.row_keys)) if grid[i][j].n]
+            if direction == "none" or len(shown) < 2:
+                continue
+            best = (max if direction == "max" else min)(v for _, v in shown)
+            for i, v in shown:
+                bold[i][j] = v == best
+        texts = [[grid[i][j].text(digits=spec.digits, ci=spec.ci, percent=spec.percent, bold=bold[i][j])
+                  for j in range(len(self.col_keys))] for i in range(len(self.row_keys))]
+        row_headers = [spec.header(a) for a in spec.rows]
+        if not spec.transpose:
+            headers = row_headers + [self._col_header(c) for c in self.col_keys]
+            body = [[_escape(v) for v in key] + row for key, row in zip(self.row_keys, texts, strict=True)]
+            stats = grid
+            n_label = len(spec.rows)
+        else:
+            corner = spec.header(spec.column_axis) if spec.is_matrix else (spec.header("metric"))
+            headers = [corner] + [" / ".join(key) for key in self.row_keys]
+            body = [[self._col_header(c)] + [texts[i][j] for i in range(len(self.row_keys))]
+                    for j, c in enumerate(self.col_keys)]
+            stats = [[grid[i][j] for i in range(len(self.row_keys))] for j in range(len(self.col_keys))]
+            n_label = 1
+        if spec.mean_row:
+            mean_row = ["Mean"] + [""] * (n_label - 1)
+            for j in range(len(headers) - n_label):
+                means = [row[j].mean for row in stats if row[j].n]
+                mean_row.append(_fmt(math.fsum(means) / len(means), spec.digits, spec.percent) if means else "-")
+            body.append(mean_row)
+        return [_escape(h) for h in headers], body
+
+    def to_markdown(self) -> str:
+        """The table in GitHub markdown (tabulate ``github``), nothing else."""
+        headers, body = self.layout()
+        return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+    def summary(self) -> str:
+        """``"Not in the means: 1 diverged, 2 pruned."``, or empty when every run finished."""
+        others = CellStats(counts=dict(self.counts)).others()
+        if not others:
+            return ""
+        return "Not in the means: " + ", ".join(f"{k} {s}" for s, k in others) + "."
+
+
+def _ordered(present: Sequence[str], order: Sequence[str] | None) -> list[str]:
+    order = list(dict.fromkeys(order or []))
+    extra = sorted(set(present) - set(order), key=natural_key)
+    return order + extra
+
+
+def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequence[str]] | None = None) -> Table:
+    """Aggregates a tidy runs frame (`reports.runs.load_runs` or a results CSV) into a table.
+
+    Args:
+        runs: one row per run with ``status``, ``label.<axis>`` and metric columns.
+        spec: the table.
+        order: labels per axis in grid order (``{"loss": ["softmax", "cosface"]}``); every combination of the
+            row axes' labels becomes a row (``-`` where nothing ran); labels not listed follow, in natural order.
+
+    Raises:
+        ReportError: an axis or metric the runs do not have.
+    """
+    order = dict(order or {})
+    runs = latest_runs(runs)
+    for axis in spec.axes + tuple(spec.where):
+        if not runs.empty and label_column(axis) not in runs.columns:
+            have = [c[len("label."):] for c in runs.columns if str(c).startswith("label.")]
+            raise ReportError(f"table {spec.name!r}: the runs have no axis {axis!r} (tag label.{axis}); "
+                              f"their axes: {', '.join(have) or 'none'}")
+    for axis, labels in spec.where.items():
+        runs = runs[runs[label_column(axis)].astype(str).isin(labels)] if not runs.empty else runs
+    metrics = spec.resolve_metrics(metric_columns(runs))
+    if spec.pattern is not None and not metrics and not runs.empty:
+        raise ReportError(f"table {spec.name!r}: no metric matches {spec.pattern!r}; metrics: "
+                          f"{', '.join(metric_columns(runs)) or 'none'}")
+    finished = runs[runs["status"] == "finished"] if not runs.empty else runs
+    for metric in metrics:
+        col = value_column(spec, metric)
+        if not finished.empty and col not in runs.columns:
+            raise ReportError(f"table {spec.name!r}: no metric {metric!r} in the runs; metrics: "
+                              f"{', '.join(metric_columns(runs)) or 'none'}")
+
+    def labels_of(axis: str) -> list[str]:
+        present = runs[label_column(axis)].astype(str).unique().tolist() if not runs.empty else []
+        return _ordered(present, order.get(axis))
+
+    declared = ([tuple(k) for k in itertools.product(*(list(dict.fromkeys(order[a])) for a in spec.rows))]
+                if all(order.get(a) for a in spec.rows) else [])
+    present = (set(zip(*(runs[label_column(a)].astype(str) for a in spec.rows), strict=True))
+               if not runs.empty else set())
+    rank = {a: {label: i for i, label in enumerate(labels_of(a))} for a in spec.rows}
+    extra = sorted(present - set(declared), key=lambda k: [rank[a][v] for a, v in zip(spec.rows, k, strict=True)])
+    row_keys = declared + extra  # the grid's cells always (``-`` until they run), then whatever else ran
+    col_keys = labels_of(spec.column_axis) if spec.is_matrix else metrics
+
+    cells: dict[tuple[tuple[str, ...], str], CellStats] = {}
+    if not runs.empty:
+        group_cols = [label_column(a) for a in spec.axes]
+        keys = runs[group_cols].astype(str)
+        for key, group in runs.groupby([keys[c] for c in group_cols], sort=False):
+            key = tuple(key)
+            row_key = key[: len(spec.rows)]
+            counts = dict(Counter(group["status"].astype(str)))
+            done = group[group["status"] == "finished"]
+            targets = [(key[-1], str(spec.metric))] if spec.is_matrix else [(m, m) for m in metrics]
+            for col_key, metric in targets:
+                col = value_column(spec, metric)
+                values = pd.to_numeric(done[col], errors="coerce") if col in done.columns else pd.Series(dtype=float)
+                values = tuple(float(v) for v in values if not math.isnan(float(v)))
+                cells[(row_key, col_key)] = CellStats(values, counts)
+    counts = dict(Counter(runs["status"].astype(str))) if not runs.empty else {}
+    return Table(spec, row_keys, col_keys, cells, counts, runs)
+
+
+def format_mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """``"0.9712 ± 0.0031 (n=2)"``; one value has no std; none gives ``-``."""
+    clean = tuple(float(v) for v in values if v is not None and not math.isnan(float(v)))
+    return CellStats(clean, {"finished": len(clean)}).text(digits=digits) if clean else "-"
 
 
 def mean_std_table(runs: pd.DataFrame, rows: str, metrics: list[str], *, digits: int = 4) -> str:
-    """Markdown table, one row per value of ``rows`` (a ``label.<axis>`` column or any column), one column
-    per metric, cells mean ± sample std over seeds; a row whose runs all diverged shows ``diverged``."""
-    if runs.empty:
-        return "(no runs)"
-    key = rows if rows in runs.columns else f"label.{rows}"
-    if key not in runs.columns:
-        raise KeyError(f"no column {rows!r} in the runs; grid axes: "
-                       f"{', '.join(c[6:] for c in runs.columns if c.startswith('label.')) or 'none'}")
-    body = []
-    for value, group in runs.groupby(key, sort=False):
-        finished = group[group["status"] == "finished"]
-        if finished.empty:
-            body.append([value] + [group["status"].iloc[0]] * len(metrics))
-            continue
-        body.append([value] + [format_mean_std(list(finished[m].astype(float)) if m in finished else [], digits)
-                               for m in metrics])
-    return tabulate(body, headers=[rows] + metrics, tablefmt="github")
+    """Markdown table, one row per label of axis ``rows``, one column per metric, mean ± std over seeds
+    (kept for callers of the first version; `aggregate` is the general form)."""
+    spec = TableSpec(name="table", rows=(rows,), metrics=tuple(metrics), digits=digits, bold="none")
+    return aggregate(runs, spec).to_markdown()

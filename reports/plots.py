@@ -1,0 +1,163 @@
+"""Report plots, written beside the results CSVs and logged to the study's parent MLflow run.
+
+- ``<table>.accuracy.png``: each row's mean per metric column with its 95% t interval as an error bar;
+- ``<table>.curves.png``: each metric per epoch, one line per row (mean over the finished seeds, ± std band);
+- ``<table>.gifs.md``: a markdown list linking each run's embedding GIF (``plots/embeddings.gif``) by its
+  artifact URI, with a link to the run in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reports.results import ResultsTable
+from reports.tables import Table, aggregate, label_column
+
+__all__ = ["plot_accuracy", "plot_curves", "gif_links", "write_plots"]
+
+_PNG_META = {"Software": None}  # keeps the bytes the same from one export to the next
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _row_name(key: tuple[str, ...]) -> str:
+    return " / ".join(key)
+
+
+def plot_accuracy(table: Table, path: Path) -> Path:
+    """Means with 95% t intervals: x = the table's rows, one marker series per column."""
+    plt = _pyplot()
+    spec = table.spec
+    rows, cols = table.row_keys, table.col_keys
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 3.6), dpi=100)
+    width = 0.8 / max(len(cols), 1)
+    scale = 100.0 if spec.percent else 1.0
+    for j, col in enumerate(cols):
+        xs, ys, lo, hi = [], [], [], []
+        for i, row in enumerate(rows):
+            cell = table.cell(row, col)
+            if not cell.n:
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(cell.mean * scale)
+            ci = cell.ci
+            lo.append((cell.mean - ci[0]) * scale if ci else 0.0)
+            hi.append((ci[1] - cell.mean) * scale if ci else 0.0)
+        label = table._col_header(col)
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label=label)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([_row_name(r) for r in rows], rotation=30 if len(rows) > 4 else 0, ha="right"
+                       if len(rows) > 4 else "center")
+    ax.set_ylabel(str(spec.metric) if spec.is_matrix else "value" + (" (%)" if spec.percent else ""))
+    ax.set_title(spec.title or f"{spec.name}: mean and 95% t interval over seeds", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if cols:
+        ax.legend(fontsize=8, title=spec.header(spec.column_axis) if spec.is_matrix else None)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata=_PNG_META)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(results: ResultsTable, history: pd.DataFrame, path: Path,
+                metrics: list[str] | None = None) -> Path | None:
+    """Each metric per epoch, one line per table row (matrix: per row and column), mean over finished seeds
+    with a ± std band. None when there is no history to draw."""
+    spec = results.spec
+    frame = results.frame[results.frame["status"] == "finished"]
+    if frame.empty or history.empty:
+        return None
+    wanted = metrics or list(dict.fromkeys(
+        ["train_loss", "train_acc", *(results.metrics if not spec.is_matrix else [str(spec.metric)])]))
+    if spec.pattern is not None:  # per-class columns: their final values are the table; curves of the rest
+        wanted = [m for m in wanted if m not in results.metrics] or wanted[:1]
+    present = set(history["metric"])
+    wanted = [m for m in wanted if m in present][:6]
+    if not wanted:
+        return None
+    axes_cols = [label_column(a) for a in spec.axes]
+    groups = frame.groupby([frame[c].astype(str) for c in axes_cols], sort=False)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(wanted), figsize=(4.2 * len(wanted), 3.4), dpi=100, squeeze=False)
+    for ax, metric in zip(axes[0], wanted, strict=True):
+        hist = history[history["metric"] == metric]
+        for key, group in groups:
+            sub = hist[hist["run_id"].isin(group["run_id"])]
+            if sub.empty:
+                continue
+            stats = sub.groupby("step")["value"].agg(["mean", "std", "count"]).sort_index()
+            steps = stats.index.to_numpy() + 1
+            line = ax.plot(steps, stats["mean"].to_numpy(), label=_row_name(tuple(key)), lw=1.5)[0]
+            std = stats["std"].fillna(0.0).to_numpy()
+            ax.fill_between(steps, stats["mean"] - std, stats["mean"] + std, color=line.get_color(), alpha=0.15,
+                            lw=0)
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{results.grid}/{spec.name}: mean over seeds (± std)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata=_PNG_META)
+    plt.close(fig)
+    return path
+
+
+def gif_links(results: ResultsTable, artifact_uris: dict[str, str], path: Path, *,
+              ui_base: str | None = None, experiment_id: str | None = None) -> Path:
+    """A markdown list: one line per run with its embedding GIF's artifact URI (runs without one say so)."""
+    lines = [f"# {results.grid}/{results.spec.name}: embedding GIFs", ""]
+    for _, run in results.frame.iterrows():
+        name = run["run_name"] or run["run_id"]
+        uri = artifact_uris.get(str(run["run_id"]))
+        link = f"[embeddings.gif]({uri})" if uri else "no GIF (run with plots: true and a 2-D/3-D embedding)"
+        ui = (f" · [run]({ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run['run_id']})"
+              if ui_base and experiment_id else "")
+        lines.append(f"- {name} ({run['status']}): {link}{ui} · `{run['run_id']}`")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _gif_uris(client: Any, run_ids: list[str]) -> dict[str, str]:
+    out = {}
+    for run_id in run_ids:
+        try:
+            files = client.list_artifacts(run_id, "plots")
+        except Exception:  # an unreachable artifact store must not stop the report
+            continue
+        if any(f.path.endswith("embeddings.gif") for f in files):
+            root = client.get_run(run_id).info.artifact_uri
+            out[run_id] = f"{root.rstrip('/')}/plots/embeddings.gif"
+    return out
+
+
+def write_plots(results: ResultsTable, history: pd.DataFrame, folder: Path, *, client: Any = None,
+                parent_run_id: str | None = None, experiment_id: str | None = None,
+                ui_base: str | None = "http://127.0.0.1:5000") -> list[Path]:
+    """Writes a table's plots into ``folder`` and, given a client and the parent run, logs them there under
+    ``reports/<table>/``. Returns the files written."""
+    table = aggregate(results.frame, results.spec, order=results.order)
+    name = results.spec.name
+    written = [plot_accuracy(table, folder / f"{name}.accuracy.png")]
+    curves = plot_curves(results, history, folder / f"{name}.curves.png")
+    if curves is not None:
+        written.append(curves)
+    uris = _gif_uris(client, results.frame["run_id"].astype(str).tolist()) if client is not None else {}
+    written.append(gif_links(results, uris, folder / f"{name}.gifs.md", ui_base=ui_base, experiment_id=experiment_id))
+    if client is not None and parent_run_id:
+        for path in written:
+            client.log_artifact(parent_run_id, str(path), f"reports/{name}")
+    return written
+

@@ -1,0 +1,200 @@
+"""Results files: each table's source data as a sorted CSV with a ``.meta.json`` beside it.
+
+``reports/results/<grid>/<table>.csv`` holds one row per run that the table counts (after filtering and
+de-duplication): ``run_id``, ``run_name``, the ``label.<axis>`` columns, ``seed``, ``status``, ``diverged``,
+``trial_key``, the metric columns the table reads (``test_acc`` or ``best.test_acc``, shortest round-trip
+decimals), and provenance: ``grid``, ``dataset``, ``epochs``, ``device_name``, ``git_commit``,
+``torch_version``, ``date``. Rows are sorted by the grid's label order, then seed, then run id.
+
+``<table>.meta.json`` holds the table's spec, the grid's label order and the metric columns, so that
+`load_results` + `reports.tables.aggregate` rebuild exactly the markdown `bench report` printed from MLflow,
+on a machine without the MLflow store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reports.runs import latest_runs
+from reports.spec import ReportError, TableSpec, natural_key
+from reports.tables import label_column, metric_columns, value_column
+
+__all__ = ["ResultsTable", "results_frame", "write_results", "load_results", "find_results", "grid_order",
+           "PROVENANCE_COLUMNS", "DEFAULT_RESULTS_DIR"]
+
+DEFAULT_RESULTS_DIR = Path("reports") / "results"
+#: Provenance columns of a results CSV and the runs-frame column each comes from.
+PROVENANCE_COLUMNS = {"grid": None, "dataset": "param.dataset", "epochs": "param.epochs",
+                      "device_name": "device_name", "git_commit": "git_commit", "torch_version": "torch_version",
+                      "date": "date"}
+_SCHEMA = 1
+
+
+@dataclass
+class ResultsTable:
+    """A table's source data: the runs it counts and what is needed to rebuild it.
+
+    Attributes:
+        grid: the study name.
+        spec: the table.
+        order: labels per axis in grid order.
+        metrics: the metric columns (a pattern resolved).
+        frame: one row per run (the CSV's content).
+        description: the grid's description.
+    """
+
+    grid: str
+    spec: TableSpec
+    order: dict[str, list[str]]
+    metrics: list[str]
+    frame: pd.DataFrame
+    description: str = ""
+
+    @property
+    def value_columns(self) -> list[str]:
+        return [value_column(self.spec, m) for m in self.metrics]
+
+    def meta(self) -> dict[str, Any]:
+        return {"schema": _SCHEMA, "grid": self.grid, "description": self.description,
+                "table": self.spec.to_dict(), "metrics": self.metrics, "value_columns": self.value_columns,
+                "order": self.order, "generated_by": "bench report --export"}
+
+
+def grid_order(grid: Any) -> dict[str, list[str]]:
+    """Labels per axis in the grid file's order, and ``label`` (all labels joined) in cell order."""
+    order: dict[str, list[str]] = {axis: [] for axis in grid.axes}
+    joined: list[str] = []
+    for cell in grid.cells:
+        for axis, label in cell.labels.items():
+            if label not in order.setdefault(axis, []):
+                order[axis].append(label)
+        text = " / ".join(cell.labels.values()) if cell.labels else cell.spec.loss
+        if text not in joined:
+            joined.append(text)
+    order["label"] = joined
+    return order
+
+
+def results_frame(runs: pd.DataFrame, spec: TableSpec, *, grid: str, order: Mapping[str, Sequence[str]] | None = None,
+                  description: str = "") -> ResultsTable:
+    """The runs a table counts, reduced to the results-file columns and sorted."""
+    order = {k: list(v) for k, v in (order or {}).items()}
+    runs = latest_runs(runs)
+    axes = list(dict.fromkeys(spec.axes + tuple(spec.where)))
+    for axis in axes:
+        if not runs.empty and label_column(axis) not in runs.columns:
+            have = [c[len("label."):] for c in runs.columns if str(c).startswith("label.")]
+            raise ReportError(f"table {spec.name!r}: the runs have no axis {axis!r} (tag label.{axis}); "
+                              f"their axes: {', '.join(have) or 'none'}")
+    for axis, labels in spec.where.items():
+        if not runs.empty:
+            runs = runs[runs[label_column(axis)].astype(str).isin(labels)]
+    metrics = spec.resolve_metrics(metric_columns(runs))
+    label_cols = [label_column(a) for a in axes]
+    values = [value_column(spec, m) for m in metrics]
+    columns = ["run_id", "run_name", *label_cols, "seed", "status", "diverged", "trial_key", *values,
+               *PROVENANCE_COLUMNS]
+    out = pd.DataFrame(index=runs.index)
+    for col in columns:
+        if col == "grid":
+            out[col] = grid
+        elif col in PROVENANCE_COLUMNS:
+            src = PROVENANCE_COLUMNS[col]
+            out[col] = runs[src].fillna("").astype(str) if src in runs.columns else ""
+        elif col in values:
+            out[col] = pd.to_numeric(runs[col], errors="coerce") if col in runs.columns else math.nan
+        elif col == "seed":
+            out[col] = pd.to_numeric(runs[col], errors="coerce").fillna(0).astype(int) if col in runs else 0
+        else:
+            out[col] = runs[col].fillna("").astype(str) if col in runs.columns else ""
+    out = _sort(out.reset_index(drop=True), axes, order)
+    return ResultsTable(grid, spec, order, metrics, out, description)
+
+
+def _sort(frame: pd.DataFrame, axes: Sequence[str], order: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+
+    def rank(axis: str, label: str) -> tuple[int, list[Any]]:
+        known = list(order.get(axis, []))
+        return (known.index(label), []) if label in known else (len(known), natural_key(label))
+
+    keys = [tuple(rank(a, str(row[label_column(a)])) for a in axes) + (int(row["seed"]), str(row["run_id"]))
+            for _, row in frame.iterrows()]
+    positions = sorted(range(len(frame)), key=lambda i: keys[i])
+    return frame.iloc[positions].reset_index(drop=True)
+
+
+def _csv_text(table: ResultsTable) -> str:
+    frame = table.frame.copy()
+    for col in table.value_columns:
+        frame[col] = [("" if v is None or math.isnan(float(v)) else repr(float(v))) for v in frame[col]]
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+def write_results(table: ResultsTable, results_dir: Path | str = DEFAULT_RESULTS_DIR) -> Path:
+    """Writes ``<results_dir>/<grid>/<table>.csv`` and ``.meta.json`` (atomically); returns the CSV path."""
+    folder = Path(results_dir) / table.grid
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / f"{table.spec.name}.csv"
+    meta_path = folder / f"{table.spec.name}.meta.json"
+    for path, text in ((csv_path, _csv_text(table)),
+                       (meta_path, json.dumps(table.meta(), indent=2, ensure_ascii=False) + "\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return csv_path
+
+
+def load_results(csv_path: Path | str) -> ResultsTable:
+    """Reads a results CSV and its ``.meta.json`` back (no MLflow needed).
+
+    Raises:
+        FileNotFoundError: either file missing, with how to create them.
+    """
+    csv_path = Path(csv_path)
+    meta_path = csv_path.with_name(csv_path.name[: -len(".csv")] + ".meta.json")
+    for path in (csv_path, meta_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; write it with: bench report --grid <grid> --export")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    for col in meta["value_columns"]:
+        if col in frame.columns:
+            frame[col] = pd.to_numeric(frame[col].replace("", math.nan), errors="coerce").astype(float)
+    if "seed" in frame.columns:
+        frame["seed"] = frame["seed"].astype(int)
+    return ResultsTable(meta["grid"], spec, {k: list(v) for k, v in meta.get("order", {}).items()},
+                        list(meta["metrics"]), frame, meta.get("description", ""))
+
+
+def find_results(name: str, results_dir: Path | str = DEFAULT_RESULTS_DIR) -> Path:
+    """The CSV a README block names: ``<grid>/<table>``, or a bare ``<table>`` found in exactly one grid.
+
+    Raises:
+        ReportError: no such table, or a bare name in several grids (listing the candidates).
+    """
+    root = Path(results_dir)
+    available = sorted(f"{p.parent.name}/{p.stem}" for p in root.glob("*/*.csv"))
+    if "/" in name:
+        path = root / f"{name}.csv"
+        if path.is_file():
+            return path
+        hits = []
+    else:
+        hits = sorted(root.glob(f"*/{name}.csv"))
+        if len(hits) == 1:
+            return hits[0]
+    if len(hits) > 1:
+        raise ReportError(f"table {name!r} is in several grids under {root}: "
+                          f"{', '.join(f'{p.parent.name}/{p.stem}' for p in hits)}; name it <grid>/<table>")
+    raise ReportError(f"no results for table {name!r} under {root} (export them with bench report --grid <grid> "
+                      f"--export); available: {', '.join(available) or 'none'}")

@@ -1,0 +1,340 @@
+"""The ``report:`` section of a grid: which tables to build, validated, as frozen `TableSpec` objects.
+
+A grid declares its tables::
+
+    report:
+      tables:
+        - name: losses                     # results file reports/results/<grid>/losses.csv; README block name
+          rows: loss                       # grid axis (or list of axes) giving the rows
+          columns: [train_acc, test_acc]   # metrics as columns (final-epoch values by default)
+        - name: backbones
+          rows: loss
+          columns: backbone                # an axis: a matrix of `metric`
+          metric: test_acc
+        - name: per-class
+          rows: model
+          columns: {pattern: "test_acc.class_*"}   # every metric matching the shell pattern, natural order
+          transpose: true                  # classes as rows, models as columns
+          mean_row: true                   # a Mean row (the mean over classes: mIOU-style)
+
+Options of a table (all but ``name`` and ``rows`` optional):
+
+- ``metric_source``: ``final`` (last epoch, default) or ``best`` (best epoch: max, min for losses).
+- ``ci``: add the 95% t confidence interval of the mean to each cell.
+- ``bold``: ``max`` (default), ``min`` or ``none``: the best mean among the rows, per metric column, in bold
+  (among the columns of a row when transposed); a mapping ``{metric: min}`` sets it per metric.
+- ``mean_row``: add a Mean row (the mean of the cell means of each column).
+- ``digits``: decimals (default 4); ``percent``: show values x 100.
+- ``title``: a line above the table; ``headers``: display names ``{train_acc: Train Acc., loss: Loss}``.
+- ``where``: keep only some cells, ``{backbone: mobilenetv3}`` or ``{backbone: [a, b]}``.
+- ``transpose``: swap rows and columns after aggregation.
+
+An axis that varies inside a table's cells (neither in ``rows``/``columns`` nor fixed by ``where``) is an
+error: its runs would be averaged together as if they were seeds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TableSpec", "ReportError", "parse_tables", "default_tables", "TABLE_KEYS", "natural_key",
+           "metric_direction"]
+
+#: Keys of one table in ``report.tables`` and what they mean.
+TABLE_KEYS = {
+    "name": "table id: results file reports/results/<grid>/<name>.csv and README block name",
+    "rows": "grid axis (or list of axes) whose labels are the rows",
+    "columns": "list of metrics, an axis (matrix of `metric`), or {pattern: 'test_acc.class_*'}",
+    "metric": "the metric in each cell when `columns` is an axis",
+    "metric_source": "final (last epoch) or best (best epoch)",
+    "ci": "true: 95% t confidence interval of the mean in each cell",
+    "bold": "max, min or none (best per column in bold), or {metric: max|min|none}",
+    "mean_row": "true: a Mean row under the table",
+    "digits": "decimals shown",
+    "percent": "true: values x 100",
+    "title": "a line above the table",
+    "headers": "display names for metrics and axes, {train_acc: Train Acc.}",
+    "where": "keep only cells with these labels, {axis: label or [labels]}",
+    "transpose": "true: swap rows and columns",
+}
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+_MINIMIZE = re.compile(r"(loss|_eer|error|err)$")
+
+
+class ReportError(ValueError):
+    """An invalid ``report:`` table or a table that cannot be built; the message names the key and the fix."""
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders ``class_2`` before ``class_10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+
+
+def metric_direction(metric: str) -> str:
+    """``"min"`` for losses and error rates (``train_loss``, ``lfw_eer``), else ``"max"``."""
+    return "min" if _MINIMIZE.search(metric) else "max"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One declared table.
+
+    Attributes:
+        name: table id (file name and README block name).
+        rows: grid axes whose labels make the rows (``("loss",)``); ``("label",)`` is the joined label.
+        metrics: metric columns (empty for a matrix or a pattern).
+        pattern: shell pattern selecting metric columns (``test_acc.class_*``), resolved against the runs.
+        column_axis: the axis whose labels are the columns of a matrix.
+        metric: the metric in each cell of a matrix.
+        metric_source: ``final`` or ``best``.
+        ci: add the 95% t interval.
+        bold: ``max``/``min``/``none`` for every metric, or per metric.
+        mean_row: add a Mean row.
+        digits: decimals shown.
+        percent: show values x 100.
+        title: a line above the table.
+        headers: display names.
+        where: ``{axis: (labels...)}`` filter.
+        transpose: swap rows and columns.
+    """
+
+    name: str
+    rows: tuple[str, ...]
+    metrics: tuple[str, ...] = ()
+    pattern: str | None = None
+    column_axis: str | None = None
+    metric: str | None = None
+    metric_source: str = "final"
+    ci: bool = False
+    bold: str | Mapping[str, str] = "max"
+    mean_row: bool = False
+    digits: int = 4
+    percent: bool = False
+    title: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    where: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    transpose: bool = False
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.column_axis is not None
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The axes that identify a cell."""
+        return self.rows + ((self.column_axis,) if self.column_axis else ())
+
+    def resolve_metrics(self, available: Sequence[str]) -> list[str]:
+        """The metric columns: the declared list, the matrix metric, or the pattern's matches in natural order."""
+        if self.is_matrix:
+            return [str(self.metric)]
+        if self.pattern is not None:
+            return sorted({m for m in available if fnmatch.fnmatchcase(m, self.pattern)}, key=natural_key)
+        return list(self.metrics)
+
+    def column_header(self, metric: str) -> str:
+        """Display name of a metric column; a pattern's match drops the literal prefix up to its last dot."""
+        if metric in self.headers:
+            return str(self.headers[metric])
+        if self.pattern is not None:
+            literal = re.split(r"[*?\[]", self.pattern, maxsplit=1)[0]
+            cut = literal.rfind(".") + 1
+            if cut and metric.startswith(literal[:cut]):
+                return metric[cut:]
+        return metric
+
+    def header(self, key: str) -> str:
+        return str(self.headers.get(key, key))
+
+    def direction(self, metric: str) -> str:
+        """``max``, ``min`` or ``none`` for the bold mark of ``metric``."""
+        if isinstance(self.bold, Mapping):
+            return str(self.bold.get(metric, metric_direction(metric)))
+        return self.bold
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (what the results' ``.meta.json`` stores; `from_dict` reads it back)."""
+        out: dict[str, Any] = {"name": self.name, "rows": list(self.rows)}
+        if self.is_matrix:
+            out["columns"] = self.column_axis
+            out["metric"] = self.metric
+        elif self.pattern is not None:
+            out["columns"] = {"pattern": self.pattern}
+        else:
+            out["columns"] = list(self.metrics)
+        out.update({"metric_source": self.metric_source, "ci": self.ci,
+                    "bold": dict(self.bold) if isinstance(self.bold, Mapping) else self.bold,
+                    "mean_row": self.mean_row, "digits": self.digits, "percent": self.percent, "title": self.title,
+                    "headers": dict(self.headers), "where": {k: list(v) for k, v in self.where.items()},
+                    "transpose": self.transpose})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, axes: Sequence[str] | None = None, source: str = "",
+                  key: str = "table") -> TableSpec:
+        """Validates one table mapping (``axes``: the grid's axes, checked when given).
+
+        Raises:
+            ReportError: naming ``source``, the key and the fix.
+        """
+        where = f"{source}: {key}" if source else key
+
+        def fail(sub: str, message: str) -> ReportError:
+            return ReportError(f"{where}.{sub}: {message}" if sub else f"{where}: {message}")
+
+        if not isinstance(data, Mapping):
+            raise fail("", f"a table is a mapping with at least name and rows, but got {data!r}")
+        unknown = [k for k in data if k not in TABLE_KEYS]
+        if unknown:
+            k = unknown[0]
+            close = difflib.get_close_matches(str(k), TABLE_KEYS, 1)
+            raise fail(str(k), f"unknown table key {k!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                       + f"; valid keys: {', '.join(TABLE_KEYS)}")
+        name = data.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise fail("name", f"a name of letters, digits, '_', '-', '.' is required, but got {name!r}")
+        known_axes = list(axes) if axes is not None else None
+
+        def check_axis(sub: str, axis: Any) -> str:
+            if not isinstance(axis, str) or not axis:
+                raise fail(sub, f"an axis name is required, but got {axis!r}")
+            if known_axes is not None and axis not in known_axes and axis != "label":
+                close = difflib.get_close_matches(axis, known_axes, 1)
+                raise fail(sub, f"{axis!r} is not an axis of the grid" + (f" (did you mean {close[0]!r}?)" if close
+                                                                         else "")
+                           + f"; axes: {', '.join(known_axes) or 'none'} (or 'label': all labels joined)")
+            return axis
+
+        rows_raw = data.get("rows")
+        if rows_raw is None:
+            raise fail("rows", "required: the grid axis whose labels are the rows, e.g. rows: loss")
+        rows_list = rows_raw if isinstance(rows_raw, list) else [rows_raw]
+        if not rows_list:
+            raise fail("rows", "needs at least one axis")
+        rows = tuple(check_axis(f"rows[{i}]" if isinstance(rows_raw, list) else "rows", a)
+                     for i, a in enumerate(rows_list))
+        if len(set(rows)) != len(rows):
+            raise fail("rows", f"an axis repeats: {list(rows)}")
+
+        columns = data.get("columns", ["train_acc", "test_acc"])
+        metrics: tuple[str, ...] = ()
+        pattern = column_axis = metric = None
+        if isinstance(columns, str) and (known_axes is None or columns in known_axes or columns == "label"):
+            column_axis = check_axis("columns", columns)
+            if column_axis in rows:
+                raise fail("columns", f"axis {column_axis!r} is already in rows")
+            metric = data.get("metric")
+            if not isinstance(metric, str) or not metric:
+                raise fail("metric", f"columns is the axis {column_axis!r}: name the metric in each cell, "
+                                     f"e.g. metric: test_acc")
+        elif isinstance(columns, str):
+            raise fail("columns", f"{columns!r} is not an axis of the grid; for metric columns write a list, "
+                                  f"columns: [{columns}]; axes: {', '.join(known_axes or []) or 'none'}")
+        elif isinstance(columns, Mapping):
+            if set(columns) != {"pattern"} or not isinstance(columns["pattern"], str) or not columns["pattern"]:
+                raise fail("columns", f"a mapping must be {{pattern: 'test_acc.class_*'}}, but got {dict(columns)!r}")
+            pattern = columns["pattern"]
+        elif isinstance(columns, list) and columns and all(isinstance(c, str) and c for c in columns):
+            metrics = tuple(columns)
+            if len(set(metrics)) != len(metrics):
+                raise fail("columns", f"a metric repeats: {columns}")
+        else:
+            raise fail("columns", f"a list of metrics, an axis or {{pattern: ...}} is required, but got {columns!r}")
+        if "metric" in data and column_axis is None:
+            raise fail("metric", "only for a matrix (columns: <axis>); with metric columns leave it out")
+
+        source_ = data.get("metric_source", "final")
+        if source_ not in ("final", "best"):
+            raise fail("metric_source", f"must be final or best, but got {source_!r}")
+        bold = data.get("bold", "max")
+        if isinstance(bold, Mapping):
+            bad = {k: v for k, v in bold.items() if v not in ("max", "min", "none")}
+            if bad:
+                raise fail("bold", f"each direction must be max, min or none, but got {bad!r}")
+            bold = {str(k): str(v) for k, v in bold.items()}
+        elif bold is False or bold is None:
+            bold = "none"
+        elif bold not in ("max", "min", "none"):
+            raise fail("bold", f"must be max, min, none or {{metric: max|min|none}}, but got {bold!r}")
+        digits = data.get("digits", 4)
+        if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 12:
+            raise fail("digits", f"must be an integer in 0..12, but got {digits!r}")
+        flags = {}
+        for flag in ("ci", "mean_row", "percent", "transpose"):
+            value = data.get(flag, False)
+            if not isinstance(value, bool):
+                raise fail(flag, f"must be true or false, but got {value!r}")
+            flags[flag] = value
+        title = data.get("title", "")
+        if not isinstance(title, str):
+            raise fail("title", f"must be a string, but got {title!r}")
+        headers = data.get("headers", {}) or {}
+        if not isinstance(headers, Mapping):
+            raise fail("headers", f"must map metric or axis names to display names, but got {headers!r}")
+        filters = data.get("where", {}) or {}
+        if not isinstance(filters, Mapping):
+            raise fail("where", f"must map axes to a label or a list of labels, but got {filters!r}")
+        where_: dict[str, tuple[str, ...]] = {}
+        for axis, labels in filters.items():
+            check_axis(f"where.{axis}", axis)
+            if axis in rows or axis == column_axis:
+                raise fail(f"where.{axis}", f"axis {axis!r} is already in rows/columns; filter another axis")
+            labels = labels if isinstance(labels, list) else [labels]
+            if not labels:
+                raise fail(f"where.{axis}", "needs at least one label")
+            where_[str(axis)] = tuple(str(v) for v in labels)
+        if known_axes is not None:
+            free = [a for a in known_axes if a not in rows and a != column_axis and a not in where_]
+            if free and "label" not in rows and column_axis != "label":
+                raise fail("rows", f"axis {free[0]!r} varies inside the table's cells and its runs would be averaged "
+                                   f"as if they were seeds; add it to rows (rows: [{', '.join(rows + (free[0],))}]), "
+                                   f"make it the columns, or fix it with where: {{{free[0]}: <label>}}")
+        return cls(name=name, rows=rows, metrics=metrics, pattern=pattern, column_axis=column_axis, metric=metric,
+                   metric_source=source_, ci=flags["ci"], bold=bold, mean_row=flags["mean_row"], digits=digits,
+                   percent=flags["percent"], title=title, headers={str(k): str(v) for k, v in headers.items()},
+                   where=where_, transpose=flags["transpose"])
+
+
+def parse_tables(report: Mapping[str, Any] | None, *, axes: Sequence[str] | None = None,
+                 source: str = "") -> list[TableSpec]:
+    """The tables of a grid's ``report:`` section (empty list when there is none).
+
+    Args:
+        report: the parsed ``report`` mapping (``grid.report``).
+        axes: the grid's axes, to check ``rows``/``columns``/``where`` against.
+        source: the grid file, for error messages.
+
+    Raises:
+        ReportError: naming the file, the key (``report.tables[1].rows``) and the fix.
+
+    Example:
+        >>> parse_tables({"tables": [{"name": "t", "rows": "loss"}]}, axes=["loss"])[0].metrics
+        ('train_acc', 'test_acc')
+    """
+    if not report:
+        return []
+    prefix = f"{source}: " if source else ""
+    if not isinstance(report, Mapping):
+        raise ReportError(f"{prefix}report: must be a mapping with a 'tables' list, but got {report!r}")
+    unknown = [k for k in report if k != "tables"]
+    if unknown:
+        raise ReportError(f"{prefix}report.{unknown[0]}: unknown key; the report section holds 'tables'")
+    tables = report.get("tables") or []
+    if not isinstance(tables, list):
+        raise ReportError(f"{prefix}report.tables: must be a list of tables, but got {tables!r}")
+    specs = [TableSpec.from_dict(t, axes=axes, source=source, key=f"report.tables[{i}]") for i, t in enumerate(tables)]
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ReportError(f"{prefix}report.tables: table names must be unique; repeated: {dup}")
+    return specs
+
+
+def default_tables(name: str, axes: Sequence[str]) -> list[TableSpec]:
+    """The table a grid without a ``report:`` section gets: all axes as rows, train and test accuracy."""
+    return [TableSpec(name=name, rows=tuple(axes) or ("label",), metrics=("train_acc", "test_acc"))]

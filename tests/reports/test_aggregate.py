@@ -1,0 +1,134 @@
+"""Aggregation checked against numbers computed in the test, from runs logged to a temporary MLflow store the
+way `bench run` logs them: means, sample std, the 95% t interval, seed counts, diverged/pruned/failed cells,
+duplicates of a trial counted once, final vs best epoch."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from reports.runs import latest_runs, load_runs, load_study
+from reports.spec import ReportError, TableSpec
+from reports.tables import aggregate
+
+from .conftest import log_trials
+
+
+def _epochs(test_accs, train_losses=None):
+    train_losses = train_losses or [1.0 / (i + 1) for i in range(len(test_accs))]
+    return [{"test_acc": a, "train_acc": min(1.0, a + 0.01), "train_loss": lo}
+            for a, lo in zip(test_accs, train_losses, strict=True)]
+
+
+SOFTMAX = {0: [0.50, 0.90, 0.80], 1: [0.55, 0.85, 0.84], 2: [0.60, 0.88, 0.86]}
+COSFACE = {0: [0.70, 0.93], 1: [0.72, 0.95]}
+COSFACE_OLD_SEED0 = [0.10, 0.20]  # an earlier run of the same trial: must not count
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    L = lambda name: {"loss": name}  # noqa: E731
+    trials = [(L("softmax"), s, "finished", _epochs(v, [1.0, 0.5, 0.7]), {"loss": "softmax"})
+              for s, v in SOFTMAX.items()]
+    trials.append((L("cosface"), 0, "finished", _epochs(COSFACE_OLD_SEED0), {"loss": "cosface"}))
+    trials += [(L("cosface"), s, "finished", _epochs(v), {"loss": "cosface"}) for s, v in COSFACE.items()]
+    trials += [(L("cosface"), 2, "diverged", _epochs([0.3]), {"loss": "cosface"}),
+               (L("arcface"), 0, "diverged", _epochs([0.2]), {"loss": "arcface"}),
+               (L("arcface"), 1, "diverged", [], {"loss": "arcface"}),
+               (L("sphereface"), 0, "pruned", _epochs([0.4]), {"loss": "sphereface"}),
+               (L("sphereface"), 1, "pruned", _epochs([0.41]), {"loss": "sphereface"}),
+               (L("norm"), 0, "failed", [], {"loss": "norm"}),
+               (L("adacos"), 0, "running", _epochs([0.6]), {"loss": "adacos"})]
+    uri = f"sqlite:///{tmp_path_factory.mktemp('agg') / 'mlflow.db'}"
+    return log_trials(uri, "agg", trials)
+
+
+def _expected(values):
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values)
+    lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return n, mean, std, lo, hi
+
+
+def test_load_runs_is_one_row_per_child_run_with_final_and_best(study):
+    runs = load_runs("agg", study[0].tracking_uri)
+    assert len(runs) == 13  # every child run, the superseded duplicate included; never the parent
+    assert set(runs["run_id"]) == set(study[1])
+    assert runs["seed"].dtype.kind == "i"
+    softmax0 = runs[(runs["label.loss"] == "softmax") & (runs["seed"] == 0)].iloc[0]
+    assert softmax0["test_acc"] == pytest.approx(0.80)  # last epoch
+    assert softmax0["best.test_acc"] == pytest.approx(0.90)  # best epoch: max for an accuracy
+    assert softmax0["train_loss"] == pytest.approx(0.7)
+    assert softmax0["best.train_loss"] == pytest.approx(0.5)  # best epoch: min for a loss
+    assert softmax0["param.loss"] == "softmax" and softmax0["git_commit"] and softmax0["device_name"]
+    assert softmax0["date"].count("-") == 2
+    assert set(runs["status"]) == {"finished", "diverged", "pruned", "failed", "running"}
+    assert len(latest_runs(runs)) == 12  # the old cosface seed 0 run dropped
+
+
+def test_means_std_ci_and_counts_match_the_test_computation(study):
+    runs = load_runs("agg", study[0].tracking_uri)
+    spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), ci=True)
+    order = {"loss": ["softmax", "cosface", "arcface", "sphereface", "norm", "adacos", "never-ran"]}
+    table = aggregate(runs, spec, order=order)
+    assert table.row_keys == [(x,) for x in order["loss"]]  # grid order, a cell that never ran included
+
+    n, mean, std, lo, hi = _expected([v[-1] for v in SOFTMAX.values()])
+    cell = table.cell("softmax", "test_acc")
+    assert cell.n == n == 3 and cell.counts == {"finished": 3}
+    assert cell.mean == pytest.approx(mean, abs=1e-12)
+    assert cell.std == pytest.approx(std, abs=1e-12)
+    assert cell.ci == pytest.approx((lo, hi), abs=1e-12)
+    assert cell.text(digits=4, ci=True) == f"{mean:.4f} ± {std:.4f} [{lo:.4f}, {hi:.4f}] (n=3)"
+
+    # cosface: the rerun of seed 0 replaces the older run, the diverged seed is counted beside the mean
+    n, mean, std, lo, hi = _expected([v[-1] for v in COSFACE.values()])
+    cell = table.cell("cosface", "test_acc")
+    assert cell.n == n == 2 and cell.counts == {"finished": 2, "diverged": 1}
+    assert cell.mean == pytest.approx(mean, abs=1e-12) and cell.std == pytest.approx(std, abs=1e-12)
+    assert cell.text(digits=4, ci=True) == f"{mean:.4f} ± {std:.4f} [{lo:.4f}, {hi:.4f}] (n=2, 1 diverged)"
+
+    assert table.cell("arcface", "test_acc").text() == "diverged"
+    assert table.cell("sphereface", "test_acc").text() == "pruned"
+    assert table.cell("norm", "test_acc").text() == "failed"
+    assert table.cell("adacos", "test_acc").text() == "running"
+    assert table.cell("never-ran", "test_acc").text() == "-"
+    assert table.counts == {"finished": 5, "diverged": 3, "pruned": 2, "failed": 1, "running": 1}
+    assert table.summary() == "Not in the means: 3 diverged, 2 pruned, 1 failed, 1 running."
+    markdown = table.to_markdown()
+    assert f"**{statistics.fmean([v[-1] for v in COSFACE.values()]):.4f}**" in markdown  # the best row in bold
+
+
+def test_best_epoch_source(study):
+    runs = load_runs("agg", study[0].tracking_uri)
+    table = aggregate(runs, TableSpec(name="t", rows=("loss",), metrics=("test_acc", "train_loss"),
+                                      metric_source="best"))
+    cell = table.cell("softmax", "test_acc")
+    assert cell.mean == pytest.approx(statistics.fmean(max(v) for v in SOFTMAX.values()), abs=1e-12)
+    assert table.cell("softmax", "train_loss").mean == pytest.approx(0.5)
+
+
+def test_history_is_long_format(study):
+    result = load_study("agg", study[0].tracking_uri)
+    hist = result.history
+    one = hist[(hist["metric"] == "test_acc") & hist["run_id"].isin(result.runs.query("seed == 1 and "
+                                                                                     "`label.loss` == 'softmax'")
+                                                                      ["run_id"])]
+    assert sorted(one["step"]) == [0, 1, 2] and sorted(one["value"]) == pytest.approx(sorted(SOFTMAX[1]))
+    assert result.parent_run_id and result.experiment_id
+
+
+def test_unknown_axis_or_metric_is_an_error_naming_what_exists(study):
+    runs = load_runs("agg", study[0].tracking_uri)
+    with pytest.raises(ReportError, match="no axis 'backbone'.*their axes: loss"):
+        aggregate(runs, TableSpec(name="t", rows=("backbone",)))
+    with pytest.raises(ReportError, match="no metric 'lfw_acc'.*test_acc"):
+        aggregate(runs, TableSpec(name="t", rows=("loss",), metrics=("lfw_acc",)))
+
+
+def test_missing_study_gives_an_empty_frame(store):
+    assert load_runs("nope", store.uri).empty

@@ -1,0 +1,183 @@
+"""bench report end to end: MLflow runs -> results CSVs (+ plots logged to the parent run) -> README blocks
+rebuilt from the CSVs alone; --check passes on a fresh README and fails with a diff after a one-digit edit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from reports.markdown import render_results
+from reports.readme import splice
+from reports.results import find_results, load_results
+from reports.spec import ReportError
+
+from .conftest import log_trials
+
+GRID = """
+name: rep
+base: {dataset: digits, backbone: lenet++, embedding_dim: 2, epochs: 2}
+grid:
+  loss:
+    - {label: softmax, loss: softmax}
+    - {label: cosface, loss: {name: cosface, s: 10.0, m: 0.1}}
+seeds: [0, 1]
+report:
+  tables:
+    - name: losses
+      rows: loss
+      columns: [train_acc, test_acc]
+      ci: true
+    - name: best
+      rows: loss
+      columns: [test_acc]
+      metric_source: best
+"""
+README = """# Project
+
+Some text.
+
+<!-- bench:table rep/losses -->
+stale content
+<!-- bench:end -->
+
+More text; markers in code are documentation, not blocks:
+
+```
+<!-- bench:table NAME -->
+<!-- bench:end -->
+```
+
+<!-- bench:table best -->
+<!-- bench:end -->
+"""
+
+
+def _epochs(values):
+    return [{"train_acc": v + 0.01, "test_acc": v, "train_loss": 1 - v} for v in values]
+
+
+@pytest.fixture
+def reported(in_tmp, capsys):
+    """Runs of grid ``rep`` in ./mlflow.db, exported with ``bench report --grid rep.yaml --export``."""
+    (in_tmp / "rep.yaml").write_text(GRID)
+    L = lambda name: {"loss": name}  # noqa: E731
+    _, ids = log_trials(f"sqlite:///{in_tmp / 'mlflow.db'}", "rep", [
+        (L("softmax"), 0, "finished", _epochs([0.51, 0.91234567891]), {"loss": "softmax"}),
+        (L("softmax"), 1, "finished", _epochs([0.52, 0.9]), {"loss": "softmax"}),
+        (L("cosface"), 0, "finished", _epochs([0.6, 0.95]), {"loss": "cosface"}),
+        (L("cosface"), 1, "diverged", _epochs([0.2]), {"loss": "cosface"}),
+    ])
+    assert main(["report", "--grid", "rep.yaml", "--export"]) == 0
+    out = capsys.readouterr().out
+    return in_tmp, ids, out
+
+
+def test_export_writes_sorted_csv_with_run_ids_and_provenance(reported):
+    root, ids, _ = reported
+    csv = root / "reports" / "results" / "rep" / "losses.csv"
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    assert sorted(frame["run_id"]) == sorted(ids)  # every run the table counts, by MLflow run id
+    # grid order (softmax before cosface), then seed
+    assert list(zip(frame["label.loss"], frame["seed"], strict=True)) == [
+        ("softmax", "0"), ("softmax", "1"), ("cosface", "0"), ("cosface", "1")]
+    assert list(frame["status"]) == ["finished", "finished", "finished", "diverged"]
+    for col in ("grid", "git_commit", "device_name", "dataset", "epochs", "date"):
+        assert col in frame.columns and frame[col].iloc[0] != "", col
+    assert frame["grid"].iloc[0] == "rep" and frame["dataset"].iloc[0] == "digits"
+    assert float(frame["test_acc"].iloc[0]) == 0.91234567891  # shortest round-trip decimals, exact
+    meta = json.loads((csv.with_name("losses.meta.json")).read_text())
+    assert meta["order"]["loss"] == ["softmax", "cosface"] and meta["table"]["ci"] is True
+    best = pd.read_csv(csv.with_name("best.csv"))
+    assert "best.test_acc" in best.columns and "train_acc" not in best.columns
+
+
+def test_tables_from_csv_alone_equal_the_tables_from_mlflow(reported):
+    root, _, out = reported
+    (root / "mlflow.db").unlink()  # no MLflow store any more
+    shutil.rmtree(root / "mlartifacts", ignore_errors=True)
+    for name in ("losses", "best"):
+        from_csv = render_results(load_results(root / "reports" / "results" / "rep" / f"{name}.csv"))
+        assert f"### rep/{name}\n\n{from_csv}" in out
+    assert "(n=1, 1 diverged)" in out
+
+
+def test_plots_are_written_and_logged_to_the_parent_run(reported):
+    from mlflow.tracking import MlflowClient
+
+    root, ids, _ = reported
+    folder = root / "reports" / "results" / "rep"
+    for suffix in ("accuracy.png", "curves.png", "gifs.md"):
+        assert (folder / f"losses.{suffix}").stat().st_size > 0
+    assert all(run_id in (folder / "losses.gifs.md").read_text() for run_id in ids)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.get_run(client.get_run(ids[0]).data.tags["mlflow.parentRunId"])
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "reports/losses")}
+    assert logged == {"reports/losses/losses.accuracy.png", "reports/losses/losses.curves.png",
+                      "reports/losses/losses.gifs.md"}
+
+
+def test_readme_blocks_are_rebuilt_and_check_fails_after_a_one_digit_edit(reported, capsys):
+    root, ids, out = reported
+    readme = root / "README.md"
+    readme.write_text(README)
+    assert main(["report", "--readme", "README.md", "--check"]) == 1  # stale
+    capsys.readouterr()
+    assert main(["report", "--readme", "README.md"]) == 0
+    text = readme.read_text()
+    assert "stale content" not in text and text.startswith("# Project\n\nSome text.\n")
+    assert "```\n<!-- bench:table NAME -->\n<!-- bench:end -->\n```" in text  # code left alone
+    assert "run ids: [reports/results/rep/losses.csv](reports/results/rep/losses.csv)" in text
+    block = render_results(load_results(root / "reports" / "results" / "rep" / "losses.csv"),
+                           source="reports/results/rep/losses.csv")
+    assert f"<!-- bench:table rep/losses -->\n\n{block}\n\n<!-- bench:end -->\n" in text
+    assert main(["report", "--readme", "README.md", "--check"]) == 0
+    assert main(["report", "--readme", "README.md"]) == 0 and readme.read_text() == text  # idempotent
+    capsys.readouterr()
+
+    # one digit of one cell changed by hand: --check exits 1 and prints the diff
+    mean = text.split("| softmax | ")[1].split(" ")[0]
+    edited = mean[:-1] + str((int(mean[-1]) + 1) % 10)
+    readme.write_text(text.replace(f"| softmax | {mean}", f"| softmax | {edited}", 1))
+    assert main(["report", "--readme", "README.md", "--check"]) == 1
+    captured = capsys.readouterr()
+    assert f"-| softmax | {edited}" in captured.out and f"+| softmax | {mean}" in captured.out
+    assert "README.md differs from the results files" in captured.err
+
+
+def test_readme_names_resolve_by_grid_or_bare_and_errors_name_the_fix(tmp_path):
+    results = tmp_path / "results"
+    for grid in ("a", "b"):
+        (results / grid).mkdir(parents=True)
+        (results / grid / "t.csv").write_text("run_id\n")
+    (results / "a" / "only.csv").write_text("run_id\n")
+    assert find_results("a/t", results) == results / "a" / "t.csv"
+    assert find_results("only", results) == results / "a" / "only.csv"
+    with pytest.raises(ReportError, match="several grids.*a/t, b/t.*<grid>/<table>"):
+        find_results("t", results)
+    with pytest.raises(ReportError, match="no results for table 'nope'.*available: a/only, a/t, b/t"):
+        find_results("nope", results)
+    with pytest.raises(ReportError, match="README.md:2: block 'a/t' is not closed"):
+        splice("x\n<!-- bench:table a/t -->\nno end\n", results, source="README.md")
+    with pytest.raises(ReportError, match="README.md:1: <!-- bench:end --> without"):
+        splice("<!-- bench:end -->\n", results, source="README.md")
+    assert splice("no blocks\n", results) == ("no blocks\n", [])
+
+
+def test_report_cli_errors(in_tmp, capsys):
+    assert main(["report"]) == 2
+    assert "give --grid FILE" in capsys.readouterr().err
+    assert main(["report", "--readme", "missing.md"]) == 2
+    assert "missing.md not found" in capsys.readouterr().err
+    (in_tmp / "rep.yaml").write_text(GRID)
+    assert main(["report", "--grid", "rep.yaml"]) == 0  # no runs yet: says so
+    assert "no runs of rep yet" in capsys.readouterr().out
+    assert main(["report", "--grid", "rep.yaml", "--table", "nope"]) == 2
+    assert "no table 'nope'" in capsys.readouterr().err
+    (in_tmp / "bad.yaml").write_text(GRID.replace("rows: loss\n      columns: [test_acc]", "rows: los\n      "
+                                                                                            "columns: [test_acc]"))
+    assert main(["report", "--grid", "bad.yaml"]) == 2
+    assert "report.tables[1].rows: 'los' is not an axis of the grid (did you mean 'loss'?)" in capsys.readouterr().err
