@@ -89,6 +89,8 @@ def plot_curves(results: ResultsTable, history: pd.DataFrame, path: Path,
     axes_cols = [label_column(a) for a in spec.axes]
     groups = frame.groupby([frame[c].astype(str) for c in axes_cols], sort=False)
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(wanted), figsize=(4.2 * len(wanted), 3.4), dpi=100, squeeze=False)
     for ax, metric in zip(axes[0], wanted, strict=True):
         hist = history[history["metric"] == metric]
@@ -104,6 +106,7 @@ def plot_curves(results: ResultsTable, history: pd.DataFrame, path: Path,
                             lw=0)
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"{results.grid}/{spec.name}: mean over seeds (± std)", fontsize=10)

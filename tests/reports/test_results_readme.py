@@ -71,6 +71,11 @@ def reported(in_tmp, capsys):
         (L("cosface"), 0, "finished", _epochs([0.6, 0.95]), {"loss": "cosface"}),
         (L("cosface"), 1, "diverged", _epochs([0.2]), {"loss": "cosface"}),
     ])
+    from mlflow.tracking import MlflowClient
+
+    gif = in_tmp / "embeddings.gif"
+    gif.write_bytes(b"GIF89a")  # stands in for the trial's embedding animation
+    MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}").log_artifact(ids[0], str(gif), "plots")
     assert main(["report", "--grid", "rep.yaml", "--export"]) == 0
     out = capsys.readouterr().out
     return in_tmp, ids, out
@@ -105,6 +110,12 @@ def test_tables_from_csv_alone_equal_the_tables_from_mlflow(reported):
     assert "(n=1, 1 diverged)" in out
 
 
+def client_uri_root(root, run_id):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(run_id).info.artifact_uri
+
+
 def test_plots_are_written_and_logged_to_the_parent_run(reported):
     from mlflow.tracking import MlflowClient
 
@@ -112,7 +123,11 @@ def test_plots_are_written_and_logged_to_the_parent_run(reported):
     folder = root / "reports" / "results" / "rep"
     for suffix in ("accuracy.png", "curves.png", "gifs.md"):
         assert (folder / f"losses.{suffix}").stat().st_size > 0
-    assert all(run_id in (folder / "losses.gifs.md").read_text() for run_id in ids)
+    links = (folder / "losses.gifs.md").read_text()
+    assert all(run_id in links for run_id in ids)
+    gif_uri = f"{client_uri_root(root, ids[0])}/plots/embeddings.gif"
+    assert f"- softmax seed=0 (finished): [embeddings.gif]({gif_uri})" in links
+    assert "- softmax seed=1 (finished): no GIF" in links
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     parent = client.get_run(client.get_run(ids[0]).data.tags["mlflow.parentRunId"])
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "reports/losses")}
