@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from reports.results import ResultsTable, grid_order, results_frame
-from reports.spec import TableSpec, default_tables, natural_key, parse_tables
+from reports.spec import ReportError, TableSpec, default_tables, natural_key, parse_tables
 from reports.tables import aggregate
 
 __all__ = ["render_results", "provenance_line", "grid_tables", "study_results", "default_table"]
@@ -89,10 +89,25 @@ def study_results(grid: Any, runs: pd.DataFrame, specs: list[TableSpec] | None =
 
 def default_table(grid: Any, tracking_uri: str | None = None) -> str:
     """Every table of the grid (its ``report:`` section, or the default table), from its MLflow runs, as markdown
-    with a ``### <grid>/<table>`` heading each. What `bench run` prints at the end and `bench report` prints."""
+    with a ``### <grid>/<table>`` heading each. What `bench run` prints at the end.
+
+    Never raises for a table that cannot be built (a metric not logged, an invalid ``report:`` section): the
+    table's place says why, so a finished study's output is not lost to a report problem.
+    """
     from reports.runs import load_runs
 
     runs = load_runs(grid.name, tracking_uri)
     if runs.empty:
         return f"(no runs of {grid.name} yet: bench run --grid {grid.path})"
-    return "\n\n".join(f"### {r.grid}/{r.spec.name}\n\n{render_results(r)}" for r in study_results(grid, runs))
+    try:
+        specs = grid_tables(grid)
+    except ReportError as err:
+        return f"(no tables: {err})"
+    sections = []
+    for spec in specs:
+        try:
+            (results,) = study_results(grid, runs, [spec])
+            sections.append(f"### {grid.name}/{spec.name}\n\n{render_results(results)}")
+        except ReportError as err:
+            sections.append(f"### {grid.name}/{spec.name}\n\n(cannot build this table: {err})")
+    return "\n\n".join(sections)

@@ -58,7 +58,7 @@ def plot_accuracy(table: Table, path: Path) -> Path:
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([_row_name(r) for r in rows], rotation=30 if len(rows) > 4 else 0, ha="right"
                        if len(rows) > 4 else "center")
-    ax.set_ylabel(str(spec.metric) if spec.is_matrix else "value" + (" (%)" if spec.percent else ""))
+    ax.set_ylabel((str(spec.metric) if spec.is_matrix else "value") + (" (%)" if spec.percent else ""))
     ax.set_title(spec.title or f"{spec.name}: mean and 95% t interval over seeds", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     if cols:

@@ -97,6 +97,14 @@ def results_frame(runs: pd.DataFrame, spec: TableSpec, *, grid: str, order: Mapp
         if not runs.empty:
             runs = runs[runs[label_column(axis)].astype(str).isin(labels)]
     metrics = spec.resolve_metrics(metric_columns(runs))
+    if spec.pattern is not None and not metrics and not runs.empty:
+        raise ReportError(f"table {spec.name!r}: no metric matches {spec.pattern!r}; metrics: "
+                          f"{', '.join(metric_columns(runs)) or 'none'}")
+    finished = runs[runs["status"] == "finished"] if not runs.empty else runs
+    for metric in metrics:
+        if not finished.empty and value_column(spec, metric) not in runs.columns:
+            raise ReportError(f"table {spec.name!r}: no metric {metric!r} in the runs of {grid}; metrics: "
+                              f"{', '.join(metric_columns(runs)) or 'none'}")
     label_cols = [label_column(a) for a in axes]
     values = [value_column(spec, m) for m in metrics]
     columns = ["run_id", "run_name", *label_cols, "seed", "status", "diverged", "trial_key", *values,

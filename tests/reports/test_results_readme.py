@@ -196,3 +196,11 @@ def test_report_cli_errors(in_tmp, capsys):
                                                                                             "columns: [test_acc]"))
     assert main(["report", "--grid", "bad.yaml"]) == 2
     assert "report.tables[1].rows: 'los' is not an axis of the grid (did you mean 'loss'?)" in capsys.readouterr().err
+
+
+def test_a_metric_the_runs_never_logged_is_an_error_listing_theirs(reported, capsys):
+    root, _, _ = reported
+    (root / "typo.yaml").write_text(GRID.replace("columns: [test_acc]", "columns: [test_accuracy]"))
+    assert main(["report", "--grid", "typo.yaml"]) == 2
+    assert "no metric 'test_accuracy' in the runs of rep; metrics: test_acc, train_acc, train_loss" in \
+        capsys.readouterr().err

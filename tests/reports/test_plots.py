@@ -1,0 +1,48 @@
+"""Report plots for each table shape: written without error, the same bytes twice, curves from the history."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from reports.plots import write_plots
+from reports.results import results_frame
+from reports.spec import TableSpec
+
+from .conftest import frame, run_row
+
+
+def _history(rows):
+    out = []
+    for row in rows:
+        for metric in ("train_loss", "train_acc", "test_acc"):
+            for step in range(3):
+                out.append((row["run_id"], metric, step, 0.3 * step + (0.1 if metric != "train_loss" else 1.0)))
+    return pd.DataFrame(out, columns=["run_id", "metric", "step", "value"])
+
+
+@pytest.mark.parametrize("table", [
+    {"name": "metrics", "rows": ["loss", "backbone"], "ci": True},
+    {"name": "matrix", "rows": "loss", "columns": "backbone", "metric": "test_acc", "percent": True},
+    {"name": "classes", "rows": ["loss", "backbone"], "columns": {"pattern": "test_acc.class_*"}, "transpose": True,
+     "mean_row": True},
+])
+def test_plots_for_every_shape(tmp_path, table):
+    rows = [run_row({"loss": loss, "backbone": bb}, seed, status, train_acc=0.8 + 0.01 * seed,
+                    test_acc=0.7 + 0.02 * seed, **{f"test_acc.class_{c}": 0.5 + 0.01 * c for c in range(3)})
+            for loss in ("softmax", "cosface") for bb in ("a", "b") for seed in (0, 1)
+            for status in (["diverged"] if (loss, bb) == ("cosface", "b") else ["finished"])]
+    spec = TableSpec.from_dict(table, axes=["loss", "backbone"])
+    results = results_frame(frame(rows), spec, grid="g", order={"loss": ["softmax", "cosface"], "backbone": ["a", "b"]})
+    written = write_plots(results, _history(rows), tmp_path / "one")
+    assert [p.name for p in written] == [f"{spec.name}.accuracy.png", f"{spec.name}.curves.png", f"{spec.name}.gifs.md"]
+    again = write_plots(results, _history(rows), tmp_path / "two")
+    for a, b in zip(written, again, strict=True):
+        assert a.read_bytes() == b.read_bytes(), f"{a.name} differs between two exports of the same runs"
+
+
+def test_no_history_means_no_curves(tmp_path):
+    rows = [run_row({"loss": "softmax"}, 0, test_acc=0.9, train_acc=0.95)]
+    results = results_frame(frame(rows), TableSpec(name="t", rows=("loss",)), grid="g")
+    written = write_plots(results, pd.DataFrame(columns=["run_id", "metric", "step", "value"]), tmp_path)
+    assert [p.name for p in written] == ["t.accuracy.png", "t.gifs.md"]
