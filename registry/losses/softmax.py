@@ -1,4 +1,4 @@
-"""Plain softmax: logits ``W x + b``."""
+"""Plain softmax ``W x + b`` and SphereFace's modified softmax ``||x|| cos(theta)`` (``||W_j|| = 1``, no bias)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from registry import LOSSES
-from registry.losses._base import MarginHead
+from registry.losses._base import MarginHead, check_by_building
+
+__all__ = ["SoftmaxHead", "ModifiedSoftmaxHead"]
 
 
 class SoftmaxHead(MarginHead):
-    """Linear classifier ``W x + b`` with cross-entropy; no margin.
+    """Linear classifier ``W x + b`` with cross-entropy; no margin, so ``logits(emb, labels)`` ignores labels.
 
     Args:
         embedding_dim: feature size D.
         num_classes: number of classes C.
-        bias: learn a per-class bias b.
+        bias: learn a per-class bias ``b`` ``(C,)``.
+
+    Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``.
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, *, bias: bool = True) -> None:
@@ -27,7 +31,28 @@ class SoftmaxHead(MarginHead):
         return F.linear(emb, self.weight, self.bias)
 
 
-@LOSSES.register("softmax")
+class ModifiedSoftmaxHead(MarginHead):
+    """SphereFace's modified softmax (Liu et al. 2017, https://arxiv.org/abs/1704.08063, Sec. 3.1).
+
+    Logits ``||x|| cos(theta_j) = <x, W_j / ||W_j||>``: weights normalized, no bias, no margin. The decision
+    boundary depends on angles only, so embeddings are compared by cosine.
+
+    Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``.
+    """
+
+    normalized_features = True
+
+    def logits(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(emb, F.normalize(self.weight, dim=1))
+
+
+@LOSSES.register("softmax", validate=check_by_building("softmax"))
 def softmax(embedding_dim: int, num_classes: int, bias: bool = True) -> SoftmaxHead:
-    """Softmax cross-entropy over W x + b (no margin)."""
+    """Softmax cross-entropy over W x + b (no margin; bias=False drops b)."""
     return SoftmaxHead(embedding_dim, num_classes, bias=bias)
+
+
+@LOSSES.register("modified-softmax", validate=check_by_building("modified-softmax"))
+def modified_softmax(embedding_dim: int, num_classes: int) -> ModifiedSoftmaxHead:
+    """SphereFace's modified softmax: ||W_j|| = 1, no bias, logits ||x|| cos(theta)."""
+    return ModifiedSoftmaxHead(embedding_dim, num_classes)

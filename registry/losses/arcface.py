@@ -1,0 +1,52 @@
+"""ArcFace (Deng et al. 2019, https://arxiv.org/abs/1801.07698): target logit ``s cos(theta + m)``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from registry import LOSSES
+from registry.losses._base import MarginHead, arc_margin, check_by_building, check_positive
+
+__all__ = ["ArcFaceHead"]
+
+
+class ArcFaceHead(MarginHead):
+    """Additive angular margin: ``s cos(theta_y + m)`` on the target, ``s cos(theta_j)`` elsewhere.
+
+    Where ``theta_y + m > pi`` insightface's fallback ``s (cos(theta_y) - m sin(m))`` keeps the target logit
+    decreasing in theta; ``easy_margin=True`` instead applies the margin only where ``cos(theta_y) > 0``.
+
+    Args:
+        embedding_dim: feature size D.
+        num_classes: number of classes C.
+        s: scale applied to every cosine.
+        m: additive angular margin in radians (pytorch-metric-learning's ``ArcFaceLoss`` takes degrees).
+        easy_margin: the easy-margin rule instead of the fallback.
+
+    Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``.
+    """
+
+    normalized_features = True
+
+    def __init__(self, embedding_dim: int, num_classes: int, *, s: float = 64.0, m: float = 0.5,
+                 easy_margin: bool = False, num_weights: int | None = None) -> None:
+        super().__init__(embedding_dim, num_classes, num_weights=num_weights)
+        check_positive(s=s)
+        if not 0 <= m < math.pi:
+            raise ValueError(f"m must be in [0, pi) radians, but got {m=}")
+        self.s, self.m, self.easy_margin = float(s), float(m), bool(easy_margin)
+
+    def target_cosine(self, cos_y: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return arc_margin(cos_y, self.m, easy_margin=self.easy_margin)
+
+    def scale(self, cos: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.s * cos
+
+
+@LOSSES.register("arcface", validate=check_by_building("arcface"))
+def arcface(embedding_dim: int, num_classes: int, s: float = 64.0, m: float = 0.5,
+            easy_margin: bool = False) -> ArcFaceHead:
+    """ArcFace: s cos(theta + m) on the target (m in radians), insightface's fallback past theta + m > pi."""
+    return ArcFaceHead(embedding_dim, num_classes, s=s, m=m, easy_margin=easy_margin)
