@@ -60,25 +60,45 @@ def _epochs(values):
     return [{"train_acc": v + 0.01, "test_acc": v, "train_loss": 1 - v} for v in values]
 
 
-@pytest.fixture
-def reported(in_tmp, capsys):
-    """Runs of grid ``rep`` in ./mlflow.db, exported with ``bench report --grid rep.yaml --export``."""
-    (in_tmp / "rep.yaml").write_text(GRID)
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Runs of grid ``rep`` in <dir>/mlflow.db, exported with ``bench report --grid rep.yaml --export`` (once per
+    module: each test gets a copy, see `reported`)."""
+    import contextlib
+    import io
+
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("exported")
+    (root / "rep.yaml").write_text(GRID)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     L = lambda name: {"loss": name}  # noqa: E731
-    _, ids = log_trials(f"sqlite:///{in_tmp / 'mlflow.db'}", "rep", [
+    _, ids = log_trials(uri, "rep", [
         (L("softmax"), 0, "finished", _epochs([0.51, 0.91234567891]), {"loss": "softmax"}),
         (L("softmax"), 1, "finished", _epochs([0.52, 0.9]), {"loss": "softmax"}),
         (L("cosface"), 0, "finished", _epochs([0.6, 0.95]), {"loss": "cosface"}),
         (L("cosface"), 1, "diverged", _epochs([0.2]), {"loss": "cosface"}),
     ])
-    from mlflow.tracking import MlflowClient
-
-    gif = in_tmp / "embeddings.gif"
+    gif = root / "embeddings.gif"
     gif.write_bytes(b"GIF89a")  # stands in for the trial's embedding animation
-    MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}").log_artifact(ids[0], str(gif), "plots")
-    assert main(["report", "--grid", "rep.yaml", "--export"]) == 0
-    out = capsys.readouterr().out
-    return in_tmp, ids, out
+    MlflowClient(uri).log_artifact(ids[0], str(gif), "plots")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["report", "--grid", str(root / "rep.yaml"), "--export", "--tracking-uri", uri,
+                     "--results-dir", str(root / "reports" / "results")])
+    assert code == 0
+    return root, ids, out.getvalue()
+
+
+@pytest.fixture
+def reported(exported, tmp_path, monkeypatch):
+    """A copy of `exported` as the working directory: ``(dir, run_ids, printed markdown)``."""
+    root, ids, out = exported
+    work = tmp_path / "work"
+    shutil.copytree(root, work)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return work, ids, out
 
 
 def test_export_writes_sorted_csv_with_run_ids_and_provenance(reported):
