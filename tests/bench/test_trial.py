@@ -56,3 +56,17 @@ def test_checkpoint_resumes_from_last_epoch(tiny_dataset, tmp_path):
     # ...while the same spec picks up after its last saved epoch and ends where an unbroken run ends.
     resumed = run_trial(spec_for(tiny_dataset, epochs=3), TrialOptions(progress=False, checkpoint_path=ckpt))
     assert len(resumed.history) == 3 and resumed.history == full.history
+
+
+def test_reduced_precision_and_channels_last_run_and_stay_finite(tiny_dataset):
+    for precision in ("bf16", "fp16"):
+        result = run_trial(spec_for(tiny_dataset, epochs=2, precision=precision, channels_last=True,
+                                    loss="cosface", loss_params={"s": 10.0, "m": 0.1}), TrialOptions(progress=False))
+        assert result.status == "finished", precision
+        assert all(math.isfinite(h["train_loss"]) for h in result.history)
+
+
+def test_center_loss_moves_centres_outside_the_optimizer(tiny_dataset):
+    result = run_trial(spec_for(tiny_dataset, epochs=2, center_loss={"weight": 0.01, "alpha": 0.5}),
+                       TrialOptions(progress=False))
+    assert result.status == "finished"
