@@ -1,0 +1,356 @@
+"""Evaluation protocols: closed-set top-1 accuracy, and pair verification as the face papers measure it.
+
+Pair verification follows the LFW "unrestricted, labeled outside data" protocol of View 2
+(http://vis-www.cs.umass.edu/lfw/lfw.pdf) exactly as SphereFace (https://arxiv.org/abs/1704.08063) and
+insightface (https://github.com/deepinsight/insightface) evaluate it:
+
+1. every image is embedded twice, as is and mirrored left-right; its feature is the *sum* of the two
+   (the flip test);
+2. a pair's score is the cosine similarity of its two features;
+3. for each of the ten folds, the threshold that maximizes accuracy on the other nine folds is applied to
+   the held-out fold; the reported accuracy is the mean of the ten fold accuracies (std beside it).
+
+ROC AUC and TAR at fixed FAR are computed over all pairs at once (no folds).
+
+Example::
+
+    scores = pair_scores(lambda x: backbone(x.to(device)), bundle.pairs)
+    result = verification_metrics(scores, bundle.pairs.same.numpy(), bundle.pairs.folds.numpy())
+    mlflow.log_metrics(result.as_metrics("lfw"))   # lfw_acc, lfw_acc_std, lfw_auc, lfw_tar_far1e-3, ...
+    plot_roc(result, "roc_lfw.png")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from registry.datasets import PairSet, SkippedSample
+
+__all__ = ["top1_accuracy", "pair_scores", "verification_metrics", "VerificationResult", "roc_curve",
+           "best_threshold", "plot_roc", "FARS"]
+
+#: False-accept rates at which the true-accept rate is reported.
+FARS = (1e-3, 1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- closed set
+def top1_accuracy(logits_or_pred: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+    """Fraction of samples whose top-1 prediction is the label.
+
+    Args:
+        logits_or_pred: ``(N, C)`` scores (logits or probabilities; the argmax over C is taken) or ``(N,)``
+            predicted class indices.
+        labels: ``(N,)`` integer class indices.
+
+    Returns:
+        Accuracy in ``[0, 1]``; ``nan`` for ``N == 0``.
+
+    Raises:
+        ValueError: shapes that do not match.
+    """
+    pred = np.asarray(logits_or_pred.detach().cpu() if isinstance(logits_or_pred, torch.Tensor) else logits_or_pred)
+    lab = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    if pred.ndim == 2:
+        pred = pred.argmax(axis=1)
+    elif pred.ndim != 1:
+        raise ValueError(f"logits_or_pred must be (N, C) or (N,), but got shape {pred.shape}")
+    if len(pred) != len(lab):
+        raise ValueError(f"predictions and labels differ in length: {len(pred)} vs {len(lab)}")
+    return float(np.mean(pred == lab)) if len(lab) else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def _image(item: Any, index: int) -> torch.Tensor:
+    if isinstance(item, SkippedSample):
+        raise ValueError(f"pair image {index} could not be read: {item.path}: {item.reason}")
+    if isinstance(item, (tuple, list)):  # (image, label) datasets
+        item = item[0]
+    if not isinstance(item, torch.Tensor):
+        item = torch.as_tensor(np.asarray(item))
+    return item
+
+
+def _collate(batch: list[tuple[int, Any]]) -> torch.Tensor:
+    return torch.stack([_image(item, i) for i, item in batch])
+
+
+class _Indexed(Dataset):
+    """Items of ``base`` at ``indices``, each with its index (so errors name the image)."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray) -> None:
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        j = int(self.indices[i])
+        return j, self.base[j]
+
+
+@torch.no_grad()
+def pair_scores(embed: Callable[[torch.Tensor], torch.Tensor], pairs: PairSet, *, batch_size: int = 256,
+                flip: bool = True, device: torch.device | str | None = None, num_workers: int = 0) -> np.ndarray:
+    """Cosine similarity of every pair's two embeddings, with the flip test.
+
+    Only images that some pair refers to are embedded, each once. With ``flip``, an image's feature is
+    ``embed(x) + embed(x.flip(-1))`` (the sum of the image's and its mirror image's embeddings, as SphereFace
+    and insightface do), then the cosine is taken.
+
+    Args:
+        embed: maps a float batch ``(B, C, H, W)`` to embeddings ``(B, D)``; it is called in ``torch.no_grad``
+            and must put the model in eval mode itself (BatchNorm statistics).
+        pairs: `PairSet`; ``pairs.images`` is a float ``(M, C, H, W)`` tensor or a Dataset whose item i is
+            image i (a ``(C, H, W)`` tensor, or a tuple whose first element is one).
+        batch_size: images per call to ``embed`` (two calls per batch with ``flip``).
+        flip: add the mirrored image's embedding.
+        device: where batches are moved before ``embed``; None leaves them where they are.
+        num_workers: DataLoader workers when ``pairs.images`` is a Dataset.
+
+    Returns:
+        float64 ``(P,)`` cosine similarities in ``[-1, 1]``, in the order of ``pairs.left``/``pairs.right``.
+
+    Raises:
+        ValueError: a pair index out of range, or an unreadable image in a Dataset.
+    """
+    left = np.asarray(pairs.left, dtype=np.int64).reshape(-1)
+    right = np.asarray(pairs.right, dtype=np.int64).reshape(-1)
+    if len(left) != len(right):
+        raise ValueError(f"pairs.left and pairs.right differ in length: {len(left)} vs {len(right)}")
+    n_images = len(pairs.images)
+    used = np.unique(np.concatenate([left, right]))
+    if len(used) and (used[0] < 0 or used[-1] >= n_images):
+        raise ValueError(f"pair indices must be in 0..{n_images - 1}, but got {used[0]}..{used[-1]}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, but got {batch_size=}")
+
+    if isinstance(pairs.images, torch.Tensor):
+        images = pairs.images
+        batches = (images[torch.as_tensor(used[i:i + batch_size], device=images.device)]
+                   for i in range(0, len(used), batch_size))
+    else:
+        batches = iter(DataLoader(_Indexed(pairs.images, used), batch_size=batch_size, shuffle=False,
+                                  num_workers=num_workers, collate_fn=_collate))
+    feats = []
+    for batch in batches:
+        if device is not None:
+            batch = batch.to(device, non_blocking=True)
+        f = embed(batch).float()
+        if flip:
+            f = f + embed(batch.flip(-1)).float()
+        feats.append(f.reshape(len(batch), -1).cpu())
+    if not feats:
+        return np.zeros(0, dtype=np.float64)
+    feat = torch.nn.functional.normalize(torch.cat(feats).double(), dim=1)
+    row = np.full(n_images, -1, dtype=np.int64)
+    row[used] = np.arange(len(used))
+    a, b = feat[torch.from_numpy(row[left])], feat[torch.from_numpy(row[right])]
+    return (a * b).sum(1).clamp(-1.0, 1.0).numpy()
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC over every distinct score, as ``sklearn.metrics.roc_curve(same, scores, drop_intermediate=False)``.
+
+    A pair is accepted (predicted "same") when ``score >= threshold``.
+
+    Returns:
+        ``(fpr, tpr, thresholds)``, each ``(K + 1,)`` for K distinct scores; thresholds decrease, the first
+        is ``inf`` (nothing accepted: fpr = tpr = 0).
+
+    Raises:
+        ValueError: when the pairs are not of both kinds.
+    """
+    scores, same = _check(scores, same)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], same[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    tpr = np.r_[0.0, tp / tp[-1]]
+    fpr = np.r_[0.0, fp / fp[-1]]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """The threshold that maximizes verification accuracy on these pairs, and that accuracy.
+
+    A pair is predicted "same" when ``score > threshold``. The candidates are the midpoints between
+    consecutive distinct scores, plus one below the smallest and one above the largest score (accept
+    everything, accept nothing): every distinct split of the sorted scores, each at the largest margin
+    from the scores it separates. When several candidates reach the best accuracy, the middle one of them
+    (in sorted order, the lower of the two middle ones for an even count) is taken, so a plateau of equally
+    good thresholds yields its centre rather than its edge.
+
+    Returns:
+        ``(threshold, accuracy)``.
+    """
+    scores, same = _check(scores, same, both=False)
+    u, inverse = np.unique(scores, return_inverse=True)
+    n_same = np.bincount(inverse, weights=same, minlength=len(u))
+    n_diff = np.bincount(inverse, weights=~same, minlength=len(u))
+    # candidate j (0..len(u)) rejects the j smallest distinct scores: correct = diff below + same above
+    diff_below = np.r_[0.0, np.cumsum(n_diff)]
+    same_above = same.sum() - np.r_[0.0, np.cumsum(n_same)]
+    correct = diff_below + same_above
+    candidates = np.r_[u[0] - 1.0, (u[:-1] + u[1:]) / 2.0, u[-1] + 1.0]
+    best = np.flatnonzero(correct == correct.max())
+    j = best[(len(best) - 1) // 2]
+    return float(candidates[j]), float(correct[j] / len(scores))
+
+
+@dataclass(frozen=True, eq=False)
+class VerificationResult:
+    """Pair-verification metrics (see `verification_metrics`).
+
+    Attributes:
+        accuracy: mean of the per-fold accuracies, in ``[0, 1]``.
+        accuracy_std: population standard deviation (``ddof=0``, as insightface) of the fold accuracies.
+        fold_accuracies: accuracy on each held-out fold, in fold order.
+        thresholds: cosine threshold chosen on the other folds for each held-out fold.
+        auc: area under the ROC curve over all pairs.
+        tar_at_far: ``{far: tar}`` for each FAR in `FARS`: the highest true-accept rate among thresholds whose
+            false-accept rate is ``<= far`` (no interpolation).
+        roc: ``(fpr, tpr)`` arrays over all pairs, from (0, 0) to (1, 1).
+        num_pairs: pairs evaluated.
+    """
+
+    accuracy: float
+    accuracy_std: float
+    fold_accuracies: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    auc: float
+    tar_at_far: Mapping[float, float]
+    roc: tuple[np.ndarray, np.ndarray]
+    num_pairs: int = 0
+    roc_thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def as_metrics(self, prefix: str = "lfw") -> dict[str, float]:
+        """Flat MLflow metric names (letters, digits, ``_ - .`` only).
+
+        Returns:
+            ``{prefix}_acc``, ``{prefix}_acc_std``, ``{prefix}_threshold`` (mean chosen threshold),
+            ``{prefix}_auc``, ``{prefix}_tar_far1e-3``, ``{prefix}_tar_far1e-4``.
+        """
+        out = {f"{prefix}_acc": self.accuracy, f"{prefix}_acc_std": self.accuracy_std,
+               f"{prefix}_threshold": float(np.mean(self.thresholds)), f"{prefix}_auc": self.auc}
+        out.update({f"{prefix}_tar_far{_far_name(far)}": tar for far, tar in self.tar_at_far.items()})
+        return {k: float(v) for k, v in out.items()}
+
+
+def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray, *,
+                         fars: tuple[float, ...] = FARS) -> VerificationResult:
+    """k-fold verification accuracy (LFW View 2 protocol), ROC AUC and TAR at fixed FAR.
+
+    For each fold f, the threshold is chosen by `best_threshold` on the pairs of every other fold and
+    applied to fold f (``score > threshold`` predicts "same"); the accuracy is the mean over folds.
+
+    Args:
+        scores: ``(P,)`` similarity per pair (higher = more alike), e.g. from `pair_scores`.
+        same: ``(P,)`` bool, True for a pair of the same identity.
+        folds: ``(P,)`` integer fold of each pair (LFW: 0..9, 600 pairs each); at least two folds.
+        fars: false-accept rates for ``tar_at_far``.
+
+    Returns:
+        `VerificationResult`.
+
+    Raises:
+        ValueError: mismatched shapes, non-finite scores, fewer than two folds, or pairs of only one kind.
+    """
+    scores, same = _check(scores, same)
+    folds = np.asarray(folds).reshape(-1)
+    if len(folds) != len(scores):
+        raise ValueError(f"folds must have one entry per pair ({len(scores)}), but got {len(folds)}")
+    fold_ids = np.unique(folds)
+    if len(fold_ids) < 2:
+        raise ValueError(f"the protocol needs at least two folds, but got {fold_ids.tolist()}")
+    accs, thresholds = [], []
+    for f in fold_ids:
+        test = folds == f
+        t, _ = best_threshold(scores[~test], same[~test])
+        thresholds.append(t)
+        accs.append(float(np.mean((scores[test] > t) == same[test])))
+    fpr, tpr, roc_t = roc_curve(scores, same)
+    auc = float(_trapezoid(tpr, fpr))
+    tar = {float(far): float(tpr[fpr <= far].max()) for far in fars}
+    return VerificationResult(accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
+                              fold_accuracies=tuple(accs), thresholds=tuple(thresholds), auc=auc,
+                              tar_at_far=tar, roc=(fpr, tpr), num_pairs=len(scores), roc_thresholds=roc_t)
+
+
+def _check(scores: Any, same: Any, *, both: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    same = np.asarray(same).reshape(-1).astype(bool)
+    if len(scores) != len(same):
+        raise ValueError(f"scores and same must have one entry per pair, but got {len(scores)} and {len(same)}")
+    if len(scores) == 0:
+        raise ValueError("no pairs to evaluate")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"scores must be finite, but {int(np.sum(~np.isfinite(scores)))} are NaN or inf "
+                         "(did the embedding diverge?)")
+    if both and (same.all() or not same.any()):
+        raise ValueError(f"pairs must include both same and different identities, but all {len(same)} are "
+                         f"{'same' if same.all() else 'different'}")
+    return scores, same
+
+
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+
+
+def _far_name(far: float) -> str:
+    """``1e-3`` -> ``"1e-3"``; ``0.05`` -> ``"5e-2"``."""
+    mantissa, exponent = f"{far:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+# ------------------------------------------------------------------------------------------------- plots
+def plot_roc(result: VerificationResult, path: str | Path, *, title: str | None = None) -> Path:
+    """Writes the ROC curve as a PNG: TAR against FAR on a log axis, with the TAR@FAR points marked.
+
+    Args:
+        result: from `verification_metrics`.
+        path: the PNG file (parent folders are created).
+        title: defaults to the accuracy and AUC.
+
+    Returns:
+        ``path`` as a `Path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fpr, tpr = result.roc
+    positive = fpr > 0
+    floor = fpr[positive].min() if positive.any() else 1e-4
+    floor = min(floor, min(result.tar_at_far, default=1.0)) / 2
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    # the first point with fpr > 0 is drawn from the floor so the step up at fpr = 0 stays visible
+    ax.step(np.r_[floor, fpr[positive]], np.r_[tpr[~positive].max(initial=0.0), tpr[positive]], where="post",
+            lw=1.5)
+    for far, tar in result.tar_at_far.items():
+        ax.plot([far], [tar], "o", ms=4, label=f"TAR@FAR={_far_name(far)}: {tar:.4f}")
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(max(0.0, float(tpr[positive].min(initial=1.0)) - 0.02), 1.005)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(title or f"acc {result.accuracy:.4f} ± {result.accuracy_std:.4f}, AUC {result.auc:.4f}",
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
