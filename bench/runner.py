@@ -1,14 +1,13 @@
 """Runs a grid's trials and records each as an MLflow child run.
 
-`execute_trial` is the unit every driver calls (the sequential loop here, an Optuna objective, a worker
-process): it opens the child run, trains, logs each epoch as it ends, logs pictures and the outcome, and
-never lets one trial's failure stop the study.
+`execute_trial` is the unit every driver calls (a study worker, `bench.distributed`, `bench perf`): it opens
+the child run, trains, logs each epoch as it ends, logs pictures and the outcome, and never lets one
+trial's failure stop the study. `run_grid` runs a grid's Optuna study in this process (`bench.workers`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,13 +40,18 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     """Runs one trial inside its own MLflow child run.
 
     A diverged trial closes its run FAILED with a ``diverged`` tag (epoch, step); a pruned one KILLED;
-    an exception is logged with its traceback as an artifact and returned as status ``failed``.
+    an exception is logged with its traceback as an artifact and returned as status ``failed``. A trial
+    resumed from its checkpoint logs the restored epochs too (tag ``resumed_from_epoch``), so the run
+    holds the whole history. KeyboardInterrupt closes the run as ``interrupted`` and propagates.
     """
     options = options or TrialOptions()
     run: TrialRun = tracker.start_trial(spec, device=options.device, trial_number=trial_number, extra_tags=extra_tags)
 
+    logged: list[int] = []
+
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
         run.log_epoch(epoch, metrics)
+        logged.append(epoch)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
 
@@ -57,8 +61,16 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
         log.exception("trial %s seed %s failed", spec.label, spec.seed)
         tracker.record_failure(run, err)
         return TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: close the run as interrupted; the caller re-queues the trial
+        run.finish("interrupted")
+        raise
     tags: dict[str, Any] = {"images_per_second": f"{result.images_per_second:.1f}",
                             "train_seconds": f"{result.train_seconds:.2f}", "device": result.device}
+    first = min(logged) if logged else len(result.history)
+    if first > 0 and result.history:  # resumed from a checkpoint: this run also gets the epochs before it
+        for epoch, metrics in enumerate(result.history[:first]):
+            run.log_epoch(epoch, metrics)
+        tags["resumed_from_epoch"] = str(first)
     if result.diverged is not None:
         tags["diverged"] = f"epoch={result.diverged['epoch']} step={result.diverged['step']}"
         tags["diverged_reason"] = result.diverged["reason"]
@@ -76,23 +88,15 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
 
 def run_grid(grid: Grid, *, tracking_uri: str | None = None, device: str | None = None,
              progress: bool = True, echo: Callable[[str], None] = print,
-             plots: bool | None = None) -> list[TrialOutcome]:
-    """Runs every cell x seed of ``grid`` one after another, skipping trials already finished in the store."""
-    tracker = StudyTracker(grid.name, tracking_uri, description=grid.description, grid_path=str(grid.path))
-    done = tracker.finished_keys()
-    options = TrialOptions(device=device, plots=grid.plots if plots is None else plots, progress=progress)
-    outcomes = []
-    trials = grid.trials()
-    for i, spec in enumerate(trials, 1):
-        if spec.key() in done:
-            echo(f"[{i}/{len(trials)}] {spec.label} seed={spec.seed}: already finished, skipped")
-            continue
-        t0 = time.perf_counter()
-        outcome = execute_trial(spec, tracker, options)
-        summary = ", ".join(f"{k}={v:.4f}" for k, v in (outcome.result.metrics if outcome.result else {}).items()
-                            if k in ("train_acc", "test_acc") or k.endswith("_acc"))
-        echo(f"[{i}/{len(trials)}] {spec.label} seed={spec.seed}: {outcome.status}"
-             f"{' ' + summary if summary else ''} ({time.perf_counter() - t0:.1f} s)"
-             + (f" {outcome.error}" if outcome.error else ""))
-        outcomes.append(outcome)
-    return outcomes
+             plots: bool | None = None, storage: str | None = None) -> list[TrialOutcome]:
+    """Runs the grid's study in this process (one worker): every cell x seed once, resuming where a previous
+    run stopped; see `bench.workers.run_study` for several workers and GPUs.
+
+    Returns:
+        The outcomes of the trials trained by this call (trials already settled are not run again).
+    """
+    from bench.workers import run_study
+
+    report = run_study(grid, storage=storage, tracking_uri=tracking_uri, workers=1, device=device, plots=plots,
+                       progress=progress, echo=echo)
+    return report.outcomes

@@ -29,7 +29,8 @@ ROLE_TAG = "marginbench.role"
 STATUS_TAG = "marginbench.status"
 TRIAL_KEY_TAG = "marginbench.trial_key"
 LABEL_TAG_PREFIX = "label."
-_MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "pruned": "KILLED"}
+_MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "pruned": "KILLED",
+                  "interrupted": "KILLED"}
 
 
 def resolve_tracking_uri(uri: str | None = None, *, cwd: Path | None = None) -> str:
@@ -129,7 +130,7 @@ class TrialRun:
         self.log_seconds += time.perf_counter() - t0
 
     def finish(self, status: str) -> None:
-        """Closes the run with marginbench status ``finished``/``diverged``/``failed``/``pruned``."""
+        """Closes the run with marginbench status ``finished``/``diverged``/``failed``/``pruned``/``interrupted``."""
         self.flush()
         self._pool.shutdown(wait=True)
         self.set_tags({STATUS_TAG: status})
@@ -188,6 +189,21 @@ class StudyTracker:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
                                                                            f"'{self.parent_run_id}'",
                                        max_results=50000)
+
+    def trial_runs(self, key: str) -> list[Any]:
+        """This study's child runs of one trial key (every attempt), oldest first."""
+        return self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
+                                                     f"tags.`{TRIAL_KEY_TAG}` = '{key}'",
+                                       order_by=["attributes.start_time ASC"], max_results=1000)
+
+    def mark_interrupted(self, run_id: str) -> None:
+        """Closes a child run left RUNNING by a process that died: status tag ``interrupted``, MLflow KILLED.
+        Reports count only finished runs, so the retry that follows is the trial's one result."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, "interrupted")])
+        self.client.set_terminated(run_id, _MLFLOW_STATUS["interrupted"])
 
     def start_trial(self, spec: TrialSpec, *, device: str | None = None, trial_number: int | None = None,
                     extra_tags: dict[str, str] | None = None) -> TrialRun:

@@ -54,6 +54,9 @@ class TrialOptions:
         num_workers: DataLoader workers for on-disk datasets.
         progress: show a progress bar over epochs.
         on_epoch: ``on_epoch(epoch, metrics)`` after each epoch; may raise `Pruned`.
+        distributed: a `bench.distributed.DistContext` to train this trial with DistributedDataParallel
+            across a torchrun job (same numbers as one process on the same global batch, up to float
+            summation order); None for one process.
     """
 
     device: str | None = None
@@ -63,6 +66,7 @@ class TrialOptions:
     num_workers: int = 2
     progress: bool = True
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    distributed: Any = None
 
 
 @dataclass
@@ -201,6 +205,26 @@ def _verification(backbone: nn.Module, bundle: DataBundle, device: torch.device,
     return verification_metrics(scores, pairs.same.numpy(), pairs.folds.numpy())
 
 
+class _TrainStep(nn.Module):
+    """Backbone and head as one module returning ``(loss, embeddings)`` of a batch: what DDP wraps, so the
+    head's class weights are replicated and synchronized like the backbone's."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, center: nn.Module | None, center_weight: float,
+                 dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.backbone, self.head, self.center = backbone, head, center
+        self.center_weight, self.dtype = center_weight, dtype
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.backbone(images) if self.dtype is None else _embed(self.backbone, images, self.dtype)
+        emb = emb.float()
+        with torch.autocast(images.device.type, enabled=False):  # margins need fp32 cosines near +-1
+            loss = self.head(emb, labels)
+            if self.center is not None:
+                loss = loss + self.center_weight * self.center(emb, labels)
+        return loss, emb
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -225,7 +249,14 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
         grid's validation before training).
     """
     options = options or TrialOptions()
-    device = pick_device(options.device)
+    dist = options.distributed
+    if dist is not None:
+        from bench import distributed
+
+        if spec.center_loss and float(spec.center_loss.get("weight", 0.0)) > 0:
+            raise ValueError("center_loss is not supported under DistributedDataParallel (its centres move "
+                             "outside the optimizer); run the trial on one process")
+    device = pick_device(dist.device if dist is not None else options.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dtype = autocast_dtype(spec.precision)
@@ -274,7 +305,11 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
     frames: list[Path] = []
     grad_clip = float(spec.grad_clip) if spec.grad_clip else None
     center_weight = float(spec.center_loss.get("weight", 0.0)) if center is not None else 0.0
-    progress = _progress(range(start_epoch, spec.epochs), spec, options.progress, initial=start_epoch)
+    main = dist is None or dist.is_main
+    progress = _progress(range(start_epoch, spec.epochs), spec, options.progress and main, initial=start_epoch)
+    train_step: nn.Module = _TrainStep(model_fn, head, center, center_weight, dtype)
+    if dist is not None:
+        train_step = distributed.wrap(train_step, dist)
     images_seen = 0
 
     for epoch in progress:
@@ -287,16 +322,16 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
         _sync(device)
         t0 = time.perf_counter()
         for step, (images, labels) in enumerate(train):
-            emb = model_fn(images) if dtype is None else _embed(model_fn, images, dtype)
-            emb = emb.float()
-            with torch.autocast(device.type, enabled=False):  # margins need fp32 cosines near +-1
-                loss = head(emb, labels)
-                if center is not None:
-                    loss = loss + center_weight * center(emb, labels)
-                with torch.no_grad():
-                    correct += (head.logits(emb.detach()).argmax(1) == labels).sum()
+            scale = 1.0
+            if dist is not None:
+                if len(labels) < dist.world_size:
+                    continue  # every rank drops a final batch too small to split
+                images, labels, scale = distributed.shard_batch(images, labels, dist)
+            loss, emb = train_step(images, labels)
+            with torch.autocast(device.type, enabled=False), torch.no_grad():
+                correct += (head.logits(emb.detach()).argmax(1) == labels).sum()
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss if scale == 1.0 else loss * scale).backward()
             if grad_clip is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -309,8 +344,14 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
             loss_sum += torch.where(bad, torch.zeros_like(detached), detached) * len(labels)
             seen += len(labels)
-            if (step + 1) % NONFINITE_CHECK_EVERY == 0 and first_bad.item() >= 0:
+            if (step + 1) % NONFINITE_CHECK_EVERY == 0 and (
+                    first_bad.item() >= 0 if dist is None else distributed.any_true(first_bad >= 0, dist, device)):
                 break
+        if dist is not None:
+            seen_t = torch.tensor(seen, device=device)
+            distributed.all_sum([loss_sum, correct, seen_t], dist)
+            distributed.first_bad_step(first_bad, dist)
+            seen = int(seen_t.item())
         _sync(device)
         result.train_seconds += time.perf_counter() - t0
         images_seen += seen
@@ -341,19 +382,24 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
         result.metrics = metrics
         if hasattr(progress, "set_postfix"):
             progress.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "lr"})
-        if options.checkpoint_path is not None:
+        if options.checkpoint_path is not None and main:
             _save_checkpoint(options.checkpoint_path, {
                 "spec_key": spec.key(), "epoch": epoch, "backbone": backbone.state_dict(), "head": head.state_dict(),
                 "center": center.state_dict() if center is not None else None, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": result.history, "train_seconds": result.train_seconds})
+        stop = False
         if options.on_epoch is not None:
             try:
                 options.on_epoch(epoch, metrics)
             except Pruned:
-                result.status = "pruned"
-                break
+                stop = True
+        if dist is not None:
+            stop = distributed.any_true(stop, dist, device)  # rank 0's pruner decides for all
+        if stop:
+            result.status = "pruned"
+            break
     if hasattr(progress, "close"):
         progress.close()
     if frames:

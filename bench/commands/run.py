@@ -1,38 +1,113 @@
-"""``bench run --grid FILE``: validate the grid, train every cell x seed, log each to MLflow, print the table."""
+"""``bench run --grid FILE``: the grid as an Optuna study; every trial an MLflow child run; the table at the end.
+
+    bench run --grid quickstart                       # one process, embedded stores in this folder
+    bench run --grid losses.yaml --workers 4          # four trials at once (one GPU, or the CPU)
+    bench run --grid losses.yaml --gpus 0,1,2,3       # one worker per GPU
+    bench run --grid losses.yaml --storage postgresql://bench@db/optuna --tracking-uri http://mlflow:5000
+                                                      # shared mode; add `bench worker`s on other machines
+
+Running the same command again continues the same study: finished trials are kept, trials that were
+running when a process died run again (from their last checkpoint), nothing is duplicated.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from bench.commands._common import add_grid_options, add_tracking_option, load_grid_or_exit
 
 
+def add_storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="Optuna storage: a journal file path, or an RDB URL such as postgresql://user@host/db "
+                             "(default: $MARGINBENCH_STORAGE, else optuna.journal beside mlflow.db)")
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch threads per worker (default: CPU cores divided among the workers)")
+    parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
+                        help="embedding pictures per epoch (default: the grid's `plots`)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="train every cell of a grid (one MLflow run per cell and seed)",
-                       description=__doc__)
+    p = sub.add_parser("run", help="train every cell of a grid as an Optuna study (one MLflow run per trial)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_grid_options(p)
     add_tracking_option(p)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
-                   help="embedding pictures per epoch (default: the grid's `plots`)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_storage_option(p)
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="trials at once, each in its own process (default: the grid's `workers`, else one per "
+                        "--gpus entry, else 1 in this process); 0 only enqueues the trials for `bench worker`s")
+    p.add_argument("--gpus", default=None, metavar="IDS",
+                   help="comma-separated GPU ids; worker i runs on GPU ids[i %% len(ids)]")
+    add_worker_options(p)
     p.add_argument("--validate-only", action="store_true", help="check the grid and list its trials, train nothing")
     p.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    grid = load_grid_or_exit(args)
-    trials = grid.trials()
-    print(f"grid {grid.name} ({grid.path}): {len(grid.cells)} cells x {len(grid.seeds)} seeds = {len(trials)} trials")
-    if args.validate_only:
-        for spec in trials:
-            print(f"  {spec.label} seed={spec.seed}  [{spec.key()}]")
-        return 0
-    from bench.runner import run_grid
-    from reports.markdown import default_table
+def parse_gpus(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    ids = [g.strip() for g in text.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids):
+        raise SystemExit(f"bench: --gpus takes comma-separated GPU ids like 0,1,3, but got {text!r}")
+    return ids
 
-    outcomes = run_grid(grid, tracking_uri=args.tracking_uri, device=args.device, progress=not args.no_progress,
-                        plots=args.plots)
-    print()
-    print(default_table(grid, tracking_uri=args.tracking_uri))
-    return 0 if all(o.status != "failed" for o in outcomes) else 1
+
+def run(args: argparse.Namespace) -> int:
+    from bench.grid import GridError
+    from bench.study import StudyConfig, plan_slots
+
+    grid = load_grid_or_exit(args)
+    try:
+        config = StudyConfig.from_grid(grid)
+    except GridError as err:
+        print(f"bench: invalid grid: {err}", file=sys.stderr)
+        return 2
+    gpus = parse_gpus(args.gpus)
+    if args.workers is not None and args.workers < 0:
+        raise SystemExit(f"bench: --workers must be >= 0, but got {args.workers}")
+    if gpus and args.device and args.device != "cuda":
+        raise SystemExit("bench: give either --gpus (one GPU per worker) or --device, not both")
+    slots = plan_slots(grid, config)
+    if config.search:
+        scope = "per cell" if config.scope == "cell" else "across the grid"
+        print(f"grid {grid.name} ({grid.path}): {len(grid.cells)} cells, search over "
+              f"{', '.join(config.search)}: {config.n_trials} trials {scope} = {len(slots)} trials")
+    else:
+        print(f"grid {grid.name} ({grid.path}): {len(grid.cells)} cells x {len(grid.seeds)} seeds = "
+              f"{len(slots)} trials")
+    if args.validate_only:
+        if config.search:
+            for key, param in config.search.items():
+                print(f"  search {key}: {param.as_dict()}")
+            for cell in grid.cells:
+                print(f"  cell {cell.spec.label}")
+        else:
+            for spec in grid.trials():
+                print(f"  {spec.label} seed={spec.seed}  [{spec.key()}]")
+        return 0
+    from bench.workers import run_study
+
+    try:
+        report = run_study(grid, storage=args.storage, tracking_uri=args.tracking_uri, workers=args.workers, gpus=gpus,
+                           device=args.device, plots=args.plots, progress=not args.no_progress, threads=args.threads,
+                           sets=args.set, config=config)
+    except GridError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 2
+    print(f"study {grid.name}: " + ", ".join(f"{v} {k}" for k, v in report.counts.items() if v))
+    if args.workers != 0:
+        try:
+            from reports.markdown import default_table
+
+            print()
+            print(default_table(grid, tracking_uri=report.tracking_uri))
+        except Exception as err:  # the table is a convenience; the runs are stored either way
+            print(f"bench: could not build the table ({type(err).__name__}: {err}); try `bench report`",
+                  file=sys.stderr)
+    return 0 if report.ok else 1

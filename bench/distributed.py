@@ -1,0 +1,213 @@
+"""One trial on several processes with DistributedDataParallel, started by ``torchrun``.
+
+Two ways in:
+
+- ``torchrun --nproc_per_node 4 -m bench worker --grid FILE --storage URL ...``: a worker whose trials each
+  use all four processes (GPUs). Rank 0 pops trials from the study, logs to MLflow and tells Optuna; it
+  sends each trial's spec to the other ranks, which train alongside it and log nothing.
+- ``torchrun --nproc_per_node 2 -m bench.distributed --grid FILE --cell 0 --seed 0``: one grid trial, outside
+  any study (``--checkpoint PATH`` keeps its final weights; ``--tracking`` logs it as a child run of the
+  grid's study).
+
+What changes in a trial (see `bench.trial.run_trial`): backbone and margin head are wrapped together in
+one DDP module, so the head's class weights are replicated and their gradients averaged like the
+backbone's. Every rank draws the same permutation of the training set; each global batch of
+``batch_size`` images is split by stride (rank r takes rows ``r, r + world, ...``), and each rank's loss is
+scaled by ``n_local * world / n_global`` so the averaged gradient is the gradient of the global batch's
+mean loss, also when the last batch does not divide evenly. A final batch smaller than the world size is
+dropped. Epoch metrics, the non-finite-loss check and a pruner's decision are agreed across ranks.
+Evaluation runs on every rank (the weights are the same); only rank 0 writes checkpoints and logs.
+On CUDA, BatchNorm layers become SyncBatchNorm. CenterLoss (its centres move outside the optimizer) is not
+supported under DDP.
+
+Backend: NCCL on CUDA, gloo on the CPU (``MARGINBENCH_DIST_BACKEND`` overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["DistContext", "init_from_env", "is_launched", "broadcast_object", "any_true", "shard_batch",
+           "wrap", "main"]
+
+#: How long ranks wait for each other (rank 0 may poll the study for a long time between trials).
+TIMEOUT = datetime.timedelta(hours=float(os.environ.get("MARGINBENCH_DIST_TIMEOUT_HOURS", "24")))
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a torchrun job.
+
+    Attributes:
+        rank, world_size, local_rank: from torchrun's environment.
+        backend: ``nccl`` or ``gloo``.
+        device: the device this rank trains on (``cuda:<local_rank>`` or ``cpu``).
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    device: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_launched() -> bool:
+    """True inside a torchrun job of more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: str | None = None) -> DistContext | None:
+    """Joins the torchrun job (once); None when not launched by torchrun with several processes.
+
+    Args:
+        device: ``cpu`` forces the CPU and gloo; otherwise CUDA (``cuda:<LOCAL_RANK>``) when present.
+    """
+    import torch.distributed as dist
+
+    if not is_launched():
+        return None
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    use_cuda = torch.cuda.is_available() and (device is None or not str(device).startswith("cpu"))
+    backend = os.environ.get("MARGINBENCH_DIST_BACKEND") or ("nccl" if use_cuda else "gloo")
+    dev = f"cuda:{local_rank}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    return DistContext(rank, world, local_rank, backend, dev)
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank (picklable objects)."""
+    import torch.distributed as dist
+
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_true(flag: bool | torch.Tensor, ctx: DistContext, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any."""
+    import torch.distributed as dist
+
+    t = torch.as_tensor(flag, dtype=torch.int32, device=device).reshape(1).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_sum(tensors: Sequence[torch.Tensor], ctx: DistContext) -> None:
+    """Sums each tensor over ranks, in place."""
+    import torch.distributed as dist
+
+    for t in tensors:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def first_bad_step(first_bad: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The earliest non-finite step over ranks (-1 when none), in place."""
+    import torch.distributed as dist
+
+    big = torch.iinfo(first_bad.dtype).max
+    t = torch.where(first_bad < 0, torch.full_like(first_bad, big), first_bad)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    first_bad.copy_(torch.where(t == big, torch.full_like(t, -1), t))
+    return first_bad
+
+
+def shard_batch(images: torch.Tensor, labels: torch.Tensor,
+                ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """This rank's rows of a global batch and the loss scale ``n_local * world / n_global``."""
+    n_global = len(labels)
+    images, labels = images[ctx.rank::ctx.world_size], labels[ctx.rank::ctx.world_size]
+    return images, labels, len(labels) * ctx.world_size / max(n_global, 1)
+
+
+def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
+    """``module`` (backbone and head together) in DDP; BatchNorm synchronized on CUDA."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = torch.device(ctx.device)
+    if device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return DistributedDataParallel(module, device_ids=[device.index], output_device=device.index)
+    return DistributedDataParallel(module)
+
+
+# ------------------------------------------------------------------------------------------- one trial
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.distributed", description="Run one grid trial under "
+                                "torchrun with DistributedDataParallel (rank 0 logs).")
+    p.add_argument("--grid", required=True, metavar="FILE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cell", type=int, default=0, help="cell index in grid order (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the grid's first)")
+    p.add_argument("--device", default=None, help="cpu forces gloo on the CPU")
+    p.add_argument("--checkpoint", type=Path, default=None, help="save (and resume from) this checkpoint")
+    p.add_argument("--tracking", action="store_true", help="log the trial as an MLflow child run of the study")
+    p.add_argument("--tracking-uri", default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m bench.distributed`` (one trial, no study)."""
+    from bench.commands._common import parse_sets
+    from bench.grid import GridError, load_grid
+    from bench.trial import TrialOptions, run_trial
+
+    args = _parser().parse_args(argv)
+    try:
+        grid = load_grid(args.grid, overrides=parse_sets(args.set))
+    except (GridError, FileNotFoundError) as err:
+        print(f"bench.distributed: invalid grid: {err}", file=sys.stderr)
+        return 2
+    if not 0 <= args.cell < len(grid.cells):
+        print(f"bench.distributed: --cell must be in 0..{len(grid.cells) - 1}, but got {args.cell}", file=sys.stderr)
+        return 2
+    ctx = init_from_env(args.device)
+    device = ctx.device if ctx is not None else args.device
+    if device and str(device).startswith("cpu"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (ctx.world_size if ctx else 1)))
+    spec = grid.cells[args.cell].spec.replace(seed=grid.seeds[0] if args.seed is None else args.seed)
+    options = TrialOptions(device=device, checkpoint_path=args.checkpoint, progress=False, distributed=ctx)
+    try:
+        if args.tracking and (ctx is None or ctx.is_main):
+            from bench.runner import execute_trial
+            from bench.tracking import StudyTracker
+
+            tracker = StudyTracker(grid.name, args.tracking_uri, description=grid.description, grid_path=str(grid.path))
+            outcome = execute_trial(spec, tracker, options,
+                                    extra_tags={"world_size": str(ctx.world_size if ctx else 1)})
+            status = outcome.status
+        else:
+            status = run_trial(spec, options).status
+        if ctx is None or ctx.is_main:
+            print(f"{spec.label} seed={spec.seed}: {status}")
+    finally:
+        shutdown()
+    return 0 if status != "failed" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

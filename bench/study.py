@@ -1,0 +1,783 @@
+"""The Optuna side of a sweep: a grid's study config, its storage, the trials it enqueues, and stale trials.
+
+A grid is one Optuna study (named after the grid). `prepare_study` puts every unit of work in the study's
+queue as a WAITING trial, once, before any worker starts:
+
+- a plain grid: one trial per cell and seed, carrying the full flat `TrialSpec` and the cell's labels in
+  its user attributes (``marginbench.params``, ``marginbench.labels``, ``marginbench.key``), so a worker
+  rebuilds the spec from the Optuna trial alone;
+- a grid with ``search:``: ``n_trials`` placeholder trials per cell (``search_scope: cell``, the default)
+  or overall (``search_scope: grid``, where the cell is itself a categorical parameter ``cell``). A worker
+  that pops a placeholder asks the sampler for the searched keys, inside the cell: the sampler and the
+  pruner of a cell-scoped search see only the trials of the same cell (`CellStudy`).
+
+Every queued trial has a *slot* (``marginbench.slot``): the trial key for a grid trial, ``search/<cell>/<j>``
+for a placeholder. A slot is enqueued again only when none of its trials is waiting, running, complete,
+pruned or diverged, so rerunning ``bench run`` continues the study and duplicates nothing; a trial that
+failed with an exception is retried by the next ``bench run``.
+
+Storage (``--storage``): the embedded default is an Optuna journal file, ``optuna.journal`` beside
+``mlflow.db``, which several worker processes on one machine share safely (appends under a file lock, a
+pop decided by the order of the log; SQLite's pop is not safe under concurrent processes). A URL with a
+scheme (``postgresql://user@host/db``) is an Optuna RDB storage for many machines.
+
+A trial left RUNNING by a process that died is failed and put back in the queue (same parameters and
+attributes, so the same trial key and checkpoint): at once when the dead process ran on this machine
+(each running trial records its host and process id), and through Optuna's heartbeat (every
+`HEARTBEAT_INTERVAL` s, stale after `HEARTBEAT_GRACE` s) for RDB storages, whatever machine it ran on.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.grid import Grid, GridError
+from bench.spec import SpecError, TrialSpec
+
+__all__ = ["StudyConfig", "SearchParam", "Slot", "plan_slots", "resolve_storage", "open_storage",
+           "prepare_study", "load_study", "reap_stale_trials", "study_summary", "CellStudy", "worker_identity",
+           "trial_spec", "slot_trials", "DEFAULT_STORAGE_NAME", "HEARTBEAT_INTERVAL", "HEARTBEAT_GRACE",
+           "StudyNotReady"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE_NAME = "optuna.journal"
+HEARTBEAT_INTERVAL = 15
+HEARTBEAT_GRACE = 120
+
+ATTR = "marginbench."
+KIND_ATTR = ATTR + "kind"          # "grid" or "search"
+SLOT_ATTR = ATTR + "slot"          # the unit of work this trial performs
+PARAMS_ATTR = ATTR + "params"      # flat spec of the grid trial, or the cell's fixed params
+LABELS_ATTR = ATTR + "labels"      # the cell's labels per axis
+CELL_ATTR = ATTR + "cell"          # the cell's label (all axes joined) for search trials
+KEY_ATTR = ATTR + "key"            # `TrialSpec.key()` of what actually ran
+SPEC_ATTR = ATTR + "spec"          # full flat spec after sampling (search trials)
+DIVERGED_ATTR = ATTR + "diverged"  # "epoch=E step=S"
+REASON_ATTR = ATTR + "fail_reason"
+ERROR_ATTR = ATTR + "error"
+DUPLICATE_ATTR = ATTR + "duplicate_of"
+RUN_ATTR = ATTR + "mlflow_run_id"
+OWNER_ATTR = ATTR + "owner"        # system attr: {"host": ..., "pid": ..., "start": ...}
+
+STUDY_CONFIG_ATTR = ATTR + "config"
+STUDY_CELLS_ATTR = ATTR + "cells"
+STUDY_PREPARED_ATTR = ATTR + "prepared"
+STUDY_MLFLOW_ATTR = ATTR + "mlflow"
+
+SEARCH_TYPES = ("uniform", "loguniform", "int", "categorical")
+_TYPE_ALIASES = {"float": "uniform", "log_uniform": "loguniform", "log-uniform": "loguniform", "integer": "int",
+                 "choice": "categorical"}
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler", "cmaes": "CmaEsSampler",
+            "gp": "GPSampler"}
+PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "successive_halving": "SuccessiveHalvingPruner",
+           "hyperband": "HyperbandPruner", "none": "NopPruner"}
+_PRUNER_ALIASES = {"sha": "successive_halving", "asha": "successive_halving", "successivehalving": "successive_halving",
+                   "nop": "none"}
+SCOPES = ("cell", "grid")
+DIRECTIONS = ("maximize", "minimize")
+
+
+class StudyNotReady(RuntimeError):
+    """A worker found no prepared study (``bench run`` has not enqueued the grid yet)."""
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class SearchParam:
+    """One ``search:`` range over a flat spec key.
+
+    Attributes:
+        key: the flat key (``loss.m``, ``optimizer.lr``, ``epochs``).
+        type: ``uniform``, ``loguniform``, ``int`` or ``categorical``.
+        low, high: bounds (inclusive) for numeric types.
+        step: grid step for ``int`` (default 1) and optionally ``uniform``.
+        log: sample ``int`` on a log scale.
+        choices: values of a ``categorical``.
+    """
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: Any) -> Any:
+        """The sampler's value for this key on an `optuna.Trial`."""
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.type == "loguniform",
+                                   step=self.step)
+
+    def examples(self) -> list[Any]:
+        """Values to validate the key with (the bounds, or every choice)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [float(self.low), float(self.high)]
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            out["choices"] = list(self.choices)
+        else:
+            out.update(low=self.low, high=self.high)
+            if self.step is not None:
+                out["step"] = self.step
+            if self.log:
+                out["log"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a grid asks of Optuna (the keys ``search``, ``sampler``, ``pruner``, ``n_trials``,
+    ``search_scope``, ``objective``, ``workers``), validated.
+
+    Attributes:
+        search: ranges by flat key; empty for a plain grid.
+        n_trials: sampled trials per cell (scope ``cell``) or overall (scope ``grid``).
+        scope: ``cell`` or ``grid``.
+        sampler: ``{"type": "tpe", **kwargs}`` (TPE when the grid names none).
+        pruner: ``{"type": "median", **kwargs}`` or None; applies to sampled trials only (a benchmark's
+            grid cells are never cut short).
+        metric, direction: the per-epoch metric reported to Optuna and the study's direction.
+        workers: default for ``--workers``.
+    """
+
+    search: dict[str, SearchParam] = field(default_factory=dict)
+    n_trials: int = 0
+    scope: str = "cell"
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
+    pruner: dict[str, Any] | None = None
+    metric: str = "test_acc"
+    direction: str = "maximize"
+    workers: int | None = None
+
+    @classmethod
+    def from_grid(cls, grid: Grid) -> StudyConfig:
+        """Validates the grid's study keys against its cells, before any training.
+
+        Raises:
+            GridError: naming the file, the key and the fix.
+        """
+        return cls.from_raw(grid.raw, grid=grid)
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any], *, grid: Grid | None = None, path: str | Path = "<study>") -> StudyConfig:
+        path = grid.path if grid is not None else path
+        search = _parse_search(path, raw.get("search"))
+        n_trials = raw.get("n_trials")
+        if search:
+            if n_trials is None:
+                raise GridError(path, "n_trials", "a grid with search: needs n_trials (sampled trials per cell, or "
+                                                  "overall with search_scope: grid), e.g. n_trials: 20")
+            if not _is_int(n_trials) or n_trials < 1:
+                raise GridError(path, "n_trials", f"must be a positive integer, but got {n_trials!r}")
+        elif n_trials is not None:
+            raise GridError(path, "n_trials", "n_trials counts sampled trials, but the grid has no search: ranges; "
+                                              "remove it or add search:")
+        scope = raw.get("search_scope", "cell")
+        if scope not in SCOPES:
+            raise GridError(path, "search_scope", f"must be one of {', '.join(SCOPES)}, but got {scope!r}")
+        if "search_scope" in raw and not search:
+            raise GridError(path, "search_scope", "search_scope needs search: ranges")
+        sampler = _parse_choice(path, "sampler", raw.get("sampler"), SAMPLERS, {}, default="tpe")
+        if "sampler" in raw and not search:
+            raise GridError(path, "sampler", "a sampler draws search: ranges, but the grid has none; "
+                                             "grid cells are enqueued as they are")
+        pruner = None
+        if raw.get("pruner") is not None:
+            pruner = _parse_choice(path, "pruner", raw.get("pruner"), PRUNERS, _PRUNER_ALIASES, default=None)
+            if not search:
+                raise GridError(path, "pruner", "a pruner stops sampled trials early, but the grid has no search: "
+                                                "ranges (grid cells always run to the end)")
+        objective = raw.get("objective", {}) or {}
+        if isinstance(objective, str):
+            objective = {"metric": objective}
+        if not isinstance(objective, Mapping):
+            raise GridError(path, "objective", f"must be a mapping like {{metric: test_acc, direction: maximize}}, "
+                                               f"but got {objective!r}")
+        unknown = set(objective) - {"metric", "direction"}
+        if unknown:
+            raise GridError(path, "objective", f"takes metric and direction, not {', '.join(sorted(unknown))}")
+        metric = objective.get("metric", "test_acc")
+        if not isinstance(metric, str) or not metric:
+            raise GridError(path, "objective.metric", f"must be a metric name like test_acc or lfw_acc, but got "
+                                                      f"{metric!r}")
+        direction = objective.get("direction", "maximize")
+        if direction not in DIRECTIONS:
+            raise GridError(path, "objective.direction", f"must be maximize or minimize, but got {direction!r}")
+        workers = raw.get("workers")
+        if workers is not None and (not _is_int(workers) or workers < 1):
+            raise GridError(path, "workers", f"must be a positive integer, but got {workers!r}")
+        config = cls(search=search, n_trials=int(n_trials or 0), scope=scope, sampler=sampler, pruner=pruner,
+                     metric=metric, direction=direction, workers=workers)
+        if grid is not None:
+            config._check_against(grid)
+        return config
+
+    def _check_against(self, grid: Grid) -> None:
+        path = grid.path
+        if self.search and len(grid.seeds) > 1:
+            raise GridError(path, "seeds", f"a search: grid samples hyperparameters with one seed, but got seeds "
+                                           f"{grid.seeds}; keep one seed and rerun the best configuration over "
+                                           f"seeds in a plain grid")
+        labels = [c.spec.label for c in grid.cells]
+        if self.search and self.scope == "grid" and len(set(labels)) != len(labels):
+            raise GridError(path, "grid", "search_scope: grid needs distinct cell labels")
+        from registry import BACKBONES, DATASETS, LOSSES, RegistryError
+
+        registries = {"dataset": DATASETS, "backbone": BACKBONES, "loss": LOSSES}
+        for key, param in self.search.items():
+            for cell in grid.cells:
+                for value in param.examples():
+                    try:
+                        spec = cell.spec.with_flat({key: value})
+                    except (SpecError, TypeError, ValueError) as err:
+                        raise GridError(path, f"search.{key}",
+                                        f"{err} (cell {cell.spec.label}, value {value!r})") from err
+                    component = key.split(".", 1)[0]
+                    if component in registries and "." in key:
+                        try:
+                            registries[component].check(getattr(spec, component),
+                                                        dict(getattr(spec, f"{component}_params")))
+                        except RegistryError as err:
+                            raise GridError(path, f"search.{key}", str(err)) from err
+        for name, conf in (("sampler", self.sampler), ("pruner", self.pruner)):
+            if conf is not None:
+                try:
+                    (self.make_sampler if name == "sampler" else self.make_pruner)()
+                except (TypeError, ValueError, ImportError) as err:
+                    raise GridError(path, name, str(err)) from err
+
+    # objects ------------------------------------------------------------------------------------------
+    def make_sampler(self, *, worker_index: int = 0) -> Any:
+        """The sampler; a grid-given ``seed`` is offset by the worker index so parallel workers differ."""
+        import optuna
+
+        kwargs = {k: v for k, v in self.sampler.items() if k != "type"}
+        if kwargs.get("seed") is not None:
+            kwargs["seed"] = int(kwargs["seed"]) + worker_index
+        cls = getattr(optuna.samplers, SAMPLERS[self.sampler["type"]])
+        _check_kwargs(cls, kwargs, f"sampler {self.sampler['type']}")
+        return cls(**kwargs)
+
+    def make_pruner(self) -> Any:
+        import optuna
+
+        if self.pruner is None:
+            return optuna.pruners.NopPruner()
+        kwargs = {k: v for k, v in self.pruner.items() if k != "type"}
+        cls = getattr(optuna.pruners, PRUNERS[self.pruner["type"]])
+        _check_kwargs(cls, kwargs, f"pruner {self.pruner['type']}")
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form, stored in the study so every worker runs the same search."""
+        out: dict[str, Any] = {"objective": {"metric": self.metric, "direction": self.direction}}
+        if self.search:
+            out.update(search={k: p.as_dict() for k, p in self.search.items()}, n_trials=self.n_trials,
+                       search_scope=self.scope, sampler=dict(self.sampler),
+                       pruner=dict(self.pruner) if self.pruner else None)
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_kwargs(cls: Any, kwargs: Mapping[str, Any], what: str) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n in params if n != "self"]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise TypeError(f"{what} takes {', '.join(valid)}, not {', '.join(unknown)}")
+
+
+def _parse_choice(path: Any, key: str, value: Any, table: Mapping[str, str], aliases: Mapping[str, str],
+                  *, default: str | None) -> dict[str, Any]:
+    if value is None:
+        return {"type": default} if default else {}
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, Mapping) or "type" not in value:
+        raise GridError(path, key, f"must be a name ({', '.join(table)}) or a mapping with type, e.g. "
+                                   f"{key}: {{type: {next(iter(table))}, ...}}; got {value!r}")
+    name = str(value["type"]).lower()
+    name = aliases.get(name, name)
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise GridError(path, f"{key}.type", f"unknown {key} {value['type']!r}.{hint} Available: {', '.join(table)}")
+    return {**{k: v for k, v in value.items() if k != "type"}, "type": name}
+
+
+def _parse_search(path: Any, raw: Any) -> dict[str, SearchParam]:
+    if raw is None or raw == {}:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise GridError(path, "search", "must map flat keys to ranges, e.g. search: {loss.m: {type: uniform, "
+                                        "low: 0.1, high: 0.5}}")
+    out: dict[str, SearchParam] = {}
+    for key, entry in raw.items():
+        where = f"search.{key}"
+        if key == "cell":
+            raise GridError(path, where, "'cell' is reserved (the cell parameter of search_scope: grid)")
+        if isinstance(entry, list):
+            entry = {"type": "categorical", "choices": entry}
+        if not isinstance(entry, Mapping) or "type" not in entry:
+            raise GridError(path, where, f"needs a type ({', '.join(SEARCH_TYPES)}), e.g. {{type: uniform, low: 0.1, "
+                                         f"high: 0.5}}; got {entry!r}")
+        kind = str(entry["type"]).lower()
+        kind = _TYPE_ALIASES.get(kind, kind)
+        if kind not in SEARCH_TYPES:
+            close = difflib.get_close_matches(kind, SEARCH_TYPES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise GridError(path, f"{where}.type", f"unknown type {entry['type']!r}.{hint} Available: "
+                                                   f"{', '.join(SEARCH_TYPES)}")
+        allowed = {"categorical": {"type", "choices"}, "int": {"type", "low", "high", "step", "log"},
+                   "uniform": {"type", "low", "high", "step"}, "loguniform": {"type", "low", "high"}}[kind]
+        unknown = set(entry) - allowed
+        if unknown:
+            raise GridError(path, where, f"a {kind} range takes {', '.join(sorted(allowed))}, not "
+                                         f"{', '.join(sorted(unknown))}")
+        if kind == "categorical":
+            choices = entry.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise GridError(path, f"{where}.choices", f"a non-empty list is required, but got {choices!r}")
+            if not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices):
+                raise GridError(path, f"{where}.choices",
+                                f"choices must be scalars (Optuna stores them), got {choices!r}")
+            out[key] = SearchParam(key, kind, choices=tuple(choices))
+            continue
+        low, high = entry.get("low"), entry.get("high")
+        numeric = (lambda v: _is_int(v)) if kind == "int" else (lambda v: isinstance(v, (int, float))
+                                                                 and not isinstance(v, bool))
+        for name, v in (("low", low), ("high", high)):
+            if not numeric(v) or (isinstance(v, float) and not math.isfinite(v)):
+                want = "an integer" if kind == "int" else "a number"
+                raise GridError(path, f"{where}.{name}", f"{want} is required, but got {v!r}")
+        if not low < high:
+            raise GridError(path, where, f"low must be < high, but got low={low!r}, high={high!r}")
+        log_scale = kind == "loguniform" or bool(entry.get("log", False))
+        if log_scale and low <= 0:
+            raise GridError(path, f"{where}.low", f"a log scale needs low > 0, but got low={low!r}")
+        step = entry.get("step")
+        if step is not None and (not numeric(step) or step <= 0):
+            raise GridError(path, f"{where}.step", f"must be > 0, but got {step!r}")
+        if kind == "int" and log_scale and step not in (None, 1):
+            raise GridError(path, f"{where}.step", "a log-scale int range takes no step")
+        out[key] = SearchParam(key, kind, low=low, high=high, step=step, log=kind == "int" and log_scale)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- slots
+@dataclass(frozen=True)
+class Slot:
+    """One unit of work in the queue.
+
+    Attributes:
+        slot: its identity (the trial key of a grid trial; ``search/<cell key>/<j>`` for a sampled one).
+        kind: ``grid`` or ``search``.
+        params: the flat spec of a grid trial, the cell's params of a cell-scoped search; empty for a
+            grid-scoped search (the sampler picks the cell).
+        labels: the cell's labels.
+        cell: the cell's label (search trials).
+    """
+
+    slot: str
+    kind: str
+    params: dict[str, Any]
+    labels: dict[str, str]
+    cell: str | None = None
+
+    def user_attrs(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {SLOT_ATTR: self.slot, KIND_ATTR: self.kind, PARAMS_ATTR: _jsonable(self.params),
+                                 LABELS_ATTR: dict(self.labels)}
+        if self.kind == "grid":
+            attrs[KEY_ATTR] = self.slot
+        if self.cell is not None:
+            attrs[CELL_ATTR] = self.cell
+        return attrs
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(params), default=str))
+
+
+def plan_slots(grid: Grid, config: StudyConfig) -> list[Slot]:
+    """Every unit of work of the grid, in order (cells outer, seeds or samples inner)."""
+    if not config.search:
+        return [Slot(spec.key(), "grid", spec.to_params(), dict(spec.labels)) for spec in grid.trials()]
+    seed = grid.seeds[0]
+    if config.scope == "grid":
+        return [Slot(f"search/*/{j}", "search", {}, {}) for j in range(config.n_trials)]
+    slots = []
+    for cell in grid.cells:
+        spec = cell.spec.replace(seed=seed)
+        slots += [Slot(f"search/{spec.key()}/{j}", "search", spec.to_params(), dict(cell.labels), spec.label)
+                  for j in range(config.n_trials)]
+    return slots
+
+
+def grid_cells(grid: Grid) -> dict[str, dict[str, Any]]:
+    """The cells of a grid-scoped search, by label: ``{label: {"params": flat, "labels": {...}}}``."""
+    seed = grid.seeds[0]
+    return {c.spec.label: {"params": _jsonable(c.spec.replace(seed=seed).to_params()), "labels": dict(c.labels)}
+            for c in grid.cells}
+
+
+def trial_spec(trial: Any, config: StudyConfig, cells: Mapping[str, Any] | None = None) -> TrialSpec:
+    """The spec an Optuna trial runs: its stored params and labels, plus the sampler's values for search keys.
+
+    Args:
+        trial: an `optuna.Trial` (sampling) or `optuna.trial.FrozenTrial` (reading a finished one).
+        config: the study's config (search ranges).
+        cells: the study's cells (for ``search_scope: grid``).
+    """
+    attrs = trial.user_attrs
+    if SPEC_ATTR in attrs:
+        return TrialSpec.from_params(attrs[SPEC_ATTR], attrs.get(LABELS_ATTR) or {})
+    params = dict(attrs.get(PARAMS_ATTR) or {})
+    labels = dict(attrs.get(LABELS_ATTR) or {})
+    if attrs.get(KIND_ATTR) != "search":
+        return TrialSpec.from_params(params, labels)
+    if config.scope == "grid":
+        if not cells:
+            raise StudyNotReady("the study has no cells recorded; rerun `bench run` to prepare it")
+        label = trial.suggest_categorical("cell", list(cells))
+        params, labels = dict(cells[label]["params"]), dict(cells[label]["labels"])
+    sampled = {key: p.suggest(trial) for key, p in config.search.items()}
+    return TrialSpec.from_params(params, labels).with_flat(sampled)
+
+
+# ----------------------------------------------------------------------------------------------- storage
+def resolve_storage(url: str | None = None, *, tracking_uri: str | None = None, cwd: Path | None = None) -> str:
+    """The storage to use: ``url``, else ``$MARGINBENCH_STORAGE``, else ``optuna.journal`` beside ``mlflow.db``.
+
+    A value with a scheme (``postgresql://``, ``sqlite:///``) is an RDB URL (a relative SQLite path is made
+    absolute); anything else is the path of a journal file, made absolute.
+    """
+    cwd = cwd or Path.cwd()
+    url = url or os.environ.get("MARGINBENCH_STORAGE")
+    if not url:
+        from bench.tracking import resolve_tracking_uri
+
+        tracking = resolve_tracking_uri(tracking_uri, cwd=cwd)
+        folder = Path(tracking[len("sqlite:///"):]).parent if tracking.startswith("sqlite:///") else cwd
+        return str((folder / DEFAULT_STORAGE_NAME).resolve())
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return "sqlite:///" + str((cwd / url[len("sqlite:///"):]).resolve())
+    if "://" in url:
+        return url
+    return str((cwd / url).resolve())
+
+
+def is_rdb(url: str) -> bool:
+    return "://" in url
+
+
+def open_storage(url: str, *, heartbeat: bool = True) -> Any:
+    """An Optuna storage for a `resolve_storage` value.
+
+    RDB storages get a heartbeat (a trial whose process stops beating for `HEARTBEAT_GRACE` s is failed and
+    re-queued by the next worker that looks); SQLite waits up to 60 s for a lock.
+    """
+    import optuna
+
+    if is_rdb(url):
+        engine_kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            engine_kwargs["connect_args"] = {"timeout": 60}
+        else:
+            engine_kwargs["pool_pre_ping"] = True
+        kwargs: dict[str, Any] = {}
+        if heartbeat:
+            kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
+                          heartbeat_stale_trial_callback=requeue_trial)
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except ModuleNotFoundError as err:
+            raise SystemExit(f"bench: storage {url.split('://')[0]} needs a driver: {err}. For PostgreSQL: "
+                             f"pip install 'marginbench[postgres]' (psycopg2-binary)") from err
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(url))
+
+
+# ------------------------------------------------------------------------------------------- who runs it
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def worker_identity() -> dict[str, Any]:
+    """``{"host": hostname/boot id, "pid": ..., "start": ...}``: recorded on each trial a process runs."""
+    return {"host": f"{socket.gethostname()}/{_boot_id()}", "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _owner_is_dead(owner: Mapping[str, Any] | None) -> bool:
+    """True when ``owner`` ran on this machine and that process is gone (or its pid was reused)."""
+    if not owner or owner.get("host") != worker_identity()["host"]:
+        return False
+    pid = int(owner.get("pid", 0))
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    start = owner.get("start")
+    return bool(start) and _process_start(pid) not in ("", start)
+
+
+# ------------------------------------------------------------------------------------------------- study
+class CellStudy:
+    """A view of a study that shows only the trials of one cell (what a cell-scoped sampler and pruner see).
+
+    Built as a subclass of `optuna.study.Study` on first use, the way Optuna's own Hyperband pruner scopes
+    a study to a bracket.
+    """
+
+    _cls: Any = None
+
+    def __new__(cls, study: Any, cell: str) -> Any:  # type: ignore[misc]
+        if CellStudy._cls is None:
+            import optuna
+
+            class _CellStudy(optuna.study.Study):
+                def __init__(self, study: Any, cell: str) -> None:
+                    super().__init__(study_name=study.study_name, storage=study._storage, sampler=study.sampler,
+                                     pruner=study.pruner)
+                    self._cell = cell
+
+                def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+                    trials = super()._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+                    return [t for t in trials if t.user_attrs.get(CELL_ATTR) == self._cell]
+
+                def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+                    return self._get_trials(deepcopy=deepcopy, states=states, use_cache=False)
+
+            CellStudy._cls = _CellStudy
+        return CellStudy._cls(study, cell)
+
+
+def load_study(name: str, storage: Any, config: StudyConfig | None = None, *, worker_index: int = 0) -> Any:
+    """Loads a prepared study with the sampler and pruner of its stored config.
+
+    Raises:
+        StudyNotReady: no such study, or ``bench run`` has not finished enqueuing it.
+    """
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as err:
+        raise StudyNotReady(f"no study {name!r} in the storage yet") from err
+    attrs = study.user_attrs
+    if STUDY_PREPARED_ATTR not in attrs:
+        raise StudyNotReady(f"study {name!r} is being prepared")
+    config = StudyConfig.from_raw(attrs[STUDY_CONFIG_ATTR]) if config is None else config
+    return optuna.load_study(study_name=name, storage=storage, sampler=config.make_sampler(worker_index=worker_index),
+                             pruner=config.make_pruner())
+
+
+def stored_config(study: Any) -> StudyConfig:
+    return StudyConfig.from_raw(study.user_attrs[STUDY_CONFIG_ATTR])
+
+
+def slot_trials(study: Any) -> dict[str, list[Any]]:
+    """The study's trials grouped by slot, in trial-number order."""
+    out: dict[str, list[Any]] = {}
+    for t in study.get_trials(deepcopy=False):
+        slot = t.user_attrs.get(SLOT_ATTR)
+        if slot is not None:
+            out.setdefault(slot, []).append(t)
+    return out
+
+
+def settles(trial: Any) -> bool:
+    """Whether this trial settles its slot: waiting, running, complete, pruned, or failed for a reason that a
+    retry would repeat (diverged)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and DIVERGED_ATTR in trial.user_attrs
+
+
+def requeue_trial(study: Any, trial: Any) -> None:
+    """Puts a failed-as-stale trial back in the queue: same parameters (so the same trial key and checkpoint)
+    and attributes, with ``retry_history`` (what `optuna.storages.RetryHeartbeatStaleTrialCallback` does)."""
+    import optuna
+
+    if trial.user_attrs.get(SLOT_ATTR) is None:
+        return
+    system_attrs = {k: v for k, v in trial.system_attrs.items() if k != OWNER_ATTR}
+    system_attrs["failed_trial"] = system_attrs.get("failed_trial", trial.number)
+    system_attrs["retry_history"] = list(system_attrs.get("retry_history", [])) + [trial.number]
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (RUN_ATTR, REASON_ATTR, ERROR_ATTR)}
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
+                                              distributions=trial.distributions, user_attrs=user_attrs,
+                                              system_attrs=system_attrs))
+    log.warning("trial %d (%s) was left running by a process that died; queued again", trial.number,
+                trial.user_attrs.get(SLOT_ATTR))
+
+
+def reap_stale_trials(study: Any) -> list[int]:
+    """Fails running trials whose process is gone and queues them again; returns their numbers.
+
+    On this machine a dead process is seen at once (host, pid and process start time are recorded on each
+    trial); elsewhere, Optuna's heartbeat notices (RDB storages only). When several processes look at the
+    same time, only the one whose FAIL the storage accepts re-queues the trial.
+    """
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+    from optuna.trial import TrialState
+
+    reaped = []
+    if is_heartbeat_enabled(study._storage):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        reaped += sorted(before - after)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _owner_is_dead(t.system_attrs.get(OWNER_ATTR)):
+            continue
+        trial_id = t._trial_id
+        try:
+            study._storage.set_trial_system_attr(trial_id, ATTR + "stale", True)
+            if not study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another process failed it first and re-queues it
+        requeue_trial(study, study._storage.get_trial(trial_id))
+        reaped.append(t.number)
+    return reaped
+
+
+def _grid_hash(grid: Grid, config: StudyConfig, slots: Sequence[Slot]) -> str:
+    blob = json.dumps([config.as_dict(), [s.slot for s in slots]], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def prepare_study(grid: Grid, config: StudyConfig, storage: Any, *, mlflow: Mapping[str, str] | None = None) -> Any:
+    """Creates or loads the grid's study and enqueues every slot that nothing settles yet; run by ``bench run``
+    (workers only consume).
+
+    Trials left running by a dead process on this machine are re-queued first; waiting trials whose slot the
+    grid no longer has (a changed grid or ``--set``) are failed with the reason, so the queue is the grid.
+
+    Raises:
+        GridError: the study exists with the other direction.
+    """
+    import optuna
+    from optuna.exceptions import DuplicatedStudyError
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.create_study(study_name=grid.name, storage=storage, direction=config.direction)
+    except DuplicatedStudyError:
+        study = optuna.load_study(study_name=grid.name, storage=storage)
+    existing = study.direction.name.lower()
+    if existing != config.direction:
+        raise GridError(grid.path, "objective.direction",
+                        f"the study {grid.name!r} in this storage was made to {existing}, but the grid says "
+                        f"{config.direction}; rename the grid (name:) or use another --storage")
+    study.set_user_attr(STUDY_CONFIG_ATTR, config.as_dict())
+    if config.search and config.scope == "grid":
+        cells = grid_cells(grid)
+        old = study.user_attrs.get(STUDY_CELLS_ATTR)
+        if old is not None and list(old) != list(cells):
+            raise GridError(grid.path, "grid", f"the study's cells were {list(old)}, now {list(cells)}; a grid-scoped "
+                                               f"search keeps its cells (rename the grid to start a new study)")
+        study.set_user_attr(STUDY_CELLS_ATTR, cells)
+    reap_stale_trials(study)
+    slots = plan_slots(grid, config)
+    wanted = {s.slot for s in slots}
+    by_slot = slot_trials(study)
+    enqueued = 0
+    for slot in slots:
+        if any(settles(t) for t in by_slot.get(slot.slot, [])):
+            continue
+        study.enqueue_trial({}, user_attrs=slot.user_attrs())
+        enqueued += 1
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if t.user_attrs.get(SLOT_ATTR) not in wanted:
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, REASON_ATTR, "no longer in the grid")
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except Exception:  # popped by a worker meanwhile: let it run
+                pass
+    if mlflow:
+        study.set_user_attr(STUDY_MLFLOW_ATTR, dict(mlflow))
+    study.set_user_attr(STUDY_PREPARED_ATTR, {"grid": str(grid.path), "hash": _grid_hash(grid, config, slots),
+                                              "time": time.time(), "slots": len(slots), "enqueued": enqueued})
+    return study
+
+
+def study_summary(study: Any, slots: Sequence[Slot] | None = None) -> dict[str, int]:
+    """How each slot stands: ``{"finished": n, "pruned": n, "diverged": n, "failed": n, "waiting": n,
+    "running": n}``, counting each slot once (its settling trial, else its last)."""
+    from optuna.trial import TrialState
+
+    by_slot = slot_trials(study)
+    wanted = [s.slot for s in slots] if slots is not None else list(by_slot)
+    counts = {k: 0 for k in ("finished", "pruned", "diverged", "failed", "waiting", "running")}
+    for slot in wanted:
+        trials = by_slot.get(slot, [])
+        settling = [t for t in trials if settles(t)]
+        t = (settling or trials or [None])[-1]
+        if t is None:
+            counts["waiting"] += 1
+            continue
+        name = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.WAITING: "waiting",
+                TrialState.RUNNING: "running"}.get(t.state)
+        if name is None:
+            name = "diverged" if DIVERGED_ATTR in t.user_attrs else "failed"
+        counts[name] += 1
+    return counts
+
+
+def deepcopy_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(attrs))

@@ -1,0 +1,579 @@
+"""Workers: processes that pop trials from a grid's Optuna study, run them, and record them in both stores.
+
+``bench run`` prepares the study (`bench.study.prepare_study`), then runs the trials: in its own process
+(``--workers 1``), or in N ``bench worker`` processes it starts and waits for (``--workers N``; ``--gpus
+0,1`` gives worker i the GPU ``gpus[i % len(gpus)]`` through ``CUDA_VISIBLE_DEVICES``). ``bench worker``
+on another machine joins the same study through a shared storage and tracking server. There is no
+scheduler here: Optuna's storage is the queue (a WAITING trial is popped by exactly one process).
+
+A worker's loop: put back trials whose process died (`bench.study.reap_stale_trials`), pop a waiting
+trial, run it (`run_study_trial`), repeat; with nothing waiting it waits while other trials still run
+(one of them may die and come back), and stops when none is waiting or running.
+
+One trial, in order: the spec is rebuilt from the Optuna trial (sampling the search keys, inside the
+cell); a trial of a slot that another trial already settled is dropped as a duplicate; an MLflow child run
+that already finished this spec (its process died before telling Optuna) is adopted instead of training
+again, and child runs of this spec left RUNNING by a dead process are closed as ``interrupted`` (KILLED);
+then `bench.runner.execute_trial` trains it, resuming from the trial's checkpoint
+(``.bench/checkpoints/<study>/<trial key>.pt`` beside the stores, written every epoch, deleted when the
+trial ends); its epochs are reported to Optuna (the pruner may stop sampled trials), and the outcome is
+told to Optuna: finished -> COMPLETE with the objective metric, pruned -> PRUNED, diverged -> FAIL with
+user attributes ``marginbench.diverged`` (epoch and step) and ``marginbench.fail_reason``, an exception
+-> FAIL with ``marginbench.error`` (the traceback is the MLflow run's artifact).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.grid import Grid
+from bench.runner import TrialOutcome, execute_trial
+from bench.study import (
+    CELL_ATTR,
+    DIVERGED_ATTR,
+    DUPLICATE_ATTR,
+    ERROR_ATTR,
+    KEY_ATTR,
+    KIND_ATTR,
+    LABELS_ATTR,
+    OWNER_ATTR,
+    REASON_ATTR,
+    RUN_ATTR,
+    SLOT_ATTR,
+    SPEC_ATTR,
+    STUDY_CELLS_ATTR,
+    CellStudy,
+    StudyConfig,
+    StudyNotReady,
+    load_study,
+    open_storage,
+    plan_slots,
+    prepare_study,
+    reap_stale_trials,
+    requeue_trial,
+    resolve_storage,
+    settles,
+    stored_config,
+    study_summary,
+    trial_spec,
+    worker_identity,
+)
+from bench.tracking import STATUS_TAG, StudyTracker
+from bench.trial import Pruned, TrialOptions
+
+__all__ = ["WorkerOptions", "StudyReport", "run_study", "work", "run_study_trial", "checkpoint_folder",
+           "spawn_workers"]
+
+log = logging.getLogger(__name__)
+
+#: MLflow status tags of a child run that settles its trial (adopted rather than trained again).
+_SETTLED = ("finished", "diverged", "pruned")
+ATTR_ADOPTED = "marginbench.adopted_run"
+
+
+@dataclass
+class WorkerOptions:
+    """How one worker process runs trials.
+
+    Attributes:
+        device: ``cpu``, ``cuda``, ``cuda:1`` (None: CUDA when present).
+        plots: embedding pictures per epoch.
+        progress: a progress bar per trial.
+        checkpoint_dir: where per-epoch checkpoints go (None: `checkpoint_folder`).
+        keep_checkpoints: keep a trial's checkpoint after it ends (its final weights).
+        worker_index: this worker's number (offsets a seeded sampler; prefixes its lines).
+        threads: ``torch.set_num_threads`` for this process (None: leave torch's default).
+        poll_seconds: how often an idle worker looks again while other trials run.
+        wait_seconds: how long ``bench worker`` waits for ``bench run`` to prepare the study.
+        max_trials: stop after this many trials (None: until the study is done).
+    """
+
+    device: str | None = None
+    plots: bool = False
+    progress: bool = False
+    checkpoint_dir: Path | None = None
+    keep_checkpoints: bool = False
+    worker_index: int = 0
+    threads: int | None = None
+    poll_seconds: float = 2.0
+    wait_seconds: float = 600.0
+    max_trials: int | None = None
+
+
+@dataclass
+class StudyReport:
+    """What ``bench run`` reports: each slot's state and the worker processes' exit codes."""
+
+    study: str
+    storage: str
+    tracking_uri: str
+    counts: dict[str, int] = field(default_factory=dict)
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    worker_exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No trial failed with an exception and every worker exited cleanly (diverged and pruned are results)."""
+        return not self.counts.get("failed") and all(c == 0 for c in self.worker_exit_codes)
+
+
+def checkpoint_folder(storage_url: str, study: str) -> Path:
+    """``.bench/checkpoints/<study>`` beside a file storage (journal, SQLite), else in the working directory."""
+    if "://" not in storage_url:
+        base = Path(storage_url).parent
+    elif storage_url.startswith("sqlite:///"):
+        base = Path(storage_url[len("sqlite:///"):]).parent
+    else:
+        base = Path.cwd()
+    return base / ".bench" / "checkpoints" / study
+
+
+# ------------------------------------------------------------------------------------------ heartbeat
+class _Heartbeat:
+    """Records the trial's heartbeat every interval while it runs (RDB storages with a heartbeat)."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        get = getattr(storage, "get_heartbeat_interval", None)
+        self.interval = get() if get is not None else None
+        self.storage, self.trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self.interval:
+            self._thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a missed beat is not fatal; the grace period covers several
+                log.warning("could not record the heartbeat of trial id %s", self.trial_id, exc_info=True)
+            if self._stop.wait(self.interval):
+                return
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# ------------------------------------------------------------------------------------------ one trial
+def _duplicate_of(study: Any, frozen: Any) -> int | None:
+    """The number of another trial that settles (or runs, with a lower number) this trial's slot."""
+    from optuna.trial import TrialState
+
+    slot = frozen.user_attrs.get(SLOT_ATTR)
+    for t in study.get_trials(deepcopy=False):
+        if t.number == frozen.number or t.user_attrs.get(SLOT_ATTR) != slot:
+            continue
+        if t.state == TrialState.RUNNING and t.number > frozen.number:
+            continue  # the higher number steps aside, not us
+        if t.state != TrialState.WAITING and settles(t):
+            return t.number
+    return None
+
+
+def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
+    value = metrics.get(metric)
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _adopt(study: Any, trial: Any, run: Any, metric: str) -> str:
+    """Tells Optuna the outcome of an MLflow run that already finished this trial's spec."""
+    from optuna.trial import TrialState
+
+    status = run.data.tags.get(STATUS_TAG)
+    trial.set_user_attr(RUN_ATTR, run.info.run_id)
+    trial.set_user_attr(ATTR_ADOPTED, True)
+    if status == "finished":
+        value = _objective_value(run.data.metrics, metric)
+        if value is not None:
+            study.tell(trial.number, value)
+            return "finished"
+        trial.set_user_attr(REASON_ATTR, f"the finished run has no metric {metric!r}")
+        study.tell(trial.number, state=TrialState.FAIL)
+        return "failed"
+    if status == "pruned":
+        study.tell(trial.number, state=TrialState.PRUNED)
+        return "pruned"
+    trial.set_user_attr(DIVERGED_ATTR, run.data.tags.get("diverged", ""))
+    trial.set_user_attr(REASON_ATTR, run.data.tags.get("diverged_reason", "diverged"))
+    study.tell(trial.number, state=TrialState.FAIL)
+    return "diverged"
+
+
+
+def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: StudyTracker, options: WorkerOptions,
+                    *, cells: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
+                    dist: Any = None) -> tuple[str, TrialOutcome | None]:
+    """Runs one popped (RUNNING) Optuna trial and tells Optuna its outcome; never raises an ordinary exception.
+
+    Returns:
+        ``(status, outcome)``: status ``finished``, ``pruned``, ``diverged``, ``failed`` or ``duplicate``;
+        the outcome of the training run (None when adopted, a duplicate, or failed before training).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    storage.set_trial_system_attr(trial_id, OWNER_ATTR, worker_identity())
+    frozen = storage.get_trial(trial_id)
+    with _Heartbeat(storage, trial_id):
+        try:
+            kind = frozen.user_attrs.get(KIND_ATTR)
+            if kind is None:
+                raise ValueError(f"trial {frozen.number} was not enqueued by bench (no {SLOT_ATTR}); it is skipped")
+            view = (CellStudy(study, frozen.user_attrs[CELL_ATTR])
+                    if kind == "search" and config.scope == "cell" else study)
+            trial = optuna.Trial(view, trial_id)
+            spec = trial_spec(trial, config, cells)
+            key = spec.key()
+            if kind == "search":
+                trial.set_user_attr(KEY_ATTR, key)
+                trial.set_user_attr(SPEC_ATTR, {k: v for k, v in spec.to_params().items()})
+                trial.set_user_attr(LABELS_ATTR, dict(spec.labels))
+            duplicate = _duplicate_of(study, frozen)
+            if duplicate is not None:
+                trial.set_user_attr(DUPLICATE_ATTR, duplicate)
+                study.tell(frozen.number, state=TrialState.FAIL)
+                return "duplicate", None
+            runs = tracker.trial_runs(key)
+            done = [r for r in runs if r.data.tags.get(STATUS_TAG) in _SETTLED]
+            if done:
+                return _adopt(study, trial, max(done, key=lambda r: r.info.start_time or 0), config.metric), None
+            for r in runs:
+                if r.info.status == "RUNNING":
+                    tracker.mark_interrupted(r.info.run_id)
+
+            def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+                value = _objective_value(metrics, config.metric)
+                if value is None:
+                    return
+                trial.report(value, epoch)
+                if kind == "search" and trial.should_prune():
+                    raise Pruned(f"pruned at epoch {epoch} ({config.metric}={value:.4g})")
+
+            ckpt = (checkpoint_dir / f"{key}.pt") if checkpoint_dir is not None else None
+            trial_options = TrialOptions(device=options.device, plots=options.plots, checkpoint_path=ckpt,
+                                         progress=options.progress, distributed=dist)
+            if dist is not None:
+                from bench.distributed import broadcast_object
+
+                broadcast_object(("trial", spec.to_params(), dict(spec.labels), str(ckpt) if ckpt else None), dist)
+            extra = {"optuna_study": study.study_name, "marginbench.slot": frozen.user_attrs.get(SLOT_ATTR, "")}
+            if dist is not None:
+                extra["world_size"] = str(dist.world_size)
+            outcome = execute_trial(spec, tracker, trial_options, trial_number=frozen.number, extra_tags=extra,
+                                    on_epoch=on_epoch)
+        except KeyboardInterrupt:
+            _give_back(study, trial_id)
+            raise
+        except Exception as err:  # a broken trial must not stop the worker
+            log.exception("trial %d failed before or after training", frozen.number)
+            _fail(study, trial_id, f"{type(err).__name__}: {err}")
+            return "failed", None
+    status = outcome.status
+    trial.set_user_attr(RUN_ATTR, outcome.run_id)
+    try:
+        if status == "finished":
+            value = _objective_value(outcome.result.metrics if outcome.result else {}, config.metric)
+            if value is None:
+                available = ", ".join(sorted(outcome.result.metrics)) if outcome.result else ""
+                trial.set_user_attr(REASON_ATTR, f"objective metric {config.metric!r} missing or not finite; the "
+                                                 f"trial logged: {available} (set objective.metric in the grid)")
+                study.tell(frozen.number, state=TrialState.FAIL)
+                status = "failed"
+            else:
+                study.tell(frozen.number, value)
+        elif status == "pruned":
+            study.tell(frozen.number, state=TrialState.PRUNED)
+        elif status == "diverged":
+            assert outcome.result is not None and outcome.result.diverged is not None
+            d = outcome.result.diverged
+            trial.set_user_attr(DIVERGED_ATTR, f"epoch={d['epoch']} step={d['step']}")
+            trial.set_user_attr(REASON_ATTR, d["reason"])
+            study.tell(frozen.number, state=TrialState.FAIL)
+        else:
+            trial.set_user_attr(ERROR_ATTR, outcome.error or "failed")
+            study.tell(frozen.number, state=TrialState.FAIL)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:
+        log.exception("could not record trial %d in Optuna", frozen.number)
+        _fail(study, trial_id, f"{type(err).__name__}: {err}")
+        return "failed", outcome
+    if ckpt is not None and status != "failed" and not options.keep_checkpoints:
+        ckpt.unlink(missing_ok=True)
+    return status, outcome
+
+
+def _fail(study: Any, trial_id: int, error: str) -> None:
+    from optuna.trial import TrialState
+
+    try:
+        study._storage.set_trial_user_attr(trial_id, ERROR_ATTR, error[:5000])
+        study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except Exception:
+        log.exception("could not mark trial id %s failed", trial_id)
+
+
+def _give_back(study: Any, trial_id: int) -> None:
+    """An interrupted trial (Ctrl-C, SIGTERM) goes back in the queue at once, keeping its checkpoint."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        if study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            requeue_trial(study, study._storage.get_trial(trial_id))
+    except UpdateFinishedTrialError:
+        pass
+    except Exception:
+        log.exception("could not put interrupted trial id %s back in the queue", trial_id)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def _wait_for_study(name: str, storage: Any, options: WorkerOptions, echo: Callable[[str], None]) -> Any:
+    deadline = time.monotonic() + options.wait_seconds
+    said = False
+    while True:
+        try:
+            return load_study(name, storage, worker_index=options.worker_index)
+        except StudyNotReady as err:
+            if time.monotonic() >= deadline:
+                raise StudyNotReady(f"{err}; start `bench run --grid ...` with the same --storage (it enqueues "
+                                    f"the grid; --workers 0 only enqueues)") from err
+            if not said:
+                echo(f"waiting for study {name!r} to be prepared by `bench run` ({err})")
+                said = True
+            time.sleep(options.poll_seconds)
+
+
+def work(study_name: str, storage_url: str, tracking_uri: str | None, options: WorkerOptions | None = None, *,
+         echo: Callable[[str], None] = print, dist: Any = None) -> list[TrialOutcome]:
+    """One worker: runs trials of the study until none is waiting or running.
+
+    Args:
+        study_name: the grid's name.
+        storage_url: a `bench.study.resolve_storage` value.
+        tracking_uri: MLflow URI (None: the default).
+        options: device, threads, checkpoints...
+        echo: where one line per trial goes.
+        dist: a `bench.distributed.DistContext` when launched by torchrun: rank 0 runs this loop and
+            sends each trial to the other ranks (see `follow`).
+
+    Returns:
+        The outcomes of the trials this worker trained.
+    """
+    import torch
+
+    options = options or WorkerOptions()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    storage = open_storage(storage_url)
+    study = _wait_for_study(study_name, storage, options, echo)
+    config = stored_config(study)
+    cells = study.user_attrs.get(STUDY_CELLS_ATTR)
+    tracker = StudyTracker(study_name, tracking_uri)
+    ckpt_dir = options.checkpoint_dir or checkpoint_folder(storage_url, study_name)
+    prefix = f"[worker {options.worker_index}] " if os.environ.get("MARGINBENCH_WORKER_PREFIX") else ""
+    outcomes: list[TrialOutcome] = []
+    ran = 0
+    from optuna.trial import TrialState
+
+    try:
+        while options.max_trials is None or ran < options.max_trials:
+            reap_stale_trials(study)
+            trial_id = study._pop_waiting_trial_id()
+            if trial_id is None:
+                if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    time.sleep(options.poll_seconds)
+                    continue
+                break
+            t0 = time.perf_counter()
+            status, outcome = run_study_trial(study, trial_id, config, tracker, options, cells=cells,
+                                              checkpoint_dir=ckpt_dir, dist=dist)
+            ran += 1
+            if outcome is not None:
+                outcomes.append(outcome)
+            frozen = storage.get_trial(trial_id)
+            echo(prefix + _line(frozen, status, outcome, config.metric, time.perf_counter() - t0))
+    finally:
+        if dist is not None:
+            from bench.distributed import broadcast_object
+
+            broadcast_object(("stop",), dist)
+    return outcomes
+
+
+def follow(dist: Any, options: WorkerOptions) -> None:
+    """Ranks other than 0 of a torchrun worker: train each trial rank 0 sends, until it says stop."""
+    from bench.distributed import broadcast_object
+    from bench.spec import TrialSpec
+    from bench.trial import run_trial
+
+    while True:
+        message = broadcast_object(None, dist)
+        if message[0] == "stop":
+            return
+        _, params, labels, ckpt = message
+        spec = TrialSpec.from_params(params, labels)
+        try:
+            run_trial(spec, TrialOptions(device=dist.device, checkpoint_path=Path(ckpt) if ckpt else None,
+                                         progress=False, distributed=dist))
+        except Exception:
+            log.exception("rank %d: trial %s failed", dist.rank, spec.label)
+
+
+def _line(frozen: Any, status: str, outcome: TrialOutcome | None, metric: str, seconds: float) -> str:
+    spec_label = ""
+    if outcome is not None:
+        spec_label = f"{outcome.spec.label} seed={outcome.spec.seed}"
+    else:
+        labels = frozen.user_attrs.get(LABELS_ATTR) or {}
+        spec_label = " / ".join(labels.values()) or frozen.user_attrs.get(SLOT_ATTR, "")
+    detail = ""
+    if status == "finished" and frozen.value is not None:
+        detail = f" {metric}={frozen.value:.4f}"
+    elif status == "diverged":
+        detail = f" ({frozen.user_attrs.get(DIVERGED_ATTR, '')})"
+    elif status == "failed":
+        detail = f" {frozen.user_attrs.get(ERROR_ATTR) or frozen.user_attrs.get(REASON_ATTR, '')}"
+    elif status == "duplicate":
+        detail = f" (trial {frozen.user_attrs.get(DUPLICATE_ATTR)} has it)"
+    if frozen.user_attrs.get(ATTR_ADOPTED):
+        detail += " (recorded by an earlier process)"
+    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in frozen.params.items())
+    return f"trial {frozen.number} {spec_label}{' ' + params if params else ''}: {status}{detail} ({seconds:.1f} s)"
+
+
+# ------------------------------------------------------------------------------------------ processes
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: the worker gets SIGKILL when ``bench run`` dies, so a killed sweep leaves no orphans."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, sets: Sequence[str] = (),
+                  gpus: Sequence[str] | None = None, device: str | None = None, plots: bool = False,
+                  threads: int | None = None) -> list[subprocess.Popen]:
+    """Starts ``n`` ``bench worker`` processes on this machine; worker i gets GPU ``gpus[i % len(gpus)]``."""
+    procs = []
+    for i in range(n):
+        cmd = [sys.executable, "-m", "bench", "worker", "--grid", str(Path(grid.path).resolve()),
+               "--storage", storage_url, "--tracking-uri", tracking_uri, "--worker-index", str(i), "--no-progress",
+               "--wait", "60", "--plots" if plots else "--no-plots"]
+        for s in sets:
+            cmd += ["--set", s]
+        env = dict(os.environ, MARGINBENCH_WORKER_PREFIX="1")
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
+            cmd += ["--device", "cuda"]
+        elif device:
+            cmd += ["--device", device]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None))
+    return procs
+
+
+def _wait_all(procs: Sequence[subprocess.Popen]) -> list[int]:
+    try:
+        return [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:  # they got the SIGINT too when run from a terminal; make sure
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+
+
+def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | None = None, workers: int | None = None,
+              gpus: Sequence[str] | None = None, device: str | None = None, plots: bool | None = None,
+              progress: bool = True, threads: int | None = None, sets: Sequence[str] = (),
+              echo: Callable[[str], None] = print, config: StudyConfig | None = None) -> StudyReport:
+    """``bench run``: prepares the grid's study, runs its trials with ``workers`` processes, reports.
+
+    Args:
+        grid: the validated grid.
+        storage: Optuna storage (None: ``optuna.journal`` beside ``mlflow.db``).
+        tracking_uri: MLflow URI (None: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``).
+        workers: trial processes at once (None: the grid's ``workers``, else one per GPU of ``gpus``, else
+            1 in this process); 0 only enqueues, for ``bench worker`` processes elsewhere.
+        gpus: GPU ids to spread workers over.
+        device: the device of every worker without ``gpus``.
+        plots: embedding pictures (None: the grid's ``plots``).
+        progress: a progress bar (in-process runs only).
+        threads: torch threads per worker (None: the CPU's cores divided among workers).
+        sets: the ``--set`` overrides, passed on to worker processes.
+        echo: output.
+        config: the grid's study config (None: validated from the grid).
+
+    Raises:
+        GridError: an invalid study key (before anything runs).
+    """
+    from bench.tracking import resolve_tracking_uri
+
+    config = config or StudyConfig.from_grid(grid)
+    tracking = resolve_tracking_uri(tracking_uri)
+    storage_url = resolve_storage(storage, tracking_uri=tracking)
+    n = workers if workers is not None else (config.workers or (len(gpus) if gpus else 1))
+    tracker = StudyTracker(grid.name, tracking, description=grid.description, grid_path=str(grid.path))
+    study = prepare_study(grid, config, open_storage(storage_url),
+                          mlflow={"tracking_uri": tracking, "parent_run_id": tracker.parent_run_id})
+    slots = plan_slots(grid, config)
+    before = study_summary(study, slots)
+    echo(f"study {grid.name}: {len(slots)} trials ({_counts(before)}); storage {storage_url}; tracking {tracking}")
+    report = StudyReport(grid.name, storage_url, tracking)
+    plots = grid.plots if plots is None else plots
+    if n == 0:
+        report.counts = before
+        echo("enqueued; start `bench worker` processes to run them")
+        return report
+    if threads is None:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // n) if n > 1 or not torch.cuda.is_available() else None
+    if n == 1 and not gpus:
+        options = WorkerOptions(device=device, plots=plots, progress=progress)
+        report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
+    else:
+        procs = spawn_workers(grid, n, storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
+                              device=device, plots=plots, threads=threads)
+        report.worker_exit_codes = _wait_all(procs)
+    report.counts = study_summary(open_study_for_report(grid.name, storage_url), slots)
+    return report
+
+
+def open_study_for_report(name: str, storage_url: str) -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=open_storage(storage_url, heartbeat=False))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none yet"

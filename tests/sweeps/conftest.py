@@ -1,0 +1,82 @@
+"""Helpers for the sweep tests: grids written to the test's folder, `bench` in a subprocess, the two stores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: A grid on scikit-learn digits at 8x8 (registered in every process, unlike the tests' tiny-blobs).
+DIGITS_BASE = """\
+base:
+  dataset: {name: digits, image_size: 8, test_fraction: 0.5}
+  backbone: lenet++
+  embedding_dim: 8
+  batch_size: 64
+  eval_batch_size: 512
+"""
+
+
+@pytest.fixture
+def write_grid(tmp_path):
+    """``write_grid(text, name="grid.yaml")`` writes a grid file in the test's folder and returns its path."""
+
+    def write(text: str, name: str = "grid.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+def bench_env(threads: int = 1) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MARGINBENCH_STORAGE", None)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "false"
+    return env
+
+
+def bench(*args: str, cwd: Path, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``python -m bench ARGS`` in ``cwd`` and returns the finished process (stdout and stderr captured)."""
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=bench_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def optuna_trials(study: str, storage: str) -> list:
+    import optuna
+
+    from bench.study import open_storage
+
+    return optuna.load_study(study_name=study, storage=open_storage(storage, heartbeat=False)).get_trials()
+
+
+def mlflow_children(study: str, tracking_uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    return client.search_runs([exp.experiment_id], filter_string="tags.`marginbench.role` = 'trial'",
+                              max_results=1000)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the sweeps put several processes on 2 cores, where spinning threads cost 10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

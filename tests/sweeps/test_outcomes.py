@@ -1,0 +1,119 @@
+"""A study in one process on tiny generated data: finished, diverged and crashed trials in both stores."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from bench.grid import load_grid
+from bench.workers import run_study
+from tests.sweeps.conftest import mlflow_children, optuna_trials
+
+GRID = """\
+name: outcomes
+base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 2, batch_size: 16, eval_batch_size: 64}
+grid:
+  loss:
+    - {label: softmax, loss: softmax}
+    - {label: cosface, loss: {name: cosface, s: 10.0, m: 0.1}}
+    - {label: exploding, loss: softmax, optimizer: {name: adam, lr: 1.0e+30}}
+seeds: [0]
+"""
+
+
+@pytest.fixture
+def broken_dataset():
+    """``broken``: a dataset whose factory raises at load time (after the grid validated it)."""
+    from registry import DATASETS
+
+    @DATASETS.register("broken")
+    def broken() -> None:
+        """Raises."""
+        raise RuntimeError("the disk went away")
+
+    yield "broken"
+    DATASETS.unregister("broken")
+
+
+def test_diverged_trial_is_marked_in_both_stores_and_the_others_finish(in_tmp, tiny_dataset, write_grid):
+    grid = load_grid(write_grid(GRID))
+    report = run_study(grid, progress=False, echo=lambda s: None)
+    assert report.counts == {"finished": 2, "pruned": 0, "diverged": 1, "failed": 0, "waiting": 0, "running": 0}
+    assert report.ok  # diverging is a result, not an error
+
+    trials = {t.user_attrs["marginbench.labels"]["loss"]: t for t in optuna_trials("outcomes", report.storage)}
+    assert len(trials) == 3
+    assert trials["softmax"].state == trials["cosface"].state == TrialState.COMPLETE
+    nan = trials["exploding"]
+    # Optuna: FAIL, with the epoch/step and the reason
+    assert nan.state == TrialState.FAIL
+    assert nan.user_attrs["marginbench.diverged"].startswith("epoch=0 step=")
+    assert "NaN or inf" in nan.user_attrs["marginbench.fail_reason"]
+
+    runs = {r.data.tags["label.loss"]: r for r in mlflow_children("outcomes", report.tracking_uri)}
+    assert len(runs) == 3
+    assert runs["softmax"].info.status == runs["cosface"].info.status == "FINISHED"
+    # MLflow: FAILED with a diverged tag naming the epoch and step
+    assert runs["exploding"].info.status == "FAILED"
+    assert runs["exploding"].data.tags["marginbench.status"] == "diverged"
+    assert runs["exploding"].data.tags["diverged"] == nan.user_attrs["marginbench.diverged"]
+    # each Optuna trial names its MLflow run, and the objective is the run's last test_acc
+    assert trials["softmax"].user_attrs["marginbench.mlflow_run_id"] == runs["softmax"].info.run_id
+    assert trials["softmax"].value == pytest.approx(runs["softmax"].data.metrics["test_acc"])
+
+
+def test_exception_is_recorded_with_traceback_and_the_study_goes_on(in_tmp, tiny_dataset, broken_dataset, write_grid):
+    grid = load_grid(write_grid("""\
+        name: crash
+        base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1, batch_size: 16}
+        grid:
+          dataset: [broken, tiny-blobs]
+        """))
+    report = run_study(grid, progress=False, echo=lambda s: None)
+    assert report.counts["failed"] == 1 and report.counts["finished"] == 1
+    assert not report.ok
+    failed = [t for t in optuna_trials("crash", report.storage) if t.state == TrialState.FAIL]
+    assert "the disk went away" in failed[0].user_attrs["marginbench.error"]
+    run = next(r for r in mlflow_children("crash", report.tracking_uri) if r.info.status == "FAILED")
+    from mlflow.tracking import MlflowClient
+
+    text = MlflowClient(report.tracking_uri).download_artifacts(run.info.run_id, "traceback.txt")
+    assert "RuntimeError: the disk went away" in open(text).read()
+
+
+def test_rerun_trains_nothing_again_and_retries_a_crashed_trial(in_tmp, tiny_dataset, broken_dataset, write_grid):
+    path = write_grid("""\
+        name: again
+        base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1, batch_size: 16}
+        grid:
+          dataset: [broken, tiny-blobs]
+        seeds: [0, 1]
+        """)
+    first = run_study(load_grid(path), progress=False, echo=lambda s: None)
+    assert first.counts["finished"] == 2 and first.counts["failed"] == 2
+    second = run_study(load_grid(path), progress=False, echo=lambda s: None)
+    # the finished trials are kept; only the two that raised run again (and raise again)
+    assert [o.spec.dataset for o in second.outcomes] == ["broken", "broken"]
+    trials = optuna_trials("again", second.storage)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2 and len(trials) == 6
+
+
+def test_changed_override_enqueues_the_new_trials_and_drops_the_old_waiting_ones(in_tmp, tiny_dataset, write_grid):
+    from bench.study import StudyConfig, open_storage, prepare_study, study_summary
+
+    path = write_grid("""\
+        name: changed
+        base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1, batch_size: 16}
+        seeds: [0, 1]
+        """)
+    storage = open_storage(str(in_tmp / "optuna.journal"))
+    grid = load_grid(path)
+    study = prepare_study(grid, StudyConfig.from_grid(grid), storage)
+    assert study_summary(study)["waiting"] == 2
+    again = prepare_study(grid, StudyConfig.from_grid(grid), storage)
+    assert len(again.get_trials()) == 2  # enqueued once
+    other = load_grid(path, overrides={"epochs": 2})
+    study = prepare_study(other, StudyConfig.from_grid(other), storage)
+    states = [(t.state, t.user_attrs.get("marginbench.fail_reason")) for t in study.get_trials()]
+    assert states.count((TrialState.WAITING, None)) == 2
+    assert states.count((TrialState.FAIL, "no longer in the grid")) == 2

@@ -1,0 +1,95 @@
+"""Resumption: a trial left running by a dead process runs again, from its checkpoint, once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from optuna.trial import TrialState
+
+from bench.grid import load_grid
+from bench.study import OWNER_ATTR, StudyConfig, open_storage, prepare_study, trial_spec, worker_identity
+from bench.tracking import StudyTracker
+from bench.trial import Pruned, TrialOptions, run_trial
+from bench.workers import checkpoint_folder, run_study
+from tests.sweeps.conftest import mlflow_children, optuna_trials
+
+GRID = """\
+name: resume
+base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 3, batch_size: 16, eval_batch_size: 64}
+grid:
+  loss: [softmax, cosface]
+seeds: [0]
+"""
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def stop_after_first_epoch(epoch: int, metrics: dict) -> None:
+    raise Pruned
+
+
+def test_trial_of_a_dead_process_reruns_from_its_checkpoint_exactly_once(in_tmp, tiny_dataset, write_grid):
+    grid = load_grid(write_grid(GRID))
+    config = StudyConfig.from_grid(grid)
+    storage_url = str(in_tmp / "optuna.journal")
+    tracker = StudyTracker(grid.name)
+    study = prepare_study(grid, config, open_storage(storage_url))
+    # A process pops trial 0, opens its MLflow run, saves the checkpoint of epoch 1 of 3, and dies.
+    trial_id = study._pop_waiting_trial_id()
+    frozen = study._storage.get_trial(trial_id)
+    study._storage.set_trial_system_attr(trial_id, OWNER_ATTR, {**worker_identity(), "pid": dead_pid()})
+    spec = trial_spec(frozen, config)
+    tracker.start_trial(spec, trial_number=frozen.number)  # left RUNNING
+    ckpt = checkpoint_folder(storage_url, grid.name) / f"{spec.key()}.pt"
+    run_trial(spec, TrialOptions(progress=False, checkpoint_path=ckpt, on_epoch=stop_after_first_epoch))
+    assert ckpt.exists()
+
+    report = run_study(load_grid(grid.path), progress=False, echo=lambda s: None)
+    assert report.counts["finished"] == 2
+    trials = optuna_trials("resume", report.storage)
+    # the dead trial was failed and queued again with the same key; every key completed exactly once
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
+    complete = [t.user_attrs["marginbench.key"] for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == sorted({t.user_attrs["marginbench.key"] for t in trials})
+    retried = next(t for t in trials
+                   if t.state == TrialState.COMPLETE and t.user_attrs["marginbench.key"] == spec.key())
+    assert retried.system_attrs["retry_history"] == [frozen.number]
+
+    runs = [r for r in mlflow_children("resume", report.tracking_uri)
+            if r.data.tags["marginbench.trial_key"] == spec.key()]
+    by_status = sorted(r.data.tags["marginbench.status"] for r in runs)
+    assert by_status == ["finished", "interrupted"]  # the dead one is closed as interrupted, not counted
+    finished = next(r for r in runs if r.data.tags["marginbench.status"] == "finished")
+    assert finished.data.tags["resumed_from_epoch"] == "1"  # from the checkpoint, not from the start
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(report.tracking_uri).get_metric_history(finished.info.run_id, "test_acc")
+    assert sorted(m.step for m in history) == [0, 1, 2]  # the restored epoch is in the run too
+    assert not ckpt.exists()  # deleted once the trial ended
+
+
+def test_run_finished_in_mlflow_but_not_told_to_optuna_is_adopted_not_retrained(in_tmp, tiny_dataset, write_grid):
+    from bench.runner import execute_trial
+
+    grid = load_grid(write_grid(GRID))
+    config = StudyConfig.from_grid(grid)
+    tracker = StudyTracker(grid.name)
+    study = prepare_study(grid, config, open_storage(str(in_tmp / "optuna.journal")))
+    trial_id = study._pop_waiting_trial_id()
+    study._storage.set_trial_system_attr(trial_id, OWNER_ATTR, {**worker_identity(), "pid": dead_pid()})
+    spec = trial_spec(study._storage.get_trial(trial_id), config)
+    execute_trial(spec, tracker, TrialOptions(progress=False))  # the process died right after this
+
+    report = run_study(load_grid(grid.path), progress=False, echo=lambda s: None)
+    assert report.counts["finished"] == 2
+    assert [o.spec.key() for o in report.outcomes] != [spec.key()] and len(report.outcomes) == 1  # only the other
+    runs = [r for r in mlflow_children("resume", report.tracking_uri)
+            if r.data.tags["marginbench.trial_key"] == spec.key()]
+    assert len(runs) == 1
+    adopted = [t for t in optuna_trials("resume", report.storage) if t.user_attrs.get("marginbench.adopted_run")]
+    assert adopted[0].value == runs[0].data.metrics["test_acc"]
