@@ -13,7 +13,9 @@ __all__ = ["AdaCosHead"]
 
 
 class AdaCosHead(MarginHead):
-    """Logits ``s cos(theta_j)`` with the scale set by the paper's rule instead of tuned.
+    """Logits ``s cos(theta_j)`` with the scale set by the paper's rule instead of tuned; no margin.
+
+    Paper: AdaCos, https://arxiv.org/abs/1905.00292. Units: ``s`` unitless, angles in radians.
 
     Fixed AdaCos: ``s = sqrt(2) log(C - 1)`` (Eq. 12). Dynamic AdaCos (Eq. 15), once per training step and
     before the step's logits, from the batch and the previous scale ``s``::
@@ -22,7 +24,12 @@ class AdaCosHead(MarginHead):
         s <- log(B_avg) / cos(min(pi/4, theta_med))     # theta_med: median target angle (lower median)
 
     as the reference implementation (4uiiurz1/pytorch-adacos) does; ``log(B_avg)`` is a log-sum-exp here, so
-    it cannot overflow. ``s`` is a buffer, saved with the head.
+    it cannot overflow, and a non-finite update is skipped. ``s`` is a buffer, saved with the head.
+
+    The rule assumes non-target classes near 90 degrees (high-dimensional features): with 2-D features and
+    10 classes neighbouring classes sit ~36 degrees apart, ``log(B_avg)`` tracks ``s``, and dynamic ``s``
+    grows geometrically (about 900 after 200 steps), as the paper's formula does; prefer ``adacos-fixed``
+    or D >= 32 there.
 
     Args:
         embedding_dim: feature size D.
@@ -49,7 +56,8 @@ class AdaCosHead(MarginHead):
         target = torch.zeros_like(cos, dtype=torch.bool).scatter(1, labels[:, None], True)
         log_b_avg = torch.logsumexp((self.s * cos).masked_fill(target, -math.inf).flatten(), 0) - math.log(len(cos))
         theta_med = torch.acos(clamp_cos(cos[target])).median()
-        self.s.copy_(log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4)))
+        new = log_b_avg / torch.cos(theta_med.clamp(max=math.pi / 4))
+        self.s.copy_(torch.where(torch.isfinite(new), new, self.s))  # where Eq. 15 overflows, keep the last s
 
     def scale(self, cos: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.s.to(cos.dtype) * cos

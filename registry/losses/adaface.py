@@ -25,6 +25,8 @@ class AdaFaceHead(MarginHead):
     ``[eps, pi - eps]``, eps = 1e-3. A batch of one sample leaves ``sigma`` unchanged (its std is undefined).
     ``head.logits(emb)`` (no labels) is ``s cos(theta)``, unclamped.
 
+    Paper: AdaFace, https://arxiv.org/abs/2204.00964 (Eqs. 9-12 and the authors' ``head.py``).
+
     Args:
         embedding_dim: feature size D.
         num_classes: number of classes C.

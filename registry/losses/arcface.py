@@ -15,6 +15,8 @@ __all__ = ["ArcFaceHead"]
 class ArcFaceHead(MarginHead):
     """Additive angular margin: ``s cos(theta_y + m)`` on the target, ``s cos(theta_j)`` elsewhere.
 
+    Paper: ArcFace, https://arxiv.org/abs/1801.07698 (Eq. 3); the fallback is insightface's code.
+
     Where ``theta_y + m > pi`` insightface's fallback ``s (cos(theta_y) - m sin(m))`` keeps the target logit
     decreasing in theta; ``easy_margin=True`` instead applies the margin only where ``cos(theta_y) > 0``.
 

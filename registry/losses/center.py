@@ -25,6 +25,9 @@ __all__ = ["CenterLoss", "SoftmaxCenterHead"]
 class CenterLoss(nn.Module):
     """``L_C = 1/2 * mean_i ||x_i - c_{y_i}||^2`` with class centres updated by the paper's Eq. 4.
 
+    Paper: Wen et al. 2016, https://ydwen.github.io/papers/WenECCV16.pdf (Eqs. 2 and 4). Units: squared
+    feature distance; ``alpha`` unitless.
+
     The paper writes ``L_C = 1/2 sum_i ||x_i - c_{y_i}||^2`` over the mini-batch; like the authors' Caffe layer
     (``loss = dot / M / 2``) this divides by the batch size ``M``, matching the mean cross-entropy it is added to,
     so ``lambda`` keeps the paper's meaning. The update (Eq. 4), for every class ``j`` in the batch::
@@ -71,6 +74,9 @@ class CenterLoss(nn.Module):
 class SoftmaxCenterHead(SoftmaxHead):
     """Softmax ``W x + b`` cross-entropy plus ``weight * CenterLoss`` (Wen et al.'s joint supervision, Eq. 5).
 
+    Paper: https://ydwen.github.io/papers/WenECCV16.pdf. Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``,
+    ``center.centers`` ``(C, D)`` buffer, logits ``(B, C)``.
+
     In training mode ``head(emb, labels)`` returns the joint loss with the current centres, then updates the
     centres by Eq. 4 from the same (detached) features, as the paper's Algorithm 1 does within one iteration.
     ``logits`` are the softmax's. For other heads use ``center_loss:`` in the trial spec instead.
@@ -78,8 +84,8 @@ class SoftmaxCenterHead(SoftmaxHead):
     Args:
         embedding_dim: feature size D.
         num_classes: number of classes C.
-        weight: lambda, the center loss weight (the paper's face models use 0.003).
-        alpha: centre learning rate (0.5).
+        weight: lambda, the center loss weight, unitless (the paper's face models use 0.003).
+        alpha: centre learning rate in [0, 1] (0.5).
         bias: learn the softmax bias.
     """
 

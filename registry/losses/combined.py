@@ -27,6 +27,9 @@ __all__ = ["CombinedMarginHead"]
 class CombinedMarginHead(MarginHead):
     """``logit_j = s ||x||^a ||W_j||^b cos(theta_j)``, target ``s ||x||^a ||W_y||^b (f(theta_y) - m3)``.
 
+    Paper: ArcFace's combined margin, https://arxiv.org/abs/1801.07698 (Eq. 4), with the weight/feature
+    normalization switches of github.com/niyunsheng/Visualization-of-Face-Losses.
+
     ``a = 0`` when ``x_norm`` else 1, ``b = 0`` when ``w_norm`` else 1, and ``f`` keeps the target monotonic:
 
     * ``m1 = 1``: ``f = cos(theta + m2)`` with ArcFace's fallback ``cos(theta) - m2 sin(m2)`` past

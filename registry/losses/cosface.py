@@ -13,6 +13,8 @@ __all__ = ["CosFaceHead"]
 class CosFaceHead(MarginHead):
     """Large margin cosine loss: ``s (cos(theta_y) - m)`` on the target, ``s cos(theta_j)`` elsewhere.
 
+    Paper: CosFace, https://arxiv.org/abs/1801.09414 (Eq. 4).
+
     Args:
         embedding_dim: feature size D.
         num_classes: number of classes C.

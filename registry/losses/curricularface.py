@@ -19,6 +19,8 @@ class CurricularFaceHead(MarginHead):
     ``t`` is a buffer, the running mean of the batch's target cosines: ``t <- 0.01 mean(cos theta_y) + 0.99 t``,
     updated once per training step before the step's logits (as the authors' ``head.py`` does); it starts at 0.
 
+    Paper: CurricularFace, https://arxiv.org/abs/2004.00288 (Eqs. 6-9 and the authors' code).
+
     Args:
         embedding_dim: feature size D.
         num_classes: number of classes C.

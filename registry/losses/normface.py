@@ -13,10 +13,12 @@ __all__ = ["NormSoftmaxHead"]
 class NormSoftmaxHead(MarginHead):
     """Normalized softmax: features and weights L2-normalized, logits ``s cos(theta_j)``, no bias, no margin.
 
+    Paper: NormFace, https://arxiv.org/abs/1704.06369 (Eq. 5 with a fixed scale; the paper also learns ``s``).
+
     Args:
         embedding_dim: feature size D.
         num_classes: number of classes C.
-        s: scale (NormFace's ``s``; pytorch-metric-learning's ``NormalizedSoftmaxLoss`` uses ``1 / temperature``).
+        s: scale, unitless (pytorch-metric-learning's ``NormalizedSoftmaxLoss`` uses ``temperature = 1 / s``).
 
     Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``.
     """

@@ -20,7 +20,9 @@ class SoftmaxHead(MarginHead):
         num_classes: number of classes C.
         bias: learn a per-class bias ``b`` ``(C,)``.
 
-    Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``.
+    Paper: none (the baseline every margin paper starts from; SphereFace's "original softmax",
+    https://arxiv.org/abs/1704.08063, Eq. 1). Units: logits are raw inner products, no margin.
+    Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, ``bias`` ``(C,)``, logits ``(B, C)``.
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, *, bias: bool = True) -> None:
@@ -32,10 +34,12 @@ class SoftmaxHead(MarginHead):
 
 
 class ModifiedSoftmaxHead(MarginHead):
-    """SphereFace's modified softmax (Liu et al. 2017, https://arxiv.org/abs/1704.08063, Sec. 3.1).
+    """SphereFace's modified softmax: ``||W_j|| = 1``, no bias, logits ``||x|| cos(theta_j)``.
+
+    Paper: SphereFace, https://arxiv.org/abs/1704.08063 (Sec. 3.1).
 
     Logits ``||x|| cos(theta_j) = <x, W_j / ||W_j||>``: weights normalized, no bias, no margin. The decision
-    boundary depends on angles only, so embeddings are compared by cosine.
+    boundary depends on angles only, so embeddings are compared by cosine. Units: no margin, no parameters.
 
     Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``.
     """

@@ -22,12 +22,14 @@ __all__ = ["LargeMarginSoftmaxHead", "SphereFaceHead"]
 
 
 class LargeMarginSoftmaxHead(MarginHead):
-    """L-Softmax (https://arxiv.org/abs/1612.02295): logits ``||W_j|| ||x|| cos(theta_j)``, target ``psi``, no bias.
+    """L-Softmax: logits ``||W_j|| ||x|| cos(theta_j)``, target ``||W_y|| ||x|| (lambda cos + psi) / (1 + lambda)``.
+
+    Paper: L-Softmax, https://arxiv.org/abs/1612.02295 (Eqs. 5-6; lambda as the authors' Caffe layer). No bias.
 
     Args:
         embedding_dim: feature size D.
         num_classes: number of classes C.
-        m: integer angular multiplier in 1..4 (m = 1: plain softmax without bias).
+        m: integer multiplier of the target angle, in 1..4 (m = 1: plain softmax without bias).
         base, gamma, power, lambda_min: the lambda schedule (unitless; defaults: SphereFace's prototxt).
 
     Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``; ``iteration`` a long scalar buffer.
@@ -77,10 +79,16 @@ class LargeMarginSoftmaxHead(MarginHead):
 
 
 class SphereFaceHead(LargeMarginSoftmaxHead):
-    """A-Softmax (https://arxiv.org/abs/1704.08063): ``||W_j|| = 1``, no bias, logits ``||x|| cos(theta_j)``,
-    target ``||x|| (lambda cos(theta) + psi(theta)) / (1 + lambda)``.
+    """A-Softmax: ``||W_j|| = 1``, no bias, logits ``||x|| cos(theta_j)``, target
+    ``||x|| (lambda cos(theta) + psi(theta)) / (1 + lambda)``.
 
-    Args: as `LargeMarginSoftmaxHead` (m in 1..4, the paper uses 4).
+    Paper: SphereFace, https://arxiv.org/abs/1704.08063 (Eqs. 6-7; lambda as the authors' Caffe layer).
+
+    Args: as `LargeMarginSoftmaxHead`: m an integer multiplier of the angle in 1..4 (the paper uses 4),
+    lambda's schedule unitless.
+
+    Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)`` (normalized inside), logits ``(B, C)``; ``iteration`` a
+    long scalar buffer.
 
     pytorch-metric-learning's ``SphereFaceLoss(margin=m, scale=1)`` is this head with lambda = 0. SphereFace's
     Caffe layer normalizes ``W`` in place each step (its gradient skips the normalization's Jacobian); here

@@ -15,6 +15,8 @@ __all__ = ["SubCenterArcFaceHead"]
 class SubCenterArcFaceHead(ArcFaceHead):
     """ArcFace over ``K`` sub-centres per class: ``cos(theta_j) = max_k cos(x, W_{j,k})``, then ArcFace's margin.
 
+    Paper: Sub-center ArcFace, https://www.ecva.net/papers/eccv_2020/papers_ECCV/papers/123560715.pdf.
+
     Args:
         embedding_dim: feature size D.
         num_classes: number of classes C.

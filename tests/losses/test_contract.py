@@ -61,8 +61,13 @@ def test_head_contract_shapes_and_attributes(name):
     assert loss.shape == () and torch.isfinite(loss)
     assert head.logits(emb, labels).shape == (B, C)
     assert head.logits(emb).shape == (B, C)
-    docs = inspect.getdoc(type(head)) or ""
-    assert "http" in (inspect.getdoc(inspect.getmodule(type(head))) or "") + docs or name == "softmax"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_docstring_states_paper_shapes_and_units(name):
+    doc = inspect.getdoc(type(make(name))) or ""
+    assert "Paper" in doc and "Shapes" in doc, doc
+    assert any(word in doc for word in ("radian", "unitless", "Units", "cosine units")), doc
 
 
 @pytest.mark.parametrize("name", NAMES)

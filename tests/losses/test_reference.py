@@ -347,3 +347,12 @@ def test_eval_mode_forward_leaves_state_alone():
         head.logits(torch.from_numpy(x), torch.from_numpy(y))
         after = head.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), name
+
+
+def test_adacos_keeps_the_last_scale_where_eq_15_overflows():
+    # In 2-D, Eq. 15 makes s grow geometrically; an update that overflows is skipped instead of giving inf.
+    head = LOSSES.create("adacos", embedding_dim=2, num_classes=C).train()
+    head.s.fill_(3e38)
+    emb = torch.nn.functional.normalize(head.weight.detach(), dim=1)[[0, 1, 2]] * 2
+    head(emb, torch.tensor([1, 2, 3]))
+    assert torch.isfinite(head.s) and float(head.s) == pytest.approx(3e38, rel=1e-6)
