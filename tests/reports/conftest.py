@@ -83,16 +83,3 @@ def log_trials(uri: str, study: str, trials: list[Trial]) -> tuple[Any, list[str
             run.finish(status)
         ids.append(run.run_id)
     return tracker, ids
-
-
-@pytest.fixture
-def store(in_tmp):
-    """A fresh MLflow sqlite store in the test's working directory: ``store(study, trials)`` logs trials
-    (see `log_trials`); ``store.uri`` is its URI."""
-    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
-
-    def make(study: str, trials: list[Trial]) -> tuple[Any, list[str]]:
-        return log_trials(uri, study, trials)
-
-    make.uri = uri  # type: ignore[attr-defined]
-    return make

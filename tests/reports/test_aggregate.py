@@ -130,5 +130,5 @@ def test_unknown_axis_or_metric_is_an_error_naming_what_exists(study):
         aggregate(runs, TableSpec(name="t", rows=("loss",), metrics=("lfw_acc",)))
 
 
-def test_missing_study_gives_an_empty_frame(store):
-    assert load_runs("nope", store.uri).empty
+def test_missing_study_gives_an_empty_frame(study):
+    assert load_runs("nope", study[0].tracking_uri).empty

@@ -202,16 +202,19 @@ def test_readme_names_resolve_by_grid_or_bare_and_errors_name_the_fix(tmp_path):
     assert splice("no blocks\n", results) == ("no blocks\n", [])
 
 
-def test_report_cli_errors(in_tmp, capsys):
+def test_report_cli_errors(reported, capsys):
+    in_tmp = reported[0]
     assert main(["report"]) == 2
     assert "give --grid FILE" in capsys.readouterr().err
     assert main(["report", "--readme", "missing.md"]) == 2
     assert "missing.md not found" in capsys.readouterr().err
-    (in_tmp / "rep.yaml").write_text(GRID)
-    assert main(["report", "--grid", "rep.yaml"]) == 0  # no runs yet: says so
-    assert "no runs of rep yet" in capsys.readouterr().out
+    (in_tmp / "empty.yaml").write_text(GRID.replace("name: rep", "name: rep-empty"))
+    assert main(["report", "--grid", "empty.yaml"]) == 0  # no runs yet: says so
+    assert "no runs of rep-empty yet" in capsys.readouterr().out
+    assert main(["report", "--grid", "empty.yaml", "--export"]) == 1  # nothing to export is a failure
     assert main(["report", "--grid", "rep.yaml", "--table", "nope"]) == 2
     assert "no table 'nope'" in capsys.readouterr().err
+    capsys.readouterr()
     (in_tmp / "bad.yaml").write_text(GRID.replace("rows: loss\n      columns: [test_acc]", "rows: los\n      "
                                                                                             "columns: [test_acc]"))
     assert main(["report", "--grid", "bad.yaml"]) == 2
