@@ -20,15 +20,6 @@ NAMES = LOSSES.names()
 D, C, B = 3, 5, 8
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors run faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(name: str, **params) -> MarginHead:
     return LOSSES.create(name, embedding_dim=D, num_classes=C, **params)
 
@@ -110,7 +101,7 @@ def test_gradcheck_float64(name):
         norms = emb.detach().norm(dim=1, keepdim=True)
         prep = lambda e: F.normalize(e, dim=1) * norms  # noqa: E731
     assert torch.autograd.gradcheck(lambda e, *_: head(prep(e), labels), (emb, *params))
-    assert torch.autograd.gradcheck(lambda e, *_: head.logits(prep(e), labels), (emb, *params))
+    assert torch.autograd.gradcheck(lambda e, *_: head.logits(prep(e), labels), (emb, *params), fast_mode=True)
 
 
 def _bf16_batches(n: int, gen: torch.Generator, weight: torch.Tensor):
@@ -132,15 +123,14 @@ def _bf16_batches(n: int, gen: torch.Generator, weight: torch.Tensor):
 
 #: Every head with its defaults, plus the configurations whose code paths the defaults do not reach.
 ROBUSTNESS = [(name, {}) for name in NAMES] + [
-    ("lsoftmax", {"m": 1}), ("lsoftmax", {"m": 2}), ("sphereface", {"m": 3}),
-    ("combined", {"w_norm": False, "x_norm": False, "s": 1.0, "m1": 2, "m2": 0.0, "m3": 0.0}),
-    ("combined", {"m1": 2.5, "m2": 0.2, "m3": 0.1}), ("combined", {"m1": 3, "m2": 0.3, "m3": 0.0}),
-    ("arcface", {"easy_margin": True}), ("subcenter-arcface", {"k": 1}),
+    ("lsoftmax", {"m": 2}),  # psi's k = 1 branch at the default scale of features
+    ("combined", {"m1": 2.5, "m2": 0.2, "m3": 0.1}),  # psi over acos (non-integer m1, additive m2)
+    ("arcface", {"easy_margin": True}),
 ]
 
 
 @pytest.mark.parametrize("name, params", ROBUSTNESS, ids=[f"{n}-{p}" if p else n for n, p in ROBUSTNESS])
-def test_bf16_autocast_thousand_batches_stay_finite(name, params, one_thread):
+def test_bf16_autocast_thousand_batches_stay_finite(name, params):
     # Under bfloat16 autocast (cosines computed in bf16), 1000 training steps' losses and gradients are finite.
     gen = torch.Generator().manual_seed(2)
     head = make(name, **params).train()
@@ -159,7 +149,7 @@ def test_bf16_autocast_thousand_batches_stay_finite(name, params, one_thread):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fp32_with_bf16_rounded_inputs_stays_finite(name, one_thread):
+def test_fp32_with_bf16_rounded_inputs_stays_finite(name):
     # What the harness does: bf16 backbone output cast to fp32, head in fp32 with autocast off.
     gen = torch.Generator().manual_seed(3)
     head = make(name).train()
