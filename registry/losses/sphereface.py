@@ -53,8 +53,10 @@ class LargeMarginSoftmaxHead(MarginHead):
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
     def lambda_at(self, iteration: torch.Tensor | int) -> torch.Tensor:
-        """``max(lambda_min, base * (1 + gamma * iteration) ** -power)`` as a float64 tensor."""
-        it = torch.as_tensor(iteration, dtype=torch.float64, device=self.iteration.device)
+        """``max(lambda_min, base * (1 + gamma * iteration) ** -power)`` as a float64 tensor (float32 on MPS)."""
+        device = self.iteration.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        it = torch.as_tensor(iteration, dtype=dtype, device=device)
         return (self.base * (1.0 + self.gamma * it) ** (-self.power)).clamp_min(self.lambda_min)
 
     @property
