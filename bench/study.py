@@ -498,6 +498,18 @@ def is_rdb(url: str) -> bool:
     return "://" in url
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by it, while the
+    ``postgres`` extra installs psycopg2."""
+    import importlib.util
+
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme) and importlib.util.find_spec("psycopg") is None \
+                and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len(scheme):]
+    return url
+
+
 def open_storage(url: str, *, heartbeat: bool = True) -> Any:
     """An Optuna storage for a `resolve_storage` value.
 
@@ -517,7 +529,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
             kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
                           heartbeat_stale_trial_callback=requeue_trial)
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs, **kwargs)
         except ModuleNotFoundError as err:
             raise SystemExit(f"bench: storage {url.split('://')[0]} needs a driver: {err}. For PostgreSQL: "
                              f"pip install 'marginbench[postgres]' (psycopg2-binary)") from err

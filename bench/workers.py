@@ -97,6 +97,7 @@ class WorkerOptions:
         poll_seconds: how often an idle worker looks again while other trials run.
         wait_seconds: how long ``bench worker`` waits for ``bench run`` to prepare the study.
         max_trials: stop after this many trials (None: until the study is done).
+        prefix: put before each line this worker prints (``[worker 1] ``).
     """
 
     device: str | None = None
@@ -109,6 +110,7 @@ class WorkerOptions:
     poll_seconds: float = 2.0
     wait_seconds: float = 600.0
     max_trials: int | None = None
+    prefix: str = ""
 
 
 @dataclass
@@ -195,13 +197,18 @@ def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _adopt(study: Any, trial: Any, run: Any, metric: str) -> str:
-    """Tells Optuna the outcome of an MLflow run that already finished this trial's spec."""
+def _adopt(study: Any, trial: Any, run: Any, metric: str, tracker: StudyTracker) -> str:
+    """Tells Optuna the outcome (and the per-epoch objective) of an MLflow run that already finished this
+    trial's spec: a process that died before telling Optuna, or a search that drew a configuration again
+    (a trial is a pure function of its spec)."""
     from optuna.trial import TrialState
 
     status = run.data.tags.get(STATUS_TAG)
     trial.set_user_attr(RUN_ATTR, run.info.run_id)
     trial.set_user_attr(ATTR_ADOPTED, True)
+    for m in sorted(tracker.client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step):
+        if math.isfinite(m.value):
+            trial.report(float(m.value), int(m.step))
     if status == "finished":
         value = _objective_value(run.data.metrics, metric)
         if value is not None:
@@ -257,7 +264,8 @@ def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: Stu
             runs = tracker.trial_runs(key)
             done = [r for r in runs if r.data.tags.get(STATUS_TAG) in _SETTLED]
             if done:
-                return _adopt(study, trial, max(done, key=lambda r: r.info.start_time or 0), config.metric), None
+                latest = max(done, key=lambda r: r.info.start_time or 0)
+                return _adopt(study, trial, latest, config.metric, tracker), None
             for r in runs:
                 if r.info.status == "RUNNING":
                     tracker.mark_interrupted(r.info.run_id)
@@ -392,7 +400,6 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
     cells = study.user_attrs.get(STUDY_CELLS_ATTR)
     tracker = StudyTracker(study_name, tracking_uri)
     ckpt_dir = options.checkpoint_dir or checkpoint_folder(storage_url, study_name)
-    prefix = f"[worker {options.worker_index}] " if os.environ.get("MARGINBENCH_WORKER_PREFIX") else ""
     outcomes: list[TrialOutcome] = []
     ran = 0
     from optuna.trial import TrialState
@@ -413,7 +420,7 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
             if outcome is not None:
                 outcomes.append(outcome)
             frozen = storage.get_trial(trial_id)
-            echo(prefix + _line(frozen, status, outcome, config.metric, time.perf_counter() - t0))
+            echo(options.prefix + _line(frozen, status, outcome, config.metric, time.perf_counter() - t0))
     finally:
         if dist is not None:
             from bench.distributed import broadcast_object
@@ -474,18 +481,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, sets: Sequence[str] = (),
-                  gpus: Sequence[str] | None = None, device: str | None = None, plots: bool = False,
-                  threads: int | None = None) -> list[subprocess.Popen]:
-    """Starts ``n`` ``bench worker`` processes on this machine; worker i gets GPU ``gpus[i % len(gpus)]``."""
+def spawn_workers(grid: Grid, indices: Sequence[int], *, storage_url: str, tracking_uri: str,
+                  sets: Sequence[str] = (), gpus: Sequence[str] | None = None, device: str | None = None,
+                  plots: bool = False, threads: int | None = None) -> list[subprocess.Popen]:
+    """Starts a ``bench worker`` process on this machine for each index i; worker i gets GPU
+    ``gpus[i % len(gpus)]`` (as its only visible device)."""
     procs = []
-    for i in range(n):
+    for i in indices:
         cmd = [sys.executable, "-m", "bench", "worker", "--grid", str(Path(grid.path).resolve()),
                "--storage", storage_url, "--tracking-uri", tracking_uri, "--worker-index", str(i), "--no-progress",
                "--wait", "60", "--plots" if plots else "--no-plots"]
         for s in sets:
             cmd += ["--set", s]
-        env = dict(os.environ, MARGINBENCH_WORKER_PREFIX="1")
+        env = dict(os.environ, MARGINBENCH_WORKER_PREFIX=f"[worker {i}] ")
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
             cmd += ["--device", "cuda"]
@@ -558,12 +566,14 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
         import torch
 
         threads = max(1, (os.cpu_count() or 1) // n) if n > 1 or not torch.cuda.is_available() else None
-    if n == 1 and not gpus:
-        options = WorkerOptions(device=device, plots=plots, progress=progress)
+    # Worker 0 is this process; the others are `bench worker` processes that die with it.
+    procs = spawn_workers(grid, range(1, n), storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
+                          device=device, plots=plots, threads=threads)
+    options = WorkerOptions(device=f"cuda:{gpus[0]}" if gpus else device, plots=plots, progress=progress and n == 1,
+                            threads=threads if n > 1 else None, prefix="[worker 0] " if n > 1 else "")
+    try:
         report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
-    else:
-        procs = spawn_workers(grid, n, storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
-                              device=device, plots=plots, threads=threads)
+    finally:
         report.worker_exit_codes = _wait_all(procs)
     report.counts = study_summary(open_study_for_report(grid.name, storage_url), slots)
     return report

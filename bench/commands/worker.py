@@ -9,6 +9,7 @@ Under ``torchrun --nproc_per_node K -m bench worker ...`` each trial uses all K 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     options = WorkerOptions(device=dist.device if dist else args.device, plots=bool(args.plots),
                             progress=not args.no_progress, worker_index=args.worker_index, threads=args.threads,
                             wait_seconds=args.wait, max_trials=args.max_trials,
+                            prefix=os.environ.get("MARGINBENCH_WORKER_PREFIX", ""),
                             checkpoint_dir=Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else None)
     try:
         if dist is not None and not dist.is_main:

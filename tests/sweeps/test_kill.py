@@ -1,0 +1,93 @@
+"""A two-worker sweep killed with SIGKILL mid-way and run again: every trial finished exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.sweeps.conftest import DIGITS_BASE, bench, bench_env, mlflow_children, optuna_trials
+
+GRID = "name: killed\n" + DIGITS_BASE + """\
+  epochs: 3
+grid:
+  loss:
+    - {label: softmax, loss: softmax}
+    - {label: cosface, loss: {name: cosface, s: 10.0, m: 0.1}}
+    - {label: arcface, loss: {name: arcface, s: 10.0, m: 0.2}}
+seeds: [0, 1]
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_sigkill_mid_sweep_then_rerun_finishes_every_trial_exactly_once(tmp_path, write_grid):
+    grid = write_grid(GRID)
+    journal = str(tmp_path / "optuna.journal")
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([sys.executable, "-m", "bench", "run", "--grid", str(grid), "--workers", "2",
+                              "--no-progress"], cwd=tmp_path, env=bench_env(), stdout=log, stderr=subprocess.STDOUT)
+    # Wait until some trials are done and others are mid-way (a checkpoint written), then kill the sweep.
+    deadline = time.monotonic() + 240
+    running: list = []
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        assert first.poll() is None, (tmp_path / "first.log").read_text()
+        if not os.path.exists(journal):
+            continue
+        trials = optuna_trials("killed", journal)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING and "marginbench.owner" in t.system_attrs]
+        checkpoints = list((tmp_path / ".bench" / "checkpoints" / "killed").glob("*.pt"))
+        if len(done) >= 1 and running and checkpoints and len(done) + len(running) < 6:
+            break
+    else:
+        pytest.fail("the sweep never reached mid-way:\n" + (tmp_path / "first.log").read_text())
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    log.close()
+    owners = [t.system_attrs["marginbench.owner"]["pid"] for t in running]
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in owners) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in owners), "the workers outlived the killed `bench run`"
+    killed = {t.user_attrs["marginbench.key"] for t in running}
+    finished_before = {t.user_attrs["marginbench.key"] for t in optuna_trials("killed", journal)
+                       if t.state == TrialState.COMPLETE}
+
+    second = bench("run", "--grid", str(grid), "--workers", "2", "--no-progress", cwd=tmp_path, timeout=300)
+
+    trials = optuna_trials("killed", journal)
+    keys = {t.user_attrs["marginbench.key"] for t in trials}
+    assert len(keys) == 6
+    complete = [t.user_attrs["marginbench.key"] for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == sorted(keys), second.stdout  # every trial finished exactly once in Optuna
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert {t.user_attrs["marginbench.key"] for t in failed} == killed  # only the killed ones, re-queued
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+
+    runs = mlflow_children("killed", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    finished = [r.data.tags["marginbench.trial_key"] for r in runs if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(keys)  # exactly one finished MLflow child run per trial
+    assert all(r.data.tags["marginbench.status"] == "finished" for r in runs if r.info.status == "FINISHED")
+    interrupted = [r for r in runs if r.data.tags["marginbench.status"] == "interrupted"]
+    assert {r.data.tags["marginbench.trial_key"] for r in interrupted} <= killed
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    # the trials finished before the kill were not trained again; a killed one resumed from its checkpoint
+    assert all(len([r for r in runs if r.data.tags["marginbench.trial_key"] == k]) == 1 for k in finished_before)
+    resumed = [r for r in runs if r.data.tags.get("resumed_from_epoch")]
+    assert resumed and {r.data.tags["marginbench.trial_key"] for r in resumed} <= killed
+    assert not list((tmp_path / ".bench" / "checkpoints" / "killed").glob("*.pt"))

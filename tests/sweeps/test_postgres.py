@@ -1,0 +1,121 @@
+"""Shared mode: two workers on a PostgreSQL-backed Optuna study and an MLflow tracking server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.sweeps.conftest import DIGITS_BASE, bench, bench_env, mlflow_children, optuna_trials
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+
+GRID = "name: shared\n" + DIGITS_BASE + """\
+  epochs: 2
+grid:
+  loss:
+    - {label: softmax, loss: softmax}
+    - {label: cosface, loss: {name: cosface, s: 10.0, m: 0.1}}
+    - {label: arcface, loss: {name: arcface, s: 10.0, m: 0.2}}
+seeds: [0, 1]
+"""
+
+
+def _admin():
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        conn = psycopg2.connect(connect_timeout=3, **PG)
+    except psycopg2.OperationalError as err:
+        pytest.skip(f"no PostgreSQL server answers at {PG['host']}:{PG['port']} ({str(err).strip()}); "
+                    f"the shared-mode test needs one")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def databases():
+    """Two fresh databases (Optuna's and MLflow's), dropped afterwards."""
+    conn = _admin()
+    names = [f"mb_sweeps_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"CREATE DATABASE {name}")
+    base = f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/"
+    yield [base + n for n in names]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(databases, tmp_path):
+    """An MLflow tracking server on a free local port, its runs in PostgreSQL, artifacts proxied to tmp_path."""
+    port = _free_port()
+    backend = databases[1].replace("postgresql://", "postgresql+psycopg2://")
+    log = open(tmp_path / "mlflow-server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                             "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], env=bench_env(), stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 150
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the MLflow server did not start:\n" + (tmp_path / "mlflow-server.log").read_text())
+        time.sleep(1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_two_workers_share_a_postgres_study_and_run_each_trial_once(tmp_path, write_grid, databases, mlflow_server):
+    grid = write_grid(GRID)
+    storage = databases[0]
+    shared = ["--storage", storage, "--tracking-uri", mlflow_server, "--no-progress"]
+    # "another machine": a worker that waits for the study, started before `bench run` prepares it
+    joined_log = open(tmp_path / "worker.log", "w")
+    joined = subprocess.Popen([sys.executable, "-m", "bench", "worker", "--grid", str(grid), "--worker-index", "1",
+                               "--wait", "200", *shared], cwd=tmp_path, env=bench_env(), stdout=joined_log,
+                              stderr=subprocess.STDOUT)
+    run = bench("run", "--grid", str(grid), "--workers", "1", *shared, cwd=tmp_path, timeout=360)
+    assert joined.wait(timeout=120) == 0, (tmp_path / "worker.log").read_text()
+    joined_log.close()
+
+    trials = optuna_trials("shared", storage)
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials), run.stdout
+    assert len({t.user_attrs["marginbench.key"] for t in trials}) == 6  # each trial exactly once
+    owners = {t.system_attrs["marginbench.owner"]["pid"] for t in trials}
+    assert len(owners) == 2, "both workers should have run trials"  # the shared queue fed both
+    runs = mlflow_children("shared", mlflow_server)
+    assert sorted(r.data.tags["marginbench.trial_key"] for r in runs) == sorted(t.user_attrs["marginbench.key"]
+                                                                                for t in trials)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1  # one parent run per study, found by both workers

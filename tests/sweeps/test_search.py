@@ -1,0 +1,117 @@
+"""search: ranges sampled by Optuna inside each cell or across the grid; a median pruner on a per-epoch metric."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from bench.grid import load_grid
+from bench.workers import run_study
+from tests.sweeps.conftest import mlflow_children, optuna_trials
+
+TINY = "{dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, batch_size: 16, eval_batch_size: 64"
+
+
+def test_median_pruner_prunes_the_clearly_worse_arm_and_the_report_counts_it(in_tmp, tiny_dataset, write_grid):
+    grid = load_grid(write_grid(f"""\
+        name: pruning
+        base: {TINY}, epochs: 3, loss: {{name: cosface, s: 10.0, m: 0.1}}}}
+        grid:
+          arm:
+            - {{label: learns, optimizer: {{name: adam, lr: 0.003}}}}
+            - {{label: frozen, optimizer: {{name: adam, lr: 1.0e-7}}}}   # cannot learn: clearly worse
+        search:
+          loss.m: {{type: uniform, low: 0.05, high: 0.3}}
+        search_scope: grid
+        n_trials: 8
+        sampler: {{type: random, seed: 0}}
+        pruner: {{type: median, n_startup_trials: 2, n_warmup_steps: 0}}
+        """))
+    report = run_study(grid, progress=False, echo=lambda s: None)
+    trials = optuna_trials("pruning", report.storage)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(trials) == 8 and pruned, [(t.params, t.state) for t in trials]
+    assert all(t.params["cell"] == "frozen" for t in pruned)  # only the worse arm
+    assert report.counts["pruned"] == len(pruned) and report.counts["finished"] == 8 - len(pruned)
+    runs = mlflow_children("pruning", report.tracking_uri)
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert len(killed) == len(pruned) and all(r.data.tags["marginbench.status"] == "pruned" for r in killed)
+    # the report (from MLflow) counts them as pruned, outside the means
+    from reports.markdown import default_table
+
+    assert f"{len(pruned)} pruned" in default_table(grid)
+
+
+def test_cell_scope_samples_within_ranges_and_each_cell_gets_n_trials(in_tmp, tiny_dataset, write_grid):
+    grid = load_grid(write_grid(f"""\
+        name: scoped
+        base: {TINY}, epochs: 1}}
+        grid:
+          loss:
+            - {{label: cosface, loss: {{name: cosface, s: 10.0, m: 0.1}}}}
+            - {{label: arcface, loss: {{name: arcface, s: 10.0, m: 0.2}}}}
+        search:
+          loss.m: {{type: uniform, low: 0.05, high: 0.3}}
+          optimizer.lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}
+          embedding_dim: {{type: int, low: 2, high: 6}}
+        n_trials: 2
+        """))
+    report = run_study(grid, progress=False, echo=lambda s: None)
+    assert report.counts["finished"] == 4
+    trials = optuna_trials("scoped", report.storage)
+    assert sorted(t.user_attrs["marginbench.cell"] for t in trials) == ["arcface"] * 2 + ["cosface"] * 2
+    for t in trials:
+        assert 0.05 <= t.params["loss.m"] <= 0.3 and 1e-4 <= t.params["optimizer.lr"] <= 1e-2
+        assert t.params["embedding_dim"] in range(2, 7)
+        spec = t.user_attrs["marginbench.spec"]
+        assert spec["loss"] == t.user_attrs["marginbench.cell"] and spec["loss.m"] == t.params["loss.m"]
+    runs = mlflow_children("scoped", report.tracking_uri)
+    assert sorted(r.data.tags["label.loss"] for r in runs) == ["arcface"] * 2 + ["cosface"] * 2
+    assert {r.data.params["loss.m"] for r in runs} == {str(t.params["loss.m"]) for t in trials}
+
+
+def test_grid_scope_makes_the_cell_a_categorical_parameter(in_tmp, tiny_dataset, write_grid):
+    grid = load_grid(write_grid(f"""\
+        name: across
+        base: {TINY}, epochs: 1}}
+        grid:
+          loss: [softmax, cosface]
+        search:
+          optimizer.lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}
+        search_scope: grid
+        n_trials: 3
+        """))
+    report = run_study(grid, progress=False, echo=lambda s: None)
+    trials = optuna_trials("across", report.storage)
+    assert len(trials) == 3 and report.counts["finished"] == 3
+    for t in trials:
+        assert t.params["cell"] in ("softmax", "cosface")
+        assert t.user_attrs["marginbench.spec"]["loss"] == t.params["cell"]
+        assert t.user_attrs["marginbench.labels"] == {"loss": t.params["cell"]}
+
+
+@pytest.mark.parametrize("text, key, message", [
+    ("search: {loss.q: {type: uniform, low: 0.1, high: 0.5}}\nn_trials: 2", "search.loss.q", "q"),
+    ("search: {loss.m: {type: uniformm, low: 0.1, high: 0.5}}\nn_trials: 2", "search.loss.m.type", "uniform"),
+    ("search: {loss.m: {type: uniform, low: 0.5, high: 0.1}}\nn_trials: 2", "search.loss.m", "low must be < high"),
+    ("search: {optimizer.lr: {type: loguniform, low: 0, high: 0.1}}\nn_trials: 2", "search.optimizer.lr.low", "> 0"),
+    ("search: {loss.m: {type: categorical, choices: []}}\nn_trials: 2", "search.loss.m.choices", "non-empty"),
+    ("search: {loss.m: {type: uniform, low: 0.1, high: 0.5}}", "n_trials", "needs n_trials"),
+    ("n_trials: 3", "n_trials", "no search"),
+    ("pruner: median", "pruner", "no search"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: medain", "pruner.type", "median"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: median, n_startup: 3}", "pruner", "n_startup_trials"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsampler: tpee", "sampler.type", "tpe"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsearch_scope: cells", "search_scope", "cell, grid"),
+    ("objective: {metric: test_acc, direction: up}", "objective.direction", "maximize"),
+    ("workers: 0", "workers", "positive"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nseeds: [0, 1]", "seeds", "one seed"),
+])
+def test_invalid_study_keys_name_the_file_and_key(tmp_path, write_grid, text, key, message):
+    from bench.grid import GridError
+    from bench.study import StudyConfig
+
+    path = write_grid("name: bad\nbase: {dataset: digits, loss: {name: cosface, s: 10.0, m: 0.1}}\n" + text + "\n")
+    with pytest.raises(GridError) as err:
+        StudyConfig.from_grid(load_grid(path))
+    assert err.value.key == key and message in str(err.value) and str(path) in str(err.value)
