@@ -7,7 +7,8 @@ One face per line: an image path, then the five landmarks as ten numbers ``x1 y1
 
 The CASIA-WebFace list of sphereface_pytorch (``casia_landmark.txt``) has a class index between the path
 and the numbers (eleven numbers); that variant is read too, the index ignored. Blank lines and lines
-starting with ``#`` are skipped.
+starting with ``#`` are skipped. With tabs as separators the path is the first field; with spaces, the
+path is everything before the trailing numbers (so it may contain spaces).
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ __all__ = ["read_landmarks", "LandmarkFileError"]
 
 class LandmarkFileError(ValueError):
     """A malformed landmark file; the message names the file and the line."""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_landmarks(path: str | Path, *, one_based: bool = False) -> dict[str, np.ndarray]:
@@ -47,9 +56,16 @@ def read_landmarks(path: str | Path, *, one_based: bool = False) -> dict[str, np
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            parts = line.split("\t") if "\t" in line else line.split()
-            parts = [p.strip() for p in parts if p.strip()]
-            name, numbers = parts[0], parts[1:]
+            if "\t" in line:
+                parts = [p.strip() for p in line.split("\t") if p.strip()]
+                name, numbers = parts[0], parts[1:]
+            else:  # spaces: the numbers are the trailing fields, the path (spaces and all) is the rest
+                tokens = line.split()
+                k = 0
+                while k < len(tokens) - 1 and _is_number(tokens[-1 - k]):
+                    k += 1
+                name, *numbers = line.rsplit(None, k) if k else [line]
+                name = name.strip()
             if len(numbers) == 11:  # sphereface_pytorch's casia_landmark.txt: class index first
                 if not numbers[0].lstrip("-").isdigit():
                     raise LandmarkFileError(f"{path}:{lineno}: expected a path and ten numbers (or a path, a class "

@@ -140,6 +140,7 @@ LANDMARK_LINES = [
     "",
     "Abel_Pacheco/Abel_Pacheco_0001.jpg 103.5 113 145 112 124 137 105 157 141 156",
     "0000045/001.jpg\t0\t82\t112\t125\t110\t105\t135\t87\t156\t122\t154",  # sphereface_pytorch casia: class id
+    "My Faces/img 2.jpg 1 2 3 4 5 6 7 8 9 10",  # a path with spaces, space-separated numbers
 ]
 
 
@@ -148,17 +149,20 @@ def test_read_landmarks_in_the_sphereface_formats(tmp_path):
     path.write_text("\n".join(LANDMARK_LINES) + "\n")
     marks = read_landmarks(path)
     assert list(marks) == ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abel_Pacheco/Abel_Pacheco_0001.jpg",
-                           "0000045/001.jpg"]
+                           "0000045/001.jpg", "My Faces/img 2.jpg"]
     np.testing.assert_array_equal(marks["Aaron_Eckhart/Aaron_Eckhart_0001.jpg"],
                                   [[107, 112], [146, 110], [126, 134], [110, 155], [142, 153]])
     assert marks["Abel_Pacheco/Abel_Pacheco_0001.jpg"][0, 0] == 103.5
     np.testing.assert_array_equal(marks["0000045/001.jpg"][0], [82, 112])  # the class index is not a coordinate
     np.testing.assert_array_equal(read_landmarks(path, one_based=True)["0000045/001.jpg"][0], [81, 111])
+    np.testing.assert_array_equal(marks["My Faces/img 2.jpg"][-1], [9, 10])
 
 
 @pytest.mark.parametrize("line, match", [
     ("a.jpg 1 2 3 4 5 6 7 8 9", r":2: expected a path and ten numbers.*9 fields"),
-    ("a.jpg 1 2 3 4 5 6 7 8 9 x", r":2: landmarks must be numbers"),
+    ("a.jpg 1 2 3 4 5 6 7 8 9 x", r":2: expected a path and ten numbers.*0 fields"),
+    ("a.jpg\t1\t2\t3\t4\t5\t6\t7\t8\t9\tx", r":2: landmarks must be numbers"),
+    ("1 2 3 4 5 6 7 8 9 10", r":2: expected a path and ten numbers.*9 fields"),
     ("a.jpg 1.5 1 2 3 4 5 6 7 8 9 10", r":2: .*not a class index"),
     ("ok.jpg 1 2 3 4 5 6 7 8 9 11", r":2: 'ok.jpg' already has different landmarks on line 1"),
 ])
