@@ -101,6 +101,9 @@ def results_frame(runs: pd.DataFrame, spec: TableSpec, *, grid: str, order: Mapp
         raise ReportError(f"table {spec.name!r}: no metric matches {spec.pattern!r}; metrics: "
                           f"{', '.join(metric_columns(runs)) or 'none'}")
     finished = runs[runs["status"] == "finished"] if not runs.empty else runs
+    select_by = spec.selection_metric(metrics)
+    if select_by is not None and select_by not in metrics:
+        metrics = [*metrics, select_by]  # kept in the CSV so the same run is chosen from it
     for metric in metrics:
         if not finished.empty and value_column(spec, metric) not in runs.columns:
             raise ReportError(f"table {spec.name!r}: no metric {metric!r} in the runs of {grid}; metrics: "

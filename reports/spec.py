@@ -28,6 +28,9 @@ Options of a table (all but ``name`` and ``rows`` optional):
 - ``title``: a line above the table; ``headers``: display names ``{train_acc: Train Acc., loss: Loss}``.
 - ``where``: keep only some cells, ``{backbone: mobilenetv3}`` or ``{backbone: [a, b]}``.
 - ``transpose``: swap rows and columns after aggregation.
+- ``select``: ``all`` (default: every finished run of a cell is a sample, seeds) or ``best``: only the cell's
+  best finished run by ``select_by`` (default: the first metric), shown as ``(n=1, best of 20)``; for grids
+  with ``search:`` ranges, whose runs in a cell are sampled hyperparameters, not seeds.
 
 An axis that varies inside a table's cells (neither in ``rows``/``columns`` nor fixed by ``where``) is an
 error: its runs would be averaged together as if they were seeds.
@@ -61,6 +64,8 @@ TABLE_KEYS = {
     "headers": "display names for metrics and axes, {train_acc: Train Acc.}",
     "where": "keep only cells with these labels, {axis: label or [labels]}",
     "transpose": "true: swap rows and columns",
+    "select": "all (every finished run is a sample) or best (each cell's best run: for search grids)",
+    "select_by": "with select: best, the metric that picks the run (default: the first metric)",
 }
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 _MINIMIZE = re.compile(r"(loss|_eer|error|err)$")
@@ -101,6 +106,8 @@ class TableSpec:
         headers: display names.
         where: ``{axis: (labels...)}`` filter.
         transpose: swap rows and columns.
+        select: ``all`` or ``best``.
+        select_by: the metric ``select: best`` ranks by (None: the first metric).
     """
 
     name: str
@@ -119,6 +126,8 @@ class TableSpec:
     headers: Mapping[str, str] = field(default_factory=dict)
     where: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     transpose: bool = False
+    select: str = "all"
+    select_by: str | None = None
 
     @property
     def is_matrix(self) -> bool:
@@ -136,6 +145,12 @@ class TableSpec:
         if self.pattern is not None:
             return sorted({m for m in available if fnmatch.fnmatchcase(m, self.pattern)}, key=natural_key)
         return list(self.metrics)
+
+    def selection_metric(self, metrics: Sequence[str]) -> str | None:
+        """The metric ``select: best`` ranks runs by; None for ``select: all``."""
+        if self.select != "best":
+            return None
+        return self.select_by or (metrics[0] if metrics else None)
 
     def column_header(self, metric: str) -> str:
         """Display name of a metric column; a pattern's match drops the literal prefix up to its last dot."""
@@ -172,6 +187,10 @@ class TableSpec:
                     "mean_row": self.mean_row, "digits": self.digits, "percent": self.percent, "title": self.title,
                     "headers": dict(self.headers), "where": {k: list(v) for k, v in self.where.items()},
                     "transpose": self.transpose})
+        if self.select != "all":
+            out["select"] = self.select
+            if self.select_by:
+                out["select_by"] = self.select_by
         return out
 
     @classmethod
@@ -288,6 +307,12 @@ class TableSpec:
             if not labels:
                 raise fail(f"where.{axis}", "needs at least one label")
             where_[str(axis)] = tuple(str(v) for v in labels)
+        select = data.get("select", "all")
+        if select not in ("all", "best"):
+            raise fail("select", f"must be all or best, but got {select!r}")
+        select_by = data.get("select_by")
+        if select_by is not None and (select != "best" or not isinstance(select_by, str) or not select_by):
+            raise fail("select_by", f"a metric name, with select: best; but got {select_by!r} with select: {select}")
         if known_axes is not None:
             free = [a for a in known_axes if a not in rows and a != column_axis and a not in where_]
             if free and "label" not in rows and column_axis != "label":
@@ -297,7 +322,7 @@ class TableSpec:
         return cls(name=name, rows=rows, metrics=metrics, pattern=pattern, column_axis=column_axis, metric=metric,
                    metric_source=source_, ci=flags["ci"], bold=bold, mean_row=flags["mean_row"], digits=digits,
                    percent=flags["percent"], title=title, headers={str(k): str(v) for k, v in headers.items()},
-                   where=where_, transpose=flags["transpose"])
+                   where=where_, transpose=flags["transpose"], select=select, select_by=select_by)
 
 
 def parse_tables(report: Mapping[str, Any] | None, *, axes: Sequence[str] | None = None,

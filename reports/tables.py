@@ -19,13 +19,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from reports.runs import RUN_COLUMNS, latest_runs
-from reports.spec import ReportError, TableSpec, natural_key
+from reports.spec import ReportError, TableSpec, metric_direction, natural_key
 
 __all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "value_column", "format_mean_std",
            "mean_std_table", "STATUS_ORDER"]
 
 #: Run statuses in the order counts are reported.
-STATUS_ORDER = ("finished", "diverged", "pruned", "failed", "running")
+STATUS_ORDER = ("finished", "diverged", "pruned", "failed", "interrupted", "running")
 
 
 def label_column(axis: str) -> str:
@@ -60,10 +60,12 @@ class CellStats:
     Attributes:
         values: the metric of each finished run (runs without the metric left out).
         counts: runs per status in the cell, finished included.
+        pool: with ``select: best``, the finished runs the value was chosen from (0 otherwise).
     """
 
     values: tuple[float, ...] = ()
     counts: Mapping[str, int] = field(default_factory=dict)
+    pool: int = 0
 
     @property
     def n(self) -> int:
@@ -118,7 +120,8 @@ class CellStats:
             if ci:
                 lo, hi = self.ci  # type: ignore[misc]
                 out += f" [{_fmt(lo, digits, percent)}, {_fmt(hi, digits, percent)}]"
-        notes = [f"n={self.n}"] + [f"{k} {s}" for s, k in self.others()]
+        notes = [f"n={self.n}"] + ([f"best of {self.pool}"] if self.pool else []) + \
+            [f"{k} {s}" for s, k in self.others()]
         return f"{out} ({', '.join(notes)})"
 
 
@@ -246,7 +249,8 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
         raise ReportError(f"table {spec.name!r}: no metric matches {spec.pattern!r}; metrics: "
                           f"{', '.join(metric_columns(runs)) or 'none'}")
     finished = runs[runs["status"] == "finished"] if not runs.empty else runs
-    for metric in metrics:
+    select_by = spec.selection_metric(metrics)
+    for metric in metrics + ([select_by] if select_by and select_by not in metrics else []):
         col = value_column(spec, metric)
         if not finished.empty and col not in runs.columns:
             raise ReportError(f"table {spec.name!r}: no metric {metric!r} in the runs; metrics: "
@@ -274,14 +278,32 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
             row_key = key[: len(spec.rows)]
             counts = dict(Counter(group["status"].astype(str)))
             done = group[group["status"] == "finished"]
+            pool = 0
+            if select_by is not None:
+                pool = len(done)
+                if "run_id" in done.columns:  # ties go to the same run from MLflow and from the CSV
+                    done = done.sort_values("run_id", kind="stable")
+                by = value_column(spec, select_by)
+                ranked = (pd.to_numeric(done[by], errors="coerce").dropna() if by in done.columns
+                          else pd.Series(dtype=float))
+                if ranked.empty:
+                    done = done.iloc[0:0]
+                else:
+                    best = ranked.idxmin() if _select_direction(spec, select_by) == "min" else ranked.idxmax()
+                    done = done.loc[[best]]
             targets = [(key[-1], str(spec.metric))] if spec.is_matrix else [(m, m) for m in metrics]
             for col_key, metric in targets:
                 col = value_column(spec, metric)
                 values = pd.to_numeric(done[col], errors="coerce") if col in done.columns else pd.Series(dtype=float)
                 values = tuple(float(v) for v in values if not math.isnan(float(v)))
-                cells[(row_key, col_key)] = CellStats(values, counts)
+                cells[(row_key, col_key)] = CellStats(values, counts, pool)
     counts = dict(Counter(runs["status"].astype(str))) if not runs.empty else {}
     return Table(spec, row_keys, col_keys, cells, counts, runs)
+
+
+def _select_direction(spec: TableSpec, metric: str) -> str:
+    direction = spec.direction(metric)
+    return direction if direction != "none" else metric_direction(metric)
 
 
 def format_mean_std(values: Sequence[float], digits: int = 4) -> str:

@@ -117,3 +117,19 @@ def test_default_table_single_seed_and_no_bold_for_one_row(golden):
     # a pipe in a label is escaped.
     rows = [run_row({"loss": "a|b"}, 0, train_acc=0.5, test_acc=0.25)]
     golden("single.md", _render(rows, {"name": "single", "rows": "loss"}, {"loss": ["a|b"]}))
+
+
+def test_search_grid_table_keeps_each_cells_best_run(golden):
+    # A grid with search: ranges samples hyperparameters in each cell (one seed): select: best shows the cell's
+    # best run by test accuracy, and every column comes from that same run.
+    L = lambda name: {"loss": name}  # noqa: E731
+    rows = [run_row(L("cosface"), 0, test_acc=0.91, train_acc=0.99, run_id="c1"),
+            run_row(L("cosface"), 0, test_acc=0.95, train_acc=0.97, run_id="c2"),
+            run_row(L("cosface"), 0, "pruned", test_acc=0.40, run_id="c3"),
+            run_row(L("cosface"), 0, test_acc=0.93, train_acc=0.98, run_id="c4"),
+            run_row(L("arcface"), 0, test_acc=0.94, train_acc=0.96, run_id="a1"),
+            run_row(L("arcface"), 0, "diverged", run_id="a2")]
+    for i, row in enumerate(rows):
+        row["trial_key"] = f"sampled-{i}"  # sampled trials differ in their params
+    table = {"name": "search", "rows": "loss", "columns": ["test_acc", "train_acc"], "select": "best"}
+    golden("search_best.md", _render(rows, table, {"loss": ["cosface", "arcface"]}, grid="search"))

@@ -34,6 +34,12 @@ def test_spec_round_trips_through_its_dict():
     assert TableSpec.from_dict(spec.to_dict(), axes=AXES) == spec
 
 
+def test_select_best_ranks_by_the_first_metric_unless_told():
+    assert _one(select="best").selection_metric(["test_acc", "train_acc"]) == "test_acc"
+    assert _one(select="best", select_by="lfw_acc").selection_metric(["test_acc"]) == "lfw_acc"
+    assert _one().selection_metric(["test_acc"]) is None
+
+
 def test_where_fixes_an_axis_left_out_of_rows():
     spec = TableSpec.from_dict({"name": "t", "rows": "loss", "where": {"backbone": "lenet"}}, axes=AXES)
     assert spec.where == {"backbone": ("lenet",)}
@@ -76,6 +82,8 @@ def test_natural_key_orders_numbers_by_value():
     ({"name": "t", "rows": AXES, "headers": ["x"]}, r"\.headers: must map"),
     ({"name": "t", "rows": "loss", "where": {"backbone": []}}, r"\.where.backbone: needs at least one label"),
     ({"name": "t", "rows": AXES, "where": {"loss": "x"}}, r"\.where.loss: axis 'loss' is already in rows"),
+    ({"name": "t", "rows": AXES, "select": "top"}, r"\.select: must be all or best"),
+    ({"name": "t", "rows": AXES, "select_by": "test_acc"}, r"\.select_by: a metric name, with select: best"),
     ({"name": "t", "rows": AXES, "colums": ["x"]}, r"\.colums: unknown table key 'colums' \(did you mean "
                                                      r"'columns'\?\)"),
 ])
