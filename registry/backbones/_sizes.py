@@ -1,0 +1,48 @@
+"""Input-size bookkeeping shared by the face backbones whose last layer is sized by the feature map.
+
+SphereFace, IResNet and MobileFaceNet end in a layer that sees the whole final feature map (a linear layer
+over ``C x h x w``, or a depthwise conv with an ``h x w`` kernel), so the input size is part of the
+architecture: it is a constructor argument, and a batch of another size is refused with the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["parse_input_size", "downsampled", "check_input_size", "SUPPORTED_SIZES"]
+
+#: The input sizes every backbone is tested at (H, W).
+SUPPORTED_SIZES = ((28, 28), (112, 96), (112, 112))
+
+
+def parse_input_size(input_size: int | Sequence[int], *, name: str, minimum: int) -> tuple[int, int]:
+    """``112`` or ``[112, 96]`` -> ``(112, 96)``; raises ValueError below ``minimum`` pixels a side."""
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        size = (input_size, input_size)
+    else:
+        try:
+            size = tuple(int(v) for v in input_size)  # type: ignore[union-attr]
+        except TypeError:
+            size = ()
+    if len(size) != 2 or min(size) < minimum:
+        raise ValueError(f"{name}: input_size must be [height, width] (or one int), each at least {minimum} "
+                         f"pixels, but got {input_size=}")
+    return size  # type: ignore[return-value]
+
+
+def downsampled(size: int, times: int) -> int:
+    """Side after ``times`` stride-2 3x3 convolutions with padding 1 (``ceil(size / 2)`` each time)."""
+    for _ in range(times):
+        size = (size + 1) // 2
+    return size
+
+
+def check_input_size(x: torch.Tensor, expected: tuple[int, int], *, name: str) -> None:
+    """Raises ValueError when the batch's (H, W) is not the size the network was built for."""
+    got = tuple(x.shape[-2:])
+    if got != expected:
+        raise ValueError(f"{name} was built for {expected[0]}x{expected[1]} inputs (its last layer is sized by "
+                         f"the final feature map), but got {got[0]}x{got[1]}; set the backbone's "
+                         f"input_size: [{got[0]}, {got[1]}] to match the dataset's image_size")

@@ -1,0 +1,70 @@
+"""``timm/<model>``: any timm model as a backbone, its classifier replaced by an ``embedding_dim`` head.
+
+timm's own registry answers which names exist (``timm.is_model``); the model is built with
+``num_classes=embedding_dim`` and the requested ``in_chans``, from scratch: ``pretrained`` is off by default
+and, when on, timm fetches the weights itself (which fails offline with timm's own message).
+
+Example:
+    >>> from registry import BACKBONES
+    >>> net = BACKBONES.create("timm/mobilenetv3_small_100", embedding_dim=128, in_chans=3)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from registry import BACKBONES
+
+__all__ = ["timm_backbone", "GRID_MODELS"]
+
+#: The timm models the shipped grids name (tested on every run).
+GRID_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0")
+
+
+def timm_backbone(model_name: str, embedding_dim: int, in_chans: int, drop_rate: float = 0.0,
+                  drop_path_rate: float | None = None, pretrained: bool = False,
+                  kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """A timm model with ``num_classes=embedding_dim`` (its pooled features through a new linear layer).
+
+    Args:
+        model_name: timm's name, e.g. ``mobilenetv3_small_100``.
+        embedding_dim: output feature size.
+        in_chans: input channels.
+        drop_rate: dropout before the last layer.
+        drop_path_rate: stochastic depth rate (timm's default when None).
+        pretrained: load timm's pretrained weights (needs network or a local cache); off by default.
+        kwargs: any other keyword argument of ``timm.create_model`` for this model.
+
+    Raises:
+        ValueError: ``kwargs`` sets one of the arguments above.
+    """
+    import timm
+
+    extra = dict(kwargs or {})
+    clash = sorted(set(extra) & {"num_classes", "in_chans", "drop_rate", "drop_path_rate", "pretrained"})
+    if clash:
+        raise ValueError(f"timm/{model_name}: set {', '.join(clash)} as backbone parameters (or embedding_dim "
+                         f"for num_classes), not inside kwargs")
+    if drop_path_rate is not None:
+        extra["drop_path_rate"] = drop_path_rate
+    return timm.create_model(model_name, pretrained=pretrained, num_classes=embedding_dim, in_chans=in_chans,
+                             drop_rate=drop_rate, **extra)
+
+
+def _exists(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
+def _known() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+BACKBONES.register_family("timm/", timm_backbone, exists=_exists, known=_known,
+                          summary="any timm model, built with num_classes=embedding_dim and in_chans (no weights "
+                                  "downloaded unless pretrained: true)")

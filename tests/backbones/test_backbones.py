@@ -1,0 +1,148 @@
+"""Every registered backbone through the same contract: output (B, embedding_dim) at 28x28, 112x96 and
+112x112 inputs with one and three channels, gradients reaching every trainable parameter, and a registry
+entry that ``bench list backbones`` can show. Plus the architecture facts the face results rest on."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from registry import BACKBONES, RegistryError
+from registry.backbones import SUPPORTED_SIZES
+from registry.backbones.timm_family import GRID_MODELS
+
+ALL = BACKBONES.names() + [f"timm/{m}" for m in GRID_MODELS]
+# Every size is run with one channel count and 28x28 with both, so each size and each count is covered
+# without the whole cross product (the 112x112 nets cost seconds each on two cores).
+CASES = [((28, 28), 1), ((28, 28), 3), ((112, 96), 3), ((112, 112), 1)]
+EMBEDDING_DIM = 24
+
+
+def test_the_issue_backbones_are_registered():
+    # The names the seeds and grids use.
+    for name in ("sphereface", "sphere20a", "iresnet50", "mobilefacenet", "lenet++", "mini-resnet18"):
+        assert name in BACKBONES.names()
+    for model in GRID_MODELS:
+        assert f"timm/{model}" in BACKBONES
+
+
+def test_cases_cover_every_supported_size_and_channel_count():
+    assert {size for size, _ in CASES} == set(SUPPORTED_SIZES)
+    assert {chans for _, chans in CASES} == {1, 3}
+
+
+def _build(name: str, size: tuple[int, int], in_chans: int) -> torch.nn.Module:
+    params = BACKBONES.parameters(name)
+    kwargs = {"input_size": list(size)} if "input_size" in params else {}
+    return BACKBONES.create(name, embedding_dim=EMBEDDING_DIM, in_chans=in_chans, **kwargs)
+
+
+@pytest.mark.parametrize("size,in_chans", CASES, ids=[f"{h}x{w}-c{c}" for (h, w), c in CASES])
+@pytest.mark.parametrize("name", ALL)
+def test_output_shape(name, size, in_chans):
+    # (B, C, H, W) -> (B, embedding_dim), finite, in training mode (batch statistics on a batch of two).
+    torch.manual_seed(0)
+    net = _build(name, size, in_chans).train()
+    with torch.no_grad():
+        out = net(torch.randn(2, in_chans, *size))
+    assert out.shape == (2, EMBEDDING_DIM)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_backward_reaches_every_trainable_parameter(name):
+    # One training step's backward pass (at the cheapest size) gives every trainable parameter a finite
+    # gradient and changes the loss; the forward shape at every size is the test above.
+    torch.manual_seed(0)
+    net = _build(name, (28, 28), 3).train()
+    out = net(torch.randn(2, 3, 28, 28))
+    out.square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reached {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_listed_with_parameters_and_summary(name):
+    # What `bench list backbones` prints: the name, a one-line summary, the user parameters with defaults.
+    entry = BACKBONES.entry(name)
+    assert entry.summary
+    params = BACKBONES.parameters(name)
+    assert "embedding_dim" not in params and "in_chans" not in params  # the harness passes those
+    assert all(v is not inspect.Parameter.empty for v in params.values()), "every user parameter has a default"
+    if not name.startswith("timm/"):
+        assert name in BACKBONES.names()
+
+
+def test_sphere20a_has_the_parameter_count_of_sphereface20():
+    # SphereFace-20 at 112x96 with the 512-d fc5: 11.66 M in the 20 convs, 11.01 M in fc5 (512*7*6 -> 512),
+    # 4672 PReLU slopes: 22,670,656, the "about 22.7 M" of the paper's released model.
+    net = BACKBONES.create("sphere20a", embedding_dim=512, in_chans=3)
+    assert sum(p.numel() for p in net.parameters()) == 22_670_656
+    assert net.fc5.in_features == 512 * 7 * 6
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 20
+
+
+@pytest.mark.parametrize("depth,convs,params", [(4, 4, 12_562_496), (10, 10, 15_219_264), (20, 20, 22_670_656),
+                                                (36, 36, 32_778_816), (64, 64, 48_200_512)])
+def test_sphereface_depths_follow_table_2(depth, convs, params):
+    # Paper Table 2: the depth counts conv layers (4 stride convs + 2 per residual unit) plus fc5.
+    net = BACKBONES.create("sphereface", embedding_dim=512, in_chans=3, depth=depth)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == convs
+    assert sum(p.numel() for p in net.parameters()) == params
+
+
+def test_iresnet50_and_mobilefacenet_match_insightface_sizes():
+    # insightface arcface_torch: IResNet-50 is 43.59 M parameters at 112x112 and 512-d (fc over 512x7x7);
+    # MobileFaceNet (mbf, scale 2) about 2.06 M with its 7x7 global depthwise conv.
+    r50 = BACKBONES.create("iresnet50", embedding_dim=512, in_chans=3)
+    assert sum(p.numel() for p in r50.parameters()) == 43_590_848
+    assert sum(len(stage) for stage in r50.stages) == 3 + 4 + 14 + 3
+    assert not r50.features.weight.requires_grad  # the final BN's scale is fixed at 1
+    mbf = BACKBONES.create("mobilefacenet", embedding_dim=512, in_chans=3)
+    assert sum(p.numel() for p in mbf.parameters()) == 2_059_520
+    assert mbf.gdc[0].kernel_size == (7, 7)
+
+
+@pytest.mark.parametrize("name", ["sphere20a", "iresnet50", "mobilefacenet"])
+def test_a_batch_of_another_size_is_refused_with_the_fix(name):
+    # These nets size their last layer by the input; a mismatch says which input_size to set.
+    net = BACKBONES.create(name, embedding_dim=8, in_chans=1, input_size=[28, 28])
+    with pytest.raises(ValueError, match=r"set the backbone's input_size: \[32, 32\]"):
+        net(torch.randn(2, 1, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["sphereface", "iresnet50", "mobilefacenet"])
+def test_input_size_below_16_is_refused_at_validation(name):
+    with pytest.raises(RegistryError, match="at least 16"):
+        BACKBONES.check(name, {"input_size": [8, 8]})
+
+
+def test_sphereface_depth_is_validated_before_building():
+    with pytest.raises(RegistryError, match="depth must be one of 4, 10, 20, 36, 64"):
+        BACKBONES.check("sphereface", {"depth": 18})
+
+
+def test_sphere20a_fixes_its_depth():
+    with pytest.raises(RegistryError, match="fixes depth=20"):
+        BACKBONES.check("sphere20a", {"depth": 36})
+
+
+def test_timm_family_builds_with_num_classes_and_in_chans():
+    # timm's classifier becomes the embedding layer; extra timm keywords pass through `kwargs`.
+    net = BACKBONES.create("timm/mobilenetv3_small_100", embedding_dim=7, in_chans=1, drop_rate=0.1,
+                           kwargs={"global_pool": "max"})
+    assert net.num_classes == 7 and net.conv_stem.in_channels == 1
+    assert net.global_pool.pool_type == "max"
+
+
+def test_timm_kwargs_may_not_override_the_fixed_arguments():
+    with pytest.raises(ValueError, match="not inside kwargs"):
+        BACKBONES.create("timm/mobilenetv3_small_100", embedding_dim=7, in_chans=1, kwargs={"num_classes": 3})
+
+
+def test_unknown_timm_model_suggests_close_names():
+    with pytest.raises(RegistryError, match="Did you mean 'timm/mobilenetv3_small_100'"):
+        BACKBONES.entry("timm/mobilenetv3_smal_100")
