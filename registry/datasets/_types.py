@@ -31,7 +31,7 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> "TensorSplit":
+    def to(self, device: torch.device | str) -> TensorSplit:
         return TensorSplit(self.images.to(device), self.labels.to(device))
 
 

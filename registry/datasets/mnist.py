@@ -13,7 +13,7 @@ from registry import DATASETS
 from registry.datasets._types import DataBundle, TensorSplit
 from registry.datasets.idx import read_idx
 
-__all__ = ["load_idx_pair", "find_idx_files", "MNIST_FILES"]
+__all__ = ["load_idx_pair", "find_idx_files", "download_idx", "MNIST_FILES"]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -66,8 +66,12 @@ def download_idx(root: str | Path, url: str = MNIST_URL, files: dict[str, str] =
 
 
 def load_idx_pair(root: str | Path, *, download: bool = False, url: str = MNIST_URL,
-                  files: dict[str, str] = MNIST_FILES, limit: int | None = None) -> tuple[TensorSplit, TensorSplit]:
-    """Train and test splits as float tensors ``(N, 1, 28, 28)`` normalized by the MNIST mean and std."""
+                  files: dict[str, str] = MNIST_FILES, limit: int | None = None,
+                  mean: float = MNIST_MEAN, std: float = MNIST_STD) -> tuple[TensorSplit, TensorSplit]:
+    """Train and test splits as float tensors ``(N, 1, 28, 28)``, ``(pixel / 255 - mean) / std``.
+
+    The defaults are MNIST's files, address and statistics; Fashion-MNIST passes its own.
+    """
     try:
         paths = find_idx_files(root, files)
     except FileNotFoundError:
@@ -83,7 +87,7 @@ def load_idx_pair(root: str | Path, *, download: bool = False, url: str = MNIST_
                              f"{paths[f'{split}_labels']} has {len(labels)} labels")
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
-        x = (torch.from_numpy(images.astype(np.float32) / 255.0) - MNIST_MEAN) / MNIST_STD
+        x = (torch.from_numpy(images.astype(np.float32) / 255.0) - mean) / std
         splits.append(TensorSplit(x.unsqueeze(1).contiguous(), torch.from_numpy(labels.astype(np.int64))))
     return splits[0], splits[1]
 

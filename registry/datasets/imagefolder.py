@@ -1,0 +1,282 @@
+"""``imagefolder``: a face set on disk as ``root/<identity>/<image>`` (CASIA-WebFace once aligned, or your own).
+
+Images are decoded in DataLoader workers (PIL), converted to grayscale or RGB, resized to ``image_size``
+when they differ, scaled to ``[-1, 1]`` and flipped horizontally at random for training. A file that
+cannot be read (corrupt, truncated, empty, vanished) becomes a `SkippedSample`: the collate drops it, the
+trial counts it and reports every one at the end; training never stops for it.
+
+Verification pairs come from a ``pairs.txt`` (LFW format) over an image root, from an insightface ``.bin``,
+or, with ``split: identities``, are drawn from the held-out identities.
+
+Example (YAML)::
+
+    dataset: {name: imagefolder, root: data/casia-112x96, image_size: [112, 96],
+              pairs: data/lfw/pairs.txt, pairs_root: data/lfw-112x96}
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from registry import DATASETS
+from registry.datasets._images import IMAGE_EXTENSIONS, check_in_chans, decode_image, parse_image_size
+from registry.datasets._types import DataBundle, PairSet, SkippedSample
+from registry.datasets.pairs import (
+    check_bin_first_image,
+    make_pairs,
+    pairs_from_bin,
+    pairs_from_txt,
+    read_pairs_txt,
+    resolve_pair_images,
+)
+
+__all__ = ["FaceImages", "scan_image_folder", "split_samples", "imagefolder", "SPLITS"]
+
+SPLITS = ("images", "identities", "none")
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Lists ``root/<identity>/<image>``: identity names (sorted) and ``(path, label)`` per image file.
+
+    Files are recognised by their ending (`IMAGE_EXTENSIONS`), whatever their content; hidden files and
+    files directly under ``root`` are ignored; identities without an image file are dropped.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no identity folder holds an image file.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder root {root} does not exist; set root to a folder laid out as "
+                                f"root/<identity>/<image>.jpg")
+    classes: list[str] = []
+    samples: list[tuple[str, int]] = []
+    with os.scandir(root) as entries:
+        identity_dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    for name in identity_dirs:
+        with os.scandir(root / name) as entries:
+            files = sorted(e.name for e in entries
+                           if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            continue
+        label = len(classes)
+        classes.append(name)
+        samples += [(str(root / name / f), label) for f in files]
+    if not samples:
+        raise ValueError(f"{root} has no root/<identity>/<image> files (image endings: "
+                         f"{', '.join(IMAGE_EXTENSIONS)}); point root at the folder whose sub-folders are identities")
+    return classes, samples
+
+
+def split_samples(samples: list[tuple[str, int]], split: str, test_fraction: float,
+                  seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Splits ``(path, label)`` samples into train and held-out lists.
+
+    ``images``: each identity keeps at least one image in train and gives ``round(test_fraction * n)`` of
+    its ``n`` to the test list (closed set: same identities). ``identities``: ``test_fraction`` of the
+    identities (at least two) go whole to the held-out list (open set). ``none``: everything trains.
+    """
+    if split == "none" or test_fraction == 0:
+        return list(samples), []
+    rng = np.random.default_rng(seed)
+    labels = np.asarray([label for _, label in samples])
+    if split == "images":
+        train_idx, test_idx = [], []
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            n_test = min(int(round(test_fraction * len(idx))), len(idx) - 1)
+            test_idx += idx[:n_test].tolist()
+            train_idx += idx[n_test:].tolist()
+        return [samples[i] for i in sorted(train_idx)], [samples[i] for i in sorted(test_idx)]
+    ids = rng.permutation(np.unique(labels))
+    n_held = max(2, int(round(test_fraction * len(ids))))
+    if n_held >= len(ids):
+        raise ValueError(f"split: identities holds out {n_held} of {len(ids)} identities, leaving none to train; "
+                         f"lower test_fraction or add identities")
+    held = set(ids[:n_held].tolist())
+    return ([s for s in samples if s[1] not in held], [s for s in samples if s[1] in held])
+
+
+class FaceImages(Dataset):
+    """``(path, label)`` samples decoded to ``(in_chans, H, W)`` float32 in ``[-1, 1]``.
+
+    Args:
+        samples: image paths and labels.
+        image_size: ``(H, W)``; other sizes are resized bilinearly.
+        in_chans: 1 (grayscale) or 3 (RGB).
+        flip: flip horizontally with probability 1/2 (training); the coin comes from torch's generator,
+            which the DataLoader seeds per worker from the trial's seed.
+
+    Items are ``(image, label)``, or a `SkippedSample` when the file cannot be decoded.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], image_size: tuple[int, int], in_chans: int, *,
+                 flip: bool = False) -> None:
+        self.samples = list(samples)
+        self.image_size, self.in_chans, self.flip = image_size, in_chans, flip
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SkippedSample:
+        path, label = self.samples[index]
+        try:
+            if os.path.getsize(path) == 0:
+                return SkippedSample(path, "empty file (0 bytes)")
+            image = decode_image(path, self.image_size, self.in_chans)
+        except Exception as err:  # noqa: BLE001 - a bad file is reported, never fatal
+            return SkippedSample(path, f"{type(err).__name__}: {err}")
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image, label
+
+
+def _first_image_size(samples: Sequence[tuple[str, int]]) -> tuple[int, int]:
+    from PIL import Image
+
+    for path, _ in samples[:100]:
+        try:
+            with Image.open(path) as im:
+                return im.size[1], im.size[0]
+        except Exception:  # noqa: BLE001 - skip unreadable files here too
+            continue
+    raise ValueError(f"none of the first {min(len(samples), 100)} images under the root could be read; "
+                     f"set image_size: [height, width] or check the files")
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` completed with the factory's defaults (validation receives only what the user set)."""
+    bound = inspect.signature(imagefolder).bind_partial(**params)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _validate(params: dict[str, Any]) -> None:
+    p = _params(params)
+    if p["split"] not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, but got {p['split']!r}")
+    if not 0 <= p["test_fraction"] < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), but got {p['test_fraction']!r}")
+    check_in_chans(p["in_chans"])
+    if p["image_size"] is not None:
+        parse_image_size(p["image_size"])
+    if p["pairs"] is not None and p["bin"] is not None:
+        raise ValueError("set either pairs (a pairs.txt) or bin (an insightface .bin), not both")
+    root = Path(p["root"]).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder root {root} does not exist; set root to a folder laid out as "
+                                f"root/<identity>/<image>.jpg")
+    if p["pairs"] is not None:
+        lines = read_pairs_txt(p["pairs"])
+        resolve_pair_images(lines, p["pairs_root"] or root, p["image_ext"], source=p["pairs"])
+    if p["bin"] is not None:
+        check_bin_first_image(p["bin"])
+
+
+@DATASETS.register("imagefolder", validate=_validate)
+def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: float = 0.1, split_seed: int = 0,
+                image_size: int | Sequence[int] | None = None, in_chans: int = 3, flip: bool = True,
+                pairs: str | None = None, pairs_root: str | None = None, image_ext: str = "jpg",
+                bin: str | None = None, pairs_per_fold: int = 300) -> DataBundle:
+    """Face identities from root/<identity>/<image> (CASIA-WebFace layout), decoded in workers, flip augmented.
+
+    Args:
+        root: folder whose sub-folders are identities holding their images.
+        split: ``images`` (closed-set test: ``test_fraction`` of each identity's images), ``identities``
+            (``test_fraction`` of the identities held out, verification pairs drawn from them unless
+            ``pairs``/``bin`` is set) or ``none`` (all for training).
+        test_fraction: share held out, in [0, 1).
+        split_seed: seed of the split and of drawn pairs (fixed, so every trial sees the same split).
+        image_size: ``[height, width]`` (or one int) images are resized to; None takes the first image's.
+        in_chans: 1 (grayscale) or 3 (RGB).
+        flip: random horizontal flip of training images.
+        pairs: an LFW-format ``pairs.txt`` for verification; its images are ``pairs_root/name/name_NNNN.<image_ext>``.
+        pairs_root: image root of ``pairs`` (default: ``root``).
+        image_ext: file ending of the pairs' images.
+        bin: an insightface verification ``.bin`` (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``) instead of ``pairs``.
+        pairs_per_fold: matched (and as many mismatched) pairs per fold, ten folds, drawn from the held-out
+            identities with ``split: identities``.
+
+    Raises:
+        FileNotFoundError: a missing root, pairs file or pairs image (with the pairs-file line).
+        ValueError: a bad parameter, or a pairs/.bin file that does not parse (with the line).
+    """
+    _validate(dict(root=root, split=split, test_fraction=test_fraction, in_chans=in_chans, image_size=image_size,
+                   pairs=None, bin=None))
+    classes, samples = scan_image_folder(root)
+    size = parse_image_size(image_size) if image_size is not None else _first_image_size(samples)
+    train_samples, held = split_samples(samples, split, test_fraction, split_seed)
+    info: dict[str, Any] = {"root": str(Path(root).expanduser()), "identities": len(classes), "images": len(samples),
+                            "split": split}
+    test = None
+    pair_set: PairSet | None = None
+    if split == "identities" and held:
+        keep = sorted({label for _, label in train_samples})
+        relabel = {old: new for new, old in enumerate(keep)}
+        train_samples = [(path, relabel[label]) for path, label in train_samples]
+        info["held_out_identities"] = len({label for _, label in held})
+        if pairs is None and bin is None and pairs_per_fold > 0:
+            pair_set, unreadable = _held_out_pairs(held, size, in_chans, pairs_per_fold, split_seed)
+            if unreadable:
+                info["unreadable_pair_images"] = unreadable
+        num_classes = len(keep)
+    else:
+        num_classes = len(classes)
+        if held:
+            test = FaceImages(held, size, in_chans, flip=False)
+    if pairs is not None:
+        pair_set = pairs_from_txt(pairs, pairs_root or root, size, in_chans, ext=image_ext)
+        info["pairs"] = str(pairs)
+    elif bin is not None:
+        pair_set = pairs_from_bin(bin, size, in_chans)
+        info["bin"] = str(bin)
+    info.update(train_size=len(train_samples), test_size=len(test) if test is not None else 0,
+                pairs=len(pair_set.same) if pair_set is not None else 0)
+    return DataBundle("imagefolder", num_classes, in_chans, size, FaceImages(train_samples, size, in_chans, flip=flip),
+                      test, pair_set, info)
+
+
+def _held_out_pairs(held: list[tuple[str, int]], size: tuple[int, int], in_chans: int, per_fold: int,
+                    seed: int) -> tuple[PairSet, dict[str, str]]:
+    """Ten folds of pairs drawn from the held-out identities; the images the pairs use are decoded once
+    here, and an unreadable one is removed from the pool (and reported) before the pairs are drawn again."""
+    unreadable: dict[str, str] = {}
+    while True:
+        labels = np.asarray([label for _, label in held])
+        left, right, same, folds = make_pairs(labels, folds=10, per_fold=per_fold, rng=np.random.default_rng(seed))
+        bad = set()
+        for i in np.unique(np.concatenate([left, right])):
+            item = FaceImages(held, size, in_chans)[int(i)]
+            if isinstance(item, SkippedSample):
+                unreadable[item.path] = item.reason
+                bad.add(int(i))
+        if not bad:
+            images = _ImagesOnly(FaceImages(held, size, in_chans))
+            return (PairSet(images, torch.from_numpy(left), torch.from_numpy(right), torch.from_numpy(same),
+                            torch.from_numpy(folds), name="held_out"), unreadable)
+        held = [s for i, s in enumerate(held) if i not in bad]
+
+
+class _ImagesOnly(Dataset):
+    """Item i of a `FaceImages` without its label, for `PairSet.images`; an unreadable image raises."""
+
+    def __init__(self, images: FaceImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self.images[index]
+        if isinstance(item, SkippedSample):
+            raise ValueError(f"cannot read verification image {item.path} ({item.reason}); replace the file or "
+                             f"remove it from the held-out identities")
+        return item[0]

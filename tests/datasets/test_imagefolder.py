@@ -1,0 +1,156 @@
+"""``imagefolder``: root/<identity>/<image> decoded in DataLoader workers, split by images or identities,
+unreadable files skipped, counted and reported (never a crash)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from registry import DATASETS, RegistryError
+from registry.datasets import SkippedSample, collate_skipping
+from registry.datasets.imagefolder import FaceImages, scan_image_folder, split_samples
+from registry.datasets.synthetic_faces import write_image_folder
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Eight training identities of five 20x16 RGB faces, pairs.txt over four held-out identities."""
+    root = tmp_path_factory.mktemp("faces") / "synthetic"
+    return write_image_folder(root, identities=8, images_per_identity=5, image_size=[20, 16], in_chans=3,
+                              test_identities=4, pairs_per_fold=2, folds=10, fmt="png", write_bin=True)
+
+
+@pytest.fixture
+def broken(tmp_path):
+    """Three identities of four JPEGs plus one corrupt JPEG and one empty file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (tmp_path / f"p{i}").mkdir()
+        for j in range(4):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"p{i}" / f"{j}.jpg")
+    good = (tmp_path / "p0" / "0.jpg").read_bytes()
+    (tmp_path / "p1" / "corrupt.jpg").write_bytes(good[: len(good) // 3])  # truncated mid-scan
+    (tmp_path / "p2" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "p2" / "notes.txt").write_text("not an image")  # ignored: not an image ending
+    return tmp_path
+
+
+def test_scan_lists_identities_in_order(broken):
+    classes, samples = scan_image_folder(broken)
+    assert classes == ["p0", "p1", "p2"]
+    assert len(samples) == 14 and {label for _, label in samples} == {0, 1, 2}
+
+
+def test_missing_root_fails_validation(tmp_path):
+    with pytest.raises(RegistryError, match="does not exist; set root"):
+        DATASETS.check("imagefolder", {"root": str(tmp_path / "nope")})
+
+
+def test_unknown_split_is_refused(tmp_path):
+    with pytest.raises(RegistryError, match="split must be one of images, identities, none"):
+        DATASETS.check("imagefolder", {"root": str(tmp_path), "split": "people"})
+
+
+def test_unreadable_files_become_skipped_samples(broken):
+    _, samples = scan_image_folder(broken)
+    ds = FaceImages(samples, (16, 16), 3)
+    items = {path: ds[i] for i, (path, _) in enumerate(samples)}
+    bad = {p: it for p, it in items.items() if isinstance(it, SkippedSample)}
+    assert sorted(p.rsplit("/", 1)[1] for p in bad) == ["corrupt.jpg", "empty.jpg"]
+    assert "empty file" in bad[str(broken / "p2" / "empty.jpg")].reason
+    assert "OSError" in bad[str(broken / "p1" / "corrupt.jpg")].reason
+
+
+def test_collate_drops_skipped_and_returns_them():
+    image = torch.zeros(3, 4, 4)
+    skipped = SkippedSample("x.jpg", "empty file")
+    images, labels, dropped = collate_skipping([(image, 1), skipped, (image, 2)])
+    assert images.shape == (2, 3, 4, 4) and labels.tolist() == [1, 2] and dropped == [skipped]
+    images, labels, dropped = collate_skipping([skipped])
+    assert len(labels) == 0 and dropped == [skipped]
+
+
+def test_workers_decode_everything_readable_and_hand_back_the_rest(broken):
+    # Decoding happens in two DataLoader worker processes; nothing crashes, both bad files come back.
+    bundle = DATASETS.create("imagefolder", root=str(broken), split="none", image_size=16)
+    loader = DataLoader(bundle.train, batch_size=5, num_workers=2, collate_fn=collate_skipping)
+    seen, skipped = 0, []
+    for images, labels, bad in loader:
+        assert images.shape[1:] == (3, 16, 16) and images.dtype == torch.float32
+        assert images.min() >= -1 and images.max() <= 1
+        seen += len(labels)
+        skipped += bad
+    assert seen == 12 and sorted(s.path.rsplit("/", 1)[1] for s in skipped) == ["corrupt.jpg", "empty.jpg"]
+
+
+def test_split_by_images_keeps_every_identity_in_train():
+    samples = [(f"{c}/{j}.jpg", c) for c in range(5) for j in range(10)] + [("5/0.jpg", 5)]
+    train, test = split_samples(samples, "images", 0.2, seed=0)
+    assert len(test) == 10 and {label for _, label in train} == set(range(6))
+    assert {label for _, label in test} == set(range(5))  # the one-image identity stays in train
+    assert split_samples(samples, "images", 0.2, seed=0) == (train, test)  # fixed for a seed
+
+
+def test_split_by_identities_holds_whole_identities_out(faces):
+    bundle = DATASETS.create("imagefolder", root=str(faces["train"]), split="identities", test_fraction=0.25,
+                             pairs_per_fold=3)
+    assert bundle.num_classes == 6 and bundle.test is None
+    assert sorted({label for _, label in bundle.train.samples}) == list(range(6))  # relabelled 0..5
+    pairs = bundle.pairs
+    assert len(pairs.same) == 60 and pairs.same.sum() == 30 and pairs.folds.max() == 9
+    held = {pairs.images.images.samples[int(i)][0].split("/")[-2] for i in torch.cat([pairs.left, pairs.right])}
+    trained = {path.split("/")[-2] for path, _ in bundle.train.samples}
+    assert held and not held & trained  # verification identities were never trained on
+    assert pairs.images[0].shape == (3, 20, 16)
+
+
+def test_flip_is_random_and_seeded(faces):
+    bundle = DATASETS.create("imagefolder", root=str(faces["train"]), split="none")
+    plain = FaceImages(bundle.train.samples[:1], (20, 16), 3)[0][0]
+    torch.manual_seed(0)
+    flips = [bool(torch.equal(bundle.train[0][0], plain.flip(-1))) for _ in range(20)]
+    torch.manual_seed(0)
+    again = [bool(torch.equal(bundle.train[0][0], plain.flip(-1))) for _ in range(20)]
+    assert 0 < sum(flips) < 20 and flips == again
+
+
+def test_grayscale_and_resizing(faces):
+    bundle = DATASETS.create("imagefolder", root=str(faces["train"]), in_chans=1, image_size=[28, 28],
+                             test_fraction=0.2)
+    image, label = bundle.test[0]
+    assert image.shape == (1, 28, 28) and bundle.in_chans == 1 and bundle.image_size == (28, 28)
+    assert len(bundle.train) == 32 and len(bundle.test) == 8
+
+
+def test_on_disk_pairs_are_the_in_memory_synthetic_pairs(faces):
+    # The folder + pairs.txt written by synthetic-faces reload, through imagefolder, as the very same pairs.
+    disk = DATASETS.create("imagefolder", root=str(faces["train"]), pairs=str(faces["pairs_txt"]),
+                           pairs_root=str(faces["pairs_root"]), image_ext="png")
+    memory = DATASETS.create("synthetic-faces", identities=8, images_per_identity=5, image_size=[20, 16],
+                             in_chans=3, test_identities=4, pairs_per_fold=2, folds=10).pairs
+    assert torch.equal(disk.pairs.same, memory.same) and torch.equal(disk.pairs.folds, memory.folds)
+    for side in ("left", "right"):
+        got = torch.stack([disk.pairs.images[int(i)] for i in getattr(disk.pairs, side)])
+        want = memory.images[getattr(memory, side)]
+        assert (got - want).abs().max() <= 1 / 127.5 + 1e-6  # PNG keeps 8 bits
+    assert disk.num_classes == 8
+
+
+def test_bin_pairs_match_the_pairs_txt(faces):
+    via_bin = DATASETS.create("imagefolder", root=str(faces["train"]), bin=str(faces["bin"])).pairs
+    via_txt = DATASETS.create("imagefolder", root=str(faces["train"]), pairs=str(faces["pairs_txt"]),
+                              pairs_root=str(faces["pairs_root"]), image_ext="png").pairs
+    assert torch.equal(via_bin.same, via_txt.same) and via_bin.name == "synthetic"
+    for k in (0, 7, 39):
+        assert torch.equal(via_bin.images[int(via_bin.left[k])], via_txt.images[int(via_txt.left[k])])
+        assert torch.equal(via_bin.images[int(via_bin.right[k])], via_txt.images[int(via_txt.right[k])])
+
+
+def test_pairs_and_bin_together_are_refused(faces):
+    with pytest.raises(RegistryError, match="either pairs .* or bin"):
+        DATASETS.check("imagefolder", {"root": str(faces["train"]), "pairs": str(faces["pairs_txt"]),
+                                       "bin": str(faces["bin"])})
