@@ -208,3 +208,19 @@ def test_bin_with_wrong_layout_is_named(tmp_path):
     path.write_bytes(b"not a pickle")
     with pytest.raises(PairsFileError, match="not a readable pickle"):
         read_verification_bin(path)
+
+
+def test_grid_naming_a_missing_pair_image_fails_before_training(tmp_path):
+    # The whole grid is validated before any trial starts; the error carries the pairs.txt line number.
+    from bench.grid import GridError, load_grid
+
+    root = _image_root(tmp_path, [("A", 1), ("A", 2), ("B", 1)])
+    (tmp_path / "faces" / "X").mkdir(parents=True)
+    (tmp_path / "faces" / "X" / "x.jpg").write_bytes(_jpeg(0))
+    (tmp_path / "pairs.txt").write_text("1 2\nA 1 2\nA 1 2\nA 1 B 1\nA 2 C 7\n")  # C_0007 does not exist
+    grid = tmp_path / "faces.yaml"
+    grid.write_text(f"name: faces\nbase:\n  dataset: {{name: imagefolder, root: '{tmp_path / 'faces'}', "
+                    f"pairs: '{tmp_path / 'pairs.txt'}', pairs_root: '{root}'}}\n  backbone: lenet++\n"
+                    f"  loss: softmax\n  epochs: 1\n")
+    with pytest.raises(GridError, match=r"line 5: .*C_0007.jpg \(missing\)"):
+        load_grid(grid, env={})
