@@ -23,8 +23,9 @@ scheme (``postgresql://user@host/db``) is an Optuna RDB storage for many machine
 
 A trial left RUNNING by a process that died is failed and put back in the queue (same parameters and
 attributes, so the same trial key and checkpoint): at once when the dead process ran on this machine
-(each running trial records its host and process id), and through Optuna's heartbeat (every
-`HEARTBEAT_INTERVAL` s, stale after `HEARTBEAT_GRACE` s) for RDB storages, whatever machine it ran on.
+(each running trial records its host, boot id, process id and start time), and through Optuna's
+heartbeat (every `HEARTBEAT_INTERVAL` s, stale after `HEARTBEAT_GRACE` s) for RDB storages, whatever
+machine it ran on. A journal file has no heartbeat: it is for the workers of one machine.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -529,7 +531,9 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
             kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
                           heartbeat_stale_trial_callback=requeue_trial)
         try:
-            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs, **kwargs)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.x
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs, **kwargs)
         except ModuleNotFoundError as err:
             raise SystemExit(f"bench: storage {url.split('://')[0]} needs a driver: {err}. For PostgreSQL: "
                              f"pip install 'marginbench[postgres]' (psycopg2-binary)") from err
@@ -576,6 +580,18 @@ def _owner_is_dead(owner: Mapping[str, Any] | None) -> bool:
         return False
     start = owner.get("start")
     return bool(start) and _process_start(pid) not in ("", start)
+
+
+def _ownerless_too_long(trial: Any) -> bool:
+    """A trial popped by a process that died before it could record itself (a narrow window), once
+    `HEARTBEAT_GRACE` seconds have passed."""
+    import datetime as dt
+
+    if OWNER_ATTR in trial.system_attrs or trial.datetime_start is None:
+        return False
+    start = trial.datetime_start
+    now = dt.datetime.now(start.tzinfo) if start.tzinfo is not None else dt.datetime.now()
+    return (now - start).total_seconds() > HEARTBEAT_GRACE
 
 
 # ------------------------------------------------------------------------------------------------- study
@@ -694,7 +710,7 @@ def reap_stale_trials(study: Any) -> list[int]:
         after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         reaped += sorted(before - after)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _owner_is_dead(t.system_attrs.get(OWNER_ATTR)):
+        if not (_owner_is_dead(t.system_attrs.get(OWNER_ATTR)) or _ownerless_too_long(t)):
             continue
         trial_id = t._trial_id
         try:

@@ -73,7 +73,7 @@ from bench.tracking import STATUS_TAG, StudyTracker
 from bench.trial import Pruned, TrialOptions
 
 __all__ = ["WorkerOptions", "StudyReport", "run_study", "work", "run_study_trial", "checkpoint_folder",
-           "spawn_workers"]
+           "spawn_workers", "wait_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -481,21 +481,25 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-def spawn_workers(grid: Grid, indices: Sequence[int], *, storage_url: str, tracking_uri: str,
-                  sets: Sequence[str] = (), gpus: Sequence[str] | None = None, device: str | None = None,
-                  plots: bool = False, threads: int | None = None) -> list[subprocess.Popen]:
-    """Starts a ``bench worker`` process on this machine for each index i; worker i gets GPU
-    ``gpus[i % len(gpus)]`` (as its only visible device)."""
+def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, sets: Sequence[str] = (),
+                  gpus: Sequence[str] | None = None, device: str | None = None, plots: bool = False,
+                  threads: int | None = None, index_base: int = 0, wait: float = 60.0) -> list[subprocess.Popen]:
+    """Starts workers 1..n-1 of this machine (worker 0 is the caller) as ``bench worker`` processes.
+
+    Worker j gets GPU ``gpus[j % len(gpus)]`` as its only visible device and the worker index
+    ``index_base + j``; each gets SIGKILL when its parent dies (Linux).
+    """
     procs = []
-    for i in indices:
+    for j in range(1, n):
+        i = index_base + j
         cmd = [sys.executable, "-m", "bench", "worker", "--grid", str(Path(grid.path).resolve()),
                "--storage", storage_url, "--tracking-uri", tracking_uri, "--worker-index", str(i), "--no-progress",
-               "--wait", "60", "--plots" if plots else "--no-plots"]
+               "--wait", str(wait), "--plots" if plots else "--no-plots"]
         for s in sets:
             cmd += ["--set", s]
         env = dict(os.environ, MARGINBENCH_WORKER_PREFIX=f"[worker {i}] ")
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
+            env["CUDA_VISIBLE_DEVICES"] = str(gpus[j % len(gpus)])
             cmd += ["--device", "cuda"]
         elif device:
             cmd += ["--device", device]
@@ -505,7 +509,8 @@ def spawn_workers(grid: Grid, indices: Sequence[int], *, storage_url: str, track
     return procs
 
 
-def _wait_all(procs: Sequence[subprocess.Popen]) -> list[int]:
+def wait_workers(procs: Sequence[subprocess.Popen]) -> list[int]:
+    """Waits for worker processes; on Ctrl-C passes it on and waits for them to give their trials back."""
     try:
         return [p.wait() for p in procs]
     except KeyboardInterrupt:
@@ -567,14 +572,14 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
 
         threads = max(1, (os.cpu_count() or 1) // n) if n > 1 or not torch.cuda.is_available() else None
     # Worker 0 is this process; the others are `bench worker` processes that die with it.
-    procs = spawn_workers(grid, range(1, n), storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
+    procs = spawn_workers(grid, n, storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
                           device=device, plots=plots, threads=threads)
     options = WorkerOptions(device=f"cuda:{gpus[0]}" if gpus else device, plots=plots, progress=progress and n == 1,
                             threads=threads if n > 1 else None, prefix="[worker 0] " if n > 1 else "")
     try:
         report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
     finally:
-        report.worker_exit_codes = _wait_all(procs)
+        report.worker_exit_codes = wait_workers(procs)
     report.counts = study_summary(open_study_for_report(grid.name, storage_url), slots)
     return report
 

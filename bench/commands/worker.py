@@ -24,8 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_tracking_option(p)
     add_storage_option(p)
     add_worker_options(p)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes on this machine (this one and N-1 more; default 1)")
+    p.add_argument("--gpus", default=None, metavar="IDS",
+                   help="comma-separated GPU ids; worker i runs on GPU ids[i %% len(ids)]")
     p.add_argument("--worker-index", type=int, default=0, metavar="I",
-                   help="this worker's number (offsets a seeded sampler)")
+                   help="this worker's number (offsets a seeded sampler; give each machine its own range)")
     p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
                    help="how long to wait for `bench run` to prepare the study (default 600)")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
@@ -42,10 +46,11 @@ def _sigterm(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from bench.commands.run import parse_gpus
     from bench.grid import GridError
     from bench.study import StudyConfig, StudyNotReady, resolve_storage
     from bench.tracking import resolve_tracking_uri
-    from bench.workers import WorkerOptions, follow, work
+    from bench.workers import WorkerOptions, follow, spawn_workers, wait_workers, work
 
     grid = load_grid_or_exit(args)
     try:
@@ -58,9 +63,18 @@ def run(args: argparse.Namespace) -> int:
     storage = resolve_storage(args.storage, tracking_uri=tracking)
     from bench import distributed
 
+    gpus = parse_gpus(args.gpus)
     dist = distributed.init_from_env(args.device)
-    options = WorkerOptions(device=dist.device if dist else args.device, plots=bool(args.plots),
-                            progress=not args.no_progress, worker_index=args.worker_index, threads=args.threads,
+    n = max(1, args.workers)
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // n) if n > 1 else None)
+    procs = []
+    if dist is None and (n > 1 or gpus):
+        procs = spawn_workers(grid, n, storage_url=storage, tracking_uri=tracking, sets=args.set, gpus=gpus,
+                              device=args.device, plots=bool(args.plots), threads=threads,
+                              index_base=args.worker_index, wait=args.wait)
+    device = dist.device if dist else (f"cuda:{gpus[0]}" if gpus else args.device)
+    options = WorkerOptions(device=device, plots=bool(args.plots),
+                            progress=not args.no_progress, worker_index=args.worker_index, threads=threads,
                             wait_seconds=args.wait, max_trials=args.max_trials,
                             prefix=os.environ.get("MARGINBENCH_WORKER_PREFIX", ""),
                             checkpoint_dir=Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else None)
@@ -74,5 +88,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"bench worker: {err}", file=sys.stderr)
             return 2
     finally:
+        codes = wait_workers(procs)
         distributed.shutdown()
-    return 0 if all(o.status != "failed" for o in outcomes) else 1
+    return 0 if all(o.status != "failed" for o in outcomes) and not any(codes) else 1

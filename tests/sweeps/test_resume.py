@@ -93,3 +93,28 @@ def test_run_finished_in_mlflow_but_not_told_to_optuna_is_adopted_not_retrained(
     assert len(runs) == 1
     adopted = [t for t in optuna_trials("resume", report.storage) if t.user_attrs.get("marginbench.adopted_run")]
     assert adopted[0].value == runs[0].data.metrics["test_acc"]
+
+
+def test_heartbeat_requeues_a_trial_whose_process_on_another_machine_stopped_beating(
+        in_tmp, tiny_dataset, write_grid, monkeypatch):
+    import time
+
+    import bench.study
+
+    monkeypatch.setattr(bench.study, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(bench.study, "HEARTBEAT_GRACE", 2)
+    url = f"sqlite:///{in_tmp / 'optuna.db'}"  # an RDB storage, as PostgreSQL would be
+    grid = load_grid(write_grid(GRID))
+    study = prepare_study(grid, StudyConfig.from_grid(grid), open_storage(url))
+    trial_id = study._pop_waiting_trial_id()
+    # a worker elsewhere (its pid means nothing here) beat once, then went silent
+    study._storage.set_trial_system_attr(trial_id, OWNER_ATTR, {"host": "elsewhere/boot", "pid": 1, "start": ""})
+    study._storage.record_heartbeat(trial_id)
+    time.sleep(3)
+    report = run_study(load_grid(grid.path), storage=url, progress=False, echo=lambda s: None)
+    assert report.counts["finished"] == 2
+    trials = optuna_trials("resume", url)
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1 and len(trials) == 3
+    retry = next(t for t in trials if t.system_attrs.get("retry_history"))
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["marginbench.slot"] == \
+        study._storage.get_trial(trial_id).user_attrs["marginbench.slot"]

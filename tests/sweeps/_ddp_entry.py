@@ -1,0 +1,42 @@
+"""torchrun entry for the DDP tests: registers the tests' tiny-blobs dataset, then runs ``bench.distributed``
+(``_ddp_entry.py distributed ARGS``) or the ``bench`` CLI (``_ddp_entry.py bench worker ARGS``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def register_tiny_blobs() -> None:
+    """The same ``tiny-blobs`` as the ``tiny_dataset`` fixture in tests/conftest.py."""
+    import numpy as np
+    import torch
+
+    from registry import DATASETS
+    from registry.datasets import DataBundle, TensorSplit
+
+    def make(n: int, seed: int) -> TensorSplit:
+        rng = np.random.default_rng(seed)
+        labels = np.arange(n) % 4
+        images = rng.normal(0.0, 0.3, size=(n, 1, 8, 8)).astype(np.float32)
+        for i, c in enumerate(labels):
+            r, q = divmod(int(c), 2)
+            images[i, 0, r * 4:(r + 1) * 4, q * 4:(q + 1) * 4] += 2.0
+        return TensorSplit(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
+
+    if "tiny-blobs" not in DATASETS:
+        @DATASETS.register("tiny-blobs")
+        def tiny_blobs(train_size: int = 80, test_size: int = 40) -> DataBundle:
+            """Four-class generated blobs for tests."""
+            return DataBundle("tiny-blobs", 4, 1, (8, 8), make(train_size, 0), make(test_size, 1))
+
+
+if __name__ == "__main__":
+    register_tiny_blobs()
+    if sys.argv[1] == "distributed":
+        from bench.distributed import main
+    else:
+        from bench.cli import main
+    raise SystemExit(main(sys.argv[2:]))
