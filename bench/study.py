@@ -30,7 +30,6 @@ machine it ran on. A journal file has no heartbeat: it is for the workers of one
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import inspect
@@ -49,7 +48,7 @@ from typing import Any
 from bench.grid import Grid, GridError
 from bench.spec import SpecError, TrialSpec
 
-__all__ = ["StudyConfig", "SearchParam", "Slot", "plan_slots", "resolve_storage", "open_storage",
+__all__ = ["run_study", "StudyConfig", "SearchParam", "Slot", "plan_slots", "resolve_storage", "open_storage",
            "prepare_study", "load_study", "reap_stale_trials", "study_summary", "CellStudy", "worker_identity",
            "trial_spec", "slot_trials", "DEFAULT_STORAGE_NAME", "HEARTBEAT_INTERVAL", "HEARTBEAT_GRACE",
            "StudyNotReady"]
@@ -59,6 +58,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STORAGE_NAME = "optuna.journal"
 HEARTBEAT_INTERVAL = 15
 HEARTBEAT_GRACE = 120
+#: A running trial that names no owner this long after its start was popped by a process that died at once.
+OWNERLESS_GRACE = 30
 
 ATTR = "marginbench."
 KIND_ATTR = ATTR + "kind"          # "grid" or "search"
@@ -281,7 +282,14 @@ class StudyConfig:
             kwargs["seed"] = int(kwargs["seed"]) + worker_index
         cls = getattr(optuna.samplers, SAMPLERS[self.sampler["type"]])
         _check_kwargs(cls, kwargs, f"sampler {self.sampler['type']}")
-        return cls(**kwargs)
+        if self.sampler["type"] == "cmaes":
+            import importlib.util
+
+            if importlib.util.find_spec("cmaes") is None:
+                raise ImportError("sampler cmaes needs the cmaes package: pip install cmaes")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(**kwargs)
 
     def make_pruner(self) -> Any:
         import optuna
@@ -583,15 +591,15 @@ def _owner_is_dead(owner: Mapping[str, Any] | None) -> bool:
 
 
 def _ownerless_too_long(trial: Any) -> bool:
-    """A trial popped by a process that died before it could record itself (a narrow window), once
-    `HEARTBEAT_GRACE` seconds have passed."""
+    """A trial popped by a process that died before it could record itself (milliseconds after the pop),
+    once `OWNERLESS_GRACE` seconds have passed."""
     import datetime as dt
 
     if OWNER_ATTR in trial.system_attrs or trial.datetime_start is None:
         return False
     start = trial.datetime_start
     now = dt.datetime.now(start.tzinfo) if start.tzinfo is not None else dt.datetime.now()
-    return (now - start).total_seconds() > HEARTBEAT_GRACE
+    return (now - start).total_seconds() > OWNERLESS_GRACE
 
 
 # ------------------------------------------------------------------------------------------------- study
@@ -807,5 +815,8 @@ def study_summary(study: Any, slots: Sequence[Slot] | None = None) -> dict[str, 
     return counts
 
 
-def deepcopy_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(dict(attrs))
+def run_study(grid: Grid, **kwargs: Any) -> Any:
+    """Prepares and runs the grid's study; see `bench.workers.run_study` (re-exported here)."""
+    from bench.workers import run_study as _run_study
+
+    return _run_study(grid, **kwargs)

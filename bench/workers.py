@@ -73,7 +73,7 @@ from bench.tracking import STATUS_TAG, StudyTracker
 from bench.trial import Pruned, TrialOptions
 
 __all__ = ["WorkerOptions", "StudyReport", "run_study", "work", "run_study_trial", "checkpoint_folder",
-           "spawn_workers", "wait_workers"]
+           "spawn_workers", "wait_workers", "stop_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class WorkerOptions:
         keep_checkpoints: keep a trial's checkpoint after it ends (its final weights).
         worker_index: this worker's number (offsets a seeded sampler; prefixes its lines).
         threads: ``torch.set_num_threads`` for this process (None: leave torch's default).
-        poll_seconds: how often an idle worker looks again while other trials run.
+        poll_seconds: how soon an idle worker looks again while other trials run (doubling up to 30 s).
         wait_seconds: how long ``bench worker`` waits for ``bench run`` to prepare the study.
         max_trials: stop after this many trials (None: until the study is done).
         prefix: put before each line this worker prints (``[worker 1] ``).
@@ -392,27 +392,30 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
     import torch
 
     options = options or WorkerOptions()
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    storage = open_storage(storage_url)
-    study = _wait_for_study(study_name, storage, options, echo)
-    config = stored_config(study)
-    cells = study.user_attrs.get(STUDY_CELLS_ATTR)
-    tracker = StudyTracker(study_name, tracking_uri)
-    ckpt_dir = options.checkpoint_dir or checkpoint_folder(storage_url, study_name)
-    outcomes: list[TrialOutcome] = []
-    ran = 0
     from optuna.trial import TrialState
 
-    try:
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    outcomes: list[TrialOutcome] = []
+    ran = 0
+    idle = options.poll_seconds
+    try:  # under torchrun the other ranks wait for our "stop", whatever happens here
+        storage = open_storage(storage_url)
+        study = _wait_for_study(study_name, storage, options, echo)
+        config = stored_config(study)
+        cells = study.user_attrs.get(STUDY_CELLS_ATTR)
+        tracker = StudyTracker(study_name, tracking_uri)
+        ckpt_dir = options.checkpoint_dir or checkpoint_folder(storage_url, study_name)
         while options.max_trials is None or ran < options.max_trials:
             reap_stale_trials(study)
             trial_id = study._pop_waiting_trial_id()
             if trial_id is None:
                 if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    time.sleep(options.poll_seconds)
+                    time.sleep(idle)  # one of them may die and come back
+                    idle = min(idle * 2, 30.0)
                     continue
                 break
+            idle = options.poll_seconds
             t0 = time.perf_counter()
             status, outcome = run_study_trial(study, trial_id, config, tracker, options, cells=cells,
                                               checkpoint_dir=ckpt_dir, dist=dist)
@@ -514,15 +517,20 @@ def wait_workers(procs: Sequence[subprocess.Popen]) -> list[int]:
     try:
         return [p.wait() for p in procs]
     except KeyboardInterrupt:
-        for p in procs:  # they got the SIGINT too when run from a terminal; make sure
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_workers(procs)
         raise
+
+
+def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0) -> None:
+    """SIGINT to each worker still running (each puts its trial back in the queue), then waits for them."""
+    for p in procs:  # from a terminal they got the SIGINT too; make sure
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | None = None, workers: int | None = None,
@@ -578,8 +586,10 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
                             threads=threads if n > 1 else None, prefix="[worker 0] " if n > 1 else "")
     try:
         report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
-    finally:
-        report.worker_exit_codes = wait_workers(procs)
+    except BaseException:
+        stop_workers(procs)
+        raise
+    report.worker_exit_codes = wait_workers(procs)
     report.counts = study_summary(open_study_for_report(grid.name, storage_url), slots)
     return report
 

@@ -91,8 +91,12 @@ def run(args: argparse.Namespace) -> int:
             for spec in grid.trials():
                 print(f"  {spec.label} seed={spec.seed}  [{spec.key()}]")
         return 0
+    import signal
+
+    from bench.commands.worker import on_sigterm
     from bench.workers import run_study
 
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         report = run_study(grid, storage=args.storage, tracking_uri=args.tracking_uri, workers=args.workers, gpus=gpus,
                            device=args.device, plots=args.plots, progress=not args.no_progress, threads=args.threads,

@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # a preempted worker puts its trial back in the queue on the way out
+def on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a preempted node) as Ctrl-C: the worker puts its trial back in the queue on the way out."""
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except GridError as err:
         print(f"bench: invalid grid: {err}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     tracking = resolve_tracking_uri(args.tracking_uri)
     storage = resolve_storage(args.storage, tracking_uri=tracking)
     from bench import distributed

@@ -72,6 +72,13 @@ def mlflow_children(study: str, tracking_uri: str) -> list:
 
 
 @pytest.fixture(autouse=True)
+def no_store_environment(monkeypatch):
+    """The stores come from the test's folder, never from the caller's environment."""
+    monkeypatch.delenv("MARGINBENCH_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread: the sweeps put several processes on 2 cores, where spinning threads cost 10x."""
     import torch

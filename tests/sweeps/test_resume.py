@@ -118,3 +118,28 @@ def test_heartbeat_requeues_a_trial_whose_process_on_another_machine_stopped_bea
     retry = next(t for t in trials if t.system_attrs.get("retry_history"))
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["marginbench.slot"] == \
         study._storage.get_trial(trial_id).user_attrs["marginbench.slot"]
+
+
+def test_ctrl_c_gives_the_trial_back_and_closes_its_run_as_interrupted(in_tmp, tiny_dataset, write_grid, monkeypatch):
+    import pytest
+
+    import bench.runner
+
+    grid = load_grid(write_grid(GRID))
+    real = bench.runner.run_trial
+
+    def interrupted(spec, options):
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM turned into it by `bench run` / `bench worker`
+
+    monkeypatch.setattr(bench.runner, "run_trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(grid, progress=False, echo=lambda s: None)
+    trials = optuna_trials("resume", str(in_tmp / "optuna.journal"))
+    assert [t.state for t in trials].count(TrialState.WAITING) == 2  # the other one, and a copy of ours
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
+    runs = mlflow_children("resume", f"sqlite:///{in_tmp / 'mlflow.db'}")
+    assert [(r.info.status, r.data.tags["marginbench.status"]) for r in runs] == [("KILLED", "interrupted")]
+
+    monkeypatch.setattr(bench.runner, "run_trial", real)
+    report = run_study(load_grid(grid.path), progress=False, echo=lambda s: None)
+    assert report.counts["finished"] == 2 and len(report.outcomes) == 2

@@ -65,6 +65,15 @@ def test_cell_scope_samples_within_ranges_and_each_cell_gets_n_trials(in_tmp, ti
         assert t.params["embedding_dim"] in range(2, 7)
         spec = t.user_attrs["marginbench.spec"]
         assert spec["loss"] == t.user_attrs["marginbench.cell"] and spec["loss.m"] == t.params["loss.m"]
+    # the sampler and pruner of a cell see only that cell's trials
+    import optuna
+
+    from bench.study import CellStudy, open_storage
+
+    study = optuna.load_study(study_name="scoped", storage=open_storage(report.storage))
+    view = CellStudy(study, "cosface")
+    assert [t.user_attrs["marginbench.cell"] for t in view.get_trials()] == ["cosface"] * 2
+    assert len(view._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 2
     runs = mlflow_children("scoped", report.tracking_uri)
     assert sorted(r.data.tags["label.loss"] for r in runs) == ["arcface"] * 2 + ["cosface"] * 2
     assert {r.data.params["loss.m"] for r in runs} == {str(t.params["loss.m"]) for t in trials}
