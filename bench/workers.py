@@ -569,6 +569,8 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
     slots = plan_slots(grid, config)
     before = study_summary(study, slots)
     echo(f"study {grid.name}: {len(slots)} trials ({_counts(before)}); storage {storage_url}; tracking {tracking}")
+    for line in _settled_lines(study, slots):
+        echo(line)
     report = StudyReport(grid.name, storage_url, tracking)
     plots = grid.plots if plots is None else plots
     if n == 0:
@@ -592,6 +594,28 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
     report.worker_exit_codes = wait_workers(procs)
     report.counts = study_summary(open_study_for_report(grid.name, storage_url), slots)
     return report
+
+
+def _settled_lines(study: Any, slots: Sequence[Any]) -> list[str]:
+    """``"  softmax seed=0: already finished"`` for each trial an earlier run settled (not run again)."""
+    from optuna.trial import TrialState
+
+    from bench.study import slot_trials
+
+    by_slot = slot_trials(study)
+    lines = []
+    for slot in slots:
+        done = [t for t in by_slot.get(slot.slot, []) if t.state != TrialState.WAITING and settles(t)
+                and t.state != TrialState.RUNNING]
+        if not done:
+            continue
+        t = done[-1]
+        status = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned"}.get(t.state, "diverged")
+        labels = t.user_attrs.get(LABELS_ATTR) or {}
+        spec = t.user_attrs.get(SPEC_ATTR) or t.user_attrs.get("marginbench.params") or {}
+        name = " / ".join(labels.values()) or str(spec.get("loss", slot.slot))
+        lines.append(f"  {name} seed={spec.get('seed', '?')}: already {status}, not run again")
+    return lines
 
 
 def open_study_for_report(name: str, storage_url: str) -> Any:
