@@ -117,3 +117,32 @@ def test_changed_override_enqueues_the_new_trials_and_drops_the_old_waiting_ones
     states = [(t.state, t.user_attrs.get("marginbench.fail_reason")) for t in study.get_trials()]
     assert states.count((TrialState.WAITING, None)) == 2
     assert states.count((TrialState.FAIL, "no longer in the grid")) == 2
+
+
+def test_gpus_are_spread_round_robin_and_worker_zero_runs_in_this_process(in_tmp, tiny_dataset, write_grid,
+                                                                          monkeypatch):
+    import types
+
+    import bench.workers
+
+    started, ran_here = [], []
+
+    class FakePopen:
+        def __init__(self, cmd, env, preexec_fn=None):
+            started.append((cmd, env))
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(bench.workers, "subprocess", types.SimpleNamespace(Popen=FakePopen))
+    monkeypatch.setattr(bench.workers, "work", lambda *a, **k: ran_here.append(a[3]) or [])
+    grid = load_grid(write_grid(GRID))
+    run_study(grid, workers=5, gpus=["2", "3"], echo=lambda s: None)
+    # worker 0 is this process on the first GPU; workers 1..4 alternate over the two GPUs
+    assert ran_here[0].device == "cuda:2"
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["3", "2", "3", "2"]
+    assert all(cmd[cmd.index("--device") + 1] == "cuda" for cmd, _ in started)
+    assert [cmd[cmd.index("--worker-index") + 1] for cmd, _ in started] == ["1", "2", "3", "4"]
