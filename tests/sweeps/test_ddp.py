@@ -71,7 +71,7 @@ def test_two_process_gloo_trial_matches_one_process_on_the_same_global_batch(tmp
 def test_torchrun_worker_trains_each_trial_on_both_ranks_and_rank_zero_logs(in_tmp, write_grid, tiny_dataset):
     from bench.workers import run_study
 
-    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-study").replace("epochs: 6", "epochs: 2")
+    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-study").replace("epochs: 6", "epochs: 1")
                                 .replace("seeds: [3]", "seeds: [0, 1]")))
     prepared = run_study(grid, workers=0, echo=lambda s: None)  # enqueue only
     torchrun("bench", "worker", "--grid", str(grid.path), "--device", "cpu", "--no-progress", cwd=in_tmp)
