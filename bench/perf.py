@@ -21,7 +21,7 @@ from bench.spec import TrialSpec
 from bench.trial import TrialOptions, autocast_dtype, build_models, load_dataset, pick_device, run_trial
 
 __all__ = ["PerfResult", "WORKLOADS", "bare_images_per_second", "harness_images_per_second", "measure",
-           "logging_overhead", "time_grid"]
+           "logging_overhead", "time_grid", "head_memory", "cpu_head_peak_gib"]
 
 
 @dataclass
@@ -205,41 +205,39 @@ def to_json(obj: Any) -> str:
 
 def head_memory(num_classes: int = 1_000_000, batch_size: int = 512, embedding_dim: int = 512,
                 chunk_classes: int = 65536, device: str | None = None) -> dict[str, float]:
-    """Peak memory and time of a CosFace forward+backward, plain vs class-chunked, beyond the weights and
-    their gradient (which both need). CUDA only for memory; on the CPU only times are given."""
+    """Peak memory and time of the registered CosFace head's forward+backward with ``chunk_classes=0`` (plain
+    ``(B, C)`` logits) and with ``chunk_classes`` (class-chunked), on the same weights, beyond the weights and
+    their gradient (which both need). Memory: CUDA's peak allocator statistics; on the CPU the peak resident
+    size of a fresh process per variant (`cpu_head_peak_gib`, Linux)."""
     import math
 
-    from registry.losses._chunked import chunked_margin_cross_entropy
+    from registry import LOSSES
 
     dev = pick_device(device)
-    s, m = 64.0, 0.35
-
-    def plain(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = torch.nn.functional.linear(torch.nn.functional.normalize(emb), torch.nn.functional.normalize(weight))
-        cos = cos - m * torch.nn.functional.one_hot(labels, num_classes).to(cos.dtype)
-        return torch.nn.functional.cross_entropy(s * cos, labels)
-
-    def chunked(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return chunked_margin_cross_entropy(emb, weight, labels, s, lambda c: c - m, chunk_classes=chunk_classes)
+    torch.manual_seed(0)
+    heads = {name: LOSSES.create("cosface", embedding_dim=embedding_dim, num_classes=num_classes, s=64.0, m=0.35,
+                                 chunk_classes=chunk).to(dev)
+             for name, chunk in (("plain", 0), ("chunked", chunk_classes))}
+    weight = heads["plain"].weight
+    heads["chunked"].weight = weight  # the same parameter: both heads see identical weights
 
     out: dict[str, float] = {"num_classes": num_classes, "batch_size": batch_size, "embedding_dim": embedding_dim}
-    torch.manual_seed(0)
-    weight = torch.randn(num_classes, embedding_dim, device=dev, requires_grad=True)
     emb = torch.randn(batch_size, embedding_dim, device=dev, requires_grad=True)
     labels = torch.randint(0, num_classes, (batch_size,), device=dev)
     results = {}
-    for name, fn in (("plain", plain), ("chunked", chunked)):
+    for name, head in heads.items():
         weight.grad = None
         emb.grad = None
-        loss = fn(emb, weight, labels)  # warm-up, and allocates weight.grad
+        loss = head(emb, labels)  # warm-up, and allocates weight.grad
         loss.backward()
         grads = (emb.grad.clone(), weight.grad.clone())
+        weight.grad = emb.grad = None  # as after zero_grad(set_to_none=True), which the trial loop calls
         _sync(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-            base = torch.cuda.memory_allocated(dev)
+            base = torch.cuda.memory_allocated(dev) + weight.numel() * weight.element_size()  # + the new grad
         t0 = time.perf_counter()
-        loss = fn(emb, weight, labels)
+        loss = head(emb, labels)
         loss.backward()
         _sync(dev)
         out[f"{name}_ms"] = 1000 * (time.perf_counter() - t0)
@@ -250,7 +248,47 @@ def head_memory(num_classes: int = 1_000_000, batch_size: int = 512, embedding_d
     out["loss_abs_diff"] = abs(results["plain"][0] - results["chunked"][0])
     out["grad_w_max_abs_diff"] = float((results["plain"][1][1] - results["chunked"][1][1]).abs().max())
     out["grad_x_max_abs_diff"] = float((results["plain"][1][0] - results["chunked"][1][0]).abs().max())
+    out["grad_w_max_rel_diff"] = out["grad_w_max_abs_diff"] / float(results["plain"][1][1].abs().max())
+    out["grad_x_max_rel_diff"] = out["grad_x_max_abs_diff"] / float(results["plain"][1][0].abs().max())
     if dev.type == "cuda":
         out["memory_ratio"] = out["chunked_peak_extra_gib"] / out["plain_peak_extra_gib"]
     out["finite"] = float(math.isfinite(results["chunked"][0]))
+    if dev.type == "cpu":
+        del heads, weight, emb, results
+        for name, chunk in (("plain", 0), ("chunked", chunk_classes)):
+            out[f"{name}_peak_extra_gib"] = cpu_head_peak_gib(num_classes, batch_size, embedding_dim, chunk)
+        out["memory_ratio"] = out["chunked_peak_extra_gib"] / out["plain_peak_extra_gib"]
     return out
+
+
+def cpu_head_peak_gib(num_classes: int, batch_size: int, embedding_dim: int, chunk_classes: int) -> float:
+    """Peak resident memory (GiB) of one CosFace forward+backward on the CPU beyond the weights, their gradient
+    and the batch, measured in a fresh process (its peak resident size, ``VmHWM``, before and after the step)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_head_peak_in_child, (num_classes, batch_size, embedding_dim, chunk_classes))
+
+
+def _head_peak_in_child(num_classes: int, batch_size: int, embedding_dim: int, chunk_classes: int) -> float:
+    from registry import LOSSES
+
+    torch.manual_seed(0)
+    head = LOSSES.create("cosface", embedding_dim=embedding_dim, num_classes=num_classes, s=64.0, m=0.35,
+                         chunk_classes=chunk_classes)
+    emb = torch.randn(batch_size, embedding_dim, requires_grad=True)
+    labels = torch.randint(0, num_classes, (batch_size,))
+    before = _proc_status_kib("VmHWM")
+    head(emb, labels).backward()  # weight.grad is None before, as after zero_grad(set_to_none=True)
+    grad_gib = head.weight.grad.numel() * head.weight.grad.element_size() / 2**30
+    return (_proc_status_kib("VmHWM") - before) / 2**20 - grad_gib
+
+
+def _proc_status_kib(field: str) -> int:
+    """A ``/proc/self/status`` size in KiB: ``VmHWM`` is this process's peak resident size (unlike ``ru_maxrss``
+    it does not carry the parent's peak across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} (Linux only)")

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.perf import logging_overhead, measure, time_grid
 
     report: dict = {"workloads": []}
-    print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} {'harness img/s':>14} {'ratio':>6}")
+    print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} "
+          f"{'harness img/s':>14} {'ratio':>6}")
     for name in args.workload or ["lenet"]:
         r = measure(name, device=args.device, batch_size=args.batch_size, precision=args.precision,
                     epochs=args.epochs, repeats=args.repeats)
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
         h = head_memory(args.head_classes, device=args.device)
         mem = (f", peak beyond weights+grad {h['plain_peak_extra_gib']:.2f} vs {h['chunked_peak_extra_gib']:.2f} GiB "
-               f"(ratio {h['memory_ratio']:.3f})" if "memory_ratio" in h else " (memory: CUDA only)")
+               f"(ratio {h['memory_ratio']:.3f})" if "memory_ratio" in h else " (memory: not measured on this device)")
         print(f"CosFace head, {h['num_classes']:,} classes, batch {h['batch_size']}, {h['embedding_dim']}-d: plain "
               f"{h['plain_ms']:.0f} ms, chunked {h['chunked_ms']:.0f} ms{mem}; |loss diff| {h['loss_abs_diff']:.2e}, "
               f"max |grad diff| {max(h['grad_w_max_abs_diff'], h['grad_x_max_abs_diff']):.2e}")

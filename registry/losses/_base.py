@@ -41,6 +41,8 @@ class MarginHead(nn.Module):
 
     #: True when embeddings should be compared by cosine (the head's decisions depend on direction only).
     normalized_features: bool = False
+    #: Above this many weight rows a `chunkable` head computes its loss class-chunk by class-chunk; 0: never.
+    chunk_classes: int = 0
 
     def __init__(self, embedding_dim: int, num_classes: int, *, num_weights: int | None = None) -> None:
         super().__init__()
@@ -82,11 +84,26 @@ class MarginHead(nn.Module):
             cos = cos.scatter(1, labels[:, None], target[:, None].to(cos.dtype))
         return self.scale(cos, emb)
 
+    def chunkable(self) -> bool:
+        """True when the loss is ``s * cos`` logits with a margin on the target only, so that it can be computed
+        class-chunk by class-chunk (`registry.losses._chunked`); heads with such logits override this."""
+        return False
+
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Scalar mean cross-entropy over the margin-applied logits (state advanced first when training)."""
+        """Scalar mean cross-entropy over the margin-applied logits (state advanced first when training).
+
+        With more weight rows than ``chunk_classes`` (and a `chunkable` head) the same loss is computed
+        without materialising the ``(B, C)`` logits.
+        """
         if self.training:
             with torch.no_grad():
                 self.update_state(emb.detach(), labels)
+        if 0 < self.chunk_classes < self.weight.shape[0] and self.chunkable():
+            from registry.losses._chunked import chunked_margin_cross_entropy
+
+            return chunked_margin_cross_entropy(emb, self.weight, labels, self.s,
+                                                lambda cos_y: self.target_cosine(cos_y, emb, labels),
+                                                chunk_classes=self.chunk_classes)
         return F.cross_entropy(self.logits(emb, labels), labels)
 
     def extra_repr(self) -> str:

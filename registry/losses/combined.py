@@ -20,6 +20,7 @@ from registry.losses._base import (
     clamp_cos,
     multiple_angle_psi,
 )
+from registry.losses._chunked import DEFAULT_CHUNK_CLASSES, check_chunk_classes
 
 __all__ = ["CombinedMarginHead"]
 
@@ -49,13 +50,17 @@ class CombinedMarginHead(MarginHead):
         m1: multiplicative angular margin (>= 1, unitless).
         m2: additive angular margin in radians, in [0, pi).
         m3: additive cosine margin (cosine units).
+        chunk_classes: above this many classes the training loss is computed chunk by chunk of classes,
+            never holding the ``(B, C)`` logits (same value and gradients; only with w_norm and x_norm); 0 never.
 
     Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``.
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, *, w_norm: bool = True, x_norm: bool = True,
-                 s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2) -> None:
+                 s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2,
+                 chunk_classes: int = DEFAULT_CHUNK_CLASSES) -> None:
         super().__init__(embedding_dim, num_classes)
+        self.chunk_classes = check_chunk_classes(chunk_classes)
         check_positive(s=s)
         if not m1 >= 1:
             raise ValueError(f"m1 must be >= 1, but got {m1=}")
@@ -64,6 +69,9 @@ class CombinedMarginHead(MarginHead):
         self.w_norm, self.x_norm = bool(w_norm), bool(x_norm)
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.normalized_features = self.w_norm  # with ||W_j|| = 1 the decision depends on angles only
+
+    def chunkable(self) -> bool:
+        return self.w_norm and self.x_norm  # logits s cos(theta) only with both normalized
 
     def target_cosine(self, cos_y: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.m1 == 1:
@@ -93,6 +101,8 @@ class CombinedMarginHead(MarginHead):
 
 @LOSSES.register("combined", validate=check_by_building("combined"))
 def combined(embedding_dim: int, num_classes: int, w_norm: bool = True, x_norm: bool = True, s: float = 64.0,
-             m1: float = 1.0, m2: float = 0.3, m3: float = 0.2) -> CombinedMarginHead:
+             m1: float = 1.0, m2: float = 0.3, m3: float = 0.2,
+             chunk_classes: int = DEFAULT_CHUNK_CLASSES) -> CombinedMarginHead:
     """Combined margin: s (cos(m1 theta + m2) - m3) on the target (m2 in radians), optional W/x normalization."""
-    return CombinedMarginHead(embedding_dim, num_classes, w_norm=w_norm, x_norm=x_norm, s=s, m1=m1, m2=m2, m3=m3)
+    return CombinedMarginHead(embedding_dim, num_classes, w_norm=w_norm, x_norm=x_norm, s=s, m1=m1, m2=m2, m3=m3,
+                              chunk_classes=chunk_classes)

@@ -67,3 +67,56 @@ def test_gradcheck_float64():
     labels = torch.tensor([0, 5, 10, 5])
     assert torch.autograd.gradcheck(
         lambda e, w: chunked_margin_cross_entropy(e, w, labels, 8.0, cosface(0.2), chunk_classes=4), (emb, weight))
+
+
+HEADS_THAT_CHUNK = {
+    "cosface": ({"s": 30.0, "m": 0.35}, cosface(0.35)),
+    "arcface": ({"s": 30.0, "m": 0.5}, arcface(0.5)),
+    "combined": ({"s": 30.0, "m1": 1.0, "m2": 0.3, "m3": 0.2},
+                 lambda c: arcface(0.3)(c) - 0.2),  # cos(theta + m2) - m3 with insightface's fallback
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADS_THAT_CHUNK))
+def test_head_chooses_the_chunked_loss_above_chunk_classes(name, monkeypatch):
+    """The registered head, with more classes than ``chunk_classes``, takes the chunked path and gives the
+    test's own plain cross-entropy (float64) and its gradients."""
+    from registry import LOSSES
+    from registry.losses import _chunked
+
+    params, target_fn = HEADS_THAT_CHUNK[name]
+    torch.manual_seed(2)
+    head = LOSSES.create(name, embedding_dim=8, num_classes=300, chunk_classes=64, **params).double()
+    calls = []
+    original = _chunked.chunked_margin_cross_entropy
+    monkeypatch.setattr(_chunked, "chunked_margin_cross_entropy", lambda *a, **k: calls.append(1) or original(*a, **k))
+    emb = torch.randn(16, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 300, (16,))
+    out = head(emb, labels)
+    assert calls, "the head did not take the chunked path"
+    g_emb, g_w = torch.autograd.grad(out, (emb, head.weight))
+    w = head.weight.detach().clone().requires_grad_(True)
+    ref = plain_loss(emb, w, labels, params["s"], target_fn)
+    g_emb_ref, g_w_ref = torch.autograd.grad(ref, (emb, w))
+    assert out.item() == pytest.approx(ref.item(), rel=1e-10)
+    torch.testing.assert_close(g_emb, g_emb_ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(g_w, g_w_ref, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name,params", [("cosface", {"chunk_classes": 0}), ("cosface", {"chunk_classes": 1000}),
+                                         ("combined", {"x_norm": False, "chunk_classes": 64}),
+                                         ("subcenter-arcface", {})])
+def test_head_keeps_the_plain_loss_where_it_must(name, params, monkeypatch):
+    from registry import LOSSES
+    from registry.losses import _chunked
+
+    monkeypatch.setattr(_chunked, "chunked_margin_cross_entropy", lambda *a, **k: pytest.fail("chunked path taken"))
+    head = LOSSES.create(name, embedding_dim=8, num_classes=300, **params)
+    head(torch.randn(4, 8), torch.randint(0, 300, (4,)))
+
+
+def test_chunk_classes_must_be_a_non_negative_int():
+    from registry import LOSSES
+
+    with pytest.raises(ValueError, match="chunk_classes must be an integer >= 0"):
+        LOSSES.create("cosface", embedding_dim=8, num_classes=10, chunk_classes=-1)
