@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from registry.datasets import SkippedSample, TensorSplit
+from registry.datasets._collate import collate_skipping
 
 __all__ = ["Batches", "SkipLog"]
 
@@ -26,21 +27,6 @@ class SkipLog:
 
     def __len__(self) -> int:
         return len(self.samples)
-
-
-def _collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, list[SkippedSample]]:
-    try:  # the datasets package may provide its own; fall back to this one
-        from registry.datasets._collate import collate_skipping
-
-        return collate_skipping(items)
-    except ImportError:
-        good = [it for it in items if not isinstance(it, SkippedSample)]
-        skipped = [it for it in items if isinstance(it, SkippedSample)]
-        if not good:
-            return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-        images = torch.stack([g[0] for g in good])
-        labels = torch.as_tensor([int(g[1]) for g in good], dtype=torch.long)
-        return images, labels, skipped
 
 
 class Batches:
@@ -78,7 +64,7 @@ class Batches:
             self.tensors = None
             self.loader = DataLoader(
                 split, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
-                num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=_collate_skipping,
+                num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_skipping,
                 persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
 
     @property

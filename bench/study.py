@@ -162,7 +162,8 @@ class StudyConfig:
         sampler: ``{"type": "tpe", **kwargs}`` (TPE when the grid names none).
         pruner: ``{"type": "median", **kwargs}`` or None; applies to sampled trials only (a benchmark's
             grid cells are never cut short).
-        metric, direction: the per-epoch metric reported to Optuna and the study's direction.
+        metric, direction: the per-epoch metric reported to Optuna and the study's direction (``test_acc``
+            stands for the verification accuracy, ``lfw_acc``, in trials that have pairs but no test split).
         workers: default for ``--workers``.
     """
 

@@ -156,7 +156,8 @@ class StudyTracker:
         experiment = self.client.get_experiment_by_name(study)
         if experiment is None:
             try:
-                self.experiment_id = self.client.create_experiment(study, artifact_location=artifact_root(self.tracking_uri))
+                self.experiment_id = self.client.create_experiment(
+                    study, artifact_location=artifact_root(self.tracking_uri))
             except Exception:  # another worker created it between our look and our create
                 experiment = self.client.get_experiment_by_name(study)
                 if experiment is None:
@@ -168,7 +169,8 @@ class StudyTracker:
 
     def _parent_run(self, description: str, grid_path: str | None) -> str:
         runs = self.client.search_runs([self.experiment_id],
-                                       filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{self.study}'",
+                                       filter_string=(f"tags.`{ROLE_TAG}` = 'study' and "
+                                                      f"tags.`{STUDY_TAG}` = '{self.study}'"),
                                        order_by=["attributes.start_time ASC"], max_results=1)
         if runs:
             return runs[0].info.run_id

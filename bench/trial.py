@@ -125,8 +125,11 @@ def load_dataset(spec: TrialSpec) -> DataBundle:
 
 def build_models(spec: TrialSpec, bundle: DataBundle) -> tuple[nn.Module, nn.Module, nn.Module | None]:
     """``(backbone, head, center_loss or None)`` for the spec, initialised from the current RNG state."""
+    backbone_params = dict(spec.backbone_params)
+    if "input_size" in BACKBONES.parameters(spec.backbone) and "input_size" not in backbone_params:
+        backbone_params["input_size"] = list(bundle.image_size)  # the face nets size their last layer by it
     backbone = BACKBONES.create(spec.backbone, embedding_dim=spec.embedding_dim, in_chans=bundle.in_chans,
-                                **spec.backbone_params)
+                                **backbone_params)
     head = LOSSES.create(spec.loss, embedding_dim=spec.embedding_dim, num_classes=bundle.num_classes,
                          **spec.loss_params)
     center = None
@@ -164,13 +167,28 @@ def _embed(backbone: nn.Module, images: torch.Tensor, dtype: torch.dtype | None)
         return backbone(images).float()
 
 
+PER_CLASS_MAX = 20  # test_acc.class_<i> is logged for datasets with at most this many classes
+
+
 @torch.no_grad()
 def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype: torch.dtype | None,
-                   *, keep: int = 0) -> tuple[float, np.ndarray | None, np.ndarray | None]:
-    """Top-1 accuracy of ``head.logits(emb)`` over a split; also returns up to ``keep`` embeddings and labels."""
+                   *, keep: int = 0, num_classes: int = 0, stop_after_keep: bool = False
+                   ) -> tuple[dict[str, float], np.ndarray | None, np.ndarray | None]:
+    """Top-1 accuracy of ``head.logits(emb)`` over a split.
+
+    Returns:
+        ``({"acc": ..., "acc.class_<i>": ...}, embeddings, labels)``: per-class accuracies (recall of class i)
+        only when ``0 < num_classes <= PER_CLASS_MAX``; up to ``keep`` embeddings ``(n, D)`` and labels ``(n,)``
+        as numpy arrays, or None when ``keep`` is 0. Counts stay on the device until the end of the split.
+        With ``stop_after_keep`` the split is read only until ``keep`` embeddings are collected (for pictures;
+        the accuracy then covers those batches only).
+    """
     backbone.eval()
     head.eval()
+    per_class = 0 < num_classes <= PER_CLASS_MAX
     correct = torch.zeros((), dtype=torch.long, device=batches.device)
+    hits = torch.zeros(max(num_classes, 1) if per_class else 1, dtype=torch.long, device=batches.device)
+    counts = torch.zeros_like(hits)
     total = 0
     kept_emb, kept_lab = [], []
     n_kept = 0
@@ -178,16 +196,26 @@ def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype
         emb = _embed(backbone, images, dtype)
         with torch.autocast(images.device.type, enabled=False):  # heads run in fp32
             pred = head.logits(emb).argmax(1)
-        correct += (pred == labels).sum()
+        right = pred == labels
+        correct += right.sum()
+        if per_class:
+            hits.index_add_(0, labels, right.long())
+            counts.index_add_(0, labels, torch.ones_like(labels))
         total += len(labels)
         if n_kept < keep:
             kept_emb.append(emb[: keep - n_kept].cpu())
             kept_lab.append(labels[: keep - n_kept].cpu())
             n_kept += len(kept_emb[-1])
-    acc = correct.item() / max(total, 1)
+        if stop_after_keep and n_kept >= keep:
+            break
+    out = {"acc": correct.item() / max(total, 1)}
+    if per_class:
+        for c, (h, n) in enumerate(zip(hits.tolist(), counts.tolist(), strict=True)):
+            if n:
+                out[f"acc.class_{c}"] = h / n
     if keep:
-        return acc, torch.cat(kept_emb).numpy(), torch.cat(kept_lab).numpy()
-    return acc, None, None
+        return out, torch.cat(kept_emb).numpy(), torch.cat(kept_lab).numpy()
+    return out, None, None
 
 
 def _verification(backbone: nn.Module, bundle: DataBundle, device: torch.device, dtype: torch.dtype | None,
@@ -311,6 +339,7 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
     if dist is not None:
         train_step = distributed.wrap(train_step, dist)
     images_seen = 0
+    picture_batches: Batches | None = None
 
     for epoch in progress:
         backbone.train()
@@ -368,7 +397,9 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
         keep = 2000 if options.plots else 0
         emb_np = lab_np = None
         if test is not None:
-            metrics["test_acc"], emb_np, lab_np = evaluate_split(backbone, head, test, dtype, keep=keep)
+            split, emb_np, lab_np = evaluate_split(backbone, head, test, dtype, keep=keep,
+                                                   num_classes=bundle.num_classes)
+            metrics.update({f"test_{k}": v for k, v in split.items()})
         if bundle.pairs is not None:
             ver = _verification(backbone, bundle, device, dtype, spec.eval_batch_size)
             metrics.update(ver.as_metrics(bundle.pairs.name))
@@ -376,12 +407,18 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
                 from bench.verification import plot_roc
 
                 result.artifacts.append(plot_roc(ver, artifact_dir / f"roc_{bundle.pairs.name}.png"))
+        if options.plots and emb_np is None and (spec.embedding_dim <= 3 or epoch == spec.epochs - 1):
+            # no closed-set test split (a face grid tested on pairs): picture the training identities
+            if picture_batches is None:
+                picture_batches = Batches(bundle.train, spec.eval_batch_size, device, num_workers=options.num_workers,
+                                          channels_last=spec.channels_last)
+            _, emb_np, lab_np = evaluate_split(backbone, head, picture_batches, dtype, keep=keep, stop_after_keep=True)
         if options.plots and emb_np is not None:
             frames += _plot_epoch(emb_np, lab_np, head, spec, epoch, artifact_dir)
         result.history.append(metrics)
         result.metrics = metrics
         if hasattr(progress, "set_postfix"):
-            progress.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "lr"})
+            progress.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "lr" and ".class_" not in k})
         if options.checkpoint_path is not None and main:
             _save_checkpoint(options.checkpoint_path, {
                 "spec_key": spec.key(), "epoch": epoch, "backbone": backbone.state_dict(), "head": head.state_dict(),

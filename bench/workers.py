@@ -189,8 +189,19 @@ def _duplicate_of(study: Any, frozen: Any) -> int | None:
     return None
 
 
+def objective_metric(metrics: dict[str, float], metric: str) -> str:
+    """``metric``, except that a trial without a closed-set test split (a face grid whose test is a pairs set)
+    has no ``test_acc``: then the default objective is its verification accuracy (``lfw_acc``, the
+    ``<pairs>_acc`` beside a ``<pairs>_auc``)."""
+    if metric == "test_acc" and metric not in metrics:
+        verification = sorted(k for k in metrics if k.endswith("_acc") and f"{k[:-4]}_auc" in metrics)
+        return verification[0] if verification else metric
+    return metric
+
+
 def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
-    value = metrics.get(metric)
+    """The objective's finite value (see `objective_metric`), or None."""
+    value = metrics.get(objective_metric(metrics, metric))
     if value is None:
         return None
     value = float(value)
@@ -460,7 +471,8 @@ def _line(frozen: Any, status: str, outcome: TrialOutcome | None, metric: str, s
         spec_label = " / ".join(labels.values()) or frozen.user_attrs.get(SLOT_ATTR, "")
     detail = ""
     if status == "finished" and frozen.value is not None:
-        detail = f" {metric}={frozen.value:.4f}"
+        name = objective_metric(outcome.result.metrics, metric) if outcome and outcome.result else metric
+        detail = f" {name}={frozen.value:.4f}"
     elif status == "diverged":
         detail = f" ({frozen.user_attrs.get(DIVERGED_ATTR, '')})"
     elif status == "failed":

@@ -6,13 +6,14 @@ CSVs) both go through it, so the two print the same text for the same runs.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
 from reports.results import ResultsTable, grid_order, results_frame
 from reports.spec import ReportError, TableSpec, default_tables, natural_key, parse_tables
-from reports.tables import aggregate
+from reports.tables import aggregate, metric_columns
 
 __all__ = ["render_results", "provenance_line", "grid_tables", "study_results", "default_table"]
 
@@ -80,11 +81,23 @@ def grid_tables(grid: Any) -> list[TableSpec]:
     return parse_tables(grid.report, axes=grid.axes, source=str(grid.path)) or default_tables(grid.name, grid.axes)
 
 
+def fit_default_table(spec: TableSpec, runs: pd.DataFrame) -> TableSpec:
+    """The default table with the accuracies the runs have: train and test accuracy, and the verification
+    accuracy of each pairs set (``lfw_acc``, a ``<pairs>_acc`` beside a ``<pairs>_auc``) of a face grid."""
+    available = metric_columns(runs)
+    verification = sorted(m for m in available if m.endswith("_acc") and f"{m[:-4]}_auc" in available)
+    metrics = [m for m in ("train_acc", "test_acc") if m in available] + verification
+    return replace(spec, metrics=tuple(metrics)) if metrics else spec
+
+
 def study_results(grid: Any, runs: pd.DataFrame, specs: list[TableSpec] | None = None) -> list[ResultsTable]:
     """Each table's results frame from a study's tidy runs frame."""
     order = grid_order(grid)
-    return [results_frame(runs, spec, grid=grid.name, order=order, description=grid.description)
-            for spec in (specs if specs is not None else grid_tables(grid))]
+    if specs is None:
+        specs = grid_tables(grid)
+    if not grid.report and not runs.empty:  # the default table: the accuracies these runs have
+        specs = [fit_default_table(spec, runs) for spec in specs]
+    return [results_frame(runs, spec, grid=grid.name, order=order, description=grid.description) for spec in specs]
 
 
 def default_table(grid: Any, tracking_uri: str | None = None) -> str:

@@ -2,6 +2,7 @@
 
 - ``<table>.accuracy.png``: each row's mean per metric column with its 95% t interval as an error bar;
 - ``<table>.curves.png``: each metric per epoch, one line per row (mean over the finished seeds, ± std band);
+- ``<table>.embeddings.png``: every run's last-epoch embedding scatter, tiled (2-D/3-D runs with ``--plots``).
 - ``<table>.gifs.md``: a markdown list linking each run's embedding GIF (``plots/embeddings.gif``) by its
   artifact URI, with a link to the run in the MLflow UI.
 """
@@ -16,7 +17,7 @@ import pandas as pd
 from reports.results import ResultsTable
 from reports.tables import Table, aggregate, label_column
 
-__all__ = ["plot_accuracy", "plot_curves", "gif_links", "write_plots"]
+__all__ = ["plot_accuracy", "plot_curves", "gif_links", "embedding_montage", "write_plots"]
 
 _PNG_META = {"Software": None}  # keeps the bytes the same from one export to the next
 
@@ -146,6 +147,39 @@ def _gif_uris(client: Any, run_ids: list[str]) -> dict[str, str]:
     return out
 
 
+def embedding_montage(results: ResultsTable, client: Any, path: Path, *, columns: int = 4) -> Path | None:
+    """One picture of every run's last-epoch embedding scatter (``plots/embeddings_epoch<N>.png``), tiled in
+    the table's row order; None when no run has one (no ``--plots``, or embeddings above 3-D)."""
+    import tempfile
+
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _, run in results.frame.iterrows():
+            try:
+                files = [f.path for f in client.list_artifacts(str(run["run_id"]), "plots")]
+            except Exception:  # an unreachable artifact store must not stop the report
+                continue
+            epochs = sorted(f for f in files if f.rsplit("/", 1)[-1].startswith("embeddings_epoch")
+                            and f.endswith(".png"))
+            if epochs:
+                local = client.download_artifacts(str(run["run_id"]), epochs[-1], tmp)
+                frames.append(_pyplot().imread(local))
+        if not frames:
+            return None
+        plt = _pyplot()
+        rows = -(-len(frames) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, image in zip(axes.flat, frames, strict=False):
+            ax.imshow(image)
+        fig.tight_layout(pad=0.2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80, metadata=_PNG_META)
+        plt.close(fig)
+    return path
+
+
 def write_plots(results: ResultsTable, history: pd.DataFrame, folder: Path, *, client: Any = None,
                 parent_run_id: str | None = None, experiment_id: str | None = None,
                 ui_base: str | None = "http://127.0.0.1:5000") -> list[Path]:
@@ -159,6 +193,10 @@ def write_plots(results: ResultsTable, history: pd.DataFrame, folder: Path, *, c
         written.append(curves)
     uris = _gif_uris(client, results.frame["run_id"].astype(str).tolist()) if client is not None else {}
     written.append(gif_links(results, uris, folder / f"{name}.gifs.md", ui_base=ui_base, experiment_id=experiment_id))
+    if uris:
+        montage = embedding_montage(results, client, folder / f"{name}.embeddings.png")
+        if montage is not None:
+            written.append(montage)
     if client is not None and parent_run_id:
         for path in written:
             client.log_artifact(parent_run_id, str(path), f"reports/{name}")

@@ -185,7 +185,7 @@ def _validate(params: dict[str, Any]) -> None:
 def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: float = 0.1, split_seed: int = 0,
                 image_size: int | Sequence[int] | None = None, in_chans: int = 3, flip: bool = True,
                 pairs: str | None = None, pairs_root: str | None = None, image_ext: str = "jpg",
-                bin: str | None = None, pairs_per_fold: int = 300) -> DataBundle:
+                bin: str | None = None, pairs_per_fold: int = 300, pairs_name: str = "lfw") -> DataBundle:
     """Face identities from root/<identity>/<image> (CASIA-WebFace layout), decoded in workers, flip augmented.
 
     Args:
@@ -201,6 +201,7 @@ def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: 
         pairs: an LFW-format ``pairs.txt`` for verification; its images are ``pairs_root/name/name_NNNN.<image_ext>``.
         pairs_root: image root of ``pairs`` (default: ``root``).
         image_ext: file ending of the pairs' images.
+        pairs_name: prefix of the metrics of ``pairs`` (``lfw`` logs ``lfw_acc``, ``lfw_auc``, ...).
         bin: an insightface verification ``.bin`` (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``) instead of ``pairs``.
         pairs_per_fold: matched (and as many mismatched) pairs per fold, ten folds, drawn from the held-out
             identities with ``split: identities``.
@@ -233,7 +234,7 @@ def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: 
         if held:
             test = FaceImages(held, size, in_chans, flip=False)
     if pairs is not None:
-        pair_set = pairs_from_txt(pairs, pairs_root or root, size, in_chans, ext=image_ext)
+        pair_set = pairs_from_txt(pairs, pairs_root or root, size, in_chans, ext=image_ext, name=pairs_name)
         info["pairs"] = str(pairs)
     elif bin is not None:
         pair_set = pairs_from_bin(bin, size, in_chans)
