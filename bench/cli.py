@@ -37,3 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as err:  # a command's clear error (already printed): the exit status, in process too
+        if isinstance(err.code, int) or err.code is None:
+            return int(err.code or 0)
+        print(err.code, file=sys.stderr)
+        return 2

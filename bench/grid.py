@@ -45,7 +45,7 @@ TOP_LEVEL_KEYS = {
     "grid": "axes whose value lists are crossed",
     "seeds": "list of seeds run for every cell",
     "search": "Optuna search ranges over flat keys (loss.m: {type: uniform, low: 0.1, high: 0.5})",
-    "sampler": "Optuna sampler for search ranges (tpe, random, grid, cmaes)",
+    "sampler": "Optuna sampler for search ranges (tpe, random, qmc, gp, cmaes)",
     "pruner": "Optuna pruner on a per-epoch metric",
     "n_trials": "number of sampled trials per cell (search) or overall",
     "search_scope": "'cell' (search inside each cell) or 'grid' (across cells)",
@@ -118,7 +118,8 @@ def find_grid_file(name: str | Path, *, cwd: Path | None = None) -> Path:
     path = Path(name)
     candidates = [cwd / path] if not path.is_absolute() else [path]
     if len(path.parts) == 1:
-        stems = [path.name] if path.suffix in (".yaml", ".yml") else [path.name + ".yaml", path.name + ".yml", path.name]
+        stems = ([path.name] if path.suffix in (".yaml", ".yml")
+                 else [path.name + ".yaml", path.name + ".yml", path.name])
         for folder in (cwd / "sweeps", Path(__file__).resolve().parent.parent / "sweeps"):
             candidates += [folder / s for s in stems]
     for c in candidates:
@@ -138,8 +139,8 @@ def _substitute(value: Any, path: Path, key: str, env: Mapping[str, str]) -> Any
                 return env[var]
             if default is not None:
                 return default
-            raise GridError(path, key, f"environment variable {var} is not set; export {var}=... (or pass it on "
-                                       f"the command line with --set) or write ${{{var}:-default}} in the grid")
+            raise GridError(path, key, f"environment variable {var} is not set; export {var}=... before the command "
+                                       f"(or {var}=... bench run ...), or write ${{{var}:-default}} in the grid")
         out = _ENV.sub(repl, value)
         if out != value and _ENV.fullmatch(value):
             loaded = yaml.safe_load(out) if out else out
@@ -228,6 +229,16 @@ def _check_cell(path: Path, config: dict[str, Any], sources: list[tuple[str, Map
     return spec
 
 
+def _check_report(path: Path, report: Any, axes: list[str]) -> None:
+    """The ``report:`` section parses against the grid's axes (so a typo fails now, not after training)."""
+    from reports.spec import ReportError, parse_tables
+
+    try:
+        parse_tables(report, axes=axes, source=str(path))
+    except ReportError as err:
+        raise GridError(path, "", str(err).removeprefix(f"{path}: ")) from err  # the message names report.<key>
+
+
 def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
               overrides: Mapping[str, Any] | None = None) -> Grid:
     """Reads, validates and expands a grid file.
@@ -266,7 +277,8 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = list(range(seeds))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise GridError(path, "seeds", f"a list of integers (or a count) is required, but got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise GridError(path, "seeds", f"seeds repeat: {seeds}")
@@ -274,16 +286,17 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     if not isinstance(axes_raw, dict):
         raise GridError(path, "grid", f"must map axis names to value lists, but got {axes_raw!r}")
     axes = list(axes_raw)
+    _check_report(path, raw.get("report"), axes)
     per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
     cells: list[Cell] = []
     checked: set[str] = set()
     for combo in itertools.product(*per_axis) if per_axis else [()]:
         config = dict(base)
         sources: list[tuple[str, Mapping[str, Any]]] = []
-        for label, update, where in combo:
+        for _, update, where in combo:
             config = _merge(config, update)
             sources.append((where, update))
-        labels = {axis: label for axis, (label, _, _) in zip(axes, combo)}
+        labels = {axis: label for axis, (label, _, _) in zip(axes, combo, strict=True)}
         spec = _check_cell(path, config, sources, labels, checked)
         if overrides:
             try:

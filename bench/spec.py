@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -128,7 +129,7 @@ class TrialSpec:
         return flat
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> "TrialSpec":
+    def from_params(cls, params: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> TrialSpec:
         """Inverse of `to_params`; string values (as MLflow returns them) are parsed as YAML scalars."""
         kwargs: dict[str, Any] = {}
         groups: dict[str, dict[str, Any]] = {}
@@ -152,7 +153,7 @@ class TrialSpec:
         return cls(**kwargs, labels=dict(labels or {}))
 
     @classmethod
-    def from_nested(cls, config: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> "TrialSpec":
+    def from_nested(cls, config: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> TrialSpec:
         """Builds a spec from the YAML form (components as names or ``{name: ..., **params}``).
 
         Raises:
@@ -204,10 +205,10 @@ class TrialSpec:
     def flat_keys(cls) -> list[str]:
         return cls.nested_keys() + [f"{c}.<param>" for c in COMPONENTS + PARAM_GROUPS]
 
-    def replace(self, **changes: Any) -> "TrialSpec":
+    def replace(self, **changes: Any) -> TrialSpec:
         return dataclasses.replace(self, **changes)
 
-    def with_flat(self, updates: Mapping[str, Any]) -> "TrialSpec":
+    def with_flat(self, updates: Mapping[str, Any]) -> TrialSpec:
         """A copy with flat keys (``"loss.m"``, ``"epochs"``) overridden, as a sampler proposes them."""
         params = self.to_params()
         params.update(updates)

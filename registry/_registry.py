@@ -16,8 +16,9 @@ import fnmatch
 import inspect
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Registry", "RegistryError", "Entry", "Family"]
 

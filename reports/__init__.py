@@ -11,13 +11,30 @@ print(aggregate(runs, spec).to_markdown())            # mean ± std (n=k) per ce
 
 from __future__ import annotations
 
-from reports.markdown import default_table, render_results
-from reports.readme import splice, splice_file
-from reports.results import ResultsTable, load_results, results_frame, write_results
-from reports.runs import latest_runs, load_runs, load_study
-from reports.spec import ReportError, TableSpec, parse_tables
-from reports.tables import CellStats, Table, aggregate, mean_std_table
+import importlib
+from typing import Any
+
+#: Public names and the module that defines each: imported on first use, so that `reports.spec` (which grid
+#: validation needs) does not pull in pandas, tabulate and matplotlib before a grid error can be reported.
+_EXPORTS = {
+    "default_table": "markdown", "render_results": "markdown",
+    "splice": "readme", "splice_file": "readme",
+    "ResultsTable": "results", "load_results": "results", "results_frame": "results", "write_results": "results",
+    "latest_runs": "runs", "load_runs": "runs", "load_study": "runs",
+    "ReportError": "spec", "TableSpec": "spec", "parse_tables": "spec",
+    "CellStats": "tables", "Table": "tables", "aggregate": "tables", "mean_std_table": "tables",
+}
 
 __all__ = ["load_runs", "load_study", "latest_runs", "TableSpec", "ReportError", "parse_tables", "aggregate",
            "Table", "CellStats", "mean_std_table", "ResultsTable", "results_frame", "write_results", "load_results",
            "render_results", "default_table", "splice", "splice_file"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"reports.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'reports' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

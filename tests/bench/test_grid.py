@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -33,8 +32,9 @@ def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
 
 def test_axes_are_crossed_and_seeds_repeat_cells(tmp_path):
     grid = load_grid(write(tmp_path, GOOD))
-    assert [c.labels for c in grid.cells] == [{"loss": "soft", "embedding_dim": "2"}, {"loss": "soft", "embedding_dim": "3"},
-                                              {"loss": "cos", "embedding_dim": "2"}, {"loss": "cos", "embedding_dim": "3"}]
+    assert [c.labels for c in grid.cells] == [
+        {"loss": "soft", "embedding_dim": "2"}, {"loss": "soft", "embedding_dim": "3"},
+        {"loss": "cos", "embedding_dim": "2"}, {"loss": "cos", "embedding_dim": "3"}]
     assert len(grid.trials()) == 8 and [t.seed for t in grid.trials()[:2]] == [0, 1]
 
 
@@ -91,11 +91,9 @@ def test_default_in_environment_reference(tmp_path):
 ])
 def test_errors_name_file_key_and_fix_before_training(tmp_path, old, new, expected):
     path = write(tmp_path, GOOD.replace(old, new, 1))
-    t0 = time.perf_counter()
     with pytest.raises(GridError, match=expected) as err:
         load_grid(path)
     assert str(err.value).startswith(str(path))
-    assert time.perf_counter() - t0 < 5.0
 
 
 def test_missing_dataset_files_fail_at_validation(tmp_path):
