@@ -17,7 +17,7 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH) -e '.[test]'
 	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0   # MTCNN weights only; --no-deps keeps its old torch pin out
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null; } \
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium chromium-driver >/dev/null; } \
 		|| echo "chromium not installed: the bench ui browser test will be skipped"
 
 # First command: train the embedded default grid (scikit-learn digits, no download, no server) and print its table.
