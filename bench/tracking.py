@@ -28,6 +28,7 @@ STUDY_TAG = "marginbench.study"
 ROLE_TAG = "marginbench.role"
 STATUS_TAG = "marginbench.status"
 TRIAL_KEY_TAG = "marginbench.trial_key"
+COUNTS_TAG = "marginbench.counts"
 LABEL_TAG_PREFIX = "label."
 _MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "pruned": "KILLED",
                   "interrupted": "KILLED"}
@@ -180,6 +181,20 @@ class StudyTracker:
             tags["grid_path"] = grid_path
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study)
         return run.info.run_id
+
+    def reopen(self) -> None:
+        """Marks the study's run RUNNING again (a resumed or extended study is training once more)."""
+        if self.client.get_run(self.parent_run_id).info.status != "RUNNING":
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+
+    def close(self, counts: dict[str, int]) -> None:
+        """Ends the study's run once no trial is waiting or running, so the UI does not show it running
+        forever; the per-status counts go in its ``marginbench.counts`` tag. Idempotent: every worker that
+        finds the queue empty calls it."""
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no trials"
+        self.client.set_tag(self.parent_run_id, COUNTS_TAG, summary)
+        if self.client.get_run(self.parent_run_id).info.status == "RUNNING":
+            self.client.set_terminated(self.parent_run_id, "FINISHED")
 
     def finished_keys(self) -> set[str]:
         """Trial keys with a finished (or diverged) child run: what a resumed sequential run skips."""

@@ -425,7 +425,10 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
                     time.sleep(idle)  # one of them may die and come back
                     idle = min(idle * 2, 30.0)
                     continue
+                tracker.close(study_summary(study))
                 break
+            if ran == 0:
+                tracker.reopen()
             idle = options.poll_seconds
             t0 = time.perf_counter()
             status, outcome = run_study_trial(study, trial_id, config, tracker, options, cells=cells,

@@ -60,6 +60,12 @@ def test_diverged_trial_is_marked_in_both_stores_and_the_others_finish(in_tmp, t
     # each Optuna trial names its MLflow run, and the objective is the run's last test_acc
     assert trials["softmax"].user_attrs["marginbench.mlflow_run_id"] == runs["softmax"].info.run_id
     assert trials["softmax"].value == pytest.approx(runs["softmax"].data.metrics["test_acc"])
+    # the study's own run ends with the study, with what became of its trials
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(report.tracking_uri).get_run(runs["softmax"].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.info.end_time is not None
+    assert parent.data.tags["marginbench.counts"] == "2 finished, 1 diverged"
 
 
 def test_exception_is_recorded_with_traceback_and_the_study_goes_on(in_tmp, tiny_dataset, broken_dataset, write_grid):
