@@ -245,7 +245,9 @@ def head_memory(num_classes: int = 1_000_000, batch_size: int = 512, embedding_d
             out[f"{name}_peak_extra_gib"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**30
         results[name] = (loss.item(), grads)
         del grads
+    out["loss"] = results["plain"][0]
     out["loss_abs_diff"] = abs(results["plain"][0] - results["chunked"][0])
+    out["loss_rel_diff"] = out["loss_abs_diff"] / abs(results["plain"][0])
     out["grad_w_max_abs_diff"] = float((results["plain"][1][1] - results["chunked"][1][1]).abs().max())
     out["grad_x_max_abs_diff"] = float((results["plain"][1][0] - results["chunked"][1][0]).abs().max())
     out["grad_w_max_rel_diff"] = out["grad_w_max_abs_diff"] / float(results["plain"][1][1].abs().max())

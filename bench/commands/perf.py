@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         mem = (f", peak beyond weights+grad {h['plain_peak_extra_gib']:.2f} vs {h['chunked_peak_extra_gib']:.2f} GiB "
                f"(ratio {h['memory_ratio']:.3f})" if "memory_ratio" in h else " (memory: not measured on this device)")
         print(f"CosFace head, {h['num_classes']:,} classes, batch {h['batch_size']}, {h['embedding_dim']}-d: plain "
-              f"{h['plain_ms']:.0f} ms, chunked {h['chunked_ms']:.0f} ms{mem}; |loss diff| {h['loss_abs_diff']:.2e}, "
+              f"{h['plain_ms']:.0f} ms, chunked {h['chunked_ms']:.0f} ms{mem}; loss {h['loss']:.4f}, "
+              f"|loss diff| {h['loss_abs_diff']:.2e} (relative {h['loss_rel_diff']:.1e}), "
               f"max |grad diff| {max(h['grad_w_max_abs_diff'], h['grad_x_max_abs_diff']):.2e}")
         report["head"] = h
     if args.grid:
