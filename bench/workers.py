@@ -490,7 +490,10 @@ def _line(frozen: Any, status: str, outcome: TrialOutcome | None, metric: str, s
 
 # ------------------------------------------------------------------------------------------ processes
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the worker gets SIGKILL when ``bench run`` dies, so a killed sweep leaves no orphans."""
+    """Linux: the worker gets SIGKILL when ``bench run`` dies, so a killed sweep leaves no orphans. SIGINT is
+    reset to its default: a ``bench run`` started in the background (``&``, nohup) has SIGINT ignored, which the
+    worker would inherit, and `stop_workers` relies on SIGINT to make a worker give its trial back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
 

@@ -38,10 +38,16 @@ STUDY = "ui-e2e"
 LABELS = ("zebra-softmax", "quokka-cosface")
 
 
+def _default_sigint() -> None:
+    # pytest started in the background (`make test &`, CI runners) has SIGINT ignored; the child would inherit
+    # that and never see our Ctrl-C, as a terminal's bench ui would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_ui(cwd: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--study", STUDY, "--port", "0"], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 180
     assert proc.stdout is not None
     while time.monotonic() < deadline:
