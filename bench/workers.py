@@ -194,7 +194,9 @@ def objective_metric(metrics: dict[str, float], metric: str) -> str:
     has no ``test_acc``: then the default objective is its verification accuracy (``lfw_acc``, the
     ``<pairs>_acc`` beside a ``<pairs>_auc``)."""
     if metric == "test_acc" and metric not in metrics:
-        verification = sorted(k for k in metrics if k.endswith("_acc") and f"{k[:-4]}_auc" in metrics)
+        from reports.tables import verification_accuracies
+
+        verification = verification_accuracies(metrics)
         return verification[0] if verification else metric
     return metric
 

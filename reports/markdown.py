@@ -13,7 +13,7 @@ import pandas as pd
 
 from reports.results import ResultsTable, grid_order, results_frame
 from reports.spec import ReportError, TableSpec, default_tables, natural_key, parse_tables
-from reports.tables import aggregate, metric_columns
+from reports.tables import aggregate, metric_columns, verification_accuracies
 
 __all__ = ["render_results", "provenance_line", "grid_tables", "study_results", "default_table"]
 
@@ -85,7 +85,7 @@ def fit_default_table(spec: TableSpec, runs: pd.DataFrame) -> TableSpec:
     """The default table with the accuracies the runs have: train and test accuracy, and the verification
     accuracy of each pairs set (``lfw_acc``, a ``<pairs>_acc`` beside a ``<pairs>_auc``) of a face grid."""
     available = metric_columns(runs)
-    verification = sorted(m for m in available if m.endswith("_acc") and f"{m[:-4]}_auc" in available)
+    verification = verification_accuracies(available)
     metrics = [m for m in ("train_acc", "test_acc") if m in available] + verification
     return replace(spec, metrics=tuple(metrics)) if metrics else spec
 

@@ -134,35 +134,44 @@ def gif_links(results: ResultsTable, artifact_uris: dict[str, str], path: Path, 
     return path
 
 
-def _gif_uris(client: Any, run_ids: list[str]) -> dict[str, str]:
+def _plot_files(client: Any, run_ids: list[str]) -> dict[str, list[str]]:
+    """Each run's artifact paths under ``plots/``, listed once for the GIF links and the montage (runs whose
+    artifact store cannot be read are left out: an unreachable store must not stop the report)."""
     out = {}
     for run_id in run_ids:
         try:
-            files = client.list_artifacts(run_id, "plots")
-        except Exception:  # an unreachable artifact store must not stop the report
+            out[run_id] = [f.path for f in client.list_artifacts(run_id, "plots")]
+        except Exception:
             continue
-        if any(f.path.endswith("embeddings.gif") for f in files):
+    return out
+
+
+def _gif_uris(client: Any, files: dict[str, list[str]]) -> dict[str, str]:
+    out = {}
+    for run_id, paths in files.items():
+        if any(p.endswith("embeddings.gif") for p in paths):
             root = client.get_run(run_id).info.artifact_uri
             out[run_id] = f"{root.rstrip('/')}/plots/embeddings.gif"
     return out
 
 
-def embedding_montage(results: ResultsTable, client: Any, path: Path, *, columns: int = 4) -> Path | None:
+def embedding_montage(results: ResultsTable, client: Any, path: Path, *, files: dict[str, list[str]] | None = None,
+                      columns: int = 4) -> Path | None:
     """One picture of every run's last-epoch embedding scatter (``plots/embeddings_epoch<N>.png``), tiled in
-    the table's row order; None when no run has one (no ``--plots``, or embeddings above 3-D)."""
+    the table's row order; None when no run has one (no ``--plots``, or embeddings above 3-D). ``files``: the
+    runs' ``plots/`` listings when the caller has them already."""
     import tempfile
 
+    run_ids = results.frame["run_id"].astype(str).tolist()
+    if files is None:
+        files = _plot_files(client, run_ids)
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
-        for _, run in results.frame.iterrows():
-            try:
-                files = [f.path for f in client.list_artifacts(str(run["run_id"]), "plots")]
-            except Exception:  # an unreachable artifact store must not stop the report
-                continue
-            epochs = sorted(f for f in files if f.rsplit("/", 1)[-1].startswith("embeddings_epoch")
+        for run_id in run_ids:
+            epochs = sorted(f for f in files.get(run_id, []) if f.rsplit("/", 1)[-1].startswith("embeddings_epoch")
                             and f.endswith(".png"))
             if epochs:
-                local = client.download_artifacts(str(run["run_id"]), epochs[-1], tmp)
+                local = client.download_artifacts(run_id, epochs[-1], tmp)
                 frames.append(_pyplot().imread(local))
         if not frames:
             return None
@@ -191,10 +200,11 @@ def write_plots(results: ResultsTable, history: pd.DataFrame, folder: Path, *, c
     curves = plot_curves(results, history, folder / f"{name}.curves.png")
     if curves is not None:
         written.append(curves)
-    uris = _gif_uris(client, results.frame["run_id"].astype(str).tolist()) if client is not None else {}
+    files = _plot_files(client, results.frame["run_id"].astype(str).tolist()) if client is not None else {}
+    uris = _gif_uris(client, files)
     written.append(gif_links(results, uris, folder / f"{name}.gifs.md", ui_base=ui_base, experiment_id=experiment_id))
     if uris:
-        montage = embedding_montage(results, client, folder / f"{name}.embeddings.png")
+        montage = embedding_montage(results, client, folder / f"{name}.embeddings.png", files=files)
         if montage is not None:
             written.append(montage)
     if client is not None and parent_run_id:

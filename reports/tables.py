@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -21,8 +21,8 @@ from tabulate import tabulate
 from reports.runs import RUN_COLUMNS, latest_runs
 from reports.spec import ReportError, TableSpec, metric_direction, natural_key
 
-__all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "value_column", "format_mean_std",
-           "mean_std_table", "STATUS_ORDER"]
+__all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "verification_accuracies",
+           "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER"]
 
 #: Run statuses in the order counts are reported.
 STATUS_ORDER = ("finished", "diverged", "pruned", "failed", "interrupted", "running")
@@ -36,6 +36,14 @@ def label_column(axis: str) -> str:
 def value_column(spec: TableSpec, metric: str) -> str:
     """The runs-frame column a table reads for ``metric``: ``test_acc`` (final) or ``best.test_acc``."""
     return f"best.{metric}" if spec.metric_source == "best" else metric
+
+
+def verification_accuracies(metric_names: Iterable[str]) -> list[str]:
+    """The pair-set accuracies among ``metric_names``, sorted: each ``<pairs>_acc`` logged beside its
+    ``<pairs>_auc`` (``lfw_acc``, ``cfp_fp_acc``..., as `bench.verification.VerificationResult.as_metrics`
+    names them)."""
+    names = set(metric_names)
+    return sorted(m for m in names if m.endswith("_acc") and f"{m[:-4]}_auc" in names)
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
