@@ -3,16 +3,29 @@ through DataLoader workers."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from registry.datasets import SkippedSample, TensorSplit
 from registry.datasets._collate import collate_skipping
+from registry.datasets._images import normalize_uint8
 
-__all__ = ["Batches", "SkipLog"]
+__all__ = ["Batches", "EpochBatchSampler", "SkipLog", "default_loader_workers"]
+
+#: Most DataLoader workers one trial starts by default: enough to decode ~30k 112x112 JPEGs a second.
+MAX_LOADER_WORKERS = 16
+
+
+def default_loader_workers(cores: int | None = None) -> int:
+    """DataLoader workers for one trial's on-disk splits: its share of the cores (``cores``; None: every
+    core this process may run on) less one for the training loop, between 1 and `MAX_LOADER_WORKERS`."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_LOADER_WORKERS, cores - 1))
 
 
 @dataclass
@@ -29,12 +42,42 @@ class SkipLog:
         return len(self.samples)
 
 
+class EpochBatchSampler(Sampler[list[int]]):
+    """Index batches of ``n`` samples, epoch after epoch without end: each epoch a new permutation drawn from
+    ``generator``, cut into ``batch_size`` pieces (the last one shorter unless ``drop_last``).
+
+    One DataLoader iterator over it keeps the workers decoding across epoch boundaries; a fresh iterator per
+    epoch (what ``shuffle=True`` does) leaves every worker idle until its first batch of the new epoch is
+    decoded, at batch 1024 a pause as long as a few training steps, every epoch. The sampler runs ahead of
+    training by the batches in flight, so it records the generator state before each epoch's permutation
+    (``state_before``): a checkpoint must store that state, not the generator's current one.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> None:
+        self.n, self.batch_size, self.generator, self.drop_last = n, batch_size, generator, drop_last
+        self.state_before: dict[int, torch.Tensor] = {}
+
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = 0
+        while True:
+            self.state_before[epoch] = self.generator.get_state()
+            order = torch.randperm(self.n, generator=self.generator).tolist()
+            for b in range(self.batches_per_epoch()):
+                yield order[b * self.batch_size:(b + 1) * self.batch_size]
+            epoch += 1
+
+
 class Batches:
     """Iterates ``(images, labels)`` batches of a split on ``device``.
 
     A `TensorSplit` is moved to the device once and indexed there (no host round trip per step); a
     Dataset goes through a DataLoader with pinned memory, workers and prefetching, unreadable samples
-    are dropped and logged in ``skips``.
+    are dropped and logged in ``skips``; uint8 images are scaled to ``[-1, 1]`` after the copy, on
+    ``device`` (`registry.datasets._images.normalize_uint8`). A shuffled Dataset is read through one
+    DataLoader iterator for the whole trial (`EpochBatchSampler`): each ``iter()`` is one epoch of it.
 
     Args:
         split: the data.
@@ -42,7 +85,7 @@ class Batches:
         device: where batches go.
         shuffle: new order each epoch from ``generator``.
         drop_last: drop the last incomplete batch (training).
-        generator: CPU generator driving the order (seeded by the trial).
+        generator: CPU generator driving the order (seeded by the trial); needed with ``shuffle``.
         num_workers: DataLoader workers for Dataset splits.
         channels_last: return images in channels_last memory format.
     """
@@ -51,21 +94,35 @@ class Batches:
                  shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None,
                  num_workers: int = 2, channels_last: bool = False, skips: SkipLog | None = None) -> None:
         self.batch_size, self.device, self.shuffle, self.drop_last = batch_size, device, shuffle, drop_last
+        if shuffle and generator is None:
+            generator = torch.Generator().manual_seed(0)
         self.generator = generator
         self.channels_last = channels_last
         self.skips = skips if skips is not None else SkipLog()
+        self.sampler: EpochBatchSampler | None = None
+        self._stream: Iterator | None = None
+        self._epochs_started = 0
+        self._left_in_epoch = 0
         if isinstance(split, TensorSplit):
             images = split.images.to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             self.tensors: TensorSplit | None = TensorSplit(images, split.labels.to(device))
             self.loader = None
+            return
+        self.tensors = None
+        workers = dict(num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_skipping,
+                       prefetch_factor=2 if num_workers > 0 else None)
+        if shuffle:
+            assert generator is not None
+            self.sampler = EpochBatchSampler(len(split), batch_size, generator, drop_last=drop_last)
+            # worker seeds (random flips) from a generator of their own: the order's generator must see
+            # nothing but the permutations, so that a resumed trial draws the same ones
+            seeds = torch.Generator().manual_seed(generator.initial_seed())
+            self.loader = DataLoader(split, batch_sampler=self.sampler, generator=seeds, **workers)
         else:
-            self.tensors = None
-            self.loader = DataLoader(
-                split, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
-                num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_skipping,
-                persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+            self.loader = DataLoader(split, batch_size=batch_size, drop_last=drop_last,
+                                     persistent_workers=num_workers > 0, **workers)
 
     @property
     def num_samples(self) -> int:
@@ -75,29 +132,58 @@ class Batches:
         n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def order_state(self) -> torch.Tensor | None:
+        """The order generator's state to checkpoint after an epoch: restoring it before the next ``iter()``
+        (of a new `Batches`) gives that epoch the same order as this one would get."""
+        if self.generator is None:
+            return None
+        if self.sampler is not None:
+            state = self.sampler.state_before.get(self._epochs_started)
+            if state is not None:
+                return state
+        return self.generator.get_state()
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.tensors is not None:
-            n = len(self.tensors)
-            if self.shuffle:
-                order = torch.randperm(n, generator=self.generator).to(self.device)
-            else:
-                order = None
-            stop = n - n % self.batch_size if self.drop_last else n
-            for start in range(0, stop, self.batch_size):
-                if order is None:
-                    yield (self.tensors.images[start:start + self.batch_size],
-                           self.tensors.labels[start:start + self.batch_size])
-                else:
-                    idx = order[start:start + self.batch_size]
-                    yield self.tensors.images[idx], self.tensors.labels[idx]
+            yield from self._tensor_batches()
             return
-        assert self.loader is not None
-        for images, labels, skipped in self.loader:
+        if self.sampler is None:
+            yield from self._moved(iter(self.loader))  # type: ignore[arg-type]
+            return
+        if self._stream is None:
+            self._stream = iter(self.loader)  # type: ignore[arg-type]
+        for _ in range(self._left_in_epoch):  # the previous epoch was left early: skip the rest of it
+            next(self._stream)
+        self.sampler.state_before.pop(self._epochs_started - 1, None)
+        self._epochs_started += 1
+        self._left_in_epoch = self.sampler.batches_per_epoch()
+        while self._left_in_epoch:
+            item = next(self._stream)
+            self._left_in_epoch -= 1
+            yield from self._moved(iter((item,)))
+
+    def _tensor_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        assert self.tensors is not None
+        n = len(self.tensors)
+        order = torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle else None
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            if order is None:
+                yield (self.tensors.images[start:start + self.batch_size],
+                       self.tensors.labels[start:start + self.batch_size])
+            else:
+                idx = order[start:start + self.batch_size]
+                yield self.tensors.images[idx], self.tensors.labels[idx]
+
+    def _moved(self, items: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, skipped in items:
             if skipped:
                 self.skips.add(skipped)
             if len(labels) == 0:
                 continue
             images = images.to(self.device, non_blocking=True)
+            if images.dtype == torch.uint8:
+                images = normalize_uint8(images)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, labels.to(self.device, non_blocking=True)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.data import Batches, SkipLog
+from bench.data import Batches, SkipLog, default_loader_workers
 from bench.spec import TrialSpec
 from registry import BACKBONES, DATASETS, LOSSES
 from registry.datasets import DataBundle
@@ -51,7 +51,7 @@ class TrialOptions:
             end; t-SNE of ten identities at the end for higher dimensions).
         artifact_dir: where pictures and curves go (a temporary folder when None).
         checkpoint_path: saved after every epoch and resumed from when it exists for the same spec.
-        num_workers: DataLoader workers for on-disk datasets.
+        num_workers: DataLoader workers for on-disk datasets (None: `bench.data.default_loader_workers`).
         progress: show a progress bar over epochs.
         on_epoch: ``on_epoch(epoch, metrics)`` after each epoch; may raise `Pruned`.
         distributed: a `bench.distributed.DistContext` to train this trial with DistributedDataParallel
@@ -63,7 +63,7 @@ class TrialOptions:
     plots: bool = False
     artifact_dir: Path | None = None
     checkpoint_path: Path | None = None
-    num_workers: int = 2
+    num_workers: int | None = None
     progress: bool = True
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     distributed: Any = None
@@ -305,9 +305,10 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
 
     generator = torch.Generator().manual_seed(spec.seed)
     skips = SkipLog()
+    loader_workers = options.num_workers if options.num_workers is not None else default_loader_workers()
     train = Batches(bundle.train, spec.batch_size, device, shuffle=True, drop_last=False, generator=generator,
-                    num_workers=options.num_workers, channels_last=spec.channels_last, skips=skips)
-    test = (Batches(bundle.test, spec.eval_batch_size, device, num_workers=options.num_workers,
+                    num_workers=loader_workers, channels_last=spec.channels_last, skips=skips)
+    test = (Batches(bundle.test, spec.eval_batch_size, device, num_workers=loader_workers,
                     channels_last=spec.channels_last, skips=skips) if bundle.test is not None else None)
 
     result = TrialResult(spec=spec, status="finished", device=str(device))
@@ -410,7 +411,7 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
         if options.plots and emb_np is None and (spec.embedding_dim <= 3 or epoch == spec.epochs - 1):
             # no closed-set test split (a face grid tested on pairs): picture the training identities
             if picture_batches is None:
-                picture_batches = Batches(bundle.train, spec.eval_batch_size, device, num_workers=options.num_workers,
+                picture_batches = Batches(bundle.train, spec.eval_batch_size, device, num_workers=loader_workers,
                                           channels_last=spec.channels_last)
             _, emb_np, lab_np = evaluate_split(backbone, head, picture_batches, dtype, keep=keep, stop_after_keep=True)
         if options.plots and emb_np is not None:
@@ -424,7 +425,7 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
                 "spec_key": spec.key(), "epoch": epoch, "backbone": backbone.state_dict(), "head": head.state_dict(),
                 "center": center.state_dict() if center is not None else None, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "scaler": scaler.state_dict(), "generator": train.order_state(), "torch_rng": torch.get_rng_state(),
                 "history": result.history, "train_seconds": result.train_seconds})
         stop = False
         if options.on_epoch is not None:

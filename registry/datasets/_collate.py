@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils.data import default_collate
 
 from registry.datasets._types import SkippedSample
 
@@ -18,7 +19,8 @@ def collate_skipping(
     """Stacks the readable items of a batch and returns the skipped ones beside them.
 
     Args:
-        batch: items of a Dataset: ``(image (C, H, W) float32, label int)`` or a `SkippedSample`.
+        batch: items of a Dataset: ``(image (C, H, W), label int)`` or a `SkippedSample`; images keep
+            their dtype (float32, or uint8 pixels).
 
     Returns:
         ``(images (B, C, H, W), labels int64 (B,), skipped)``; ``B`` may be smaller than ``len(batch)``,
@@ -31,6 +33,8 @@ def collate_skipping(
     skipped = [item for item in batch if isinstance(item, SkippedSample)]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    images = torch.stack([image for image, _ in good])
+    # default_collate stacks straight into shared memory inside a DataLoader worker: no second copy on the
+    # way to the main process
+    images = default_collate([image for image, _ in good])
     labels = torch.as_tensor([int(label) for _, label in good], dtype=torch.long)
     return images, labels, skipped

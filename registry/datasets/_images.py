@@ -2,6 +2,8 @@
 
 The insightface convention ``(pixel - 127.5) / 127.5`` is used for every face set (image folders, pairs
 files, ``.bin`` files, the synthetic faces), so a net trained on one is evaluated on the others unchanged.
+Training splits streamed from disk stay uint8 until they reach the training device (`decode_image_uint8`,
+then `normalize_uint8` there): a quarter of the bytes through worker shared memory, pinning and the copy.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "decode_image", "to_tensor", "to_uint8", "encode_image", "ImageFiles",
-           "EncodedImages", "parse_image_size", "check_in_chans"]
+__all__ = ["IMAGE_EXTENSIONS", "decode_image", "decode_image_uint8", "normalize_uint8", "to_tensor", "to_uint8",
+           "encode_image", "ImageFiles", "EncodedImages", "parse_image_size", "check_in_chans"]
 
 #: File endings treated as images when scanning a folder (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -40,11 +42,20 @@ def check_in_chans(in_chans: int) -> None:
         raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB) for image files, but got {in_chans=}")
 
 
-def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """uint8 ``(H, W)`` or ``(H, W, C)`` -> float32 ``(C, H, W)`` in ``[-1, 1]``."""
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any shape) -> float32 in ``[-1, 1]``: ``(pixel - 127.5) / 127.5``, on their device."""
+    return images.float().sub_(127.5).div_(127.5)
+
+
+def _chw_uint8(array: np.ndarray) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float().sub_(127.5).div_(127.5)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W)`` or ``(H, W, C)`` -> float32 ``(C, H, W)`` in ``[-1, 1]``."""
+    return normalize_uint8(_chw_uint8(array))
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -63,6 +74,12 @@ def decode_image(source: str | Path | bytes, image_size: tuple[int, int], in_cha
         Whatever PIL raises for an unreadable file (``UnidentifiedImageError``, ``OSError`` for a truncated
         one, ...); callers decide whether that skips the sample or stops.
     """
+    return normalize_uint8(decode_image_uint8(source, image_size, in_chans))
+
+
+def decode_image_uint8(source: str | Path | bytes, image_size: tuple[int, int], in_chans: int) -> torch.Tensor:
+    """As `decode_image`, but the pixels as uint8 ``(in_chans, H, W)`` in ``[0, 255]`` (`normalize_uint8`
+    turns them into what `decode_image` returns, bit for bit)."""
     from PIL import Image
 
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
@@ -72,7 +89,7 @@ def decode_image(source: str | Path | bytes, image_size: tuple[int, int], in_cha
         if im.size != (width, height):
             im = im.resize((width, height), Image.BILINEAR)
         array = np.array(im, dtype=np.uint8)  # a writable copy
-    return to_tensor(array)
+    return _chw_uint8(array)
 
 
 def encode_image(image: torch.Tensor | np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:

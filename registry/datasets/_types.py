@@ -65,8 +65,10 @@ class DataBundle:
         num_classes: classes (identities) in ``train``.
         in_chans: image channels.
         image_size: ``(H, W)`` in pixels.
-        train: the training split.
-        test: closed-set test split (same classes as train), or None.
+        train: the training split: a `TensorSplit`, or a Dataset of ``(image, label)`` items whose images
+            are float32 ``(C, H, W)`` as the model sees them or uint8 pixels, which the trial scales on its
+            device with ``(pixel - 127.5) / 127.5``; a `SkippedSample` for an unreadable item.
+        test: closed-set test split (same classes as train, same forms), or None.
         pairs: verification pairs, or None.
         info: provenance shown in reports (source path, sizes).
     """

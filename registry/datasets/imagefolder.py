@@ -1,7 +1,9 @@
 """``imagefolder``: a face set on disk as ``root/<identity>/<image>`` (CASIA-WebFace once aligned, or your own).
 
 Images are decoded in DataLoader workers (PIL), converted to grayscale or RGB, resized to ``image_size``
-when they differ, scaled to ``[-1, 1]`` and flipped horizontally at random for training. A file that
+when they differ and flipped horizontally at random for training; the training and test splits hand over
+uint8 pixels, scaled to ``[-1, 1]`` on the training device (`bench.data.Batches`), which keeps the bytes
+through shared memory, pinning and the host-to-device copy at a quarter of float32's. A file that
 cannot be read (corrupt, truncated, empty, vanished) becomes a `SkippedSample`: the collate drops it, the
 trial counts it and reports every one at the end; training never stops for it.
 
@@ -27,7 +29,13 @@ import torch
 from torch.utils.data import Dataset
 
 from registry import DATASETS
-from registry.datasets._images import IMAGE_EXTENSIONS, check_in_chans, decode_image, parse_image_size
+from registry.datasets._images import (
+    IMAGE_EXTENSIONS,
+    check_in_chans,
+    decode_image,
+    decode_image_uint8,
+    parse_image_size,
+)
 from registry.datasets._types import DataBundle, PairSet, SkippedSample
 from registry.datasets.pairs import (
     check_bin_first_image,
@@ -106,7 +114,7 @@ def split_samples(samples: list[tuple[str, int]], split: str, test_fraction: flo
 
 
 class FaceImages(Dataset):
-    """``(path, label)`` samples decoded to ``(in_chans, H, W)`` float32 in ``[-1, 1]``.
+    """``(path, label)`` samples decoded to ``(in_chans, H, W)`` float32 in ``[-1, 1]`` (or uint8 pixels).
 
     Args:
         samples: image paths and labels.
@@ -114,14 +122,16 @@ class FaceImages(Dataset):
         in_chans: 1 (grayscale) or 3 (RGB).
         flip: flip horizontally with probability 1/2 (training); the coin comes from torch's generator,
             which the DataLoader seeds per worker from the trial's seed.
+        uint8: items hold uint8 pixels in ``[0, 255]``, left for the consumer to scale
+            (`registry.datasets._images.normalize_uint8`, which `bench.data.Batches` applies on the device).
 
     Items are ``(image, label)``, or a `SkippedSample` when the file cannot be decoded.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], image_size: tuple[int, int], in_chans: int, *,
-                 flip: bool = False) -> None:
+                 flip: bool = False, uint8: bool = False) -> None:
         self.samples = list(samples)
-        self.image_size, self.in_chans, self.flip = image_size, in_chans, flip
+        self.image_size, self.in_chans, self.flip, self.uint8 = image_size, in_chans, flip, uint8
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -131,7 +141,7 @@ class FaceImages(Dataset):
         try:
             if os.path.getsize(path) == 0:
                 return SkippedSample(path, "empty file (0 bytes)")
-            image = decode_image(path, self.image_size, self.in_chans)
+            image = (decode_image_uint8 if self.uint8 else decode_image)(path, self.image_size, self.in_chans)
         except Exception as err:  # noqa: BLE001 - a bad file is reported, never fatal
             return SkippedSample(path, f"{type(err).__name__}: {err}")
         if self.flip and torch.rand(()) < 0.5:
@@ -232,7 +242,7 @@ def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: 
     else:
         num_classes = len(classes)
         if held:
-            test = FaceImages(held, size, in_chans, flip=False)
+            test = FaceImages(held, size, in_chans, flip=False, uint8=True)
     if pairs is not None:
         pair_set = pairs_from_txt(pairs, pairs_root or root, size, in_chans, ext=image_ext, name=pairs_name)
         info["pairs"] = str(pairs)
@@ -241,8 +251,8 @@ def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: 
         info["bin"] = str(bin)
     info.update(train_size=len(train_samples), test_size=len(test) if test is not None else 0,
                 pairs=len(pair_set.same) if pair_set is not None else 0)
-    return DataBundle("imagefolder", num_classes, in_chans, size, FaceImages(train_samples, size, in_chans, flip=flip),
-                      test, pair_set, info)
+    train = FaceImages(train_samples, size, in_chans, flip=flip, uint8=True)
+    return DataBundle("imagefolder", num_classes, in_chans, size, train, test, pair_set, info)
 
 
 def _held_out_pairs(held: list[tuple[str, int]], size: tuple[int, int], in_chans: int, per_fold: int,

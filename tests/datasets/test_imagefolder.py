@@ -80,11 +80,34 @@ def test_workers_decode_everything_readable_and_hand_back_the_rest(broken):
     loader = DataLoader(bundle.train, batch_size=5, num_workers=2, collate_fn=collate_skipping)
     seen, skipped = 0, []
     for images, labels, bad in loader:
-        assert images.shape[1:] == (3, 16, 16) and images.dtype == torch.float32
-        assert images.min() >= -1 and images.max() <= 1
+        assert images.shape[1:] == (3, 16, 16) and images.dtype == torch.uint8  # scaled on the device
         seen += len(labels)
         skipped += bad
     assert seen == 12 and sorted(s.path.rsplit("/", 1)[1] for s in skipped) == ["corrupt.jpg", "empty.jpg"]
+
+
+def test_batches_scale_uint8_pixels_as_insightface_does(broken):
+    # What the trial trains on from an image folder: PIL's pixels, (p - 127.5) / 127.5, computed here in
+    # float64 from the file with PIL directly, in the order of the files (no shuffle, no flip).
+    from PIL import Image
+
+    from bench.data import Batches
+
+    bundle = DATASETS.create("imagefolder", root=str(broken), split="none", image_size=16, flip=False)
+    batches = Batches(bundle.train, 4, torch.device("cpu"), num_workers=2)
+    images = torch.cat([x for x, _ in batches])
+    assert images.dtype == torch.float32 and len(batches.skips) == 2
+    readable = [path for path, _ in bundle.train.samples if not path.endswith(("corrupt.jpg", "empty.jpg"))]
+    expected = np.stack([(np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) - 127.5) / 127.5
+                         for path in readable]).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(images.numpy(), expected, rtol=0, atol=1e-7)
+
+
+def test_loader_workers_default_to_the_cores_less_one():
+    from bench.data import MAX_LOADER_WORKERS, default_loader_workers
+
+    assert [default_loader_workers(c) for c in (1, 2, 8, 64)] == [1, 1, 7, MAX_LOADER_WORKERS]
+    assert 1 <= default_loader_workers() <= MAX_LOADER_WORKERS
 
 
 def test_split_by_images_keeps_every_identity_in_train():
@@ -110,7 +133,7 @@ def test_split_by_identities_holds_whole_identities_out(faces):
 
 def test_flip_is_random_and_seeded(faces):
     bundle = DATASETS.create("imagefolder", root=str(faces["train"]), split="none")
-    plain = FaceImages(bundle.train.samples[:1], (20, 16), 3)[0][0]
+    plain = FaceImages(bundle.train.samples[:1], (20, 16), 3, uint8=True)[0][0]
     torch.manual_seed(0)
     flips = [bool(torch.equal(bundle.train[0][0], plain.flip(-1))) for _ in range(20)]
     torch.manual_seed(0)
