@@ -21,7 +21,8 @@ from bench.spec import TrialSpec
 from bench.trial import TrialOptions, autocast_dtype, build_models, load_dataset, pick_device, run_trial
 
 __all__ = ["PerfResult", "WORKLOADS", "bare_images_per_second", "harness_images_per_second", "measure",
-           "logging_overhead", "time_grid", "head_memory", "cpu_head_peak_gib"]
+           "logging_overhead", "time_grid", "head_memory", "float64_head_reference", "cpu_head_peak_gib",
+           "jpeg_feed", "write_jpeg_folder", "loader_images_per_second"]
 
 
 @dataclass
@@ -116,9 +117,10 @@ def bare_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_epoc
     return seen / elapsed
 
 
-def harness_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_epochs: int = 1) -> float:
+def harness_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_epochs: int = 1,
+                              options: TrialOptions | None = None) -> float:
     """`bench.trial.run_trial` on the same spec; the warm-up is a separate 1-epoch trial (same compile cache)."""
-    options = TrialOptions(device=str(device), progress=False)
+    options = options or TrialOptions(device=str(device), progress=False)
     if warmup_epochs:
         run_trial(spec.replace(epochs=warmup_epochs), options)
     return run_trial(spec, options).images_per_second
@@ -138,6 +140,86 @@ def measure(workload: str, *, device: str | None = None, batch_size: int | None 
         bare = max(bare, bare_images_per_second(spec, dev))
         harness = max(harness, harness_images_per_second(spec, dev))
     return PerfResult(workload, _device_label(dev), spec.batch_size, spec.precision, bare, harness)
+
+
+def jpeg_feed(workload: str = "mobilenet", *, device: str | None = None, epochs: int | None = None,
+              repeats: int = 1, loader_workers: int | None = None, quality: int = 95) -> dict[str, Any]:
+    """The harness trained from a folder of JPEG files against the same faces resident on the device.
+
+    The workload's synthetic faces (`WORKLOADS`, a ``synthetic-faces`` one) are rendered once, written as
+    ``root/<identity>/<n>.jpg`` at their size, and the same spec is trained twice by `run_trial`: from the
+    rendered tensors (``synthetic-faces``, on the device) and from the folder (``imagefolder``, decoded in
+    DataLoader workers, random flips). Also timed: the loader alone (decode, collate, copy, no training).
+
+    Returns:
+        ``resident_images_per_second``, ``jpeg_images_per_second``, their ``ratio``,
+        ``loader_images_per_second``, ``images``, ``loader_workers``, ``jpeg_bytes_per_image``, ``device``.
+    """
+    from bench.data import default_loader_workers
+
+    dev = pick_device(device)
+    config = dict(WORKLOADS[workload]["cuda" if dev.type == "cuda" else "cpu"])
+    if config["dataset"] != "synthetic-faces":
+        raise ValueError(f"jpeg_feed needs a synthetic-faces workload, but {workload!r} trains on {config['dataset']}")
+    if epochs is not None:
+        config["epochs"] = epochs
+    faces = {**config["dataset_params"], "test_fraction": 0.0, "test_identities": 0, "pairs_per_fold": 0}
+    resident = TrialSpec(**{**config, "dataset_params": faces})
+    workers = loader_workers if loader_workers is not None else default_loader_workers()
+    with tempfile.TemporaryDirectory(prefix="marginbench-jpeg-") as tmp:
+        train = load_dataset(resident).train
+        size = write_jpeg_folder(Path(tmp), train.images, train.labels, quality=quality)
+        folder = resident.replace(dataset="imagefolder", dataset_params={"root": tmp, "split": "none"})
+        options = TrialOptions(device=str(dev), progress=False, num_workers=workers)
+        best = {"resident": 0.0, "jpeg": 0.0, "loader": 0.0}
+        for _ in range(repeats):
+            best["resident"] = max(best["resident"], harness_images_per_second(resident, dev))
+            best["jpeg"] = max(best["jpeg"], harness_images_per_second(folder, dev, options=options))
+            best["loader"] = max(best["loader"], loader_images_per_second(folder, dev, workers))
+    return {"workload": workload, "device": _device_label(dev), "batch_size": resident.batch_size,
+            "precision": resident.precision, "images": len(train.labels), "loader_workers": workers,
+            "jpeg_bytes_per_image": size / len(train.labels), "resident_images_per_second": best["resident"],
+            "jpeg_images_per_second": best["jpeg"], "ratio": best["jpeg"] / best["resident"],
+            "loader_images_per_second": best["loader"]}
+
+
+def write_jpeg_folder(root: Path, images: torch.Tensor, labels: torch.Tensor, *, quality: int = 95) -> int:
+    """Writes ``(N, C, H, W)`` images in ``[-1, 1]`` as ``root/<label:05d>/<n:06d>.jpg`` (threads: PIL's
+    encoder releases the GIL); returns the bytes written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.data import default_loader_workers
+    from registry.datasets._images import encode_image
+
+    for label in labels.unique().tolist():
+        (root / f"{label:05d}").mkdir(parents=True, exist_ok=True)
+
+    def write(i: int) -> int:
+        blob = encode_image(images[i], "jpg", quality=quality)
+        (root / f"{int(labels[i]):05d}" / f"{i:06d}.jpg").write_bytes(blob)
+        return len(blob)
+
+    with ThreadPoolExecutor(default_loader_workers() + 1) as pool:
+        return sum(pool.map(write, range(len(labels))))
+
+
+def loader_images_per_second(spec: TrialSpec, device: torch.device, num_workers: int) -> float:
+    """Images/s of `bench.data.Batches` alone on ``spec``'s training split: decoding, collation, the copy to
+    ``device`` and scaling there, no training; over ``spec.epochs`` epochs after one warm-up epoch."""
+    from bench.data import Batches
+
+    bundle = load_dataset(spec)
+    batches = Batches(bundle.train, spec.batch_size, device, shuffle=True, generator=torch.Generator().manual_seed(0),
+                      num_workers=num_workers, channels_last=spec.channels_last)
+    seen = 0
+    for epoch in range(1 + spec.epochs):
+        if epoch == 1:
+            _sync(device)
+            t0 = time.perf_counter()
+        for images, _ in batches:
+            seen += len(images) if epoch else 0
+    _sync(device)
+    return seen / (time.perf_counter() - t0)
 
 
 def logging_overhead(epochs: int = 20, device: str | None = None) -> dict[str, float]:
@@ -252,6 +334,13 @@ def head_memory(num_classes: int = 1_000_000, batch_size: int = 512, embedding_d
     out["grad_x_max_abs_diff"] = float((results["plain"][1][0] - results["chunked"][1][0]).abs().max())
     out["grad_w_max_rel_diff"] = out["grad_w_max_abs_diff"] / float(results["plain"][1][1].abs().max())
     out["grad_x_max_rel_diff"] = out["grad_x_max_abs_diff"] / float(results["plain"][1][0].abs().max())
+    # Which of the two float32 results is off: both against the plain head in float64 (exact here to ~1e-12)
+    ref_loss, (ref_gx, ref_gw) = float64_head_reference(weight, emb, labels, s=64.0, m=0.35)
+    for name, (loss_value, (gx, gw)) in results.items():
+        out[f"{name}_loss_err_vs_fp64"] = abs(loss_value - ref_loss)
+        out[f"{name}_grad_w_err_vs_fp64"] = float((gw.double() - ref_gw).abs().max())
+        out[f"{name}_grad_x_err_vs_fp64"] = float((gx.double() - ref_gx).abs().max())
+    del ref_gw, ref_gx
     if dev.type == "cuda":
         out["memory_ratio"] = out["chunked_peak_extra_gib"] / out["plain_peak_extra_gib"]
     out["finite"] = float(math.isfinite(results["chunked"][0]))
@@ -261,6 +350,28 @@ def head_memory(num_classes: int = 1_000_000, batch_size: int = 512, embedding_d
             out[f"{name}_peak_extra_gib"] = cpu_head_peak_gib(num_classes, batch_size, embedding_dim, chunk)
         out["memory_ratio"] = out["chunked_peak_extra_gib"] / out["plain_peak_extra_gib"]
     return out
+
+
+def float64_head_reference(weight: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, *, s: float, m: float,
+                           rows: int = 64) -> tuple[float, tuple[torch.Tensor, torch.Tensor]]:
+    """Loss and ``(grad emb, grad weight)`` of the plain (unchunked) CosFace head in float64.
+
+    The batch goes through ``rows`` embeddings at a time (the loss is a mean over rows, so slice losses
+    weighted by their share sum to it) so that the ``(rows, C)`` float64 logits fit beside the weights at a
+    million classes; nothing of the class-chunked code is used.
+    """
+    from registry import LOSSES
+
+    head = LOSSES.create("cosface", embedding_dim=weight.shape[1], num_classes=weight.shape[0], s=s, m=m,
+                         chunk_classes=0)
+    head.weight = torch.nn.Parameter(weight.detach().double())
+    x = emb.detach().double().requires_grad_(True)
+    total = 0.0
+    for start in range(0, len(labels), rows):
+        part = head(x[start:start + rows], labels[start:start + rows]) * (min(rows, len(labels) - start) / len(labels))
+        part.backward()
+        total += part.item()
+    return total, (x.grad, head.weight.grad)
 
 
 def cpu_head_peak_gib(num_classes: int, batch_size: int, embedding_dim: int, chunk_classes: int) -> float:

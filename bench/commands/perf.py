@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logging-epochs", type=int, default=20)
     p.add_argument("--head", action="store_true", help="also compare the plain and class-chunked CosFace head")
     p.add_argument("--head-classes", type=int, default=1_000_000)
+    p.add_argument("--jpeg", action="store_true",
+                   help="also train the mobilenet workload from a folder of JPEG files vs the same faces on the device")
+    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
+                   help="DataLoader workers for --jpeg (default: the cores less one, at most 16)")
     p.add_argument("--grid", default=None, help="also time this whole grid (into a throwaway MLflow store)")
     p.add_argument("--workers", type=int, default=None, help="workers for --grid")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --grid")
@@ -55,7 +59,21 @@ def run(args: argparse.Namespace) -> int:
               f"{h['plain_ms']:.0f} ms, chunked {h['chunked_ms']:.0f} ms{mem}; loss {h['loss']:.4f}, "
               f"|loss diff| {h['loss_abs_diff']:.2e} (relative {h['loss_rel_diff']:.1e}), "
               f"max |grad diff| {max(h['grad_w_max_abs_diff'], h['grad_x_max_abs_diff']):.2e}")
+        for name in ("plain", "chunked"):
+            print(f"  {name:<7} float32 vs the plain head in float64: |loss err| {h[f'{name}_loss_err_vs_fp64']:.2e}, "
+                  f"max |grad W err| {h[f'{name}_grad_w_err_vs_fp64']:.2e}, "
+                  f"max |grad x err| {h[f'{name}_grad_x_err_vs_fp64']:.2e}")
         report["head"] = h
+    if args.jpeg:
+        from bench.perf import jpeg_feed
+
+        j = jpeg_feed(device=args.device, epochs=args.epochs, repeats=args.repeats, loader_workers=args.loader_workers)
+        print(f"JPEG feed, {j['workload']} (batch {j['batch_size']}, {j['precision']}, {j['images']:,} images of "
+              f"{j['jpeg_bytes_per_image'] / 1024:.1f} KiB): on the device "
+              f"{j['resident_images_per_second']:,.0f} img/s, from JPEG files {j['jpeg_images_per_second']:,.0f} "
+              f"img/s, ratio {j['ratio']:.3f}; the loader alone "
+              f"{j['loader_images_per_second']:,.0f} img/s with {j['loader_workers']} workers")
+        report["jpeg"] = j
     if args.grid:
         g = time_grid(args.grid, device=args.device, workers=args.workers, overrides=parse_sets(args.set))
         print(f"grid {g['grid']}: {g['trials']} trials in {g['wall_seconds']:.1f} s wall")
