@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -248,31 +249,29 @@ def logging_overhead(epochs: int = 20, device: str | None = None) -> dict[str, f
 
 
 def time_grid(grid_path: str, *, device: str | None = None, workers: int | None = None,
-              overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    """Wall time of a whole grid into a throwaway MLflow store."""
-    import os
+              sets: Sequence[str] = ()) -> dict[str, Any]:
+    """Wall time of a whole grid, trained into a throwaway MLflow store and Optuna journal.
 
+    Runs in the current directory, so that the grid's relative paths (``dataset.root``) mean what they mean
+    to ``bench run``; ``sets`` are ``--set KEY=VALUE`` overrides, passed on to worker processes too.
+
+    Returns:
+        ``grid``, ``trials``, ``wall_seconds`` and ``counts`` (trials per final state: all ``finished``
+        when every cell trained).
+    """
+    from bench.commands._common import parse_sets
     from bench.grid import load_grid
+    from bench.workers import run_study
 
-    grid = load_grid(grid_path, overrides=overrides)
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        grid_abs = str(Path(grid.path).resolve())
-        os.chdir(tmp)
-        try:
-            t0 = time.perf_counter()
-            if workers and workers > 1:
-                from bench.study import run_study  # type: ignore[attr-defined]
-
-                run_study(load_grid(grid_abs, overrides=overrides), workers=workers, device=device, progress=False)
-            else:
-                from bench.runner import run_grid
-
-                run_grid(load_grid(grid_abs, overrides=overrides), device=device, progress=False, echo=lambda s: None)
-            wall = time.perf_counter() - t0
-        finally:
-            os.chdir(cwd)
-    return {"grid": grid.name, "trials": len(grid.trials()), "wall_seconds": wall}
+    grid = load_grid(grid_path, overrides=parse_sets(list(sets)))
+    with tempfile.TemporaryDirectory(prefix="marginbench-grid-") as tmp:
+        t0 = time.perf_counter()
+        report = run_study(grid, storage=str(Path(tmp) / "optuna.journal"),
+                           tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}", workers=workers, device=device,
+                           plots=False, progress=False, sets=sets, echo=lambda line: None)
+        wall = time.perf_counter() - t0
+    return {"grid": grid.name, "trials": len(grid.trials()), "workers": workers or grid.raw.get("workers", 1),
+            "wall_seconds": wall, "counts": dict(report.counts)}
 
 
 def _device_label(device: torch.device) -> str:

@@ -31,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.commands._common import parse_sets
     from bench.perf import logging_overhead, measure, time_grid
 
     report: dict = {"workloads": []}
@@ -75,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
               f"{j['loader_images_per_second']:,.0f} img/s with {j['loader_workers']} workers")
         report["jpeg"] = j
     if args.grid:
-        g = time_grid(args.grid, device=args.device, workers=args.workers, overrides=parse_sets(args.set))
-        print(f"grid {g['grid']}: {g['trials']} trials in {g['wall_seconds']:.1f} s wall")
+        g = time_grid(args.grid, device=args.device, workers=args.workers, sets=args.set)
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(g["counts"].items()) if n)
+        print(f"grid {g['grid']}: {g['trials']} trials with {g['workers']} workers in {g['wall_seconds']:.1f} s wall "
+              f"({counts})")
         report["grid"] = g
     if args.json:
         with open(args.json, "w") as f:

@@ -35,3 +35,28 @@ def test_bench_perf_jpeg_trains_from_jpeg_files_and_from_the_device(in_tmp, caps
     assert jpeg["images"] == 64 and jpeg["loader_workers"] == 1 and jpeg["jpeg_bytes_per_image"] > 0
     assert jpeg["resident_images_per_second"] > 0 and jpeg["jpeg_images_per_second"] > 0
     assert abs(jpeg["ratio"] - jpeg["jpeg_images_per_second"] / jpeg["resident_images_per_second"]) < 1e-9
+
+
+def test_bench_perf_grid_trains_every_cell_with_relative_paths_and_overrides(in_tmp, capsys):
+    # The grid's dataset root is relative to the working directory, as for `bench run` (time_grid used to
+    # chdir into a temporary folder, where data/mnist is not); two worker processes train the two cells.
+    import numpy as np
+
+    from registry.datasets.idx import write_idx
+
+    root = in_tmp / "data" / "mnist"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    (in_tmp / "g.yaml").write_text(
+        "name: perf-grid\nbase: {dataset: {name: mnist, root: data/mnist}, backbone: lenet++, embedding_dim: 2,\n"
+        "       epochs: 2, batch_size: 16}\ngrid: {loss: [softmax, cosface]}\nseeds: [0]\n")
+    out_json = in_tmp / "perf.json"
+    assert main(["perf", "--workload", "lenet", "--epochs", "1", "--grid", "g.yaml", "--workers", "2",
+                 "--set", "epochs=1", "--json", str(out_json)]) == 0
+    grid = json.loads(out_json.read_text())["grid"]
+    assert grid["trials"] == 2 and grid["workers"] == 2 and grid["counts"].get("finished") == 2
+    assert "2 trials with 2 workers" in capsys.readouterr().out
+    assert not (in_tmp / "mlflow.db").exists()  # a throwaway store, not the folder's
