@@ -40,6 +40,9 @@ class PerfResult:
         return self.harness_images_per_second / self.bare_images_per_second
 
 
+#: Face workloads time training only: no closed-set test split, no held-out identities to render.
+_TRAIN_ONLY = {"test_fraction": 0.0, "test_identities": 0, "pairs_per_fold": 0}
+
 #: Named workloads: a spec per device type (the GPU figures of the issue; small enough for a CPU otherwise).
 WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
     "lenet": {
@@ -51,11 +54,11 @@ WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "mobilenet": {
         "cpu": dict(dataset="synthetic-faces", dataset_params={"identities": 16, "images_per_identity": 4,
-                                                               "image_size": 112, "in_chans": 3},
+                                                               "image_size": 112, "in_chans": 3, **_TRAIN_ONLY},
                     backbone="timm/mobilenetv3_large_100", loss="cosface", embedding_dim=512, batch_size=16,
                     epochs=2),
         "cuda": dict(dataset="synthetic-faces", dataset_params={"identities": 1000, "images_per_identity": 20,
-                                                                "image_size": 112, "in_chans": 3},
+                                                                "image_size": 112, "in_chans": 3, **_TRAIN_ONLY},
                      backbone="timm/mobilenetv3_large_100", loss="cosface", embedding_dim=512, batch_size=1024,
                      epochs=3, precision="bf16", channels_last=True),
     },
@@ -164,8 +167,7 @@ def jpeg_feed(workload: str = "mobilenet", *, device: str | None = None, epochs:
         raise ValueError(f"jpeg_feed needs a synthetic-faces workload, but {workload!r} trains on {config['dataset']}")
     if epochs is not None:
         config["epochs"] = epochs
-    faces = {**config["dataset_params"], "test_fraction": 0.0, "test_identities": 0, "pairs_per_fold": 0}
-    resident = TrialSpec(**{**config, "dataset_params": faces})
+    resident = TrialSpec(**config)  # the same dataset parameters as `measure`'s: rendered once per process
     workers = loader_workers if loader_workers is not None else default_loader_workers()
     with tempfile.TemporaryDirectory(prefix="marginbench-jpeg-") as tmp:
         train = load_dataset(resident).train
@@ -256,12 +258,13 @@ def time_grid(grid_path: str, *, device: str | None = None, workers: int | None 
     to ``bench run``; ``sets`` are ``--set KEY=VALUE`` overrides, passed on to worker processes too.
 
     Returns:
-        ``grid``, ``trials``, ``wall_seconds`` and ``counts`` (trials per final state: all ``finished``
-        when every cell trained).
+        ``grid``, ``trials``, ``wall_seconds``, ``counts`` (trials per final state: all ``finished``
+        when every cell trained) and ``tables``: the grid's tables as markdown (its accuracies).
     """
     from bench.commands._common import parse_sets
     from bench.grid import load_grid
     from bench.workers import run_study
+    from reports.markdown import default_table
 
     grid = load_grid(grid_path, overrides=parse_sets(list(sets)))
     with tempfile.TemporaryDirectory(prefix="marginbench-grid-") as tmp:
@@ -270,8 +273,9 @@ def time_grid(grid_path: str, *, device: str | None = None, workers: int | None 
                            tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}", workers=workers, device=device,
                            plots=False, progress=False, sets=sets, echo=lambda line: None)
         wall = time.perf_counter() - t0
+        tables = default_table(grid, f"sqlite:///{Path(tmp) / 'mlflow.db'}")
     return {"grid": grid.name, "trials": len(grid.trials()), "workers": workers or grid.raw.get("workers", 1),
-            "wall_seconds": wall, "counts": dict(report.counts)}
+            "wall_seconds": wall, "counts": dict(report.counts), "tables": tables}
 
 
 def _device_label(device: torch.device) -> str:

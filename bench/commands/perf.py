@@ -9,7 +9,7 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("perf", help="benchmark the trial loop against a bare PyTorch loop", description=__doc__)
     p.add_argument("--workload", action="append", choices=["lenet", "mobilenet"],
-                   help="workloads to time (default: lenet; repeat the flag for several)")
+                   help="workloads to time (repeatable; default: lenet unless another section is asked for)")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
@@ -34,9 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from bench.perf import logging_overhead, measure, time_grid
 
     report: dict = {"workloads": []}
-    print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} "
-          f"{'harness img/s':>14} {'ratio':>6}")
-    for name in args.workload or ["lenet"]:
+    # the lenet workload by default, unless only other sections were asked for
+    names = args.workload or ([] if args.logging or args.head or args.jpeg or args.grid else ["lenet"])
+    if names:
+        print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} "
+              f"{'harness img/s':>14} {'ratio':>6}")
+    for name in names:
         r = measure(name, device=args.device, batch_size=args.batch_size, precision=args.precision,
                     epochs=args.epochs, repeats=args.repeats)
         print(f"{r.workload:<10} {r.device[:40]:<40} {r.batch_size:>5} {r.precision:>5} "
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(g["counts"].items()) if n)
         print(f"grid {g['grid']}: {g['trials']} trials with {g['workers']} workers in {g['wall_seconds']:.1f} s wall "
               f"({counts})")
+        print(g["tables"])
         report["grid"] = g
     if args.json:
         with open(args.json, "w") as f:

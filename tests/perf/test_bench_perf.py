@@ -58,5 +58,6 @@ def test_bench_perf_grid_trains_every_cell_with_relative_paths_and_overrides(in_
                  "--set", "epochs=1", "--json", str(out_json)]) == 0
     grid = json.loads(out_json.read_text())["grid"]
     assert grid["trials"] == 2 and grid["workers"] == 2 and grid["counts"].get("finished") == 2
+    assert "| cosface |" in grid["tables"] and "| softmax |" in grid["tables"]  # the accuracies, to compare runs
     assert "2 trials with 2 workers" in capsys.readouterr().out
     assert not (in_tmp / "mlflow.db").exists()  # a throwaway store, not the folder's

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The performance figures of the README on a machine with a GPU, in one go (about 10 minutes on an H100):
+#   bash bench/gpu_checks.sh            # results in ./perf-out (or $OUT): gpu.csv, perf.json/.log, grid.json/.log
+# 1. harness vs bare loop: LeNet++ (MNIST 10k x 6, batch 512) and timm mobilenetv3_large_100 (112x112, batch 1024,
+#    bf16, channels_last, CosFace 512-d); MLflow logging's share of a 20-epoch trial; the CosFace head at 1M
+#    classes, plain vs class-chunked, both against float64; the JPEG image-folder feed vs device-resident faces.
+# 2. the losses grid (sweeps/losses.yaml, 20 epochs of 10k MNIST x 6 = 48k images) with $WORKERS trials at once;
+#    its accuracy table is printed, to compare with a sequential run (WORKERS=1).
+# Needs ../shared/data/mnist-10k (or set MNIST=folder with the IDX files) and `make install` done.
+set -euo pipefail
+OUT=${OUT:-perf-out}
+WORKERS=${WORKERS:-10}
+MNIST=${MNIST:-../shared/data/mnist-10k}
+BENCH=${BENCH:-.venv/bin/bench}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1 || true
+"$BENCH" perf --workload lenet --workload mobilenet --repeats 2 --logging --head --jpeg \
+    --json "$OUT/perf.json" 2>&1 | tee "$OUT/perf.log"
+"$BENCH" perf --grid sweeps/losses.yaml --workers "$WORKERS" --set "dataset.root=$MNIST" --set dataset.repeat=6 \
+    --json "$OUT/grid.json" 2>&1 | tee "$OUT/grid.log"
