@@ -85,7 +85,7 @@ class Batches:
         device: where batches go.
         shuffle: new order each epoch from ``generator``.
         drop_last: drop the last incomplete batch (training).
-        generator: CPU generator driving the order (seeded by the trial); needed with ``shuffle``.
+        generator: CPU generator driving the order (seeded by the trial; None: torch's global one).
         num_workers: DataLoader workers for Dataset splits.
         channels_last: return images in channels_last memory format.
     """
@@ -94,8 +94,6 @@ class Batches:
                  shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None,
                  num_workers: int = 2, channels_last: bool = False, skips: SkipLog | None = None) -> None:
         self.batch_size, self.device, self.shuffle, self.drop_last = batch_size, device, shuffle, drop_last
-        if shuffle and generator is None:
-            generator = torch.Generator().manual_seed(0)
         self.generator = generator
         self.channels_last = channels_last
         self.skips = skips if skips is not None else SkipLog()
@@ -114,7 +112,8 @@ class Batches:
         workers = dict(num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate_skipping,
                        prefetch_factor=2 if num_workers > 0 else None)
         if shuffle:
-            assert generator is not None
+            if generator is None:  # as DataLoader does without one: a seed from torch's global generator
+                generator = self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
             self.sampler = EpochBatchSampler(len(split), batch_size, generator, drop_last=drop_last)
             # worker seeds (random flips) from a generator of their own: the order's generator must see
             # nothing but the permutations, so that a resumed trial draws the same ones
