@@ -61,3 +61,24 @@ def test_bench_perf_grid_trains_every_cell_with_relative_paths_and_overrides(in_
     assert "| cosface |" in grid["tables"] and "| softmax |" in grid["tables"]  # the accuracies, to compare runs
     assert "2 trials with 2 workers" in capsys.readouterr().out
     assert not (in_tmp / "mlflow.db").exists()  # a throwaway store, not the folder's
+
+
+def test_float64_head_reference_is_cosface_by_autograd():
+    # The formula `bench perf --head` measures both heads against, checked against autograd through
+    # F.cross_entropy in float64 (batch in row blocks of 7, duplicate labels included).
+    import torch
+    import torch.nn.functional as F
+
+    from bench.perf import float64_head_reference
+
+    torch.manual_seed(0)
+    classes, batch, dim = 300, 40, 16
+    w, x, y = torch.randn(classes, dim), torch.randn(batch, dim), torch.randint(0, classes, (batch,))
+    loss, (grad_x, grad_w) = float64_head_reference(w, x, y, s=64.0, m=0.35, rows=7)
+    W, X = w.double().requires_grad_(), x.double().requires_grad_()
+    cos = F.normalize(X, dim=1) @ F.normalize(W, dim=1).T
+    expected = F.cross_entropy(64.0 * (cos - 0.35 * F.one_hot(y, classes).double()), y)
+    expected.backward()
+    assert abs(loss - expected.item()) < 1e-12
+    torch.testing.assert_close(grad_x, X.grad, rtol=0, atol=1e-13)
+    torch.testing.assert_close(grad_w, W.grad, rtol=0, atol=1e-13)
