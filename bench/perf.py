@@ -53,9 +53,9 @@ WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
                      batch_size=512, epochs=3),
     },
     "mobilenet": {
-        "cpu": dict(dataset="synthetic-faces", dataset_params={"identities": 16, "images_per_identity": 4,
+        "cpu": dict(dataset="synthetic-faces", dataset_params={"identities": 16, "images_per_identity": 16,
                                                                "image_size": 112, "in_chans": 3, **_TRAIN_ONLY},
-                    backbone="timm/mobilenetv3_large_100", loss="cosface", embedding_dim=512, batch_size=16,
+                    backbone="timm/mobilenetv3_large_100", loss="cosface", embedding_dim=512, batch_size=32,
                     epochs=2),
         "cuda": dict(dataset="synthetic-faces", dataset_params={"identities": 1000, "images_per_identity": 20,
                                                                 "image_size": 112, "in_chans": 3, **_TRAIN_ONLY},
@@ -168,7 +168,7 @@ def jpeg_feed(workload: str = "mobilenet", *, device: str | None = None, epochs:
     if epochs is not None:
         config["epochs"] = epochs
     resident = TrialSpec(**config)  # the same dataset parameters as `measure`'s: rendered once per process
-    workers = loader_workers if loader_workers is not None else default_loader_workers()
+    workers = loader_workers if loader_workers is not None else default_loader_workers(dev)
     with tempfile.TemporaryDirectory(prefix="marginbench-jpeg-") as tmp:
         train = load_dataset(resident).train
         size = write_jpeg_folder(Path(tmp), train.images, train.labels, quality=quality)
@@ -191,7 +191,6 @@ def write_jpeg_folder(root: Path, images: torch.Tensor, labels: torch.Tensor, *,
     encoder releases the GIL); returns the bytes written."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from bench.data import default_loader_workers
     from registry.datasets._images import encode_image
 
     for label in labels.unique().tolist():
@@ -202,7 +201,7 @@ def write_jpeg_folder(root: Path, images: torch.Tensor, labels: torch.Tensor, *,
         (root / f"{int(labels[i]):05d}" / f"{i:06d}.jpg").write_bytes(blob)
         return len(blob)
 
-    with ThreadPoolExecutor(default_loader_workers() + 1) as pool:
+    with ThreadPoolExecutor(max(2, torch.get_num_threads())) as pool:
         return sum(pool.map(write, range(len(labels))))
 
 

@@ -305,7 +305,7 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
 
     generator = torch.Generator().manual_seed(spec.seed)
     skips = SkipLog()
-    loader_workers = options.num_workers if options.num_workers is not None else default_loader_workers()
+    loader_workers = options.num_workers if options.num_workers is not None else default_loader_workers(device)
     train = Batches(bundle.train, spec.batch_size, device, shuffle=True, drop_last=False, generator=generator,
                     num_workers=loader_workers, channels_last=spec.channels_last, skips=skips)
     test = (Batches(bundle.test, spec.eval_batch_size, device, num_workers=loader_workers,

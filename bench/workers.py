@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.data import default_loader_workers
 from bench.grid import Grid
 from bench.runner import TrialOutcome, execute_trial
 from bench.study import (
@@ -294,8 +293,7 @@ def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: Stu
 
             ckpt = (checkpoint_dir / f"{key}.pt") if checkpoint_dir is not None else None
             trial_options = TrialOptions(device=options.device, plots=options.plots, checkpoint_path=ckpt,
-                                         progress=options.progress, distributed=dist,
-                                         num_workers=default_loader_workers(options.threads))
+                                         progress=options.progress, distributed=dist)
             if dist is not None:
                 from bench.distributed import broadcast_object
 

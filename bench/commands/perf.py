@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jpeg", action="store_true",
                    help="also train the mobilenet workload from a folder of JPEG files vs the same faces on the device")
     p.add_argument("--loader-workers", type=int, default=None, metavar="N",
-                   help="DataLoader workers for --jpeg (default: the cores less one, at most 16)")
+                   help="DataLoader workers for --jpeg (default: as a trial: none on the CPU, else "
+                        "torch's threads less one, at most 16)")
     p.add_argument("--grid", default=None, help="also time this whole grid (into a throwaway MLflow store)")
     p.add_argument("--workers", type=int, default=None, help="workers for --grid")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --grid")

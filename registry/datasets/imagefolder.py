@@ -1,11 +1,11 @@
 """``imagefolder``: a face set on disk as ``root/<identity>/<image>`` (CASIA-WebFace once aligned, or your own).
 
-Images are decoded in DataLoader workers (PIL), converted to grayscale or RGB, resized to ``image_size``
-when they differ and flipped horizontally at random for training; the training and test splits hand over
-uint8 pixels, scaled to ``[-1, 1]`` on the training device (`bench.data.Batches`), which keeps the bytes
-through shared memory, pinning and the host-to-device copy at a quarter of float32's. A file that
-cannot be read (corrupt, truncated, empty, vanished) becomes a `SkippedSample`: the collate drops it, the
-trial counts it and reports every one at the end; training never stops for it.
+Images are decoded by PIL (in DataLoader workers when training on a GPU), converted to grayscale or RGB,
+resized to ``image_size`` when they differ and flipped horizontally at random for training; the training
+and test splits hand over uint8 pixels, scaled to ``[-1, 1]`` on the training device (`bench.data.Batches`),
+which keeps the bytes through shared memory, pinning and the host-to-device copy at a quarter of float32's.
+A file that cannot be read (corrupt, truncated, empty, vanished) becomes a `SkippedSample`: the collate drops
+it, the trial counts it and reports every one at the end; training never stops for it.
 
 Verification pairs come from a ``pairs.txt`` (LFW format) over an image root, from an insightface ``.bin``,
 or, with ``split: identities``, are drawn from the held-out identities.

@@ -103,11 +103,13 @@ def test_batches_scale_uint8_pixels_as_insightface_does(broken):
     np.testing.assert_allclose(images.numpy(), expected, rtol=0, atol=1e-7)
 
 
-def test_loader_workers_default_to_the_cores_less_one():
+def test_loader_workers_default_to_none_on_the_cpu_else_the_cores_less_one():
     from bench.data import MAX_LOADER_WORKERS, default_loader_workers
 
-    assert [default_loader_workers(c) for c in (1, 2, 8, 64)] == [1, 1, 7, MAX_LOADER_WORKERS]
-    assert 1 <= default_loader_workers() <= MAX_LOADER_WORKERS
+    cuda = torch.device("cuda", 0)  # only the type is read
+    assert [default_loader_workers(cuda, c) for c in (1, 2, 8, 64)] == [1, 1, 7, MAX_LOADER_WORKERS]
+    assert default_loader_workers(cuda) == max(1, min(MAX_LOADER_WORKERS, torch.get_num_threads() - 1))
+    assert default_loader_workers(torch.device("cpu"), 16) == 0
 
 
 def test_split_by_images_keeps_every_identity_in_train():

@@ -32,7 +32,7 @@ def test_bench_perf_jpeg_trains_from_jpeg_files_and_from_the_device(in_tmp, caps
     out = capsys.readouterr().out
     assert "JPEG feed" in out and "from JPEG files" in out
     jpeg = json.loads(out_json.read_text())["jpeg"]
-    assert jpeg["images"] == 64 and jpeg["loader_workers"] == 1 and jpeg["jpeg_bytes_per_image"] > 0
+    assert jpeg["images"] == 256 and jpeg["loader_workers"] == 1 and jpeg["jpeg_bytes_per_image"] > 0
     assert jpeg["resident_images_per_second"] > 0 and jpeg["jpeg_images_per_second"] > 0
     assert abs(jpeg["ratio"] - jpeg["jpeg_images_per_second"] / jpeg["resident_images_per_second"]) < 1e-9
 
