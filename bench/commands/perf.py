@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
               f"|loss diff| {h['loss_abs_diff']:.2e} (relative {h['loss_rel_diff']:.1e}), "
               f"max |grad diff| {max(h['grad_w_max_abs_diff'], h['grad_x_max_abs_diff']):.2e}")
         for name in ("plain", "chunked"):
-            print(f"  {name:<7} float32 vs the plain head in float64: |loss err| {h[f'{name}_loss_err_vs_fp64']:.2e}, "
+            print(f"  {name:<7} float32 vs CosFace in float64: |loss err| {h[f'{name}_loss_err_vs_fp64']:.2e}, "
                   f"max |grad W err| {h[f'{name}_grad_w_err_vs_fp64']:.2e}, "
                   f"max |grad x err| {h[f'{name}_grad_x_err_vs_fp64']:.2e}")
         report["head"] = h
