@@ -152,21 +152,25 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.tensors is not None:
             yield from self._tensor_batches()
-            return
-        if self.sampler is None:
+        elif self.sampler is None:
             yield from self._moved(iter(self.loader))  # type: ignore[arg-type]
-            return
+        else:
+            yield from self._moved(self._next_epoch_of_stream())
+
+    def _next_epoch_of_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[SkippedSample]]]:
+        """The next epoch's collated batches from the trial-long loader iterator; what an epoch left early
+        did not take is skipped first, so that every epoch starts on its own permutation."""
+        assert self.sampler is not None
         if self._stream is None:
             self._stream = iter(self.loader)  # type: ignore[arg-type]
-        for _ in range(self._left_in_epoch):  # the previous epoch was left early: skip the rest of it
+        for _ in range(self._left_in_epoch):
             next(self._stream)
         self.sampler.state_before.pop(self._epochs_started - 1, None)
         self._epochs_started += 1
         self._left_in_epoch = self.sampler.batches_per_epoch()
         while self._left_in_epoch:
-            item = next(self._stream)
             self._left_in_epoch -= 1
-            yield from self._moved(iter((item,)))
+            yield next(self._stream)
 
     def _tensor_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         assert self.tensors is not None
@@ -181,7 +185,9 @@ class Batches:
                 idx = order[start:start + self.batch_size]
                 yield self.tensors.images[idx], self.tensors.labels[idx]
 
-    def _moved(self, items: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _moved(self, items: Iterator[tuple[torch.Tensor, torch.Tensor, list[SkippedSample]]],
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Collated batches on the device, scaled when uint8; skipped samples logged, empty batches dropped."""
         for images, labels, skipped in items:
             if skipped:
                 self.skips.add(skipped)
