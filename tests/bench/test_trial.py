@@ -66,6 +66,17 @@ def test_reduced_precision_and_channels_last_run_and_stay_finite(tiny_dataset):
         assert all(math.isfinite(h["train_loss"]) for h in result.history)
 
 
+def test_compiled_backbone_trains_to_the_eager_numbers(tiny_dataset):
+    # `compile: true` wraps the backbone in torch.compile (inductor on the CPU): one epoch of 5 steps, the
+    # same loss and accuracy as eager up to kernel fusion's float rounding.
+    spec = spec_for(tiny_dataset, batch_size=16, loss="cosface", loss_params={"s": 10.0, "m": 0.1})
+    eager = run_trial(spec, TrialOptions(progress=False))
+    compiled = run_trial(spec.replace(compile=True), TrialOptions(progress=False))
+    assert compiled.status == "finished"
+    assert math.isclose(compiled.metrics["train_loss"], eager.metrics["train_loss"], rel_tol=1e-4)
+    assert compiled.metrics["test_acc"] == eager.metrics["test_acc"]
+
+
 def test_center_loss_moves_centres_outside_the_optimizer(tiny_dataset):
     result = run_trial(spec_for(tiny_dataset, epochs=2, center_loss={"weight": 0.01, "alpha": 0.5}),
                        TrialOptions(progress=False))
