@@ -51,7 +51,7 @@ from bench.spec import SpecError, TrialSpec
 __all__ = ["run_study", "StudyConfig", "SearchParam", "Slot", "plan_slots", "resolve_storage", "open_storage",
            "prepare_study", "load_study", "reap_stale_trials", "study_summary", "CellStudy", "worker_identity",
            "trial_spec", "slot_trials", "DEFAULT_STORAGE_NAME", "HEARTBEAT_INTERVAL", "HEARTBEAT_GRACE",
-           "StudyNotReady"]
+           "StudyNotReady", "pop_next_trial_id", "requeue_trial"]
 
 log = logging.getLogger(__name__)
 
@@ -694,6 +694,24 @@ def requeue_trial(study: Any, trial: Any) -> None:
                                               system_attrs=system_attrs))
     log.warning("trial %d (%s) was left running by a process that died; queued again", trial.number,
                 trial.user_attrs.get(SLOT_ATTR))
+
+
+def pop_next_trial_id(study: Any) -> int | None:
+    """Sets the next waiting trial RUNNING and returns its id (None when none waits): trials queued again by
+    `requeue_trial` first (their checkpoint is waiting to be resumed; Optuna's own pop would take them
+    last), then the rest, each in queue order. Several workers may pop at once: the storage accepts one
+    WAITING to RUNNING change per trial, and a worker that loses the race tries the next."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for trial in sorted(waiting, key=lambda t: ("retry_history" not in t.system_attrs, t.number)):
+        try:
+            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                return trial._trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return None
 
 
 def reap_stale_trials(study: Any) -> list[int]:

@@ -59,6 +59,7 @@ from bench.study import (
     load_study,
     open_storage,
     plan_slots,
+    pop_next_trial_id,
     prepare_study,
     reap_stale_trials,
     requeue_trial,
@@ -421,7 +422,7 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
         ckpt_dir = options.checkpoint_dir or checkpoint_folder(storage_url, study_name)
         while options.max_trials is None or ran < options.max_trials:
             reap_stale_trials(study)
-            trial_id = study._pop_waiting_trial_id()
+            trial_id = pop_next_trial_id(study)
             if trial_id is None:
                 if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     time.sleep(idle)  # one of them may die and come back

@@ -59,6 +59,8 @@ def test_trial_of_a_dead_process_reruns_from_its_checkpoint_exactly_once(in_tmp,
     retried = next(t for t in trials
                    if t.state == TrialState.COMPLETE and t.user_attrs["marginbench.key"] == spec.key())
     assert retried.system_attrs["retry_history"] == [frozen.number]
+    other = next(t for t in trials if t.state == TrialState.COMPLETE and t is not retried)
+    assert retried.datetime_start < other.datetime_start  # the retry, queued last, ran first: it had a checkpoint
 
     runs = [r for r in mlflow_children("resume", report.tracking_uri)
             if r.data.tags["marginbench.trial_key"] == spec.key()]
