@@ -160,8 +160,21 @@ class SyntheticFaces:
         in ``identities`` (its label)."""
         h, w = self.image_size
         out = np.empty((len(identities) * count, self.in_chans, h, w), dtype=np.float32)
-        for i, identity in enumerate(identities):
-            out[i * count:(i + 1) * count] = self.render(identity, count)
+
+        def fill(i: int) -> None:
+            out[i * count:(i + 1) * count] = self.render(identities[i], count)
+
+        # each identity is a pure function of (seed, identity), and numpy releases the GIL in the array work:
+        # threads render the same pixels several times faster (20,000 faces at 112x112 take ~70 s in one)
+        threads = min(len(identities), torch.get_num_threads())
+        if threads > 1 and len(identities) * count * h * w >= 2**22:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(fill, range(len(identities))))
+        else:
+            for i in range(len(identities)):
+                fill(i)
         return out, np.repeat(np.arange(len(identities), dtype=np.int64), count)
 
 

@@ -3,6 +3,7 @@ held-out identities, and the same faces written to disk."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,15 @@ def test_an_identity_does_not_depend_on_how_many_are_asked_for():
     few = DATASETS.create("synthetic-faces", **{**SMALL, "identities": 3})
     many = DATASETS.create("synthetic-faces", **{**SMALL, "identities": 6})
     assert torch.equal(few.train.images[few.train.labels == 2], many.train.images[many.train.labels == 2])
+
+
+def test_rendering_in_threads_gives_the_pixels_of_one_identity_at_a_time(monkeypatch):
+    # 40 identities x 20 faces at 112x112 are enough for `images` to use threads (with 2 or more torch threads)
+    gen = SyntheticFaces(image_size=(112, 112), in_chans=3, seed=3)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    images, labels = gen.images(range(40), 20)
+    one_by_one = np.concatenate([gen.render(i, 20) for i in range(40)])
+    assert np.array_equal(images, one_by_one) and labels.tolist() == [i // 20 for i in range(800)]
 
 
 @pytest.mark.parametrize("size,in_chans", [((28, 28), 1), ((112, 96), 3), ((17, 40), 5)])
