@@ -35,6 +35,11 @@ def default_loader_workers(device: torch.device, cores: int | None = None) -> in
     return max(1, min(MAX_LOADER_WORKERS, cores - 1))
 
 
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches of ``batch_size`` in ``n`` samples: the last one shorter, or dropped with ``drop_last``."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
 @dataclass
 class SkipLog:
     """Unreadable samples met while loading, reported once at the end of the trial."""
@@ -64,15 +69,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.n, self.batch_size, self.generator, self.drop_last = n, batch_size, generator, drop_last
         self.state_before: dict[int, torch.Tensor] = {}
 
-    def batches_per_epoch(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
     def __iter__(self) -> Iterator[list[int]]:
         epoch = 0
         while True:
             self.state_before[epoch] = self.generator.get_state()
             order = torch.randperm(self.n, generator=self.generator).tolist()
-            for b in range(self.batches_per_epoch()):
+            for b in range(batches_per_epoch(self.n, self.batch_size, self.drop_last)):
                 yield order[b * self.batch_size:(b + 1) * self.batch_size]
             epoch += 1
 
@@ -135,8 +137,7 @@ class Batches:
         return len(self.tensors) if self.tensors is not None else len(self.loader.dataset)  # type: ignore[union-attr,arg-type]
 
     def __len__(self) -> int:
-        n = self.num_samples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return batches_per_epoch(self.num_samples, self.batch_size, self.drop_last)
 
     def order_state(self) -> torch.Tensor | None:
         """The order generator's state to checkpoint after an epoch: restoring it before the next ``iter()``
@@ -167,7 +168,7 @@ class Batches:
             next(self._stream)
         self.sampler.state_before.pop(self._epochs_started - 1, None)
         self._epochs_started += 1
-        self._left_in_epoch = self.sampler.batches_per_epoch()
+        self._left_in_epoch = len(self)
         while self._left_in_epoch:
             self._left_in_epoch -= 1
             yield next(self._stream)

@@ -152,8 +152,9 @@ def jpeg_feed(workload: str = "mobilenet", *, device: str | None = None, epochs:
 
     The workload's synthetic faces (`WORKLOADS`, a ``synthetic-faces`` one) are rendered once, written as
     ``root/<identity>/<n>.jpg`` at their size, and the same spec is trained twice by `run_trial`: from the
-    rendered tensors (``synthetic-faces``, on the device) and from the folder (``imagefolder``, decoded in
-    DataLoader workers, random flips). Also timed: the loader alone (decode, collate, copy, no training).
+    rendered tensors (``synthetic-faces``, on the device) and from the folder (``imagefolder``, decoded as a
+    trial decodes it, `bench.data.default_loader_workers` unless ``loader_workers``; random flips). Also
+    timed: the loader alone (decode, collate, copy, no training).
 
     Returns:
         ``resident_images_per_second``, ``jpeg_images_per_second``, their ``ratio``,
@@ -267,12 +268,13 @@ def time_grid(grid_path: str, *, device: str | None = None, workers: int | None 
 
     grid = load_grid(grid_path, overrides=parse_sets(list(sets)))
     with tempfile.TemporaryDirectory(prefix="marginbench-grid-") as tmp:
+        tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         t0 = time.perf_counter()
-        report = run_study(grid, storage=str(Path(tmp) / "optuna.journal"),
-                           tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}", workers=workers, device=device,
-                           plots=False, progress=False, sets=sets, echo=lambda line: None)
+        report = run_study(grid, storage=str(Path(tmp) / "optuna.journal"), tracking_uri=tracking_uri,
+                           workers=workers, device=device, plots=False, progress=False, sets=sets,
+                           echo=lambda line: None)
         wall = time.perf_counter() - t0
-        tables = default_table(grid, f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        tables = default_table(grid, tracking_uri)
     return {"grid": grid.name, "trials": len(grid.trials()), "workers": workers or grid.raw.get("workers", 1),
             "wall_seconds": wall, "counts": dict(report.counts), "tables": tables}
 
@@ -389,9 +391,10 @@ def float64_head_reference(weight: torch.Tensor, emb: torch.Tensor, labels: torc
         grad_x_hat[sl] = g @ w_hat
         del logits, g
     # back through w_hat = w / |w| and x_hat = x / |x|, in place (chunks of rows keep the temporaries small)
-    for start in range(0, len(w_hat), 65536):
-        gw, wh = grad_w_hat[start:start + 65536], w_hat[start:start + 65536]
-        gw.sub_(wh * (gw * wh).sum(1, keepdim=True)).div_(norm[start:start + 65536, None])
+    block = 65536
+    for start in range(0, len(w_hat), block):
+        gw, wh = grad_w_hat[start:start + block], w_hat[start:start + block]
+        gw.sub_(wh * (gw * wh).sum(1, keepdim=True)).div_(norm[start:start + block, None])
     grad_x = (grad_x_hat - x_hat * (grad_x_hat * x_hat).sum(1, keepdim=True)) / x_norm[:, None]
     return total, (grad_x, grad_w_hat)
 

@@ -79,7 +79,8 @@ def test_order_state_resumes_the_next_epoch_although_the_sampler_ran_ahead():
     assert [_epoch(resumed) for _ in range(2)] == _reference_epochs(12, 4, 11, 4)[2:]
 
 
-def test_sampler_counts_batches_per_epoch():
-    g = torch.Generator().manual_seed(0)
-    assert EpochBatchSampler(10, 4, g).batches_per_epoch() == 3
-    assert EpochBatchSampler(10, 4, g, drop_last=True).batches_per_epoch() == 2
+def test_sampler_cuts_each_epoch_into_batches():
+    sampler = iter(EpochBatchSampler(10, 4, torch.Generator().manual_seed(0)))
+    assert [len(next(sampler)) for _ in range(6)] == [4, 4, 2, 4, 4, 2]
+    dropping = iter(EpochBatchSampler(10, 4, torch.Generator().manual_seed(0), drop_last=True))
+    assert [len(next(dropping)) for _ in range(4)] == [4, 4, 4, 4]
