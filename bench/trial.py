@@ -30,8 +30,8 @@ from bench.spec import TrialSpec
 from registry import BACKBONES, DATASETS, LOSSES
 from registry.datasets import DataBundle
 
-__all__ = ["TrialOptions", "TrialResult", "Pruned", "run_trial", "build_models", "load_dataset", "pick_device",
-           "autocast_dtype"]
+__all__ = ["TrialOptions", "TrialResult", "TrialState", "Pruned", "run_trial", "build_models", "load_dataset",
+           "pick_device", "autocast_dtype", "at_least_fp32"]
 
 NONFINITE_CHECK_EVERY = 50
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -162,9 +162,15 @@ def _scheduler(spec: TrialSpec, optimizer: torch.optim.Optimizer) -> torch.optim
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs, eta_min=float(kw.get("eta_min", 0)))
 
 
+def at_least_fp32(emb: torch.Tensor) -> torch.Tensor:
+    """Embeddings for a head: half precision widened to float32 (margins need fp32 cosines near +-1);
+    float64 (a model built in float64, for reference runs) kept."""
+    return emb if emb.dtype in (torch.float32, torch.float64) else emb.float()
+
+
 def _embed(backbone: nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
-        return backbone(images).float()
+        return at_least_fp32(backbone(images))
 
 
 PER_CLASS_MAX = 20  # test_acc.class_<i> is logged for datasets with at most this many classes
@@ -245,7 +251,7 @@ class _TrainStep(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.backbone(images) if self.dtype is None else _embed(self.backbone, images, self.dtype)
-        emb = emb.float()
+        emb = at_least_fp32(emb)
         with torch.autocast(images.device.type, enabled=False):  # margins need fp32 cosines near +-1
             loss = self.head(emb, labels)
             if self.center is not None:
@@ -263,6 +269,181 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class TrialState:
+    """One trial's models, optimizer, data order and record, and what happens between epochs: evaluation,
+    pictures, checkpoint, the pruner's callback. `run_trial` drives one through its training steps;
+    `bench.fused` drives several through shared ones.
+
+    Building it seeds every generator from ``spec.seed``, builds the models and resumes from
+    ``options.checkpoint_path`` when it holds this spec (``start_epoch`` is then the next epoch).
+
+    Args:
+        spec, options: the trial.
+        device: where it trains.
+        train, test: `Batches` to use instead of the trial's own (trials fused on one device share them);
+            a shared training `Batches` must be driven by a generator seeded like this trial's.
+    """
+
+    def __init__(self, spec: TrialSpec, options: TrialOptions, device: torch.device, *,
+                 train: Batches | None = None, test: Batches | None = None) -> None:
+        self.spec, self.options, self.device = spec, options, device
+        self.dist = dist = options.distributed
+        self.dtype = autocast_dtype(spec.precision)
+        self.bundle = bundle = load_dataset(spec)
+        seed_everything(spec.seed)
+        self.backbone, self.head, self.center = backbone, head, center = build_models(spec, bundle)
+        backbone.to(device)
+        head.to(device)
+        if center is not None:
+            center.to(device)
+        if spec.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+        self.params = list(backbone.parameters()) + list(head.parameters())
+        self.optimizer = _optimizer(spec, self.params)
+        self.scheduler = _scheduler(spec, self.optimizer)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
+
+        generator = torch.Generator().manual_seed(spec.seed)
+        self.skips = SkipLog()
+        self.loader_workers = (options.num_workers if options.num_workers is not None
+                               else default_loader_workers(device))
+        self.train = train if train is not None else Batches(
+            bundle.train, spec.batch_size, device, shuffle=True, drop_last=False, generator=generator,
+            num_workers=self.loader_workers, channels_last=spec.channels_last, skips=self.skips)
+        self.test = test if test is not None else (
+            Batches(bundle.test, spec.eval_batch_size, device, num_workers=self.loader_workers,
+                    channels_last=spec.channels_last, skips=self.skips) if bundle.test is not None else None)
+
+        self.result = TrialResult(spec=spec, status="finished", device=str(device))
+        self.start_epoch = self._resume()
+        self.artifact_dir = options.artifact_dir or Path(tempfile.mkdtemp(prefix="marginbench-"))
+        self.frames: list[Path] = []
+        self.grad_clip = float(spec.grad_clip) if spec.grad_clip else None
+        self.center_weight = float(spec.center_loss.get("weight", 0.0)) if center is not None else 0.0
+        self.main = dist is None or dist.is_main
+        self.images_seen = 0
+        self._picture_batches: Batches | None = None
+
+    def _resume(self) -> int:
+        """Loads the checkpoint when it holds this spec; the epoch to start from."""
+        path = self.options.checkpoint_path
+        if path is None or not path.exists():
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("spec_key") != self.spec.key():
+            return 0
+        self.backbone.load_state_dict(state["backbone"])
+        self.head.load_state_dict(state["head"])
+        if self.center is not None and state.get("center") is not None:
+            self.center.load_state_dict(state["center"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        assert self.train.generator is not None
+        self.train.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.result.history = state["history"]
+        self.result.train_seconds = state.get("train_seconds", 0.0)
+        return state["epoch"] + 1
+
+    def optimizer_step(self) -> None:
+        """Clips (when the spec says so) and applies the gradients that ``backward`` left."""
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def end_epoch(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
+                  first_bad: torch.Tensor, seconds: float) -> bool:
+        """Records a trained epoch: divergence, metrics, evaluation, pictures, checkpoint, the callback.
+
+        Args:
+            epoch: the epoch just trained (from 0).
+            loss_sum, correct: the epoch's summed training loss (finite steps) and correct predictions,
+                device scalars.
+            seen: images trained on.
+            first_bad: device scalar, the first step whose loss was NaN or inf, -1 for none.
+            seconds: the epoch's training time.
+
+        Returns:
+            True when the trial stops here (diverged or pruned).
+        """
+        spec, options, dist, device, result = self.spec, self.options, self.dist, self.device, self.result
+        result.train_seconds += seconds
+        self.images_seen += seen
+        bad_step = int(first_bad.item())
+        if bad_step >= 0:
+            result.status = "diverged"
+            result.diverged = {"epoch": epoch, "step": bad_step,
+                               "reason": f"training loss became NaN or inf at epoch {epoch}, step {bad_step}"}
+            return True
+        metrics = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+                   "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.scheduler is not None:
+            self.scheduler.step()
+        keep = 2000 if options.plots else 0
+        emb_np = lab_np = None
+        if self.test is not None:
+            split, emb_np, lab_np = evaluate_split(self.backbone, self.head, self.test, self.dtype, keep=keep,
+                                                   num_classes=self.bundle.num_classes)
+            metrics.update({f"test_{k}": v for k, v in split.items()})
+        if self.bundle.pairs is not None:
+            ver = _verification(self.backbone, self.bundle, device, self.dtype, spec.eval_batch_size)
+            metrics.update(ver.as_metrics(self.bundle.pairs.name))
+            if epoch == spec.epochs - 1:
+                from bench.verification import plot_roc
+
+                result.artifacts.append(plot_roc(ver, self.artifact_dir / f"roc_{self.bundle.pairs.name}.png"))
+        if options.plots and emb_np is None and (spec.embedding_dim <= 3 or epoch == spec.epochs - 1):
+            # no closed-set test split (a face grid tested on pairs): picture the training identities
+            if self._picture_batches is None:
+                self._picture_batches = Batches(self.bundle.train, spec.eval_batch_size, device,
+                                                num_workers=self.loader_workers, channels_last=spec.channels_last)
+            _, emb_np, lab_np = evaluate_split(self.backbone, self.head, self._picture_batches, self.dtype,
+                                               keep=keep, stop_after_keep=True)
+        if options.plots and emb_np is not None:
+            self.frames += _plot_epoch(emb_np, lab_np, self.head, spec, epoch, self.artifact_dir)
+        result.history.append(metrics)
+        result.metrics = metrics
+        if options.checkpoint_path is not None and self.main:
+            _save_checkpoint(options.checkpoint_path, {
+                "spec_key": spec.key(), "epoch": epoch, "backbone": self.backbone.state_dict(),
+                "head": self.head.state_dict(), "center": self.center.state_dict() if self.center is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict(), "generator": self.train.order_state(),
+                "torch_rng": torch.get_rng_state(), "history": result.history, "train_seconds": result.train_seconds})
+        stop = False
+        if options.on_epoch is not None:
+            try:
+                options.on_epoch(epoch, metrics)
+            except Pruned:
+                stop = True
+        if dist is not None:
+            from bench import distributed
+
+            stop = distributed.any_true(stop, dist, device)  # rank 0's pruner decides for all
+        if stop:
+            result.status = "pruned"
+        return stop
+
+    def finish(self) -> TrialResult:
+        """The result, with the GIF of the epochs' pictures and the throughput."""
+        result = self.result
+        if self.frames:
+            result.artifacts += self.frames
+            if self.spec.embedding_dim in (2, 3) and len(self.frames) > 1:
+                from bench.embedding_plots import make_gif
+
+                result.artifacts.append(make_gif(self.frames, self.artifact_dir / "embeddings.gif"))
+        result.skipped = dict(self.skips.samples)
+        result.images_per_second = (self.images_seen / result.train_seconds if result.train_seconds > 0
+                                    else math.nan)
+        return result
 
 
 def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResult:
@@ -287,63 +468,17 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
     device = pick_device(dist.device if dist is not None else options.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dtype = autocast_dtype(spec.precision)
-    bundle = load_dataset(spec)
-    seed_everything(spec.seed)
-    backbone, head, center = build_models(spec, bundle)
-    backbone.to(device)
-    head.to(device)
-    if center is not None:
-        center.to(device)
-    if spec.channels_last:
-        backbone.to(memory_format=torch.channels_last)
-    params = list(backbone.parameters()) + list(head.parameters())
-    optimizer = _optimizer(spec, params)
-    scheduler = _scheduler(spec, optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
-    model_fn = torch.compile(backbone) if spec.compile else backbone
-
-    generator = torch.Generator().manual_seed(spec.seed)
-    skips = SkipLog()
-    loader_workers = options.num_workers if options.num_workers is not None else default_loader_workers(device)
-    train = Batches(bundle.train, spec.batch_size, device, shuffle=True, drop_last=False, generator=generator,
-                    num_workers=loader_workers, channels_last=spec.channels_last, skips=skips)
-    test = (Batches(bundle.test, spec.eval_batch_size, device, num_workers=loader_workers,
-                    channels_last=spec.channels_last, skips=skips) if bundle.test is not None else None)
-
-    result = TrialResult(spec=spec, status="finished", device=str(device))
-    start_epoch = 0
-    if options.checkpoint_path is not None and options.checkpoint_path.exists():
-        state = torch.load(options.checkpoint_path, map_location=device, weights_only=False)
-        if state.get("spec_key") == spec.key():
-            backbone.load_state_dict(state["backbone"])
-            head.load_state_dict(state["head"])
-            if center is not None and state.get("center") is not None:
-                center.load_state_dict(state["center"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            result.history = state["history"]
-            result.train_seconds = state.get("train_seconds", 0.0)
-            start_epoch = state["epoch"] + 1
-
-    artifact_dir = options.artifact_dir or Path(tempfile.mkdtemp(prefix="marginbench-"))
-    frames: list[Path] = []
-    grad_clip = float(spec.grad_clip) if spec.grad_clip else None
-    center_weight = float(spec.center_loss.get("weight", 0.0)) if center is not None else 0.0
-    main = dist is None or dist.is_main
-    progress = _progress(range(start_epoch, spec.epochs), spec, options.progress and main, initial=start_epoch)
-    train_step: nn.Module = _TrainStep(model_fn, head, center, center_weight, dtype)
+    trial = TrialState(spec, options, device)
+    head, center, train = trial.head, trial.center, trial.train
+    model_fn = torch.compile(trial.backbone) if spec.compile else trial.backbone
+    progress = _progress(range(trial.start_epoch, spec.epochs), spec, options.progress and trial.main,
+                         initial=trial.start_epoch)
+    train_step: nn.Module = _TrainStep(model_fn, head, center, trial.center_weight, trial.dtype)
     if dist is not None:
         train_step = distributed.wrap(train_step, dist)
-    images_seen = 0
-    picture_batches: Batches | None = None
 
     for epoch in progress:
-        backbone.train()
+        trial.backbone.train()
         head.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
@@ -360,13 +495,9 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
             loss, emb = train_step(images, labels)
             with torch.autocast(device.type, enabled=False), torch.no_grad():
                 correct += (head.logits(emb.detach()).argmax(1) == labels).sum()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss if scale == 1.0 else loss * scale).backward()
-            if grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            trial.optimizer.zero_grad(set_to_none=True)
+            trial.scaler.scale(loss if scale == 1.0 else loss * scale).backward()
+            trial.optimizer_step()
             if center is not None:
                 center.update(emb.detach(), labels)
             detached = loss.detach()
@@ -383,72 +514,15 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
             distributed.first_bad_step(first_bad, dist)
             seen = int(seen_t.item())
         _sync(device)
-        result.train_seconds += time.perf_counter() - t0
-        images_seen += seen
-        bad_step = int(first_bad.item())
-        if bad_step >= 0:
-            result.status = "diverged"
-            result.diverged = {"epoch": epoch, "step": bad_step,
-                               "reason": f"training loss became NaN or inf at epoch {epoch}, step {bad_step}"}
-            break
-        metrics = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-                   "lr": optimizer.param_groups[0]["lr"]}
-        if scheduler is not None:
-            scheduler.step()
-        keep = 2000 if options.plots else 0
-        emb_np = lab_np = None
-        if test is not None:
-            split, emb_np, lab_np = evaluate_split(backbone, head, test, dtype, keep=keep,
-                                                   num_classes=bundle.num_classes)
-            metrics.update({f"test_{k}": v for k, v in split.items()})
-        if bundle.pairs is not None:
-            ver = _verification(backbone, bundle, device, dtype, spec.eval_batch_size)
-            metrics.update(ver.as_metrics(bundle.pairs.name))
-            if epoch == spec.epochs - 1:
-                from bench.verification import plot_roc
-
-                result.artifacts.append(plot_roc(ver, artifact_dir / f"roc_{bundle.pairs.name}.png"))
-        if options.plots and emb_np is None and (spec.embedding_dim <= 3 or epoch == spec.epochs - 1):
-            # no closed-set test split (a face grid tested on pairs): picture the training identities
-            if picture_batches is None:
-                picture_batches = Batches(bundle.train, spec.eval_batch_size, device, num_workers=loader_workers,
-                                          channels_last=spec.channels_last)
-            _, emb_np, lab_np = evaluate_split(backbone, head, picture_batches, dtype, keep=keep, stop_after_keep=True)
-        if options.plots and emb_np is not None:
-            frames += _plot_epoch(emb_np, lab_np, head, spec, epoch, artifact_dir)
-        result.history.append(metrics)
-        result.metrics = metrics
-        if hasattr(progress, "set_postfix"):
-            progress.set_postfix({k: round(v, 4) for k, v in metrics.items() if k != "lr" and ".class_" not in k})
-        if options.checkpoint_path is not None and main:
-            _save_checkpoint(options.checkpoint_path, {
-                "spec_key": spec.key(), "epoch": epoch, "backbone": backbone.state_dict(), "head": head.state_dict(),
-                "center": center.state_dict() if center is not None else None, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(), "generator": train.order_state(), "torch_rng": torch.get_rng_state(),
-                "history": result.history, "train_seconds": result.train_seconds})
-        stop = False
-        if options.on_epoch is not None:
-            try:
-                options.on_epoch(epoch, metrics)
-            except Pruned:
-                stop = True
-        if dist is not None:
-            stop = distributed.any_true(stop, dist, device)  # rank 0's pruner decides for all
+        stop = trial.end_epoch(epoch, loss_sum, correct, seen, first_bad, time.perf_counter() - t0)
+        if hasattr(progress, "set_postfix") and trial.result.history:
+            progress.set_postfix({k: round(v, 4) for k, v in trial.result.metrics.items()
+                                  if k != "lr" and ".class_" not in k})
         if stop:
-            result.status = "pruned"
             break
     if hasattr(progress, "close"):
         progress.close()
-    if frames:
-        result.artifacts += frames
-        if spec.embedding_dim in (2, 3) and len(frames) > 1:
-            from bench.embedding_plots import make_gif
-
-            result.artifacts.append(make_gif(frames, artifact_dir / "embeddings.gif"))
-    result.skipped = dict(skips.samples)
-    result.images_per_second = images_seen / result.train_seconds if result.train_seconds > 0 else math.nan
-    return result
+    return trial.finish()
 
 
 def _plot_epoch(emb: np.ndarray, labels: np.ndarray, head: nn.Module, spec: TrialSpec, epoch: int,
