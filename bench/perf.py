@@ -251,11 +251,12 @@ def logging_overhead(epochs: int = 20, device: str | None = None) -> dict[str, f
 
 
 def time_grid(grid_path: str, *, device: str | None = None, workers: int | None = None,
-              sets: Sequence[str] = ()) -> dict[str, Any]:
+              sets: Sequence[str] = (), fuse: int = 1) -> dict[str, Any]:
     """Wall time of a whole grid, trained into a throwaway MLflow store and Optuna journal.
 
     Runs in the current directory, so that the grid's relative paths (``dataset.root``) mean what they mean
-    to ``bench run``; ``sets`` are ``--set KEY=VALUE`` overrides, passed on to worker processes too.
+    to ``bench run``; ``sets`` are ``--set KEY=VALUE`` overrides, passed on to worker processes too; ``fuse``
+    is ``bench run --fuse``.
 
     Returns:
         ``grid``, ``trials``, ``wall_seconds``, ``counts`` (trials per final state: all ``finished``
@@ -271,12 +272,12 @@ def time_grid(grid_path: str, *, device: str | None = None, workers: int | None 
         tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         t0 = time.perf_counter()
         report = run_study(grid, storage=str(Path(tmp) / "optuna.journal"), tracking_uri=tracking_uri,
-                           workers=workers, device=device, plots=False, progress=False, sets=sets,
+                           workers=workers, device=device, plots=False, progress=False, sets=sets, fuse=fuse,
                            echo=lambda line: None)
         wall = time.perf_counter() - t0
         tables = default_table(grid, tracking_uri)
     return {"grid": grid.name, "trials": len(grid.trials()), "workers": workers or grid.raw.get("workers", 1),
-            "wall_seconds": wall, "counts": dict(report.counts), "tables": tables}
+            "fuse": fuse, "wall_seconds": wall, "counts": dict(report.counts), "tables": tables}
 
 
 def _device_label(device: torch.device) -> str:

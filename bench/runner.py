@@ -8,7 +8,7 @@ trial's failure stop the study. `run_grid` runs a grid's Optuna study in this pr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from bench.spec import TrialSpec
 from bench.tracking import StudyTracker, TrialRun
 from bench.trial import TrialOptions, TrialResult, run_trial
 
-__all__ = ["execute_trial", "run_grid", "TrialOutcome"]
+__all__ = ["execute_trial", "execute_fused_trials", "run_grid", "TrialOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,8 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     run: TrialRun = tracker.start_trial(spec, device=options.device, trial_number=trial_number, extra_tags=extra_tags)
 
     logged: list[int] = []
-
-    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        run.log_epoch(epoch, metrics)
-        logged.append(epoch)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-
     try:
-        result = run_trial(spec, replace(options, on_epoch=log_epoch))
+        result = run_trial(spec, replace(options, on_epoch=_epoch_logger(run, logged, on_epoch)))
     except Exception as err:  # one trial's crash must not end the study
         log.exception("trial %s seed %s failed", spec.label, spec.seed)
         tracker.record_failure(run, err)
@@ -64,6 +57,54 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: close the run as interrupted; the caller re-queues the trial
         run.finish("interrupted")
         raise
+    return _finish_run(run, result, logged)
+
+
+def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, options: Sequence[TrialOptions], *,
+                         trial_numbers: Sequence[int | None], extra_tags: Sequence[dict[str, str]],
+                         on_epochs: Sequence[Callable[[int, dict[str, float]], None] | None]) -> list[TrialOutcome]:
+    """`execute_trial` for trials trained as one program (`bench.fused.run_fused_trials`): each in its own
+    MLflow child run, tagged ``fused_trials`` with the group's size; an exception fails every trial of the
+    group, KeyboardInterrupt closes every run as ``interrupted`` and propagates."""
+    from bench.fused import run_fused_trials
+
+    if len(specs) == 1:
+        return [execute_trial(specs[0], tracker, options[0], trial_number=trial_numbers[0],
+                              extra_tags=extra_tags[0], on_epoch=on_epochs[0])]
+    runs = [tracker.start_trial(spec, device=opt.device, trial_number=number,
+                                extra_tags={**extra, "fused_trials": str(len(specs))})
+            for spec, opt, number, extra in zip(specs, options, trial_numbers, extra_tags, strict=True)]
+    logged: list[list[int]] = [[] for _ in specs]
+    try:
+        loggers = [_epoch_logger(run, done, f) for run, done, f in zip(runs, logged, on_epochs, strict=True)]
+        results = run_fused_trials(specs, [replace(o, on_epoch=f) for o, f in zip(options, loggers, strict=True)])
+    except Exception as err:
+        log.exception("fused trials %s failed", ", ".join(s.label for s in specs))
+        for run in runs:
+            tracker.record_failure(run, err)
+        return [TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
+                for spec, run in zip(specs, runs, strict=True)]
+    except KeyboardInterrupt:
+        for run in runs:
+            run.finish("interrupted")
+        raise
+    return [_finish_run(run, result, done) for run, result, done in zip(runs, results, logged, strict=True)]
+
+
+def _epoch_logger(run: TrialRun, logged: list[int], on_epoch: Callable[[int, dict[str, float]], None] | None
+                  ) -> Callable[[int, dict[str, float]], None]:
+    """The trial's ``on_epoch``: logs the epoch to the run (noting it in ``logged``), then calls ``on_epoch``."""
+    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        run.log_epoch(epoch, metrics)
+        logged.append(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return log_epoch
+
+
+def _finish_run(run: TrialRun, result: TrialResult, logged: list[int]) -> TrialOutcome:
+    """Logs what a trained trial leaves besides its epochs (throughput, divergence, pictures) and closes its run."""
+    spec = result.spec
     tags: dict[str, Any] = {"images_per_second": f"{result.images_per_second:.1f}",
                             "train_seconds": f"{result.train_seconds:.2f}", "device": result.device}
     first = min(logged) if logged else len(result.history)

@@ -24,6 +24,7 @@ user attributes ``marginbench.diverged`` (epoch and step) and ``marginbench.fail
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.grid import Grid
-from bench.runner import TrialOutcome, execute_trial
+from bench.runner import TrialOutcome, execute_fused_trials, execute_trial
 from bench.study import (
     CELL_ATTR,
     DIVERGED_ATTR,
@@ -73,7 +74,8 @@ from bench.study import (
 from bench.tracking import STATUS_TAG, StudyTracker
 from bench.trial import Pruned, TrialOptions
 
-__all__ = ["WorkerOptions", "StudyReport", "run_study", "work", "run_study_trial", "checkpoint_folder",
+__all__ = ["WorkerOptions", "StudyReport", "run_study", "work", "run_study_trial", "run_study_trials",
+           "checkpoint_folder",
            "spawn_workers", "wait_workers", "stop_workers"]
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,8 @@ class WorkerOptions:
         wait_seconds: how long ``bench worker`` waits for ``bench run`` to prepare the study.
         max_trials: stop after this many trials (None: until the study is done).
         prefix: put before each line this worker prints (``[worker 1] ``).
+        fuse: pop up to this many trials at a time and train those that share a backbone's shapes and an
+            in-memory dataset as one program (`bench.fused`); 1: one trial at a time.
     """
 
     device: str | None = None
@@ -112,6 +116,7 @@ class WorkerOptions:
     wait_seconds: float = 600.0
     max_trials: int | None = None
     prefix: str = ""
+    fuse: int = 1
 
 
 @dataclass
@@ -241,76 +246,72 @@ def _adopt(study: Any, trial: Any, run: Any, metric: str, tracker: StudyTracker)
 
 
 
-def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: StudyTracker, options: WorkerOptions,
-                    *, cells: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
-                    dist: Any = None) -> tuple[str, TrialOutcome | None]:
-    """Runs one popped (RUNNING) Optuna trial and tells Optuna its outcome; never raises an ordinary exception.
+@dataclass
+class _Claimed:
+    """A popped trial that is to be trained: its Optuna handle, spec, checkpoint path, pruner callback, tags."""
 
-    Returns:
-        ``(status, outcome)``: status ``finished``, ``pruned``, ``diverged``, ``failed`` or ``duplicate``;
-        the outcome of the training run (None when adopted, a duplicate, or failed before training).
-    """
+    trial_id: int
+    number: int
+    trial: Any
+    spec: Any
+    checkpoint: Path | None
+    on_epoch: Callable[[int, dict[str, float]], None]
+    tags: dict[str, str]
+
+
+def _claim(study: Any, trial_id: int, config: StudyConfig, tracker: StudyTracker,
+           cells: dict[str, Any] | None, checkpoint_dir: Path | None) -> tuple[str, _Claimed | None]:
+    """What happens to a popped trial before training: its spec is built; a duplicate or a trial whose spec an
+    MLflow run already settled is told to Optuna here (``(status, None)``); else ``("train", claimed)``."""
     import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage
-    storage.set_trial_system_attr(trial_id, OWNER_ATTR, worker_identity())
-    frozen = storage.get_trial(trial_id)
-    with _Heartbeat(storage, trial_id):
-        try:
-            kind = frozen.user_attrs.get(KIND_ATTR)
-            if kind is None:
-                raise ValueError(f"trial {frozen.number} was not enqueued by bench (no {SLOT_ATTR}); it is skipped")
-            view = (CellStudy(study, frozen.user_attrs[CELL_ATTR])
-                    if kind == "search" and config.scope == "cell" else study)
-            trial = optuna.Trial(view, trial_id)
-            spec = trial_spec(trial, config, cells)
-            key = spec.key()
-            if kind == "search":
-                trial.set_user_attr(KEY_ATTR, key)
-                trial.set_user_attr(SPEC_ATTR, {k: v for k, v in spec.to_params().items()})
-                trial.set_user_attr(LABELS_ATTR, dict(spec.labels))
-            duplicate = _duplicate_of(study, frozen)
-            if duplicate is not None:
-                trial.set_user_attr(DUPLICATE_ATTR, duplicate)
-                study.tell(frozen.number, state=TrialState.FAIL)
-                return "duplicate", None
-            runs = tracker.trial_runs(key)
-            done = [r for r in runs if r.data.tags.get(STATUS_TAG) in _SETTLED]
-            if done:
-                latest = max(done, key=lambda r: r.info.start_time or 0)
-                return _adopt(study, trial, latest, config.metric, tracker), None
-            for r in runs:
-                if r.info.status == "RUNNING":
-                    tracker.mark_interrupted(r.info.run_id)
+    frozen = study._storage.get_trial(trial_id)
+    kind = frozen.user_attrs.get(KIND_ATTR)
+    if kind is None:
+        raise ValueError(f"trial {frozen.number} was not enqueued by bench (no {SLOT_ATTR}); it is skipped")
+    view = (CellStudy(study, frozen.user_attrs[CELL_ATTR])
+            if kind == "search" and config.scope == "cell" else study)
+    trial = optuna.Trial(view, trial_id)
+    spec = trial_spec(trial, config, cells)
+    key = spec.key()
+    if kind == "search":
+        trial.set_user_attr(KEY_ATTR, key)
+        trial.set_user_attr(SPEC_ATTR, {k: v for k, v in spec.to_params().items()})
+        trial.set_user_attr(LABELS_ATTR, dict(spec.labels))
+    duplicate = _duplicate_of(study, frozen)
+    if duplicate is not None:
+        trial.set_user_attr(DUPLICATE_ATTR, duplicate)
+        study.tell(frozen.number, state=TrialState.FAIL)
+        return "duplicate", None
+    runs = tracker.trial_runs(key)
+    done = [r for r in runs if r.data.tags.get(STATUS_TAG) in _SETTLED]
+    if done:
+        latest = max(done, key=lambda r: r.info.start_time or 0)
+        return _adopt(study, trial, latest, config.metric, tracker), None
+    for r in runs:
+        if r.info.status == "RUNNING":
+            tracker.mark_interrupted(r.info.run_id)
 
-            def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-                value = _objective_value(metrics, config.metric)
-                if value is None:
-                    return
-                trial.report(value, epoch)
-                if kind == "search" and trial.should_prune():
-                    raise Pruned(f"pruned at epoch {epoch} ({config.metric}={value:.4g})")
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        value = _objective_value(metrics, config.metric)
+        if value is None:
+            return
+        trial.report(value, epoch)
+        if kind == "search" and trial.should_prune():
+            raise Pruned(f"pruned at epoch {epoch} ({config.metric}={value:.4g})")
 
-            ckpt = (checkpoint_dir / f"{key}.pt") if checkpoint_dir is not None else None
-            trial_options = TrialOptions(device=options.device, plots=options.plots, checkpoint_path=ckpt,
-                                         progress=options.progress, distributed=dist)
-            if dist is not None:
-                from bench.distributed import broadcast_object
+    ckpt = (checkpoint_dir / f"{key}.pt") if checkpoint_dir is not None else None
+    tags = {"optuna_study": study.study_name, "marginbench.slot": frozen.user_attrs.get(SLOT_ATTR, "")}
+    return "train", _Claimed(trial_id, frozen.number, trial, spec, ckpt, on_epoch, tags)
 
-                broadcast_object(("trial", spec.to_params(), dict(spec.labels), str(ckpt) if ckpt else None), dist)
-            extra = {"optuna_study": study.study_name, "marginbench.slot": frozen.user_attrs.get(SLOT_ATTR, "")}
-            if dist is not None:
-                extra["world_size"] = str(dist.world_size)
-            outcome = execute_trial(spec, tracker, trial_options, trial_number=frozen.number, extra_tags=extra,
-                                    on_epoch=on_epoch)
-        except KeyboardInterrupt:
-            _give_back(study, trial_id)
-            raise
-        except Exception as err:  # a broken trial must not stop the worker
-            log.exception("trial %d failed before or after training", frozen.number)
-            _fail(study, trial_id, f"{type(err).__name__}: {err}")
-            return "failed", None
+
+def _record(study: Any, claimed: _Claimed, outcome: TrialOutcome, config: StudyConfig,
+            options: WorkerOptions) -> str:
+    """Tells Optuna a trained trial's outcome; its status (``failed`` when Optuna could not be told)."""
+    from optuna.trial import TrialState
+
+    trial, number = claimed.trial, claimed.number
     status = outcome.status
     trial.set_user_attr(RUN_ATTR, outcome.run_id)
     try:
@@ -320,30 +321,116 @@ def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: Stu
                 available = ", ".join(sorted(outcome.result.metrics)) if outcome.result else ""
                 trial.set_user_attr(REASON_ATTR, f"objective metric {config.metric!r} missing or not finite; the "
                                                  f"trial logged: {available} (set objective.metric in the grid)")
-                study.tell(frozen.number, state=TrialState.FAIL)
+                study.tell(number, state=TrialState.FAIL)
                 status = "failed"
             else:
-                study.tell(frozen.number, value)
+                study.tell(number, value)
         elif status == "pruned":
-            study.tell(frozen.number, state=TrialState.PRUNED)
+            study.tell(number, state=TrialState.PRUNED)
         elif status == "diverged":
             assert outcome.result is not None and outcome.result.diverged is not None
             d = outcome.result.diverged
             trial.set_user_attr(DIVERGED_ATTR, f"epoch={d['epoch']} step={d['step']}")
             trial.set_user_attr(REASON_ATTR, d["reason"])
-            study.tell(frozen.number, state=TrialState.FAIL)
+            study.tell(number, state=TrialState.FAIL)
         else:
             trial.set_user_attr(ERROR_ATTR, outcome.error or "failed")
-            study.tell(frozen.number, state=TrialState.FAIL)
+            study.tell(number, state=TrialState.FAIL)
     except KeyboardInterrupt:
         raise
     except Exception as err:
-        log.exception("could not record trial %d in Optuna", frozen.number)
-        _fail(study, trial_id, f"{type(err).__name__}: {err}")
-        return "failed", outcome
-    if ckpt is not None and status != "failed" and not options.keep_checkpoints:
-        ckpt.unlink(missing_ok=True)
-    return status, outcome
+        log.exception("could not record trial %d in Optuna", number)
+        _fail(study, claimed.trial_id, f"{type(err).__name__}: {err}")
+        return "failed"
+    if claimed.checkpoint is not None and status != "failed" and not options.keep_checkpoints:
+        claimed.checkpoint.unlink(missing_ok=True)
+    return status
+
+
+def _trial_options(options: WorkerOptions, claimed: _Claimed, dist: Any = None) -> TrialOptions:
+    return TrialOptions(device=options.device, plots=options.plots, checkpoint_path=claimed.checkpoint,
+                        progress=options.progress, distributed=dist)
+
+
+def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: StudyTracker, options: WorkerOptions,
+                    *, cells: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
+                    dist: Any = None) -> tuple[str, TrialOutcome | None]:
+    """Runs one popped (RUNNING) Optuna trial and tells Optuna its outcome; never raises an ordinary exception.
+
+    Returns:
+        ``(status, outcome)``: status ``finished``, ``pruned``, ``diverged``, ``failed`` or ``duplicate``;
+        the outcome of the training run (None when adopted, a duplicate, or failed before training).
+    """
+    storage = study._storage
+    storage.set_trial_system_attr(trial_id, OWNER_ATTR, worker_identity())
+    with _Heartbeat(storage, trial_id):
+        try:
+            status, claimed = _claim(study, trial_id, config, tracker, cells, checkpoint_dir)
+            if claimed is None:
+                return status, None
+            if dist is not None:
+                from bench.distributed import broadcast_object
+
+                ckpt = claimed.checkpoint
+                broadcast_object(("trial", claimed.spec.to_params(), dict(claimed.spec.labels),
+                                  str(ckpt) if ckpt else None), dist)
+                claimed.tags["world_size"] = str(dist.world_size)
+            outcome = execute_trial(claimed.spec, tracker, _trial_options(options, claimed, dist),
+                                    trial_number=claimed.number, extra_tags=claimed.tags, on_epoch=claimed.on_epoch)
+        except KeyboardInterrupt:
+            _give_back(study, trial_id)
+            raise
+        except Exception as err:  # a broken trial must not stop the worker
+            log.exception("trial id %d failed before or after training", trial_id)
+            _fail(study, trial_id, f"{type(err).__name__}: {err}")
+            return "failed", None
+    return _record(study, claimed, outcome, config, options), outcome
+
+
+def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, tracker: StudyTracker,
+                     options: WorkerOptions, *, cells: dict[str, Any] | None = None,
+                     checkpoint_dir: Path | None = None) -> list[tuple[int, str, TrialOutcome | None]]:
+    """`run_study_trial` for several popped trials at once: those that can be fused (`bench.fused`) train as
+    one program, the others one after another; never raises an ordinary exception.
+
+    Returns:
+        ``(trial_id, status, outcome)`` for each trial, in the order given.
+    """
+    from bench.fused import group_fusable
+
+    storage = study._storage
+    results: dict[int, tuple[str, TrialOutcome | None]] = {}
+    with contextlib.ExitStack() as beats:
+        for trial_id in trial_ids:
+            storage.set_trial_system_attr(trial_id, OWNER_ATTR, worker_identity())
+            beats.enter_context(_Heartbeat(storage, trial_id))
+        try:
+            claimed: list[_Claimed] = []
+            for trial_id in trial_ids:
+                try:
+                    status, c = _claim(study, trial_id, config, tracker, cells, checkpoint_dir)
+                except Exception as err:
+                    log.exception("trial id %d failed before training", trial_id)
+                    _fail(study, trial_id, f"{type(err).__name__}: {err}")
+                    status, c = "failed", None
+                if c is None:
+                    results[trial_id] = (status, None)
+                else:
+                    claimed.append(c)
+            for group in group_fusable([c.spec for c in claimed], max(1, len(claimed))):
+                members = [claimed[i] for i in group]
+                outcomes = execute_fused_trials(
+                    [c.spec for c in members], tracker, [_trial_options(options, c) for c in members],
+                    trial_numbers=[c.number for c in members], extra_tags=[c.tags for c in members],
+                    on_epochs=[c.on_epoch for c in members])
+                for c, outcome in zip(members, outcomes, strict=True):
+                    results[c.trial_id] = (_record(study, c, outcome, config, options), outcome)
+        except KeyboardInterrupt:
+            for trial_id in trial_ids:
+                if trial_id not in results:
+                    _give_back(study, trial_id)
+            raise
+    return [(trial_id, *results[trial_id]) for trial_id in trial_ids]
 
 
 def _fail(study: Any, trial_id: int, error: str) -> None:
@@ -434,13 +521,24 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
                 tracker.reopen()
             idle = options.poll_seconds
             t0 = time.perf_counter()
-            status, outcome = run_study_trial(study, trial_id, config, tracker, options, cells=cells,
-                                              checkpoint_dir=ckpt_dir, dist=dist)
-            ran += 1
-            if outcome is not None:
-                outcomes.append(outcome)
-            frozen = storage.get_trial(trial_id)
-            echo(options.prefix + _line(frozen, status, outcome, config.metric, time.perf_counter() - t0))
+            if options.fuse > 1 and dist is None:
+                trial_ids = [trial_id]
+                room = options.fuse if options.max_trials is None else min(options.fuse, options.max_trials - ran)
+                while len(trial_ids) < room and (more := pop_next_trial_id(study)) is not None:
+                    trial_ids.append(more)
+                done = run_study_trials(study, trial_ids, config, tracker, options, cells=cells,
+                                        checkpoint_dir=ckpt_dir)
+            else:
+                status, outcome = run_study_trial(study, trial_id, config, tracker, options, cells=cells,
+                                                  checkpoint_dir=ckpt_dir, dist=dist)
+                done = [(trial_id, status, outcome)]
+            seconds = time.perf_counter() - t0
+            for trial_id, status, outcome in done:
+                ran += 1
+                if outcome is not None:
+                    outcomes.append(outcome)
+                frozen = storage.get_trial(trial_id)
+                echo(options.prefix + _line(frozen, status, outcome, config.metric, seconds))
     finally:
         if dist is not None:
             from bench.distributed import broadcast_object
@@ -507,7 +605,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, sets: Sequence[str] = (),
                   gpus: Sequence[str] | None = None, device: str | None = None, plots: bool = False,
-                  threads: int | None = None, index_base: int = 0, wait: float = 60.0) -> list[subprocess.Popen]:
+                  threads: int | None = None, index_base: int = 0, wait: float = 60.0,
+                  fuse: int = 1) -> list[subprocess.Popen]:
     """Starts workers 1..n-1 of this machine (worker 0 is the caller) as ``bench worker`` processes.
 
     Worker j gets GPU ``gpus[j % len(gpus)]`` as its only visible device and the worker index
@@ -529,6 +628,8 @@ def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, se
             cmd += ["--device", device]
         if threads:
             cmd += ["--threads", str(threads)]
+        if fuse > 1:
+            cmd += ["--fuse", str(fuse)]
         procs.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None))
     return procs
 
@@ -556,7 +657,7 @@ def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0) -> No
 
 def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | None = None, workers: int | None = None,
               gpus: Sequence[str] | None = None, device: str | None = None, plots: bool | None = None,
-              progress: bool = True, threads: int | None = None, sets: Sequence[str] = (),
+              progress: bool = True, threads: int | None = None, sets: Sequence[str] = (), fuse: int = 1,
               echo: Callable[[str], None] = print, config: StudyConfig | None = None) -> StudyReport:
     """``bench run``: prepares the grid's study, runs its trials with ``workers`` processes, reports.
 
@@ -572,6 +673,7 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
         progress: a progress bar (in-process runs only).
         threads: torch threads per worker (None: the CPU's cores divided among workers).
         sets: the ``--set`` overrides, passed on to worker processes.
+        fuse: trials each worker trains as one program when they can be fused (`WorkerOptions.fuse`).
         echo: output.
         config: the grid's study config (None: validated from the grid).
 
@@ -604,9 +706,9 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
         threads = max(1, (os.cpu_count() or 1) // n) if n > 1 or not torch.cuda.is_available() else None
     # Worker 0 is this process; the others are `bench worker` processes that die with it.
     procs = spawn_workers(grid, n, storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
-                          device=device, plots=plots, threads=threads)
+                          device=device, plots=plots, threads=threads, fuse=fuse)
     options = WorkerOptions(device=f"cuda:{gpus[0]}" if gpus else device, plots=plots, progress=progress and n == 1,
-                            threads=threads if n > 1 else None, prefix="[worker 0] " if n > 1 else "")
+                            threads=threads if n > 1 else None, prefix="[worker 0] " if n > 1 else "", fuse=fuse)
     try:
         report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
     except BaseException:

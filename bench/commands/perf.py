@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "torch's threads less one, at most 16)")
     p.add_argument("--grid", default=None, help="also time this whole grid (into a throwaway MLflow store)")
     p.add_argument("--workers", type=int, default=None, help="workers for --grid")
+    p.add_argument("--fuse", type=int, default=1, metavar="K", help="--fuse for --grid (trials per fused program)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --grid")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.set_defaults(handler=run)
@@ -78,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
               f"{j['loader_images_per_second']:,.0f} img/s with {j['loader_workers']} workers")
         report["jpeg"] = j
     if args.grid:
-        g = time_grid(args.grid, device=args.device, workers=args.workers, sets=args.set)
+        g = time_grid(args.grid, device=args.device, workers=args.workers, sets=args.set, fuse=args.fuse)
         counts = ", ".join(f"{n} {state}" for state, n in sorted(g["counts"].items()) if n)
-        print(f"grid {g['grid']}: {g['trials']} trials with {g['workers']} workers in {g['wall_seconds']:.1f} s wall "
+        fused = f" fusing up to {g['fuse']} trials each" if g["fuse"] > 1 else ""
+        print(f"grid {g['grid']}: {g['trials']} trials with {g['workers']} workers{fused} in "
+              f"{g['wall_seconds']:.1f} s wall "
               f"({counts})")
         print(g["tables"])
         report["grid"] = g

@@ -3,6 +3,7 @@
     bench run --grid quickstart                       # one process, embedded stores in this folder
     bench run --grid losses.yaml --workers 4          # four trials at once (one GPU, or the CPU)
     bench run --grid losses.yaml --gpus 0,1,2,3       # one worker per GPU
+    bench run --grid losses.yaml --workers 2 --fuse 6 # two workers, each training six trials as one program
     bench run --grid losses.yaml --storage postgresql://bench@db/optuna --tracking-uri http://mlflow:5000
                                                       # shared mode; add `bench worker`s on other machines
 
@@ -31,6 +32,9 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
                         help="embedding pictures per epoch (default: the grid's `plots`)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--fuse", type=int, default=1, metavar="K",
+                        help="each worker trains up to K trials as one program when they share the backbone's "
+                             "shapes, batch size and an in-memory dataset (one vmapped step for all; default 1)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_worker_options(p)
     p.add_argument("--validate-only", action="store_true", help="check the grid and list its trials, train nothing")
     p.set_defaults(handler=run)
+
+
+def check_fuse(fuse: int) -> None:
+    if fuse < 1:
+        raise SystemExit(f"bench: --fuse must be >= 1 (1: one trial at a time), but got {fuse}")
 
 
 def parse_gpus(text: str | None) -> list[str] | None:
@@ -71,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     gpus = parse_gpus(args.gpus)
     if args.workers is not None and args.workers < 0:
         raise SystemExit(f"bench: --workers must be >= 0, but got {args.workers}")
+    check_fuse(args.fuse)
     if gpus and args.device and args.device != "cuda":
         raise SystemExit("bench: give either --gpus (one GPU per worker) or --device, not both")
     slots = plan_slots(grid, config)
@@ -100,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_study(grid, storage=args.storage, tracking_uri=args.tracking_uri, workers=args.workers, gpus=gpus,
                            device=args.device, plots=args.plots, progress=not args.no_progress, threads=args.threads,
-                           sets=args.set, config=config)
+                           sets=args.set, fuse=args.fuse, config=config)
     except GridError as err:
         print(f"bench: {err}", file=sys.stderr)
         return 2

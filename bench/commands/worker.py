@@ -47,13 +47,14 @@ def on_sigterm(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.commands.run import parse_gpus
+    from bench.commands.run import check_fuse, parse_gpus
     from bench.grid import GridError
     from bench.study import StudyConfig, StudyNotReady, resolve_storage
     from bench.tracking import resolve_tracking_uri
     from bench.workers import WorkerOptions, follow, spawn_workers, wait_workers, work
 
     grid = load_grid_or_exit(args)
+    check_fuse(args.fuse)
     try:
         StudyConfig.from_grid(grid)
     except GridError as err:
@@ -72,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if dist is None and (n > 1 or gpus):
         procs = spawn_workers(grid, n, storage_url=storage, tracking_uri=tracking, sets=args.set, gpus=gpus,
                               device=args.device, plots=bool(args.plots), threads=threads,
-                              index_base=args.worker_index, wait=args.wait)
+                              index_base=args.worker_index, wait=args.wait, fuse=args.fuse)
     device = dist.device if dist else (f"cuda:{gpus[0]}" if gpus else args.device)
     options = WorkerOptions(device=device, plots=bool(args.plots),
                             progress=not args.no_progress, worker_index=args.worker_index, threads=threads,
                             wait_seconds=args.wait, max_trials=args.max_trials,
-                            prefix=os.environ.get("MARGINBENCH_WORKER_PREFIX", ""),
+                            prefix=os.environ.get("MARGINBENCH_WORKER_PREFIX", ""), fuse=args.fuse,
                             checkpoint_dir=Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else None)
     try:
         if dist is not None and not dist.is_main:
