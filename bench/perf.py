@@ -23,7 +23,7 @@ from bench.trial import TrialOptions, autocast_dtype, build_models, load_dataset
 
 __all__ = ["PerfResult", "WORKLOADS", "bare_images_per_second", "harness_images_per_second", "measure",
            "logging_overhead", "time_grid", "head_memory", "float64_head_reference", "max_abs_diff",
-           "cpu_head_peak_gib", "jpeg_feed", "write_jpeg_folder", "loader_images_per_second"]
+           "cpu_head_peak_gib", "jpeg_feed", "fused_throughput", "write_jpeg_folder", "loader_images_per_second"]
 
 
 @dataclass
@@ -144,6 +144,31 @@ def measure(workload: str, *, device: str | None = None, batch_size: int | None 
         bare = max(bare, bare_images_per_second(spec, dev))
         harness = max(harness, harness_images_per_second(spec, dev))
     return PerfResult(workload, _device_label(dev), spec.batch_size, spec.precision, bare, harness)
+
+
+def fused_throughput(trials: int, *, workload: str = "lenet", device: str | None = None,
+                     epochs: int | None = None) -> dict[str, Any]:
+    """Aggregate training images/s of ``trials`` copies of a workload's trial fused into one program
+    (`bench.fused`), against the same trial run alone (`bench.trial.run_trial`); each after a 1-epoch warm-up.
+
+    Returns:
+        ``trials``, ``workload``, ``device``, ``batch_size``, ``alone_images_per_second``,
+        ``fused_images_per_second`` (all trials' images over the group's training time) and ``speedup``
+        (their ratio: above 1, fusing beats running the trials one after another).
+    """
+    from bench.fused import run_fused_trials
+
+    dev = pick_device(device)
+    spec = TrialSpec(**WORKLOADS[workload]["cuda" if dev.type == "cuda" else "cpu"])
+    if epochs is not None:
+        spec = spec.replace(epochs=epochs)
+    options = TrialOptions(device=str(dev), progress=False)
+    alone = harness_images_per_second(spec, dev, options=options)
+    run_fused_trials([spec.replace(epochs=1)] * trials, [options] * trials)
+    results = run_fused_trials([spec] * trials, [options] * trials)
+    fused = trials * results[0].images_per_second  # each trial's images over the shared training time
+    return {"trials": trials, "workload": workload, "device": _device_label(dev), "batch_size": spec.batch_size,
+            "alone_images_per_second": alone, "fused_images_per_second": fused, "speedup": fused / alone}
 
 
 def jpeg_feed(workload: str = "mobilenet", *, device: str | None = None, epochs: int | None = None,

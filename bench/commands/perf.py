@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loader-workers", type=int, default=None, metavar="N",
                    help="DataLoader workers for --jpeg (default: as a trial: none on the CPU, else "
                         "torch's threads less one, at most 16)")
+    p.add_argument("--fused", type=int, default=None, metavar="K",
+                   help="also train K copies of the lenet workload fused into one program vs one trial alone")
     p.add_argument("--grid", default=None, help="also time this whole grid (into a throwaway MLflow store)")
     p.add_argument("--workers", type=int, default=None, help="workers for --grid")
     p.add_argument("--fuse", type=int, default=1, metavar="K", help="--fuse for --grid (trials per fused program)")
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     report: dict = {"workloads": []}
     # the lenet workload by default, unless only other sections were asked for
-    names = args.workload or ([] if args.logging or args.head or args.jpeg or args.grid else ["lenet"])
+    names = args.workload or ([] if args.logging or args.head or args.jpeg or args.grid or args.fused
+                              else ["lenet"])
     if names:
         print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} "
               f"{'harness img/s':>14} {'ratio':>6}")
@@ -78,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
               f"img/s, ratio {j['ratio']:.3f}; the loader alone "
               f"{j['loader_images_per_second']:,.0f} img/s with {j['loader_workers']} workers")
         report["jpeg"] = j
+    if args.fused:
+        from bench.perf import fused_throughput
+
+        f = fused_throughput(args.fused, device=args.device, epochs=args.epochs)
+        print(f"fused trials, {f['workload']} (batch {f['batch_size']}) on {f['device']}: one trial alone "
+              f"{f['alone_images_per_second']:,.0f} img/s, {f['trials']} fused {f['fused_images_per_second']:,.0f} "
+              f"img/s in all, speedup {f['speedup']:.2f}")
+        report["fused"] = f
     if args.grid:
         g = time_grid(args.grid, device=args.device, workers=args.workers, sets=args.set, fuse=args.fuse)
         counts = ", ".join(f"{n} {state}" for state, n in sorted(g["counts"].items()) if n)

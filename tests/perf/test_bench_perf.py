@@ -37,6 +37,16 @@ def test_bench_perf_jpeg_trains_from_jpeg_files_and_from_the_device(in_tmp, caps
     assert abs(jpeg["ratio"] - jpeg["jpeg_images_per_second"] / jpeg["resident_images_per_second"]) < 1e-9
 
 
+def test_bench_perf_fused_times_fused_trials_against_one_alone(in_tmp, capsys):
+    out_json = in_tmp / "perf.json"
+    assert main(["perf", "--fused", "2", "--epochs", "1", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "2 fused" in out and "bare img/s" not in out  # --fused alone runs no lenet workload
+    fused = json.loads(out_json.read_text())["fused"]
+    assert fused["trials"] == 2 and fused["alone_images_per_second"] > 0 and fused["fused_images_per_second"] > 0
+    assert abs(fused["speedup"] - fused["fused_images_per_second"] / fused["alone_images_per_second"]) < 1e-9
+
+
 def test_bench_perf_grid_trains_every_cell_with_relative_paths_and_overrides(in_tmp, capsys):
     # The grid's dataset root is relative to the working directory, as for `bench run` (time_grid used to
     # chdir into a temporary folder, where data/mnist is not); two worker processes train the two cells.
