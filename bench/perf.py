@@ -21,8 +21,8 @@ import torch
 from bench.spec import TrialSpec
 from bench.trial import TrialOptions, autocast_dtype, build_models, load_dataset, pick_device, run_trial
 
-__all__ = ["PerfResult", "WORKLOADS", "bare_images_per_second", "harness_images_per_second", "measure",
-           "logging_overhead", "time_grid", "head_memory", "float64_head_reference", "max_abs_diff",
+__all__ = ["PerfResult", "WORKLOADS", "workload_spec", "bare_images_per_second", "harness_images_per_second",
+           "measure", "logging_overhead", "time_grid", "head_memory", "float64_head_reference", "max_abs_diff",
            "cpu_head_peak_gib", "jpeg_feed", "fused_throughput", "write_jpeg_folder", "loader_images_per_second"]
 
 
@@ -130,15 +130,18 @@ def harness_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_e
     return run_trial(spec, options).images_per_second
 
 
+def workload_spec(workload: str, device: torch.device, **overrides: Any) -> TrialSpec:
+    """The named workload's trial for this device type (`WORKLOADS`), with the overrides that are not None."""
+    config = dict(WORKLOADS[workload]["cuda" if device.type == "cuda" else "cpu"])
+    config.update({key: value for key, value in overrides.items() if value is not None})
+    return TrialSpec(**config)
+
+
 def measure(workload: str, *, device: str | None = None, batch_size: int | None = None,
             precision: str | None = None, epochs: int | None = None, repeats: int = 1) -> PerfResult:
     """Bare vs harness images/s for a named workload; ``repeats`` alternates the two and keeps the best of each."""
     dev = pick_device(device)
-    config = dict(WORKLOADS[workload]["cuda" if dev.type == "cuda" else "cpu"])
-    for key, value in (("batch_size", batch_size), ("precision", precision), ("epochs", epochs)):
-        if value is not None:
-            config[key] = value
-    spec = TrialSpec(**config)
+    spec = workload_spec(workload, dev, batch_size=batch_size, precision=precision, epochs=epochs)
     bare = harness = 0.0
     for _ in range(repeats):
         bare = max(bare, bare_images_per_second(spec, dev))
@@ -159,9 +162,7 @@ def fused_throughput(trials: int, *, workload: str = "lenet", device: str | None
     from bench.fused import run_fused_trials
 
     dev = pick_device(device)
-    spec = TrialSpec(**WORKLOADS[workload]["cuda" if dev.type == "cuda" else "cpu"])
-    if epochs is not None:
-        spec = spec.replace(epochs=epochs)
+    spec = workload_spec(workload, dev, epochs=epochs)
     options = TrialOptions(device=str(dev), progress=False)
     alone = harness_images_per_second(spec, dev, options=options)
     run_fused_trials([spec.replace(epochs=1)] * trials, [options] * trials)
@@ -188,12 +189,9 @@ def jpeg_feed(workload: str = "mobilenet", *, device: str | None = None, epochs:
     from bench.data import default_loader_workers
 
     dev = pick_device(device)
-    config = dict(WORKLOADS[workload]["cuda" if dev.type == "cuda" else "cpu"])
-    if config["dataset"] != "synthetic-faces":
-        raise ValueError(f"jpeg_feed needs a synthetic-faces workload, but {workload!r} trains on {config['dataset']}")
-    if epochs is not None:
-        config["epochs"] = epochs
-    resident = TrialSpec(**config)  # the same dataset parameters as `measure`'s: rendered once per process
+    resident = workload_spec(workload, dev, epochs=epochs)  # `measure`'s dataset parameters: rendered once
+    if resident.dataset != "synthetic-faces":
+        raise ValueError(f"jpeg_feed needs a synthetic-faces workload, but {workload!r} trains on {resident.dataset}")
     workers = loader_workers if loader_workers is not None else default_loader_workers(dev)
     with tempfile.TemporaryDirectory(prefix="marginbench-jpeg-") as tmp:
         train = load_dataset(resident).train
@@ -256,7 +254,7 @@ def logging_overhead(epochs: int = 20, device: str | None = None) -> dict[str, f
     from bench.tracking import StudyTracker
 
     dev = pick_device(device)
-    spec = TrialSpec(**{**WORKLOADS["lenet"]["cuda" if dev.type == "cuda" else "cpu"], "epochs": epochs})
+    spec = workload_spec("lenet", dev, epochs=epochs)
     with tempfile.TemporaryDirectory() as tmp:
         tracker = StudyTracker("perf-logging", f"sqlite:///{Path(tmp) / 'mlflow.db'}")
         # open and close one run first so that store start-up is not charged to the measured trial

@@ -35,11 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.commands.run import check_fuse
     from bench.perf import logging_overhead, measure, time_grid
 
+    check_fuse(args.fuse)  # before anything trains
+    if args.fused is not None:
+        check_fuse(args.fused, "--fused")
     report: dict = {"workloads": []}
     # the lenet workload by default, unless only other sections were asked for
-    names = args.workload or ([] if args.logging or args.head or args.jpeg or args.grid or args.fused
+    names = args.workload or ([] if args.logging or args.head or args.jpeg or args.grid or args.fused is not None
                               else ["lenet"])
     if names:
         print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} "
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
               f"img/s, ratio {j['ratio']:.3f}; the loader alone "
               f"{j['loader_images_per_second']:,.0f} img/s with {j['loader_workers']} workers")
         report["jpeg"] = j
-    if args.fused:
+    if args.fused is not None:
         from bench.perf import fused_throughput
 
         f = fused_throughput(args.fused, device=args.device, epochs=args.epochs)

@@ -53,9 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def check_fuse(fuse: int) -> None:
+def check_fuse(fuse: int, flag: str = "--fuse") -> None:
     if fuse < 1:
-        raise SystemExit(f"bench: --fuse must be >= 1 (1: one trial at a time), but got {fuse}")
+        raise SystemExit(f"bench: {flag} must be >= 1 (1: one trial at a time), but got {fuse}")
 
 
 def parse_gpus(text: str | None) -> list[str] | None:

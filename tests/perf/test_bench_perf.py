@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.cli import main
 
 
@@ -92,3 +94,11 @@ def test_float64_head_reference_is_cosface_by_autograd():
     assert abs(loss - expected.item()) < 1e-12
     torch.testing.assert_close(grad_x, X.grad, rtol=0, atol=1e-13)
     torch.testing.assert_close(grad_w, W.grad, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("flags", [["--fused", "0"], ["--grid", "quickstart", "--fuse", "0"]])
+def test_bench_perf_rejects_fewer_than_one_trial_a_program_before_training(in_tmp, capsys, flags):
+    assert main(["perf", *flags]) == 2
+    out = capsys.readouterr()
+    assert f"{flags[-2]} must be >= 1 (1: one trial at a time), but got 0" in out.err and "img/s" not in out.out
+    assert list(in_tmp.iterdir()) == []  # no store, no grid run, nothing half-written
