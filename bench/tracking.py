@@ -175,7 +175,9 @@ class StudyTracker:
                                        order_by=["attributes.start_time ASC"], max_results=1)
         if runs:
             return runs[0].info.run_id
-        tags = {ROLE_TAG: "study", STUDY_TAG: self.study, "mlflow.runName": self.study,
+        # the counts tag exists from the start so that close() only ever updates it: a tag's first write
+        # on a SQL-backed server is a look-then-insert, which workers closing together race on
+        tags = {ROLE_TAG: "study", STUDY_TAG: self.study, "mlflow.runName": self.study, COUNTS_TAG: "not counted yet",
                 "mlflow.note.content": description, **environment_tags()}
         if grid_path:
             tags["grid_path"] = grid_path
@@ -191,8 +193,13 @@ class StudyTracker:
         """Ends the study's run once no trial is waiting or running, so the UI does not show it running
         forever; the per-status counts go in its ``marginbench.counts`` tag. Idempotent: every worker that
         finds the queue empty calls it."""
+        from mlflow.exceptions import MlflowException
+
         summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no trials"
-        self.client.set_tag(self.parent_run_id, COUNTS_TAG, summary)
+        try:
+            self.client.set_tag(self.parent_run_id, COUNTS_TAG, summary)
+        except MlflowException:  # a study run made before the tag existed from the start: the other
+            self.client.set_tag(self.parent_run_id, COUNTS_TAG, summary)  # worker's insert made it an update
         if self.client.get_run(self.parent_run_id).info.status == "RUNNING":
             self.client.set_terminated(self.parent_run_id, "FINISHED")
 

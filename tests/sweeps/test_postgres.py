@@ -119,3 +119,45 @@ def test_two_workers_share_a_postgres_study_and_run_each_trial_once(tmp_path, wr
     assert all(r.info.status == "FINISHED" for r in runs)
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
     assert len(parents) == 1  # one parent run per study, found by both workers
+
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("older_study_run", [False, True], ids=["new", "older-without-counts-tag"])
+def test_workers_closing_a_study_at_the_same_moment_all_succeed(mlflow_server, older_study_run):
+    """Every worker that finds the queue empty closes the study's run. On a PostgreSQL-backed server a tag's
+    first write is a look-then-insert, so workers finishing together raced to a unique-key error; a study
+    run made by an earlier version, without the counts tag, must close as well."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from bench.tracking import COUNTS_TAG, ROLE_TAG, STUDY_TAG, StudyTracker
+
+    workers = 8
+    for attempt in range(6):
+        study = f"close-race-{older_study_run}-{attempt}"
+        if older_study_run:
+            client = MlflowClient(mlflow_server)
+            client.create_run(client.create_experiment(study), tags={ROLE_TAG: "study", STUDY_TAG: study})
+        trackers = [StudyTracker(study, mlflow_server) for _ in range(workers)]
+        assert len({t.parent_run_id for t in trackers}) == 1
+        assert (COUNTS_TAG in trackers[0].client.get_run(trackers[0].parent_run_id).data.tags) != older_study_run
+        barrier, errors = threading.Barrier(workers), []
+
+        def close(tracker: StudyTracker) -> None:
+            barrier.wait()
+            try:
+                tracker.close({"finished": 6})
+            except Exception as err:  # noqa: BLE001 - collected and reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=close, args=(t,)) for t in trackers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, f"study {study}: {errors[0]!r}"
+        parent = trackers[0].client.get_run(trackers[0].parent_run_id)
+        assert parent.data.tags[COUNTS_TAG] == "6 finished" and parent.info.status == "FINISHED"
