@@ -121,7 +121,6 @@ def test_two_workers_share_a_postgres_study_and_run_each_trial_once(tmp_path, wr
     assert len(parents) == 1  # one parent run per study, found by both workers
 
 
-
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("older_study_run", [False, True], ids=["new", "older-without-counts-tag"])
@@ -146,14 +145,14 @@ def test_workers_closing_a_study_at_the_same_moment_all_succeed(mlflow_server, o
         assert (COUNTS_TAG in trackers[0].client.get_run(trackers[0].parent_run_id).data.tags) != older_study_run
         barrier, errors = threading.Barrier(workers), []
 
-        def close(tracker: StudyTracker) -> None:
+        def close(tracker: StudyTracker, barrier: threading.Barrier, errors: list[Exception]) -> None:
             barrier.wait()
             try:
                 tracker.close({"finished": 6})
             except Exception as err:  # noqa: BLE001 - collected and reported below
                 errors.append(err)
 
-        threads = [threading.Thread(target=close, args=(t,)) for t in trackers]
+        threads = [threading.Thread(target=close, args=(t, barrier, errors)) for t in trackers]
         for t in threads:
             t.start()
         for t in threads:
