@@ -274,24 +274,33 @@ def logging_overhead(epochs: int = 20, device: str | None = None) -> dict[str, f
 
 
 def time_grid(grid_path: str, *, device: str | None = None, workers: int | None = None,
-              sets: Sequence[str] = (), fuse: int = 1) -> dict[str, Any]:
+              sets: Sequence[str] = (), fuse: int = 1, seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Wall time of a whole grid, trained into a throwaway MLflow store and Optuna journal.
 
     Runs in the current directory, so that the grid's relative paths (``dataset.root``) mean what they mean
     to ``bench run``; ``sets`` are ``--set KEY=VALUE`` overrides, passed on to worker processes too; ``fuse``
-    is ``bench run --fuse``.
+    is ``bench run --fuse``; ``seeds`` replace the grid's ``seeds`` (to measure seed noise).
 
     Returns:
-        ``grid``, ``trials``, ``wall_seconds``, ``counts`` (trials per final state: all ``finished``
-        when every cell trained) and ``tables``: the grid's tables as markdown (its accuracies).
+        ``grid``, ``trials``, ``seeds``, ``wall_seconds``, ``counts`` (trials per final state: all ``finished``
+        when every cell trained), ``tables``: the grid's tables as markdown (its accuracies), and ``records``:
+        each trial's ``label``, ``seed``, ``status``, ``train_acc`` and ``test_acc`` (`bench.seed_noise`).
     """
+    import yaml
+
     from bench.commands._common import parse_sets
     from bench.grid import load_grid
+    from bench.seed_noise import trial_records
     from bench.workers import run_study
     from reports.markdown import default_table
 
     grid = load_grid(grid_path, overrides=parse_sets(list(sets)))
     with tempfile.TemporaryDirectory(prefix="marginbench-grid-") as tmp:
+        if seeds is not None and list(seeds) != grid.seeds:
+            # worker processes read the grid from its file, so the new seeds go into a copy of it
+            copy = Path(tmp) / grid.path.name
+            copy.write_text(yaml.safe_dump({**grid.raw, "seeds": list(seeds)}, sort_keys=False))
+            grid = load_grid(copy, overrides=parse_sets(list(sets)))
         tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         t0 = time.perf_counter()
         report = run_study(grid, storage=str(Path(tmp) / "optuna.journal"), tracking_uri=tracking_uri,
@@ -299,8 +308,10 @@ def time_grid(grid_path: str, *, device: str | None = None, workers: int | None 
                            echo=lambda line: None)
         wall = time.perf_counter() - t0
         tables = default_table(grid, tracking_uri)
-    return {"grid": grid.name, "trials": len(grid.trials()), "workers": workers or grid.raw.get("workers", 1),
-            "fuse": fuse, "wall_seconds": wall, "counts": dict(report.counts), "tables": tables}
+        records = trial_records(grid, tracking_uri)
+    return {"grid": grid.name, "trials": len(grid.trials()), "seeds": grid.seeds,
+            "workers": workers or grid.raw.get("workers", 1), "fuse": fuse, "wall_seconds": wall,
+            "counts": dict(report.counts), "tables": tables, "records": records}
 
 
 def _device_label(device: torch.device) -> str:

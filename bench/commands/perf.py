@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +31,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="workers for --grid")
     p.add_argument("--fuse", type=int, default=1, metavar="K", help="--fuse for --grid (trials per fused program)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --grid")
+    p.add_argument("--seeds", type=parse_seeds, default=None, metavar="N|S,S,...",
+                   help="seeds for --grid instead of the grid's: a count (3: seeds 0, 1, 2) or a list (0,5,7)")
+    p.add_argument("--against", default=None, metavar="FILE",
+                   help="compare --grid's per-seed accuracies with an earlier `bench perf --grid ... --json FILE` "
+                        "run: per cell a t test, within seed noise or not")
+    p.add_argument("--metric", default="test_acc", choices=["test_acc", "train_acc"], help="metric for --against")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.set_defaults(handler=run)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> ``[0, 1, 2]``; ``"0,5,7"`` -> ``[0, 5, 7]``."""
+    try:
+        items = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        items = []
+    if "," not in text and len(items) == 1:
+        items = list(range(items[0])) if items[0] >= 1 else []
+    if not items or len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"a count of at least 1 (3: seeds 0, 1, 2) or a list of distinct integers "
+                                         f"(0,5,7) is required, but got {text!r}")
+    return items
+
+
+def load_against(path: str | None, metric: str) -> list[dict] | None:
+    """The per-trial records of an earlier ``--grid ... --json`` file; exits 2 naming the file and the fix."""
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            records = json.load(f)["grid"]["records"]
+    except FileNotFoundError:
+        raise SystemExit(f"bench perf: --against {path}: no such file; write it first with "
+                         f"`bench perf --grid FILE --json {path}`") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SystemExit(f"bench perf: --against {path}: not the JSON of a `bench perf --grid FILE --json` run with "
+                         f"per-trial records (missing {err}); rerun that command to write it") from None
+    if not any(r.get(metric) is not None for r in records):
+        raise SystemExit(f"bench perf: --against {path}: no trial has {metric!r}; valid: train_acc, test_acc")
+    return records
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +78,20 @@ def run(args: argparse.Namespace) -> int:
     from bench.perf import logging_overhead, measure, time_grid
 
     check_fuse(args.fuse)  # before anything trains
+    if (args.against or args.seeds) and not args.grid:
+        raise SystemExit("bench perf: --against and --seeds need --grid FILE (the grid to run and compare)")
+    against = load_against(args.against, args.metric)
+    if against is not None:  # the same grid's cells, checked before anything trains
+        from bench.commands._common import load_grid_or_exit
+        from bench.seed_noise import cell_label
+
+        grid = load_grid_or_exit(args)
+        mine = {cell_label(c.labels, grid.axes, grid.name) for c in grid.cells}
+        theirs = {r["label"] for r in against}
+        if not mine & theirs:
+            raise SystemExit(f"bench perf: --against {args.against}: its cells ({', '.join(sorted(theirs)[:3])}, ...) "
+                             f"are none of {args.grid}'s ({', '.join(sorted(mine)[:3])}, ...); compare runs of one "
+                             f"grid")
     if args.fused is not None:
         check_fuse(args.fused, "--fused")
     report: dict = {"workloads": []}
@@ -94,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
               f"img/s in all, speedup {f['speedup']:.2f}")
         report["fused"] = f
     if args.grid:
-        g = time_grid(args.grid, device=args.device, workers=args.workers, sets=args.set, fuse=args.fuse)
+        g = time_grid(args.grid, device=args.device, workers=args.workers, sets=args.set, fuse=args.fuse,
+                      seeds=args.seeds)
         counts = ", ".join(f"{n} {state}" for state, n in sorted(g["counts"].items()) if n)
         fused = f" fusing up to {g['fuse']} trials each" if g["fuse"] > 1 else ""
         print(f"grid {g['grid']}: {g['trials']} trials with {g['workers']} workers{fused} in "
@@ -102,6 +156,16 @@ def run(args: argparse.Namespace) -> int:
               f"({counts})")
         print(g["tables"])
         report["grid"] = g
+        if against is not None:
+            from bench.seed_noise import compare_runs, format_comparison
+
+            cells = compare_runs(against, g["records"], metric=args.metric)
+            print(f"\nthis run against {args.against}, per cell (Student's t test over seeds):\n")
+            print(format_comparison(cells, metric=args.metric, names=(Path(args.against).name, "this run")))
+            report["against"] = {"file": args.against, "metric": args.metric, "cells": [
+                {"label": c.label, "reference": c.reference, "candidate": c.candidate, "difference": c.difference,
+                 "seed_std": c.seed_std, "p_value": c.p_value, "alpha": c.alpha, "within_noise": c.within_noise}
+                for c in cells]}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2, default=str)

@@ -1,0 +1,177 @@
+"""Is one run of a grid equal to another "within seed noise"? Per cell, a two-sample t test of a metric's values
+over seeds.
+
+The question comes from fused trials (`bench run --fuse K`): a fused program sums in another order than a
+trial alone, as another GPU kernel would, so its accuracies are not bit-equal to a sequential run's; the claim
+to check is that the difference is no larger than what changing the seed does. Per cell the test is Student's
+two-sample t test with a pooled variance (the two runs train the same cell, so one seed-to-seed variance is
+assumed for both). It needs three values in all: with one value on one side it is the prediction-interval
+test of that value against the other side's seeds, ``t = (x - mean) / (s * sqrt(1 + 1/n))`` with ``n - 1``
+degrees of freedom.
+
+Many cells make some p-values small by chance (0.05 x cells expected below 0.05), so `compare_runs` judges a
+cell with a Bonferroni level, ``alpha / cells``, and reports the plain count too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CellComparison", "pooled_t_test", "compare_runs", "trial_records", "format_comparison", "cell_label"]
+
+
+def cell_label(labels: Mapping[str, Any], axes: Sequence[str], default: str = "") -> str:
+    """A cell's name across runs: its axis labels in axis order, joined by `` / ``."""
+    return " / ".join(str(labels.get(axis, "")) for axis in axes) or default
+
+
+def pooled_t_test(reference: Sequence[float], candidate: Sequence[float]) -> tuple[float, int] | None:
+    """Two-sided p-value and degrees of freedom of Student's pooled-variance t test of equal means.
+
+    Returns:
+        ``(p, df)``; None when there are fewer than three values in all or a side is empty. Values that are all
+        equal within each side give p = 1 for equal means and 0 otherwise.
+    """
+    from scipy.stats import t as student_t
+
+    na, nb = len(reference), len(candidate)
+    df = na + nb - 2
+    if na == 0 or nb == 0 or df < 1:
+        return None
+    ma, mb = math.fsum(reference) / na, math.fsum(candidate) / nb
+    ss = math.fsum((x - ma) ** 2 for x in reference) + math.fsum((x - mb) ** 2 for x in candidate)
+    if ss == 0.0:
+        return (1.0 if ma == mb else 0.0), df
+    se = math.sqrt(ss / df * (1 / na + 1 / nb))
+    return float(2 * student_t.sf(abs(mb - ma) / se, df)), df
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else float("nan")
+
+
+def _std(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return float("nan")
+    m = _mean(values)
+    return math.sqrt(math.fsum((x - m) ** 2 for x in values) / (len(values) - 1))
+
+
+@dataclass(frozen=True)
+class CellComparison:
+    """One cell's metric in two runs of a grid: the finished trials' values, seed order."""
+
+    label: str
+    reference: tuple[float, ...]
+    candidate: tuple[float, ...]
+    p_value: float | None
+    alpha: float
+    not_finished: tuple[int, int] = (0, 0)  # (reference, candidate) trials that diverged or failed
+
+    @property
+    def difference(self) -> float:
+        """Candidate mean minus reference mean (the metric's units: accuracy as a fraction)."""
+        return _mean(self.candidate) - _mean(self.reference)
+
+    @property
+    def seed_std(self) -> float:
+        """The pooled seed-to-seed standard deviation (ddof 1 within each side); NaN below three values."""
+        df = len(self.reference) + len(self.candidate) - 2
+        if not self.reference or not self.candidate or df < 1:
+            return float("nan")
+        ma, mb = _mean(self.reference), _mean(self.candidate)
+        ss = math.fsum((x - ma) ** 2 for x in self.reference) + math.fsum((x - mb) ** 2 for x in self.candidate)
+        return math.sqrt(ss / df)
+
+    @property
+    def within_noise(self) -> bool | None:
+        """True when the means do not differ at level ``alpha``; None when untestable (too few seeds)."""
+        if self.not_finished != (0, 0) and self.not_finished[0] != self.not_finished[1]:
+            return False  # one run diverged where the other trained: not noise in the accuracy
+        return None if self.p_value is None else self.p_value >= self.alpha
+
+
+def trial_records(grid: Any, tracking_uri: str, metrics: Sequence[str] = ("train_acc", "test_acc")) -> list[dict]:
+    """One record per trial run of ``grid`` in the store: ``label`` (the cell's axis labels joined by ``/``),
+    ``seed``, ``status`` and each metric (None where not logged); the grid's cell order, then seed. The latest
+    run of a trial run twice."""
+    from reports.runs import latest_runs, load_runs
+
+    runs = latest_runs(load_runs(grid.name, tracking_uri))
+    out = []
+    for _, row in runs.iterrows():
+        label = cell_label({axis: row.get(f"label.{axis}", "") for axis in grid.axes}, grid.axes, grid.name)
+        rec = {"label": label, "seed": int(row["seed"]), "status": str(row["status"])}
+        for m in metrics:
+            v = row.get(m)
+            rec[m] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+        out.append(rec)
+    order = {cell_label(c.labels, grid.axes, grid.name): i for i, c in enumerate(grid.cells)}
+    return sorted(out, key=lambda r: (order.get(r["label"], len(order)), r["label"], r["seed"]))
+
+
+def _by_cell(records: Sequence[Mapping[str, Any]], metric: str) -> dict[str, tuple[list[float], int]]:
+    cells: dict[str, tuple[list[float], int]] = {}
+    for rec in records:
+        values, bad = cells.get(rec["label"], ([], 0))
+        if rec["status"] == "finished" and rec.get(metric) is not None:
+            values.append(float(rec[metric]))
+        else:
+            bad += 1
+        cells[rec["label"]] = (values, bad)
+    return cells
+
+
+def compare_runs(reference: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]], *,
+                 metric: str = "test_acc", alpha: float = 0.05) -> list[CellComparison]:
+    """Per cell present in both, the t test of ``metric`` (records as `trial_records` gives), judged at the
+    Bonferroni level ``alpha / cells``; cells in reference order.
+
+    Raises:
+        ValueError: the two runs share no cell (different grids).
+    """
+    ref, cand = _by_cell(reference, metric), _by_cell(candidate, metric)
+    labels = [label for label in ref if label in cand]
+    if not labels:
+        raise ValueError(f"the two runs share no cell: {sorted(ref)[:3]} vs {sorted(cand)[:3]}")
+    level = alpha / len(labels)
+    out = []
+    for label in labels:
+        (a, bad_a), (b, bad_b) = ref[label], cand[label]
+        test = pooled_t_test(a, b)
+        out.append(CellComparison(label, tuple(a), tuple(b), None if test is None else test[0], level, (bad_a, bad_b)))
+    return out
+
+
+def format_comparison(cells: Sequence[CellComparison], *, metric: str = "test_acc",
+                      names: tuple[str, str] = ("reference", "candidate")) -> str:
+    """A markdown table, one row per cell, and a verdict line."""
+    ra, rb = names
+    lines = [f"| cell | {ra} {metric} (n) | {rb} {metric} (n) | difference | seed std | p | within seed noise |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+
+    def side(values: tuple[float, ...], bad: int) -> str:
+        extra = f", {bad} not finished" if bad else ""
+        return f"{_mean(values):.4f} ({len(values)}{extra})" if values else f"- (0{extra})"
+
+    for c in cells:
+        p = "-" if c.p_value is None else f"{c.p_value:.3f}"
+        verdict = {True: "yes", False: "**no**", None: "untestable"}[c.within_noise]
+        lines.append(f"| {c.label} | {side(c.reference, c.not_finished[0])} | {side(c.candidate, c.not_finished[1])} "
+                     f"| {c.difference:+.4f} | {c.seed_std:.4f} | {p} | {verdict} |")
+    tested = [c for c in cells if c.p_value is not None]
+    below = sum(c.p_value < 0.05 for c in tested)  # type: ignore[operator]
+    failing = [c.label for c in cells if c.within_noise is False]
+    untestable = [c.label for c in cells if c.within_noise is None]
+    alpha = cells[0].alpha if cells else 0.05
+    verdict = (f"{len(cells) - len(failing) - len(untestable)} of {len(cells)} cells within seed noise "
+               f"(p >= {alpha:.4g}, 0.05 over {len(cells)} cells)")
+    if failing:
+        verdict += f"; differ: {', '.join(failing)}"
+    if untestable:
+        verdict += f"; untestable, too few seeds: {', '.join(untestable)} (give one side --seeds 2 or more)"
+    verdict += f". {below} of {len(tested)} below p 0.05 ({0.05 * len(tested):.2f} expected by chance)."
+    return "\n".join(lines) + "\n\n" + verdict
