@@ -22,6 +22,17 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+def write_tiny_mnist(root, train: int = 40, test: int = 20) -> None:
+    """Random 28x28 digits with labels 0..9 in turn, as MNIST's four IDX files under ``root`` (created)."""
+    from registry.datasets.idx import write_idx
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+
+
 @pytest.fixture
 def tiny_dataset():
     """Registers ``tiny-blobs``: 4 classes of 8x8 one-channel images, each class a bright quadrant plus noise,

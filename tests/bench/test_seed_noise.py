@@ -11,6 +11,7 @@ from scipy import stats
 
 from bench.cli import main
 from bench.seed_noise import compare_runs, format_comparison, pooled_t_test
+from tests.conftest import write_tiny_mnist
 
 
 @pytest.mark.parametrize("na,nb", [(2, 2), (3, 4), (5, 3), (10, 10)])
@@ -73,14 +74,7 @@ def test_runs_of_different_grids_are_refused():
 
 @pytest.fixture
 def tiny_mnist_grid(in_tmp):
-    from registry.datasets.idx import write_idx
-
-    root = in_tmp / "data" / "mnist"
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 40), ("t10k", 20)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    write_tiny_mnist(in_tmp / "data" / "mnist")
     (in_tmp / "g.yaml").write_text(
         "name: noise-grid\nbase: {dataset: {name: mnist, root: data/mnist}, backbone: lenet++, embedding_dim: 2,\n"
         "       epochs: 1, batch_size: 16}\ngrid: {loss: [softmax, cosface]}\nseeds: [0]\n")

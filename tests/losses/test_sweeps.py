@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from registry import LOSSES
+from tests.conftest import write_tiny_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST = ROOT.parent / "shared" / "data" / "mnist-10k"
@@ -39,16 +40,7 @@ def grids(monkeypatch, tmp_path):
     if MNIST.is_dir():
         monkeypatch.chdir(ROOT)
     else:
-        import numpy as np
-
-        from registry.datasets.idx import write_idx
-
-        root = tmp_path / "shared" / "data" / "mnist-10k"
-        root.mkdir(parents=True)
-        rng = np.random.default_rng(0)
-        for prefix, n in (("train", 40), ("t10k", 20)):
-            write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-            write_idx(root / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+        write_tiny_mnist(tmp_path / "shared" / "data" / "mnist-10k")
         (tmp_path / "work").mkdir()
         monkeypatch.chdir(tmp_path / "work")
     return lambda name: load_grid(ROOT / "sweeps" / name)

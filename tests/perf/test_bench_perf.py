@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bench.cli import main
+from tests.conftest import write_tiny_mnist
 
 
 def test_bench_perf_prints_both_throughputs_and_their_ratio(in_tmp, capsys):
@@ -52,16 +53,7 @@ def test_bench_perf_fused_times_fused_trials_against_one_alone(in_tmp, capsys):
 def test_bench_perf_grid_trains_every_cell_with_relative_paths_and_overrides(in_tmp, capsys):
     # The grid's dataset root is relative to the working directory, as for `bench run` (time_grid used to
     # chdir into a temporary folder, where data/mnist is not); two worker processes train the two cells.
-    import numpy as np
-
-    from registry.datasets.idx import write_idx
-
-    root = in_tmp / "data" / "mnist"
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 40), ("t10k", 20)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    write_tiny_mnist(in_tmp / "data" / "mnist")
     (in_tmp / "g.yaml").write_text(
         "name: perf-grid\nbase: {dataset: {name: mnist, root: data/mnist}, backbone: lenet++, embedding_dim: 2,\n"
         "       epochs: 2, batch_size: 16}\ngrid: {loss: [softmax, cosface]}\nseeds: [0]\n")
