@@ -87,6 +87,19 @@ class CellComparison:
         return math.sqrt(ss / df)
 
     @property
+    def detectable(self) -> float:
+        """The smallest |difference| of means the test flags at ``alpha``: ``t(1 - alpha/2, df) * seed_std *
+        sqrt(1/na + 1/nb)``; NaN when untestable. Few seeds or a wide spread make it large: read it beside a pass.
+        """
+        from scipy.stats import t as student_t
+
+        na, nb = len(self.reference), len(self.candidate)
+        sd = self.seed_std
+        if math.isnan(sd):
+            return float("nan")
+        return float(student_t.ppf(1 - self.alpha / 2, na + nb - 2)) * sd * math.sqrt(1 / na + 1 / nb)
+
+    @property
     def within_noise(self) -> bool | None:
         """True when the means do not differ at level ``alpha``; None when untestable (too few seeds)."""
         if self.not_finished != (0, 0) and self.not_finished[0] != self.not_finished[1]:
@@ -150,8 +163,9 @@ def format_comparison(cells: Sequence[CellComparison], *, metric: str = "test_ac
                       names: tuple[str, str] = ("reference", "candidate")) -> str:
     """A markdown table, one row per cell, and a verdict line."""
     ra, rb = names
-    lines = [f"| cell | {ra} {metric} (n) | {rb} {metric} (n) | difference | seed std | p | within seed noise |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"| cell | {ra} {metric} (n) | {rb} {metric} (n) | difference | seed std | flags beyond | p "
+             f"| within seed noise |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def side(values: tuple[float, ...], bad: int) -> str:
         extra = f", {bad} not finished" if bad else ""
@@ -161,7 +175,7 @@ def format_comparison(cells: Sequence[CellComparison], *, metric: str = "test_ac
         p = "-" if c.p_value is None else f"{c.p_value:.3f}"
         verdict = {True: "yes", False: "**no**", None: "untestable"}[c.within_noise]
         lines.append(f"| {c.label} | {side(c.reference, c.not_finished[0])} | {side(c.candidate, c.not_finished[1])} "
-                     f"| {c.difference:+.4f} | {c.seed_std:.4f} | {p} | {verdict} |")
+                     f"| {c.difference:+.4f} | {c.seed_std:.4f} | ±{c.detectable:.4f} | {p} | {verdict} |")
     tested = [c for c in cells if c.p_value is not None]
     below = sum(c.p_value < 0.05 for c in tested)  # type: ignore[operator]
     failing = [c.label for c in cells if c.within_noise is False]

@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
             print(format_comparison(cells, metric=args.metric, names=(Path(args.against).name, "this run")))
             report["against"] = {"file": args.against, "metric": args.metric, "cells": [
                 {"label": c.label, "reference": c.reference, "candidate": c.candidate, "difference": c.difference,
-                 "seed_std": c.seed_std, "p_value": c.p_value, "alpha": c.alpha, "within_noise": c.within_noise}
+                 "seed_std": c.seed_std, "detectable": c.detectable, "p_value": c.p_value, "alpha": c.alpha,
+                 "within_noise": c.within_noise}
                 for c in cells]}
     if args.json:
         with open(args.json, "w") as f:

@@ -35,6 +35,18 @@ def test_one_value_against_seeds_is_the_prediction_interval_test():
     assert pooled_t_test(seeds, [x]) == (p, df)  # symmetric
 
 
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_a_difference_of_exactly_detectable_has_p_alpha(n):
+    # shifting a copy of the seeds by `detectable` must give scipy's p-value alpha (Bonferroni over 11 cells)
+    rng = np.random.default_rng(n)
+    a = list(rng.normal(0.9, 0.02, n))
+    probe = compare_runs(_records("a", a), _records("a", a), alpha=0.05 * 11)  # one cell: alpha as given
+    shift = probe[0].detectable
+    assert probe[0].seed_std == pytest.approx(float(np.std(a, ddof=1)), rel=1e-12)
+    p = stats.ttest_ind(a, [x + shift for x in a], equal_var=True).pvalue
+    assert p == pytest.approx(0.05 * 11, rel=1e-9)
+
+
 def test_too_few_values_or_no_spread():
     assert pooled_t_test([0.3], [0.4]) is None  # no degree of freedom left for the variance
     assert pooled_t_test([], [0.1, 0.2]) is None
