@@ -20,12 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CellComparison", "pooled_t_test", "compare_runs", "trial_records", "format_comparison", "cell_label"]
-
-
-def cell_label(labels: Mapping[str, Any], axes: Sequence[str], default: str = "") -> str:
-    """A cell's name across runs: its axis labels in axis order, joined by `` / ``."""
-    return " / ".join(str(labels.get(axis, "")) for axis in axes) or default
+__all__ = ["CellComparison", "pooled_t_test", "compare_runs", "trial_records", "format_comparison"]
 
 
 def pooled_t_test(reference: Sequence[float], candidate: Sequence[float]) -> tuple[float, int] | None:
@@ -37,27 +32,29 @@ def pooled_t_test(reference: Sequence[float], candidate: Sequence[float]) -> tup
     """
     from scipy.stats import t as student_t
 
-    na, nb = len(reference), len(candidate)
-    df = na + nb - 2
-    if na == 0 or nb == 0 or df < 1:
+    pooled = _pooled_std(reference, candidate)
+    if pooled is None:
         return None
-    ma, mb = math.fsum(reference) / na, math.fsum(candidate) / nb
-    ss = math.fsum((x - ma) ** 2 for x in reference) + math.fsum((x - mb) ** 2 for x in candidate)
-    if ss == 0.0:
-        return (1.0 if ma == mb else 0.0), df
-    se = math.sqrt(ss / df * (1 / na + 1 / nb))
-    return float(2 * student_t.sf(abs(mb - ma) / se, df)), df
+    sd, df = pooled
+    difference = _mean(candidate) - _mean(reference)
+    if sd == 0.0:
+        return (1.0 if difference == 0.0 else 0.0), df
+    se = sd * math.sqrt(1 / len(reference) + 1 / len(candidate))
+    return float(2 * student_t.sf(abs(difference) / se, df)), df
 
 
 def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if values else float("nan")
 
 
-def _std(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return float("nan")
-    m = _mean(values)
-    return math.sqrt(math.fsum((x - m) ** 2 for x in values) / (len(values) - 1))
+def _pooled_std(a: Sequence[float], b: Sequence[float]) -> tuple[float, int] | None:
+    """The pooled standard deviation (each side about its own mean) and its degrees of freedom, ``na + nb - 2``;
+    None when a side is empty or no degree of freedom is left."""
+    df = len(a) + len(b) - 2
+    if not a or not b or df < 1:
+        return None
+    ma, mb = _mean(a), _mean(b)
+    return math.sqrt((math.fsum((x - ma) ** 2 for x in a) + math.fsum((x - mb) ** 2 for x in b)) / df), df
 
 
 @dataclass(frozen=True)
@@ -79,12 +76,8 @@ class CellComparison:
     @property
     def seed_std(self) -> float:
         """The pooled seed-to-seed standard deviation (ddof 1 within each side); NaN below three values."""
-        df = len(self.reference) + len(self.candidate) - 2
-        if not self.reference or not self.candidate or df < 1:
-            return float("nan")
-        ma, mb = _mean(self.reference), _mean(self.candidate)
-        ss = math.fsum((x - ma) ** 2 for x in self.reference) + math.fsum((x - mb) ** 2 for x in self.candidate)
-        return math.sqrt(ss / df)
+        pooled = _pooled_std(self.reference, self.candidate)
+        return float("nan") if pooled is None else pooled[0]
 
     @property
     def detectable(self) -> float:
@@ -108,21 +101,21 @@ class CellComparison:
 
 
 def trial_records(grid: Any, tracking_uri: str, metrics: Sequence[str] = ("train_acc", "test_acc")) -> list[dict]:
-    """One record per trial run of ``grid`` in the store: ``label`` (the cell's axis labels joined by ``/``),
+    """One record per trial run of ``grid`` in the store: ``label`` (the run's ``label`` tag, `TrialSpec.label`),
     ``seed``, ``status`` and each metric (None where not logged); the grid's cell order, then seed. The latest
     run of a trial run twice."""
+    from reports.results import grid_order
     from reports.runs import latest_runs, load_runs
 
     runs = latest_runs(load_runs(grid.name, tracking_uri))
     out = []
     for _, row in runs.iterrows():
-        label = cell_label({axis: row.get(f"label.{axis}", "") for axis in grid.axes}, grid.axes, grid.name)
-        rec = {"label": label, "seed": int(row["seed"]), "status": str(row["status"])}
+        rec = {"label": str(row["label"]), "seed": int(row["seed"]), "status": str(row["status"])}
         for m in metrics:
             v = row.get(m)
             rec[m] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
         out.append(rec)
-    order = {cell_label(c.labels, grid.axes, grid.name): i for i, c in enumerate(grid.cells)}
+    order = {label: i for i, label in enumerate(grid_order(grid)["label"])}
     return sorted(out, key=lambda r: (order.get(r["label"], len(order)), r["label"], r["seed"]))
 
 

@@ -83,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
     against = load_against(args.against, args.metric)
     if against is not None:  # the same grid's cells, checked before anything trains
         from bench.commands._common import load_grid_or_exit
-        from bench.seed_noise import cell_label
+        from reports.results import grid_order
 
-        grid = load_grid_or_exit(args)
-        mine = {cell_label(c.labels, grid.axes, grid.name) for c in grid.cells}
+        mine = set(grid_order(load_grid_or_exit(args))["label"])
         theirs = {r["label"] for r in against}
         if not mine & theirs:
             raise SystemExit(f"bench perf: --against {args.against}: its cells ({', '.join(sorted(theirs)[:3])}, ...) "
