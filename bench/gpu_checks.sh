@@ -27,7 +27,7 @@ DATA=(--set "dataset.root=$MNIST" --set dataset.repeat=8)
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1 || true
 if [[ " $STEPS " == *" perf "* ]]; then
-    "$BENCH" perf --workload lenet --workload mobilenet --repeats 2 --logging --head --jpeg --fused 10 \
+    "$BENCH" perf --workload lenet --workload mobilenet --repeats 2 --logging --head --jpeg --fused 10 --mnist-root "$MNIST" \
         --json "$OUT/perf.json" 2>&1 | tee "$OUT/perf.log"
 fi
 if [[ " $STEPS " == *" grid "* ]]; then

@@ -21,9 +21,10 @@ import torch
 from bench.spec import TrialSpec
 from bench.trial import TrialOptions, autocast_dtype, build_models, load_dataset, pick_device, run_trial
 
-__all__ = ["PerfResult", "WORKLOADS", "workload_spec", "bare_images_per_second", "harness_images_per_second",
-           "measure", "logging_overhead", "time_grid", "head_memory", "float64_head_reference", "max_abs_diff",
-           "cpu_head_peak_gib", "jpeg_feed", "fused_throughput", "write_jpeg_folder", "loader_images_per_second"]
+__all__ = ["PerfResult", "WORKLOADS", "workload_spec", "check_workload_data", "bare_images_per_second",
+           "harness_images_per_second", "measure", "logging_overhead", "time_grid", "head_memory",
+           "float64_head_reference", "max_abs_diff", "cpu_head_peak_gib", "jpeg_feed", "fused_throughput",
+           "write_jpeg_folder", "loader_images_per_second"]
 
 
 @dataclass
@@ -130,18 +131,42 @@ def harness_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_e
     return run_trial(spec, options).images_per_second
 
 
-def workload_spec(workload: str, device: torch.device, **overrides: Any) -> TrialSpec:
-    """The named workload's trial for this device type (`WORKLOADS`), with the overrides that are not None."""
+def workload_spec(workload: str, device: torch.device, *, mnist_root: str | None = None,
+                  **overrides: Any) -> TrialSpec:
+    """The named workload's trial for this device type (`WORKLOADS`), with the overrides that are not None;
+    ``mnist_root`` replaces the MNIST folder of a workload that reads MNIST (lenet on a GPU)."""
     config = dict(WORKLOADS[workload]["cuda" if device.type == "cuda" else "cpu"])
+    if mnist_root is not None and config["dataset"] == "mnist":
+        config["dataset_params"] = {**config["dataset_params"], "root": mnist_root}
     config.update({key: value for key, value in overrides.items() if value is not None})
     return TrialSpec(**config)
 
 
+def check_workload_data(workloads: Sequence[str], device: torch.device, *, mnist_root: str | None = None) -> None:
+    """Checks that each workload's dataset files are there for this device type, before anything trains.
+
+    Raises:
+        SystemExit: naming the workload, the folder it reads and ``--mnist-root``, the option that moves it.
+    """
+    from registry import DATASETS, RegistryError
+
+    for workload in dict.fromkeys(workloads):
+        spec = workload_spec(workload, device, mnist_root=mnist_root)
+        try:
+            DATASETS.check(spec.dataset, spec.dataset_params)
+        except RegistryError as err:
+            raise SystemExit(f"bench perf: the {workload} workload on {device.type} reads {spec.dataset} from "
+                             f"{spec.dataset_params.get('root')}: {err}. Point --mnist-root at the folder of the "
+                             f"MNIST IDX files (train-images-idx3-ubyte[.gz], ...)") from None
+
+
 def measure(workload: str, *, device: str | None = None, batch_size: int | None = None,
-            precision: str | None = None, epochs: int | None = None, repeats: int = 1) -> PerfResult:
+            precision: str | None = None, epochs: int | None = None, repeats: int = 1,
+            mnist_root: str | None = None) -> PerfResult:
     """Bare vs harness images/s for a named workload; ``repeats`` alternates the two and keeps the best of each."""
     dev = pick_device(device)
-    spec = workload_spec(workload, dev, batch_size=batch_size, precision=precision, epochs=epochs)
+    spec = workload_spec(workload, dev, mnist_root=mnist_root, batch_size=batch_size, precision=precision,
+                         epochs=epochs)
     bare = harness = 0.0
     for _ in range(repeats):
         bare = max(bare, bare_images_per_second(spec, dev))
@@ -150,7 +175,7 @@ def measure(workload: str, *, device: str | None = None, batch_size: int | None 
 
 
 def fused_throughput(trials: int, *, workload: str = "lenet", device: str | None = None,
-                     epochs: int | None = None) -> dict[str, Any]:
+                     epochs: int | None = None, mnist_root: str | None = None) -> dict[str, Any]:
     """Aggregate training images/s of ``trials`` copies of a workload's trial fused into one program
     (`bench.fused`), against the same trial run alone (`bench.trial.run_trial`); each after a 1-epoch warm-up.
 
@@ -162,7 +187,7 @@ def fused_throughput(trials: int, *, workload: str = "lenet", device: str | None
     from bench.fused import run_fused_trials
 
     dev = pick_device(device)
-    spec = workload_spec(workload, dev, epochs=epochs)
+    spec = workload_spec(workload, dev, mnist_root=mnist_root, epochs=epochs)
     options = TrialOptions(device=str(dev), progress=False)
     alone = harness_images_per_second(spec, dev, options=options)
     run_fused_trials([spec.replace(epochs=1)] * trials, [options] * trials)
@@ -248,13 +273,14 @@ def loader_images_per_second(spec: TrialSpec, device: torch.device, num_workers:
     return seen / (time.perf_counter() - t0)
 
 
-def logging_overhead(epochs: int = 20, device: str | None = None) -> dict[str, float]:
+def logging_overhead(epochs: int = 20, device: str | None = None, *, mnist_root: str | None = None
+                     ) -> dict[str, float]:
     """Share of a LeNet++ trial's wall time spent in MLflow logging calls (a throwaway sqlite store)."""
     from bench.runner import execute_trial
     from bench.tracking import StudyTracker
 
     dev = pick_device(device)
-    spec = workload_spec("lenet", dev, epochs=epochs)
+    spec = workload_spec("lenet", dev, mnist_root=mnist_root, epochs=epochs)
     with tempfile.TemporaryDirectory() as tmp:
         tracker = StudyTracker("perf-logging", f"sqlite:///{Path(tmp) / 'mlflow.db'}")
         # open and close one run first so that store start-up is not charged to the measured trial

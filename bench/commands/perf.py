@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
     p.add_argument("--epochs", type=int, default=None, help="timed epochs (after one warm-up epoch)")
+    p.add_argument("--mnist-root", default=None, metavar="FOLDER",
+                   help="the MNIST IDX files of the lenet workload on a GPU (default: ../shared/data/mnist-10k)")
     p.add_argument("--repeats", type=int, default=1, help="alternate bare/harness this many times, keep the best")
     p.add_argument("--logging", action="store_true", help="also measure MLflow logging's share of a 20-epoch trial")
     p.add_argument("--logging-epochs", type=int, default=20)
@@ -75,7 +77,8 @@ def load_against(path: str | None, metric: str) -> list[dict] | None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.commands.run import check_fuse
-    from bench.perf import logging_overhead, measure, time_grid
+    from bench.perf import check_workload_data, logging_overhead, measure, time_grid
+    from bench.trial import pick_device
 
     check_fuse(args.fuse)  # before anything trains
     if (args.against or args.seeds) and not args.grid:
@@ -97,17 +100,20 @@ def run(args: argparse.Namespace) -> int:
     # the lenet workload by default, unless only other sections were asked for
     names = args.workload or ([] if args.logging or args.head or args.jpeg or args.grid or args.fused is not None
                               else ["lenet"])
+    lenet_sections = ["lenet"] if args.logging or args.fused is not None else []
+    check_workload_data(names + lenet_sections + (["mobilenet"] if args.jpeg else []), pick_device(args.device),
+                        mnist_root=args.mnist_root)
     if names:
         print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} "
               f"{'harness img/s':>14} {'ratio':>6}")
     for name in names:
         r = measure(name, device=args.device, batch_size=args.batch_size, precision=args.precision,
-                    epochs=args.epochs, repeats=args.repeats)
+                    epochs=args.epochs, repeats=args.repeats, mnist_root=args.mnist_root)
         print(f"{r.workload:<10} {r.device[:40]:<40} {r.batch_size:>5} {r.precision:>5} "
               f"{r.bare_images_per_second:>12,.0f} {r.harness_images_per_second:>14,.0f} {r.ratio:>6.3f}")
         report["workloads"].append({**r.__dict__, "ratio": r.ratio})
     if args.logging:
-        lo = logging_overhead(args.logging_epochs, args.device)
+        lo = logging_overhead(args.logging_epochs, args.device, mnist_root=args.mnist_root)
         print(f"MLflow logging: {lo['logging_seconds_in_trial']:.3f} s in the trial loop of a {lo['epochs']}-epoch "
               f"LeNet++ trial of {lo['wall_seconds']:.1f} s ({100 * lo['logging_share_in_trial']:.2f}%); with opening "
               f"and closing the run {100 * lo['logging_share_total']:.2f}%")
@@ -140,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fused is not None:
         from bench.perf import fused_throughput
 
-        f = fused_throughput(args.fused, device=args.device, epochs=args.epochs)
+        f = fused_throughput(args.fused, device=args.device, epochs=args.epochs, mnist_root=args.mnist_root)
         print(f"fused trials, {f['workload']} (batch {f['batch_size']}) on {f['device']}: one trial alone "
               f"{f['alone_images_per_second']:,.0f} img/s, {f['trials']} fused {f['fused_images_per_second']:,.0f} "
               f"img/s in all, speedup {f['speedup']:.2f}")

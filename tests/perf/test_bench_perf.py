@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bench.cli import main
 from tests.conftest import write_tiny_mnist
@@ -70,7 +71,6 @@ def test_bench_perf_grid_trains_every_cell_with_relative_paths_and_overrides(in_
 def test_float64_head_reference_is_cosface_by_autograd():
     # The formula `bench perf --head` measures both heads against, checked against autograd through
     # F.cross_entropy in float64 (batch in row blocks of 7, duplicate labels included).
-    import torch
     import torch.nn.functional as F
 
     from bench.perf import float64_head_reference
@@ -94,3 +94,35 @@ def test_bench_perf_rejects_fewer_than_one_trial_a_program_before_training(in_tm
     out = capsys.readouterr()
     assert f"{flags[-2]} must be >= 1 (1: one trial at a time), but got 0" in out.err and "img/s" not in out.out
     assert list(in_tmp.iterdir()) == []  # no store, no grid run, nothing half-written
+
+
+def test_lenet_workload_on_a_gpu_reads_mnist_from_mnist_root(tmp_path):
+    from bench.perf import workload_spec
+
+    cuda = torch.device("cuda")  # only its type is read: no GPU is needed to build the spec
+    spec = workload_spec("lenet", cuda, mnist_root=str(tmp_path))
+    assert spec.dataset == "mnist" and spec.dataset_params == {"root": str(tmp_path), "repeat": 6}
+    assert workload_spec("lenet", torch.device("cpu"), mnist_root=str(tmp_path)).dataset == "digits"
+    assert workload_spec("mobilenet", cuda, mnist_root=str(tmp_path)).dataset == "synthetic-faces"
+
+
+def test_missing_mnist_for_the_gpu_lenet_workload_stops_naming_the_folder_and_the_option(tmp_path):
+    from bench.perf import check_workload_data
+
+    cuda = torch.device("cuda")
+    with pytest.raises(SystemExit) as err:
+        check_workload_data(["mobilenet", "lenet"], cuda, mnist_root=str(tmp_path / "nowhere"))
+    message = str(err.value)
+    assert "lenet workload on cuda" in message and "nowhere" in message and "--mnist-root" in message
+    assert "train-images-idx3-ubyte" in message
+    write_tiny_mnist(tmp_path / "mnist")
+    check_workload_data(["lenet", "mobilenet", "lenet"], cuda, mnist_root=str(tmp_path / "mnist"))  # no exit
+    check_workload_data(["lenet"], torch.device("cpu"), mnist_root=str(tmp_path / "nowhere"))  # digits: no files
+
+
+def test_bench_perf_checks_the_workload_data_before_training(in_tmp, capsys, monkeypatch):
+    monkeypatch.setattr("bench.trial.pick_device", lambda requested=None: torch.device("cuda"))
+    assert main(["perf", "--fused", "2", "--mnist-root", "no-such-folder"]) == 2
+    out = capsys.readouterr()
+    assert "no-such-folder" in out.err and "--mnist-root" in out.err and "img/s" not in out.out
+    assert list(in_tmp.iterdir()) == []  # nothing trained, nothing written
