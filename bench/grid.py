@@ -206,15 +206,21 @@ def _origin(key: str, sources: list[tuple[str, Mapping[str, Any]]]) -> str:
     return f"{where}.{key}"
 
 
-def _check_cell(path: Path, config: dict[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
-                labels: dict[str, str], checked: set[str]) -> TrialSpec:
+def _cell_spec(path: Path, config: dict[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
+               labels: dict[str, str]) -> TrialSpec:
+    """A cell's spec from its merged config; a bad key or value is a GridError naming where the grid set it."""
     try:
-        spec = TrialSpec.from_nested(config, labels)
+        return TrialSpec.from_nested(config, labels)
     except SpecError as err:
         key = next((k for k in list(config) if k in str(err)), "")
         raise GridError(path, _origin(key, sources) if key else "base", str(err)) from err
     except TypeError as err:
         raise GridError(path, "base", f"bad value: {err}") from err
+
+
+def _check_components(path: Path, spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
+                      checked: set[str]) -> None:
+    """Each component's parameters against its registry entry (a dataset's files too), once per distinct set."""
     for component, registry in _REGISTRIES.items():
         name = getattr(spec, component)
         params = dict(getattr(spec, f"{component}_params"))
@@ -226,7 +232,6 @@ def _check_cell(path: Path, config: dict[str, Any], sources: list[tuple[str, Map
         except RegistryError as err:
             raise GridError(path, _origin(component, sources), str(err)) from err
         checked.add(memo)
-    return spec
 
 
 def _check_report(path: Path, report: Any, axes: list[str]) -> None:
@@ -297,14 +302,15 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             config = _merge(config, update)
             sources.append((where, update))
         labels = {axis: label for axis, (label, _, _) in zip(axes, combo, strict=True)}
-        spec = _check_cell(path, config, sources, labels, checked)
-        if overrides:
+        spec = _cell_spec(path, config, sources, labels)
+        if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid's lacks
             try:
                 spec = spec.with_flat(overrides)
             except (SpecError, TypeError) as err:
                 raise GridError(path, "--set", str(err)) from err
-            _check_cell(path, spec.to_nested(), [("--set", {k.split(".")[0]: v for k, v in overrides.items()})],
-                        labels, checked)
+            sources = [*sources, ("--set", {k.split(".")[0]: v for k, v in overrides.items()})]
+            spec = _cell_spec(path, spec.to_nested(), sources, labels)
+        _check_components(path, spec, sources, checked)
         cells.append(Cell(labels, spec))
     return Grid(name=name, path=path, cells=cells, seeds=list(seeds), axes=axes,
                 description=str(raw.get("description", "")), raw=raw)

@@ -57,6 +57,27 @@ def test_override_that_does_not_fit_a_cell_is_an_error(tmp_path):
         load_grid(write(tmp_path, GOOD), overrides={"loss.s": 30})
 
 
+MNIST_GRID = """
+name: m
+base: {dataset: {name: mnist, root: not-here/mnist}, backbone: lenet++, epochs: 1}
+grid: {loss: [softmax, cosface]}
+"""
+
+
+def test_set_dataset_root_supplies_the_files_the_grids_root_lacks(tmp_path):
+    # the grid is checked as overridden: a root that exists only on another machine is no error when --set
+    # points at one that exists here (before, the file's root was checked first and failed)
+    from tests.conftest import write_tiny_mnist
+
+    write_tiny_mnist(tmp_path / "mnist")
+    grid = load_grid(write(tmp_path, MNIST_GRID), overrides={"dataset.root": str(tmp_path / "mnist")})
+    assert {c.spec.dataset_params["root"] for c in grid.cells} == {str(tmp_path / "mnist")}
+    with pytest.raises(GridError, match=r"base\.dataset: dataset 'mnist': IDX files missing under not-here/mnist"):
+        load_grid(write(tmp_path, MNIST_GRID))
+    with pytest.raises(GridError, match=r"--set\.dataset: dataset 'mnist': IDX files missing under elsewhere"):
+        load_grid(write(tmp_path, MNIST_GRID), overrides={"dataset.root": "elsewhere"})
+
+
 def test_environment_variables_are_substituted(tmp_path):
     text = GOOD.replace("dataset: digits", 'dataset: {name: mnist, root: "${MNIST_ROOT}"}')
     root = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-10k"
