@@ -84,11 +84,15 @@ def run(args: argparse.Namespace) -> int:
     if (args.against or args.seeds) and not args.grid:
         raise SystemExit("bench perf: --against and --seeds need --grid FILE (the grid to run and compare)")
     against = load_against(args.against, args.metric)
-    if against is not None:  # the same grid's cells, checked before anything trains
+    grid = None
+    if args.grid:  # the grid as overridden, checked before anything trains (its data files too)
         from bench.commands._common import load_grid_or_exit
+
+        grid = load_grid_or_exit(args)
+    if against is not None:  # the same grid's cells
         from reports.results import grid_order
 
-        mine = set(grid_order(load_grid_or_exit(args))["label"])
+        mine = set(grid_order(grid)["label"])
         theirs = {r["label"] for r in against}
         if not mine & theirs:
             raise SystemExit(f"bench perf: --against {args.against}: its cells ({', '.join(sorted(theirs)[:3])}, ...) "

@@ -126,3 +126,12 @@ def test_bench_perf_checks_the_workload_data_before_training(in_tmp, capsys, mon
     out = capsys.readouterr()
     assert "no-such-folder" in out.err and "--mnist-root" in out.err and "img/s" not in out.out
     assert list(in_tmp.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_bench_perf_grid_with_missing_data_stops_before_the_workloads_train(in_tmp, capsys):
+    (in_tmp / "g.yaml").write_text("name: g\nbase: {dataset: {name: mnist, root: no-mnist-here}, backbone: lenet++}\n"
+                                   "grid: {loss: [softmax]}\n")
+    assert main(["perf", "--workload", "lenet", "--grid", "g.yaml"]) == 2
+    out = capsys.readouterr()
+    assert "invalid grid" in out.err and "base.dataset" in out.err and "no-mnist-here" in out.err
+    assert "img/s" not in out.out and sorted(p.name for p in in_tmp.iterdir()) == ["g.yaml"]
