@@ -31,6 +31,7 @@ REPEATS=${REPEATS:-2}
 AGAINST=${AGAINST:-$OUT/grid.json}
 GRID_SET=${GRID_SET:-}
 export PYTHONUNBUFFERED=1
+export MLFLOW_DISABLE_TELEMETRY=true  # GPU machines are often offline: no usage pings beside timed work
 
 valid="ratios jpeg extras grid fused noise"
 for s in $STEPS; do
