@@ -22,7 +22,8 @@ class AdaFaceHead(MarginHead):
     ``mu``/``sigma`` are buffers: running mean and (unbiased) std of the batch norms, ``mu <- t_alpha mean +
     (1 - t_alpha) mu``, updated once per training step before the step's logits (they start at 20 and 100).
     As the authors' ``head.py``: cosines clamped to ``[-1 + eps, 1 - eps]``, ``theta + g_angle`` clipped to
-    ``[eps, pi - eps]``, eps = 1e-3. A batch of one sample leaves ``sigma`` unchanged (its std is undefined).
+    ``[eps, pi - eps]``, eps = 1e-3 (before ``acos``, the dtype's epsilon where that is coarser, as in bfloat16).
+    A batch of one sample leaves ``sigma`` unchanged (its std is undefined).
     ``head.logits(emb)`` (no labels) is ``s cos(theta)``, unclamped.
 
     Paper: AdaFace, https://arxiv.org/abs/2204.00964 (Eqs. 9-12 and the authors' ``head.py``).
@@ -65,7 +66,9 @@ class AdaFaceHead(MarginHead):
         norms = self._safe_norms(emb).to(cos_y.dtype)
         mean, std = self.batch_mean.to(cos_y.dtype), self.batch_std.to(cos_y.dtype)
         z = ((norms - mean) / (std + self.eps) * self.h).clamp(-1.0, 1.0)
-        theta = torch.acos(cos_y.clamp(-1.0 + self.eps, 1.0 - self.eps))
+        # 1 - 1e-3 rounds to 1 in bfloat16, where acos' is infinite: no finer clamp than the dtype resolves
+        eps = max(self.eps, torch.finfo(cos_y.dtype).eps)
+        theta = torch.acos(cos_y.clamp(-1.0 + eps, 1.0 - eps))
         theta_m = (theta - self.m * z).clamp(self.eps, math.pi - self.eps)
         return torch.cos(theta_m) - (self.m + self.m * z)
 

@@ -337,6 +337,22 @@ def test_adaface_single_sample_batch_keeps_std_finite():
     assert torch.isfinite(head.batch_std) and float(head.batch_std) == 100.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_adaface_takes_acos_strictly_inside_minus_one_one_in_every_dtype(dtype, monkeypatch):
+    # acos' is infinite at +-1; the authors' clamp to 1 - 1e-3 rounds back to 1 in bfloat16 (spacing 2^-8 there),
+    # which gave an infinite gradient under bf16 autocast on torch 2.11
+    seen = []
+    real_acos = torch.acos
+    monkeypatch.setattr(torch, "acos", lambda x: seen.append(x.detach().float()) or real_acos(x))
+    head = LOSSES.create("adaface", embedding_dim=3, num_classes=C)
+    cos_y = torch.tensor([1.0, -1.0, 0.9995, 0.0], dtype=dtype)
+    head.target_cosine(cos_y, torch.randn(4, 3, dtype=dtype), torch.zeros(4, dtype=torch.long))
+    (taken,) = seen
+    assert float(taken.abs().max()) < 1.0
+    if dtype == torch.float32:  # where the dtype resolves it, the authors' eps = 1e-3 exactly
+        assert float(taken.max()) == pytest.approx(1 - 1e-3, abs=1e-7)
+
+
 def test_eval_mode_forward_leaves_state_alone():
     rng = np.random.default_rng(6)
     x, w, y = random_batch(rng, d=3)
