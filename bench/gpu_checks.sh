@@ -59,6 +59,8 @@ fi
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1 || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$OUT/gpu.csv" 2>&1 || true
+# a copy without .git names its commit in MARGINBENCH_GIT_COMMIT (the runs' git_commit tag reads it too)
+echo "commit $(git rev-parse HEAD 2>/dev/null || echo "${MARGINBENCH_GIT_COMMIT:-unknown}")" >> "$OUT/gpu.csv"
 
 failed=()
 step() {  # step NAME ARGS...: `bench perf ARGS --json $OUT/NAME.json`, its output also in $OUT/NAME.log

@@ -52,6 +52,8 @@ def artifact_root(tracking_uri: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _git_commit() -> str:
+    """This checkout's commit (``-dirty`` with uncommitted changes to tracked files); where git cannot tell (a
+    copy without ``.git``, as sent to a GPU machine), ``$MARGINBENCH_GIT_COMMIT``, else ``unknown``."""
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -61,7 +63,7 @@ def _git_commit() -> str:
             return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return "unknown"
+    return os.environ.get("MARGINBENCH_GIT_COMMIT") or "unknown"
 
 
 def device_name(device: str | torch.device | None = None) -> str:

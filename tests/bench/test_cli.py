@@ -76,3 +76,24 @@ def test_list_shows_entries_with_parameters(capsys, kind, expected):
 def test_list_losses_shows_defaults(capsys):
     main(["list", "losses", "cosface"])
     assert "s=64.0, m=0.35" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env, expected", [({"MARGINBENCH_GIT_COMMIT": "abc123"}, "abc123"), ({}, "unknown")])
+def test_git_commit_without_git_comes_from_the_environment(monkeypatch, env, expected):
+    # a copy of the checkout without .git (sent to a GPU machine) still tags its runs with the commit it was
+    import subprocess
+
+    from bench import tracking
+
+    def no_repository(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 128, stdout="", stderr="fatal: not a git repository")
+
+    monkeypatch.setattr(tracking.subprocess, "run", no_repository)
+    monkeypatch.delenv("MARGINBENCH_GIT_COMMIT", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    tracking._git_commit.cache_clear()
+    try:
+        assert tracking._git_commit() == expected
+    finally:
+        tracking._git_commit.cache_clear()
