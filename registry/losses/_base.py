@@ -117,9 +117,10 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
 
 
-def clamp_cos(cos: torch.Tensor) -> torch.Tensor:
-    """Clamps cosines to ``[-1 + eps, 1 - eps]`` with the dtype's epsilon, so ``acos`` has a finite gradient."""
-    eps = torch.finfo(cos.dtype).eps
+def clamp_cos(cos: torch.Tensor, at_least: float = 0.0) -> torch.Tensor:
+    """Clamps cosines to ``[-1 + eps, 1 - eps]`` with the dtype's epsilon, or ``at_least`` where that is wider (a
+    head's own eps), so ``acos`` has a finite gradient: a finer eps would round back to +-1 in the dtype."""
+    eps = max(at_least, torch.finfo(cos.dtype).eps)
     return cos.clamp(-1.0 + eps, 1.0 - eps)
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from registry import LOSSES
-from registry.losses._base import MarginHead, check_by_building, check_positive
+from registry.losses._base import MarginHead, check_by_building, check_positive, clamp_cos
 
 __all__ = ["AdaFaceHead"]
 
@@ -66,9 +66,7 @@ class AdaFaceHead(MarginHead):
         norms = self._safe_norms(emb).to(cos_y.dtype)
         mean, std = self.batch_mean.to(cos_y.dtype), self.batch_std.to(cos_y.dtype)
         z = ((norms - mean) / (std + self.eps) * self.h).clamp(-1.0, 1.0)
-        # 1 - 1e-3 rounds to 1 in bfloat16, where acos' is infinite: no finer clamp than the dtype resolves
-        eps = max(self.eps, torch.finfo(cos_y.dtype).eps)
-        theta = torch.acos(cos_y.clamp(-1.0 + eps, 1.0 - eps))
+        theta = torch.acos(clamp_cos(cos_y, at_least=self.eps))  # 1 - 1e-3 would round to 1 in bfloat16
         theta_m = (theta - self.m * z).clamp(self.eps, math.pi - self.eps)
         return torch.cos(theta_m) - (self.m + self.m * z)
 
