@@ -34,8 +34,6 @@ from packaging.requirements import Requirement
 #: manylinux tags pip must be told one by one for a foreign target (it matches each exactly).
 MANYLINUX = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_31_x86_64", "manylinux_2_34_x86_64", "manylinux_2_35_x86_64", "manylinux1_x86_64"]
-MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte"]
 
 
 def canonical(name: str) -> str:
@@ -100,14 +98,15 @@ def download(pins: list[str], dest: Path, python_version: str) -> None:
 
 
 def copy_mnist(src: Path, dest: Path) -> None:
-    """The four IDX files (raw or .gz) of ``src`` into ``dest``."""
-    files = [next((p for p in (src / stem, src / f"{stem}.gz") if p.is_file()), None) for stem in MNIST_FILES]
-    missing = [stem + "[.gz]" for stem, f in zip(MNIST_FILES, files, strict=True) if f is None]
-    if missing:
-        raise SystemExit(f"offline_bundle: --mnist {src}: missing {', '.join(missing)}; point --mnist at the folder "
-                         f"of the MNIST IDX files")
+    """The four IDX files of ``src`` (raw or .gz, where the mnist dataset looks for them) into ``dest``."""
+    from registry.datasets.mnist import find_idx_files
+
+    try:
+        files = find_idx_files(src)
+    except FileNotFoundError as err:
+        raise SystemExit(f"offline_bundle: --mnist {src}: {err}") from None
     dest.mkdir(parents=True, exist_ok=True)
-    for f in files:
+    for f in files.values():
         shutil.copy2(f, dest / f.name)
 
 
@@ -130,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         (staging / "wheels").mkdir(parents=True)
-        download(pins, staging / "wheels", args.python)
-        if args.mnist is not None:
+        if args.mnist is not None:  # first: a wrong folder is told before any download
             copy_mnist(args.mnist, staging / "mnist-10k")
+        download(pins, staging / "wheels", args.python)
         (staging / "packages.txt").write_text("\n".join(pins) + "\n")
         shutil.rmtree(args.out, ignore_errors=True)
         staging.rename(args.out)

@@ -9,6 +9,7 @@ import pytest
 
 from bench import offline_bundle
 from bench.offline_bundle import canonical, copy_mnist, read_have, requirement_closure, to_fetch
+from registry.datasets.mnist import MNIST_FILES
 from tests.conftest import write_tiny_mnist
 
 
@@ -56,7 +57,7 @@ def test_to_fetch_drops_what_the_target_has_and_the_project_itself():
 def test_copy_mnist_copies_the_four_files_and_names_the_missing_ones(tmp_path):
     write_tiny_mnist(tmp_path / "src")
     copy_mnist(tmp_path / "src", tmp_path / "dest")
-    assert sorted(p.name.split(".")[0] for p in (tmp_path / "dest").iterdir()) == sorted(offline_bundle.MNIST_FILES)
+    assert sorted(p.name.split(".")[0] for p in (tmp_path / "dest").iterdir()) == sorted(MNIST_FILES.values())
     with pytest.raises(SystemExit, match="train-images-idx3-ubyte"):
         copy_mnist(tmp_path / "empty", tmp_path / "dest2")
 
