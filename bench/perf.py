@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from bench.grid import Grid
 from bench.spec import TrialSpec
 from bench.trial import TrialOptions, autocast_dtype, build_models, load_dataset, pick_device, run_trial
 
@@ -299,12 +300,13 @@ def logging_overhead(epochs: int = 20, device: str | None = None, *, mnist_root:
             "logging_share_total": (in_loop + setup + close) / wall}
 
 
-def time_grid(grid_path: str, *, device: str | None = None, workers: int | None = None,
+def time_grid(grid: Grid | str | Path, *, device: str | None = None, workers: int | None = None,
               sets: Sequence[str] = (), fuse: int = 1, seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Wall time of a whole grid, trained into a throwaway MLflow store and Optuna journal.
 
     Runs in the current directory, so that the grid's relative paths (``dataset.root``) mean what they mean
-    to ``bench run``; ``sets`` are ``--set KEY=VALUE`` overrides, passed on to worker processes too; ``fuse``
+    to ``bench run``. ``grid`` is a path, or a `Grid` already loaded with ``sets`` applied (as the CLI checks
+    it before anything trains); ``sets`` are ``--set KEY=VALUE`` overrides, passed on to worker processes too; ``fuse``
     is ``bench run --fuse``; ``seeds`` replace the grid's ``seeds`` (to measure seed noise).
 
     Returns:
@@ -320,7 +322,8 @@ def time_grid(grid_path: str, *, device: str | None = None, workers: int | None 
     from bench.workers import run_study
     from reports.markdown import default_table
 
-    grid = load_grid(grid_path, overrides=parse_sets(list(sets)))
+    if not isinstance(grid, Grid):
+        grid = load_grid(grid, overrides=parse_sets(list(sets)))
     with tempfile.TemporaryDirectory(prefix="marginbench-grid-") as tmp:
         if seeds is not None and list(seeds) != grid.seeds:
             # worker processes read the grid from its file, so the new seeds go into a copy of it

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
               f"img/s in all, speedup {f['speedup']:.2f}")
         report["fused"] = f
     if args.grid:
-        g = time_grid(args.grid, device=args.device, workers=args.workers, sets=args.set, fuse=args.fuse,
+        g = time_grid(grid, device=args.device, workers=args.workers, sets=args.set, fuse=args.fuse,
                       seeds=args.seeds)
         counts = ", ".join(f"{n} {state}" for state, n in sorted(g["counts"].items()) if n)
         fused = f" fusing up to {g['fuse']} trials each" if g["fuse"] > 1 else ""
