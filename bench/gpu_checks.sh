@@ -12,24 +12,29 @@
 #   grid    the losses grid (sweeps/losses.yaml, 20 epochs of the 10k set's 8,000 training digits x 8 = 64k images,
 #           at least the issue's 60k), $WORKERS processes of one trial each: every trial computes what it would
 #           alone, so this is the sequential table
-#   fused   the same grid with $FUSE_WORKERS processes each training up to $FUSE trials as one vmapped program: the
-#           wall time to hold against 60 s
-#   noise   the fused grid again over seeds 0..$SEEDS-1, each cell tested against $AGAINST (default: grid's JSON),
-#           the verdict line says how many cells are within seed noise
+#   fused   the same grid with W processes each training up to K trials as one vmapped program, for each KxW of
+#           $FUSE_TRY in turn (fused-KxW.json) until one's wall time is at most $TARGET seconds (default 60)
+#   noise   the fused grid again, at the KxW that met $TARGET (else the fastest), over seeds 0..$SEEDS-1, each cell
+#           tested against $AGAINST (default: the grid step's JSON); the verdict line says how many cells are within
+#           seed noise
 # Environment: MNIST (the IDX folder; default .bundle/mnist-10k if there, else ../shared/data/mnist-10k), BENCH (the
 # command; default .venv/bin/bench, else `python3 -m bench` over the wheels of .bundle/wheels, which
 # bench/offline_bundle.py packs for a machine with its own PyTorch and no package index), REPEATS, GRID_SET (more
-# `--set KEY=VALUE` for the three grid steps; a CPU rehearsal: "--set epochs=1 --set dataset.limit=500").
+# `--set KEY=VALUE` for the three grid steps; a CPU rehearsal: "--set epochs=1 --set dataset.limit=500"), PACK (a
+# file name: the steps write into a temporary folder that is packed into $OUT/$PACK as a .tar.gz after every step, so
+# that a call which returns few files, or is killed at its time limit, still brings back every finished step).
 set -uo pipefail
 OUT=${OUT:-perf-out}
 STEPS=${STEPS:-ratios jpeg extras grid fused noise}
 WORKERS=${WORKERS:-11}
 FUSE_WORKERS=${FUSE_WORKERS:-2}
 FUSE=${FUSE:-6}
+FUSE_TRY=${FUSE_TRY:-${FUSE}x$FUSE_WORKERS}
+TARGET=${TARGET:-60}
 SEEDS=${SEEDS:-3}
 REPEATS=${REPEATS:-2}
-AGAINST=${AGAINST:-$OUT/grid.json}
 GRID_SET=${GRID_SET:-}
+PACK=${PACK:-}
 export PYTHONUNBUFFERED=1
 export MLFLOW_DISABLE_TELEMETRY=true  # GPU machines are often offline: no usage pings beside timed work
 
@@ -37,6 +42,12 @@ valid="ratios jpeg extras grid fused noise"
 for s in $STEPS; do
     [[ " $valid " == *" $s "* ]] || { echo "gpu_checks.sh: STEPS has '$s'; valid steps: $valid" >&2; exit 2; }
 done
+for kw in $FUSE_TRY; do
+    [[ $kw =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] || { echo "gpu_checks.sh: FUSE_TRY has '$kw'; each entry is KxW, K trials" \
+        "fused per program and W worker processes, e.g. FUSE_TRY=\"6x2 11x1 4x3\"" >&2; exit 2; }
+done
+[[ -z $PACK || $PACK =~ ^[A-Za-z0-9._-]+$ ]] || { echo "gpu_checks.sh: PACK='$PACK' is a file name in \$OUT, of" \
+    "letters, digits, '.', '_' and '-', e.g. PACK=gpu-checks.tgz" >&2; exit 2; }
 if [[ -z ${MNIST:-} ]]; then
     MNIST=../shared/data/mnist-10k
     [[ -d .bundle/mnist-10k ]] && MNIST=.bundle/mnist-10k
@@ -57,19 +68,37 @@ if [[ -z ${BENCH:-} ]]; then
     fi
 fi
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1 || true
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$OUT/gpu.csv" 2>&1 || true
+dir=$OUT  # where the steps write
+if [[ -n $PACK ]]; then
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/gpu-checks.XXXXXX")
+    trap 'rm -rf "$dir"' EXIT
+fi
+AGAINST=${AGAINST:-$dir/grid.json}
+pack() {  # $dir as $OUT/$PACK, replaced whole (a kill mid-tar leaves the previous pack)
+    [[ -n $PACK ]] || return 0
+    tar -czf "$OUT/$PACK.part" -C "$dir" . && mv -f "$OUT/$PACK.part" "$OUT/$PACK"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$dir/gpu.csv" 2>&1 || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$dir/gpu.csv" 2>&1 || true
 # a copy without .git names its commit in MARGINBENCH_GIT_COMMIT (the runs' git_commit tag reads it too)
-echo "commit $(git rev-parse HEAD 2>/dev/null || echo "${MARGINBENCH_GIT_COMMIT:-unknown}")" >> "$OUT/gpu.csv"
+echo "commit $(git rev-parse HEAD 2>/dev/null || echo "${MARGINBENCH_GIT_COMMIT:-unknown}")" >> "$dir/gpu.csv"
+pack
 
 failed=()
-step() {  # step NAME ARGS...: `bench perf ARGS --json $OUT/NAME.json`, its output also in $OUT/NAME.log
-    local name=$1
+run_step() {  # run_step FILE ARGS...: `bench perf ARGS --json $dir/FILE.json`, its output also in $dir/FILE.log
+    local file=$1
     shift
-    [[ " $STEPS " == *" $name "* ]] || return 0
-    echo "== $name: bench perf $* ($(date -u +%H:%M:%S))"
+    echo "== $file: bench perf $* ($(date -u +%H:%M:%S))"
     # shellcheck disable=SC2086  # BENCH may be a command with arguments
-    $BENCH perf "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" || failed+=("$name")
+    $BENCH perf "$@" --json "$dir/$file.json" 2>&1 | tee "$dir/$file.log" || failed+=("$file")
+    pack
+}
+step() {  # step NAME ARGS...: run_step NAME ARGS... if STEPS names it
+    [[ " $STEPS " == *" $1 "* ]] && run_step "$@"
+    return 0
+}
+wall() {  # wall FILE.json: the grid's wall seconds, or nothing
+    python3 -c 'import json, sys; print("%.1f" % json.load(open(sys.argv[1]))["grid"]["wall_seconds"])' "$1" 2>/dev/null
 }
 read -ra grid_set <<< "$GRID_SET"
 grid=(--grid sweeps/losses.yaml --set "dataset.root=$MNIST" --set dataset.repeat=8 "${grid_set[@]}")
@@ -77,10 +106,24 @@ step ratios --workload lenet --workload mobilenet --repeats "$REPEATS" --mnist-r
 step jpeg --jpeg --repeats "$REPEATS"
 step extras --logging --head --fused 10 --mnist-root "$MNIST"
 step grid "${grid[@]}" --workers "$WORKERS"
-step fused "${grid[@]}" --workers "$FUSE_WORKERS" --fuse "$FUSE"
-[[ $SEEDS -gt 0 ]] && step noise "${grid[@]}" --workers "$FUSE_WORKERS" --fuse "$FUSE" --seeds "$SEEDS" \
+read -r chosen _ <<< "$FUSE_TRY"  # the KxW for the noise step: the first to meet TARGET, else the fastest
+if [[ " $STEPS " == *" fused "* ]]; then
+    best=
+    for kw in $FUSE_TRY; do
+        run_step "fused-$kw" "${grid[@]}" --workers "${kw#*x}" --fuse "${kw%x*}"
+        w=$(wall "$dir/fused-$kw.json")
+        [[ -n $w ]] || continue
+        echo "fused $kw: $w s wall (target $TARGET s)"
+        if [[ -z $best ]] || python3 -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" "$w" \
+            "$best"; then
+            best=$w chosen=$kw
+        fi
+        python3 -c "import sys; sys.exit(not float(sys.argv[1]) <= float(sys.argv[2]))" "$w" "$TARGET" && break
+    done
+fi
+[[ $SEEDS -gt 0 ]] && step noise "${grid[@]}" --workers "${chosen#*x}" --fuse "${chosen%x*}" --seeds "$SEEDS" \
     --against "$AGAINST"
 if ((${#failed[@]})); then
-    echo "gpu_checks.sh: failed steps: ${failed[*]} (their logs are in $OUT)" >&2
+    echo "gpu_checks.sh: failed steps: ${failed[*]} (their logs are in ${PACK:+$OUT/}${PACK:-$OUT})" >&2
     exit 1
 fi
