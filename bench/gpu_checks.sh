@@ -13,7 +13,8 @@
 #           at least the issue's 60k), $WORKERS processes of one trial each: every trial computes what it would
 #           alone, so this is the sequential table
 #   fused   the same grid with W processes each training up to K trials as one vmapped program, for each KxW of
-#           $FUSE_TRY in turn (fused-KxW.json) until one's wall time is at most $TARGET seconds (default 60)
+#           $FUSE_TRY in turn (fused-KxW.json) until one's wall time is at most $TARGET seconds (default 60); an
+#           entry KxW:KEY=VALUE:... adds `--set KEY=VALUE` to its runs (6x2:precision=bf16 -> fused-6x2_precision-bf16)
 #   noise   the fused grid again, at the KxW that met $TARGET (else the fastest), over seeds 0..$SEEDS-1, each cell
 #           tested against $AGAINST (default: the grid step's JSON); the verdict line says how many cells are within
 #           seed noise
@@ -42,9 +43,10 @@ valid="ratios jpeg extras grid fused noise"
 for s in $STEPS; do
     [[ " $valid " == *" $s "* ]] || { echo "gpu_checks.sh: STEPS has '$s'; valid steps: $valid" >&2; exit 2; }
 done
-for kw in $FUSE_TRY; do
-    [[ $kw =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] || { echo "gpu_checks.sh: FUSE_TRY has '$kw'; each entry is KxW, K trials" \
-        "fused per program and W worker processes, e.g. FUSE_TRY=\"6x2 11x1 4x3\"" >&2; exit 2; }
+for entry in $FUSE_TRY; do
+    [[ $entry =~ ^[1-9][0-9]*x[1-9][0-9]*(:[A-Za-z_.]+=[A-Za-z0-9_.+-]+)*$ ]] || { echo "gpu_checks.sh: FUSE_TRY" \
+        "has '$entry'; each entry is KxW, K trials fused per program and W worker processes, then any :KEY=VALUE" \
+        "overrides, e.g. FUSE_TRY=\"6x2 11x1 6x2:precision=bf16\"" >&2; exit 2; }
 done
 [[ -z $PACK || $PACK =~ ^[A-Za-z0-9._-]+$ ]] || { echo "gpu_checks.sh: PACK='$PACK' is a file name in \$OUT, of" \
     "letters, digits, '.', '_' and '-', e.g. PACK=gpu-checks.tgz" >&2; exit 2; }
@@ -106,23 +108,35 @@ step ratios --workload lenet --workload mobilenet --repeats "$REPEATS" --mnist-r
 step jpeg --jpeg --repeats "$REPEATS"
 step extras --logging --head --fused 10 --mnist-root "$MNIST"
 step grid "${grid[@]}" --workers "$WORKERS"
-read -r chosen _ <<< "$FUSE_TRY"  # the KxW for the noise step: the first to meet TARGET, else the fastest
+layout() {  # layout ENTRY: $file and $layout_args (--workers W --fuse K --set ...) for a FUSE_TRY entry
+    local kw=${1%%:*} kv overrides=()
+    layout_args=(--workers "${kw#*x}" --fuse "${kw%x*}")
+    file=fused-$kw
+    [[ $1 == *:* ]] && IFS=: read -ra overrides <<< "${1#*:}"
+    for kv in "${overrides[@]}"; do
+        layout_args+=(--set "$kv")
+        file+="_${kv//=/-}"
+    done
+}
+read -r chosen _ <<< "$FUSE_TRY"  # the entry for the noise step: the first to meet TARGET, else the fastest
 if [[ " $STEPS " == *" fused "* ]]; then
     best=
-    for kw in $FUSE_TRY; do
-        run_step "fused-$kw" "${grid[@]}" --workers "${kw#*x}" --fuse "${kw%x*}"
-        w=$(wall "$dir/fused-$kw.json")
+    for entry in $FUSE_TRY; do
+        layout "$entry"
+        run_step "$file" "${grid[@]}" "${layout_args[@]}"
+        w=$(wall "$dir/$file.json")
         [[ -n $w ]] || continue
-        echo "fused $kw: $w s wall (target $TARGET s)"
+        echo "fused $entry: $w s wall (target $TARGET s)"
         if [[ -z $best ]] || python3 -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" "$w" \
             "$best"; then
-            best=$w chosen=$kw
+            best=$w chosen=$entry
         fi
         python3 -c "import sys; sys.exit(not float(sys.argv[1]) <= float(sys.argv[2]))" "$w" "$TARGET" && break
     done
+    echo "fused: noise step at $chosen"
 fi
-[[ $SEEDS -gt 0 ]] && step noise "${grid[@]}" --workers "${chosen#*x}" --fuse "${chosen%x*}" --seeds "$SEEDS" \
-    --against "$AGAINST"
+layout "$chosen"
+[[ $SEEDS -gt 0 ]] && step noise "${grid[@]}" "${layout_args[@]}" --seeds "$SEEDS" --against "$AGAINST"
 if ((${#failed[@]})); then
     echo "gpu_checks.sh: failed steps: ${failed[*]} (their logs are in ${PACK:+$OUT/}${PACK:-$OUT})" >&2
     exit 1

@@ -41,8 +41,9 @@ def test_steps_pass_their_arguments_and_a_failed_step_does_not_stop_the_next(tmp
     assert {p.name for p in out.iterdir()} >= {"gpu.csv", "ratios.log", "jpeg.log", "grid.log", "noise.log"}
 
 
-# A stand-in for `bench` that writes a `bench perf --json` file whose grid wall time depends on --fuse (K: seconds
-# in WALLS), records its arguments, and at the step named by LIST_PACK lists what $OUT/$PACK holds at that moment.
+# A stand-in for `bench` that writes a `bench perf --json` file whose grid wall time depends on --fuse (K, or K+bf16
+# with --set precision=bf16: seconds in WALLS), records its arguments, and at the step named by LIST_PACK lists
+# what $OUT/$PACK holds at that moment.
 FAKE_PERF = r'''
 import json, os, subprocess, sys
 args = sys.argv[2:]
@@ -51,6 +52,8 @@ with open(os.environ["CALLS"], "a") as f:
 walls = dict(kv.split(":") for kv in os.environ.get("WALLS", "").split())
 out = args[args.index("--json") + 1]
 fuse = args[args.index("--fuse") + 1] if "--fuse" in args else None
+if fuse and "precision=bf16" in args:
+    fuse += "+bf16"
 with open(out, "w") as f:
     json.dump({"grid": {"wall_seconds": float(walls[fuse])}} if fuse in walls else {"workloads": []}, f)
 if os.environ.get("LIST_PACK") and os.environ["LIST_PACK"] in args:
@@ -91,9 +94,22 @@ def test_when_no_kxw_meets_the_target_noise_runs_at_the_fastest(tmp_path):
                                                   "1 --fuse 11 --seeds 2 --against ref.json"]
 
 
+def test_a_fuse_try_entry_carries_its_overrides_into_its_file_name_and_the_noise_step(tmp_path):
+    env = _fake(tmp_path)
+    done = _run(tmp_path, STEPS="fused noise", FUSE_TRY="6x2 6x2:precision=bf16:channels_last=true",
+                WALLS="6:80 6+bf16:45", AGAINST="ref.json", **env)
+    assert done.returncode == 0, done.stderr
+    bf16 = "2 --fuse 6 --set precision=bf16 --set channels_last=true"
+    assert _fuse_args(tmp_path / "calls.txt") == ["2 --fuse 6", bf16, f"{bf16} --seeds 3 --against ref.json"]
+    assert (tmp_path / "out" / "fused-6x2_precision-bf16_channels_last-true.json").is_file()
+    assert "fused: noise step at 6x2:precision=bf16:channels_last=true" in done.stdout
+
+
 def test_a_malformed_fuse_try_or_pack_stops_before_anything_runs(tmp_path):
     for env, says in (({"FUSE_TRY": "6x2 eleven"}, "FUSE_TRY has 'eleven'; each entry is KxW"),
                       ({"FUSE_TRY": "0x2"}, "FUSE_TRY has '0x2'"),
+                      ({"FUSE_TRY": "6x2:precision"}, "then any :KEY=VALUE overrides"),
+                      ({"FUSE_TRY": "6x2:a=b;rm"}, "FUSE_TRY has '6x2:a=b;rm'"),
                       ({"PACK": "../all.tgz"}, "PACK='../all.tgz' is a file name in $OUT")):
         done = _run(tmp_path, STEPS="fused", BENCH="false", **env)
         assert done.returncode == 2 and says in done.stderr, (env, done.stderr)
