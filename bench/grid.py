@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from bench import yamlio
 from bench.spec import COMPONENTS, SpecError, TrialSpec, split_component
 from registry import BACKBONES, DATASETS, LOSSES, RegistryError
 
@@ -143,7 +144,7 @@ def _substitute(value: Any, path: Path, key: str, env: Mapping[str, str]) -> Any
                                        f"(or {var}=... bench run ...), or write ${{{var}:-default}} in the grid")
         out = _ENV.sub(repl, value)
         if out != value and _ENV.fullmatch(value):
-            loaded = yaml.safe_load(out) if out else out
+            loaded = yamlio.load(out) if out else out
             return loaded if isinstance(loaded, (int, float, bool)) else out
         return out
     if isinstance(value, list):
@@ -212,7 +213,7 @@ def _cell_spec(path: Path, config: dict[str, Any], sources: list[tuple[str, Mapp
     try:
         return TrialSpec.from_nested(config, labels)
     except SpecError as err:
-        key = next((k for k in list(config) if k in str(err)), "")
+        key = err.key or next((k for k in list(config) if k in str(err)), "")
         raise GridError(path, _origin(key, sources) if key else "base", str(err)) from err
     except TypeError as err:
         raise GridError(path, "base", f"bad value: {err}") from err
@@ -259,7 +260,7 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     """
     path = find_grid_file(source)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlio.load(path.read_text())
     except yaml.YAMLError as err:
         hint = (" (inside {...} or [...], quote environment references: root: \"${CASIA_ROOT}\")"
                 if "${" in path.read_text() else "")

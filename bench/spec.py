@@ -16,11 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from bench import yamlio
 
 __all__ = ["TrialSpec", "COMPONENTS", "PRECISIONS", "OPTIMIZERS", "SCHEDULERS", "SpecError"]
 
@@ -37,7 +40,30 @@ CENTER_LOSS_KEYS = ("weight", "alpha")
 
 
 class SpecError(ValueError):
-    """A spec value that cannot be right; the message names the key and the valid choices."""
+    """A spec value that cannot be right; the message names the key and the valid choices.
+
+    Attributes:
+        key: the nested trial key at fault (``"optimizer"``, ``"epoch"``), when known.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_number(group: str, key: str, value: Any, *, low: float, strict: bool, high: float | None = None,
+                  integer: bool = False) -> None:
+    """``value`` is a finite number (an int when ``integer``) > ``low`` (>= unless ``strict``), < ``high``."""
+    ok = (_is_number(value) and (not integer or isinstance(value, int))
+          and (value > low if strict else value >= low) and (high is None or value < high))
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = f"{'>' if strict else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        raise SpecError(f"{group}.{key} must be {kind} {bound}, but got {value!r}", key=group)
 
 
 @dataclass(frozen=True)
@@ -86,30 +112,75 @@ class TrialSpec:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise SpecError(f"precision must be one of {', '.join(PRECISIONS)}, but got {self.precision!r}")
+            raise SpecError(f"precision must be one of {', '.join(PRECISIONS)}, but got {self.precision!r}",
+                            key="precision")
         if self.optimizer not in OPTIMIZERS:
-            raise SpecError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, but got {self.optimizer!r}")
+            raise SpecError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, but got {self.optimizer!r}",
+                            key="optimizer")
         unknown = set(self.optimizer_params) - set(OPTIMIZERS[self.optimizer])
         if unknown:
             raise SpecError(f"optimizer {self.optimizer!r} takes {', '.join(OPTIMIZERS[self.optimizer])}, "
-                            f"not {', '.join(sorted(unknown))}")
-        if "lr" not in self.optimizer_params or not float(self.optimizer_params["lr"]) > 0:
-            raise SpecError(f"optimizer.lr must be > 0, but got {self.optimizer_params.get('lr')!r}")
+                            f"not {', '.join(sorted(unknown))}", key="optimizer")
+        if "lr" not in self.optimizer_params:
+            raise SpecError("optimizer.lr must be > 0, but got None", key="optimizer")
+        self._check_optimizer_params()
         if self.scheduler not in SCHEDULERS:
-            raise SpecError(f"scheduler must be one of {', '.join(SCHEDULERS)}, but got {self.scheduler!r}")
+            raise SpecError(f"scheduler must be one of {', '.join(SCHEDULERS)}, but got {self.scheduler!r}",
+                            key="scheduler")
         unknown = set(self.scheduler_params) - set(SCHEDULERS[self.scheduler])
         if unknown:
             raise SpecError(f"scheduler {self.scheduler!r} takes {', '.join(SCHEDULERS[self.scheduler]) or 'nothing'}, "
-                            f"not {', '.join(sorted(unknown))}")
+                            f"not {', '.join(sorted(unknown))}", key="scheduler")
+        self._check_scheduler_params()
         unknown = set(self.center_loss) - set(CENTER_LOSS_KEYS)
         if unknown:
-            raise SpecError(f"center_loss takes {', '.join(CENTER_LOSS_KEYS)}, not {', '.join(sorted(unknown))}")
+            raise SpecError(f"center_loss takes {', '.join(CENTER_LOSS_KEYS)}, not {', '.join(sorted(unknown))}",
+                            key="center_loss")
+        if "weight" in self.center_loss:
+            _check_number("center_loss", "weight", self.center_loss["weight"], low=0, strict=False)
+        if "alpha" in self.center_loss:
+            alpha = self.center_loss["alpha"]
+            if not (_is_number(alpha) and 0 <= alpha <= 1):
+                raise SpecError(f"center_loss.alpha must be a number in [0, 1], but got {alpha!r}", key="center_loss")
         for key in ("epochs", "batch_size", "embedding_dim", "eval_batch_size"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SpecError(f"{key} must be a positive integer, but got {value!r}")
-        if self.grad_clip is not None and not float(self.grad_clip) > 0:
-            raise SpecError(f"grad_clip must be > 0 or null, but got {self.grad_clip!r}")
+                raise SpecError(f"{key} must be a positive integer, but got {value!r}", key=key)
+        if self.grad_clip is not None and not (_is_number(self.grad_clip) and self.grad_clip > 0):
+            raise SpecError(f"grad_clip must be a number > 0 or null, but got {self.grad_clip!r}", key="grad_clip")
+        for key in ("channels_last", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise SpecError(f"{key} must be true or false, but got {getattr(self, key)!r}", key=key)
+
+    def _check_optimizer_params(self) -> None:
+        p = self.optimizer_params
+        _check_number("optimizer", "lr", p["lr"], low=0, strict=True)
+        for key in ("weight_decay", "momentum"):
+            if key in p:
+                _check_number("optimizer", key, p[key], low=0, strict=False)
+        if "betas" in p:
+            betas = p["betas"]
+            if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+                    and all(_is_number(b) and 0 <= b < 1 for b in betas)):
+                raise SpecError(f"optimizer.betas must be two numbers in [0, 1) like [0.9, 0.999], but got {betas!r}",
+                                key="optimizer")
+        if "nesterov" in p and not isinstance(p["nesterov"], bool):
+            raise SpecError(f"optimizer.nesterov must be true or false, but got {p['nesterov']!r}", key="optimizer")
+
+    def _check_scheduler_params(self) -> None:
+        p = self.scheduler_params
+        if "step_size" in p:
+            _check_number("scheduler", "step_size", p["step_size"], low=1, strict=False, integer=True)
+        if "gamma" in p:
+            _check_number("scheduler", "gamma", p["gamma"], low=0, strict=True)
+        if "eta_min" in p:
+            _check_number("scheduler", "eta_min", p["eta_min"], low=0, strict=False)
+        if "milestones" in p:
+            ms = p["milestones"]
+            if not (isinstance(ms, (list, tuple)) and ms and all(isinstance(m, int) and not isinstance(m, bool)
+                                                                 and m >= 0 for m in ms)):
+                raise SpecError(f"scheduler.milestones must be a non-empty list of epochs (integers >= 0) like "
+                                f"[10, 15], but got {ms!r}", key="scheduler")
 
     # flat form ------------------------------------------------------------------------------------
     def to_params(self) -> dict[str, Any]:
@@ -170,7 +241,8 @@ class TrialSpec:
                 if value is None:
                     value = {}
                 if not isinstance(value, Mapping):
-                    raise SpecError(f"{key} must be a mapping like {{weight: 0.01, alpha: 0.5}}, but got {value!r}")
+                    raise SpecError(f"{key} must be a mapping like {{weight: 0.01, alpha: 0.5}}, but got {value!r}",
+                                    key=key)
                 kwargs[key] = dict(value)
             elif key in valid:
                 kwargs[key] = value
@@ -179,7 +251,7 @@ class TrialSpec:
 
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise SpecError(f"unknown trial key {key!r}.{hint} Valid keys: {', '.join(valid)}")
+                raise SpecError(f"unknown trial key {key!r}.{hint} Valid keys: {', '.join(valid)}", key=key)
         return cls(**kwargs, labels=dict(labels or {}))
 
     def to_nested(self) -> dict[str, Any]:
@@ -231,10 +303,10 @@ def split_component(key: str, value: Any) -> tuple[str, dict[str, Any]]:
         return value, {}
     if isinstance(value, Mapping):
         if "name" not in value:
-            raise SpecError(f"{key} needs a 'name', e.g. {key}: {{name: ..., ...}}; got keys {sorted(value)}")
+            raise SpecError(f"{key} needs a 'name', e.g. {key}: {{name: ..., ...}}; got keys {sorted(value)}", key=key)
         params = {k: v for k, v in value.items() if k != "name"}
         return str(value["name"]), params
-    raise SpecError(f"{key} must be a name or a mapping with 'name', but got {value!r}")
+    raise SpecError(f"{key} must be a name or a mapping with 'name', but got {value!r}", key=key)
 
 
 def _scalar(value: Any) -> Any:
@@ -249,7 +321,7 @@ def _parse(raw: Any) -> Any:
     if raw == "None":
         return None
     try:
-        value = yaml.safe_load(raw)
+        value = yamlio.load(raw)
     except yaml.YAMLError:
         return raw
     return raw if isinstance(value, (dict,)) else value

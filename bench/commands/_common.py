@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from bench import yamlio
 from bench.grid import Grid, GridError, load_grid
 
 __all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets"]
@@ -31,7 +32,16 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise SystemExit(f"bench: --set takes KEY=VALUE (e.g. --set epochs=1), but got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if key == "seed":
+            raise SystemExit("bench: --set seed=... would be replaced by the grid's seeds; set `seeds: [3]` (or a "
+                             "count, `seeds: 3`) in the grid instead")
+        try:
+            out[key] = yamlio.load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise SystemExit(f"bench: --set {item!r}: the value is not valid YAML ({problem}); quote it, e.g. "
+                             f"--set '{key}=\"...\"', or write a list as [1, 2]") from None
     return out
 
 

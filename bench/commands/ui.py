@@ -48,11 +48,12 @@ def _study_name(args: argparse.Namespace) -> str | None:
         return None
     import yaml
 
+    from bench import yamlio
     from bench.grid import find_grid_file
 
     try:
         path = find_grid_file(args.grid)
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlio.load(path.read_text())
     except (FileNotFoundError, yaml.YAMLError) as err:
         raise SystemExit(f"bench ui: {err}") from err
     if not isinstance(raw, dict) or not raw.get("name"):
