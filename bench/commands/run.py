@@ -58,6 +58,39 @@ def check_fuse(fuse: int, flag: str = "--fuse") -> None:
         raise SystemExit(f"bench: {flag} must be >= 1 (1: one trial at a time), but got {fuse}")
 
 
+def check_device(device: str | None, gpus: list[str] | None) -> None:
+    """``--device`` and ``--gpus`` name devices this machine has, or exit 2 before the study is created (else every
+    trial fails with torch's error, one after the other, and the stores are left behind)."""
+    if device is None and not gpus:
+        return
+    import os
+
+    import torch
+
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise SystemExit(f"bench: --device {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise SystemExit(f"bench: --device {device!r}: trials run on cpu, cuda, cuda:N or mps")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise SystemExit("bench: --device mps, but this machine has no usable MPS device; use --device cpu")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"bench: --device {device}, but torch sees no CUDA GPU here (torch "
+                             f"{torch.__version__}); leave --device out to run on the CPU, or install a CUDA build")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SystemExit(f"bench: --device {device}, but torch sees {torch.cuda.device_count()} GPU(s): "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if gpus:
+        if not torch.cuda.is_available():
+            raise SystemExit(f"bench: --gpus {','.join(gpus)}, but torch sees no CUDA GPU here (torch "
+                             f"{torch.__version__}); leave --gpus out to run on the CPU")
+        count = torch.cuda.device_count()
+        if "CUDA_VISIBLE_DEVICES" not in os.environ and any(int(g) >= count for g in gpus):
+            raise SystemExit(f"bench: --gpus {','.join(gpus)}, but this machine has {count} GPU(s): ids 0..{count - 1}")
+
+
 def parse_gpus(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -83,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     check_fuse(args.fuse)
     if gpus and args.device and args.device != "cuda":
         raise SystemExit("bench: give either --gpus (one GPU per worker) or --device, not both")
+    if args.workers != 0 and not args.validate_only:  # 0: enqueue only, workers elsewhere bring their devices
+        check_device(args.device, gpus)
     slots = plan_slots(grid, config)
     if config.search:
         scope = "per cell" if config.scope == "cell" else "across the grid"

@@ -47,7 +47,7 @@ def on_sigterm(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.commands.run import check_fuse, parse_gpus
+    from bench.commands.run import check_device, check_fuse, parse_gpus
     from bench.grid import GridError
     from bench.study import StudyConfig, StudyNotReady, resolve_storage
     from bench.tracking import resolve_tracking_uri
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     except GridError as err:
         print(f"bench: invalid grid: {err}", file=sys.stderr)
         return 2
+    check_device(args.device, parse_gpus(args.gpus))
     signal.signal(signal.SIGTERM, on_sigterm)
     tracking = resolve_tracking_uri(args.tracking_uri)
     storage = resolve_storage(args.storage, tracking_uri=tracking)

@@ -87,3 +87,21 @@ def test_bad_set_exits_2_without_a_traceback(in_tmp, capsys, sets, message):
 
     assert re.search(message, err), err
     assert not (in_tmp / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda"], "--device cuda, but torch sees no CUDA GPU"),
+    (["--device", "tpu"], "--device 'tpu' is not a device"),
+    (["--gpus", "0"], "--gpus 0, but torch sees no CUDA GPU"),
+])
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_a_device_this_machine_lacks_exits_2_before_the_study(in_tmp, capsys, monkeypatch, command, argv, message):
+    # before: the study and mlflow.db were created and every trial failed with torch's error in turn
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    grid = write(in_tmp, BASE)
+    assert main([command, "--grid", str(grid), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
