@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -75,9 +76,12 @@ def load_study(study: str, tracking_uri: str | None = None) -> StudyRuns:
     from bench.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    empty_history = pd.DataFrame(columns=["run_id", "metric", "step", "value"])
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        # no store yet: opening one would create an empty mlflow.db just to read nothing from it
+        return StudyRuns(study, uri, None, None, pd.DataFrame(columns=list(RUN_COLUMNS)), empty_history)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(study)
-    empty_history = pd.DataFrame(columns=["run_id", "metric", "step", "value"])
     if experiment is None:
         return StudyRuns(study, uri, None, None, pd.DataFrame(columns=list(RUN_COLUMNS)), empty_history)
     eid = experiment.experiment_id

@@ -105,3 +105,10 @@ def test_a_device_this_machine_lacks_exits_2_before_the_study(in_tmp, capsys, mo
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
 
+
+@pytest.mark.parametrize("extra, code", [([], 0), (["--export"], 1)])
+def test_report_of_a_grid_never_run_leaves_no_mlflow_db(in_tmp, capsys, extra, code):
+    grid = write(in_tmp, BASE)
+    assert main(["report", "--grid", str(grid), *extra]) == code
+    assert "no runs of g yet" in capsys.readouterr().out
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
