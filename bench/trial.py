@@ -381,6 +381,12 @@ class TrialState:
             result.diverged = {"epoch": epoch, "step": bad_step,
                                "reason": f"training loss became NaN or inf at epoch {epoch}, step {bad_step}"}
             return True
+        if seen == 0:  # else train_acc 0.0 of nothing is logged as a result, and the objective looks missing
+            skipped = self.skips.samples
+            example = next(iter(skipped.items()), None)
+            why = (f"all {len(skipped)} training images seen were unreadable (e.g. {example[0]}: {example[1]}); "
+                   f"replace or remove them" if example else "the training split is empty")
+            raise ValueError(f"epoch {epoch} trained on no images: {why}")
         metrics = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
                    "lr": self.optimizer.param_groups[0]["lr"]}
         if self.scheduler is not None:

@@ -112,3 +112,17 @@ def test_report_of_a_grid_never_run_leaves_no_mlflow_db(in_tmp, capsys, extra, c
     assert main(["report", "--grid", str(grid), *extra]) == code
     assert "no runs of g yet" in capsys.readouterr().out
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
+
+def test_a_folder_of_unreadable_images_fails_the_trial_saying_so(in_tmp, capsys):
+    # before: the trial trained on nothing, logged train_acc 0.0 as a result and blamed objective.metric
+    for c in range(3):
+        (in_tmp / "faces" / f"id{c}").mkdir(parents=True)
+        for i in range(2):
+            (in_tmp / "faces" / f"id{c}" / f"{i}.jpg").write_text("not an image")
+    grid = write(in_tmp, "name: g\nbase: {dataset: {name: imagefolder, root: faces, image_size: 16, split: none}, "
+                         "backbone: lenet++, epochs: 1, batch_size: 4}\n")
+    assert main(["run", "--grid", str(grid), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "epoch 0 trained on no images: all 6 training images seen were unreadable" in out
+    assert "objective metric" not in out
