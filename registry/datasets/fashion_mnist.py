@@ -7,7 +7,7 @@ from pathlib import Path
 
 from registry import DATASETS
 from registry.datasets._types import DataBundle
-from registry.datasets.mnist import MNIST_FILES, find_idx_files, load_idx_pair
+from registry.datasets.mnist import MNIST_FILES, check_idx_files, load_idx_pair
 
 __all__ = ["fashion_mnist", "FASHION_URL", "FASHION_MEAN", "FASHION_STD", "FASHION_CLASSES"]
 
@@ -20,7 +20,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 def _validate_root(params: dict) -> None:
     if params.get("download"):
         return
-    find_idx_files(params.get("root", "data/fashion-mnist"))
+    check_idx_files(params.get("root", "data/fashion-mnist"))
 
 
 @DATASETS.register("fashion-mnist", validate=_validate_root)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_idx", "write_idx", "IDXError"]
+__all__ = ["read_idx", "idx_shape", "write_idx", "IDXError"]
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
            0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -53,6 +53,49 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise IDXError(f"{path}: truncated or padded: header says shape {shape} ({expected} data bytes), "
                        f"the file has {len(raw) - header}; download it again")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _parse_header(path: Path, head: bytes) -> tuple[tuple[int, ...], int]:
+    """``(shape, data bytes)`` from the first bytes of an IDX file, as `read_idx` checks them."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise IDXError(f"{path}: not an IDX file (magic bytes {head[:4].hex() or 'missing'})")
+    code, ndim = head[2], head[3]
+    if code not in _DTYPES:
+        raise IDXError(f"{path}: unknown IDX type code 0x{code:02x}; valid: {', '.join(f'0x{c:02x}' for c in _DTYPES)}")
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise IDXError(f"{path}: truncated header ({len(head)} bytes, {header} needed)")
+    shape = struct.unpack(f">{ndim}I", head[4:header])
+    return shape, header + int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[code]).itemsize
+
+
+def idx_shape(path: str | Path) -> tuple[int, ...]:
+    """The shape an IDX file holds, checked without decoding its data (grid validation, before training).
+
+    The header is read, and the file's size compared with the one it promises (for ``.gz``, the size gzip
+    records at its end); when they differ the whole file is read, so the error is `read_idx`'s own.
+
+    Raises:
+        IDXError: as `read_idx`.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                head = f.read(4 + 4 * 255)
+            with open(path, "rb") as f:
+                f.seek(-4, 2)
+                size = struct.unpack("<I", f.read(4))[0]  # ISIZE: uncompressed length mod 2**32
+        else:
+            with open(path, "rb") as f:
+                head = f.read(4 + 4 * 255)
+            size = path.stat().st_size
+    except (OSError, EOFError) as err:
+        raise IDXError(f"{path}: cannot read ({err}); the file is damaged or truncated, download it again") from err
+    shape, total = _parse_header(path, head)
+    if size != (total if path.suffix != ".gz" else total % 2**32):
+        return tuple(read_idx(path).shape)  # raises with the exact problem (or the .gz is multi-member and fine)
+    return shape
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:

@@ -11,9 +11,9 @@ import torch
 
 from registry import DATASETS
 from registry.datasets._types import DataBundle, TensorSplit
-from registry.datasets.idx import read_idx
+from registry.datasets.idx import idx_shape, read_idx
 
-__all__ = ["load_idx_pair", "find_idx_files", "download_idx", "MNIST_FILES"]
+__all__ = ["load_idx_pair", "find_idx_files", "check_idx_files", "download_idx", "MNIST_FILES"]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -92,10 +92,31 @@ def load_idx_pair(root: str | Path, *, download: bool = False, url: str = MNIST_
     return splits[0], splits[1]
 
 
+def check_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES) -> None:
+    """The four IDX files under ``root`` are there, readable, and pair up: (N, H, W) images, N labels.
+
+    Raises:
+        FileNotFoundError: a file is missing (`find_idx_files`).
+        ValueError: a damaged file, or images and labels that do not match, naming the files.
+    """
+    paths = find_idx_files(root, files)
+    for split in ("train", "test"):
+        images, labels = paths[f"{split}_images"], paths[f"{split}_labels"]
+        image_shape, label_shape = idx_shape(images), idx_shape(labels)
+        if len(image_shape) != 3:
+            raise ValueError(f"{images} holds an array of shape {image_shape}, not images (N, H, W); is it a "
+                             f"labels file under an images name?")
+        if len(label_shape) != 1:
+            raise ValueError(f"{labels} holds an array of shape {label_shape}, not labels (N,); is it an "
+                             f"images file under a labels name?")
+        if image_shape[0] != label_shape[0]:
+            raise ValueError(f"{images} has {image_shape[0]} images but {labels} has {label_shape[0]} labels")
+
+
 def _validate_root(params: dict) -> None:
     if params.get("download"):
         return
-    find_idx_files(params.get("root", "data/mnist"))
+    check_idx_files(params.get("root", "data/mnist"))
 
 
 @DATASETS.register("mnist", validate=_validate_root)

@@ -126,3 +126,56 @@ def test_a_folder_of_unreadable_images_fails_the_trial_saying_so(in_tmp, capsys)
     out = capsys.readouterr().out
     assert "epoch 0 trained on no images: all 6 training images seen were unreadable" in out
     assert "objective metric" not in out
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "truncated or padded"),
+    ("swap", "not labels \\(N,\\); is it an images file"),
+    ("garbage", "not an IDX file"),
+])
+@pytest.mark.parametrize("gz", [False, True])
+def test_damaged_idx_files_fail_validation_not_the_trials(in_tmp, capsys, damage, message, gz):
+    # before: the grid validated (the files existed) and every trial failed reading them, stores left behind
+    import gzip
+    import re
+
+    from tests.conftest import write_tiny_mnist
+
+    write_tiny_mnist(in_tmp / "mnist")
+    if gz:
+        for p in (in_tmp / "mnist").iterdir():
+            p.with_name(p.name + ".gz").write_bytes(gzip.compress(p.read_bytes()))
+            p.unlink()
+    ext = ".gz" if gz else ""
+    images, labels = in_tmp / "mnist" / f"t10k-images-idx3-ubyte{ext}", in_tmp / "mnist" / f"t10k-labels-idx1-ubyte{ext}"
+    read = (lambda p: gzip.decompress(p.read_bytes())) if gz else (lambda p: p.read_bytes())
+    put = (lambda p, b: p.write_bytes(gzip.compress(b))) if gz else (lambda p, b: p.write_bytes(b))
+    if damage == "truncate":
+        put(images, read(images)[:-100])
+    elif damage == "swap":
+        put(labels, read(images))
+    else:
+        put(labels, b"garbage")
+    grid = write(in_tmp, "name: g\nbase: {dataset: {name: mnist, root: mnist}, epochs: 1}\n")
+    assert main(["run", "--grid", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "base.dataset" in err and "Traceback" not in err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml", "mnist"]
+
+
+def test_idx_shape_reads_only_the_header_of_a_sound_file(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    from registry.datasets.idx import idx_shape, write_idx
+
+    array = np.zeros((7, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "a.idx", array)
+    write_idx(tmp_path / "a.idx.gz", array)
+    assert idx_shape(tmp_path / "a.idx") == idx_shape(tmp_path / "a.idx.gz") == (7, 28, 28)
+    # a multi-member .gz (ISIZE of the last member only) is still read right, through the full read
+    data = gzip.decompress((tmp_path / "a.idx.gz").read_bytes())
+    (tmp_path / "b.idx.gz").write_bytes(gzip.compress(data[:100]) + gzip.compress(data[100:]))
+    assert idx_shape(tmp_path / "b.idx.gz") == (7, 28, 28)
