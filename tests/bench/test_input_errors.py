@@ -147,7 +147,8 @@ def test_damaged_idx_files_fail_validation_not_the_trials(in_tmp, capsys, damage
             p.with_name(p.name + ".gz").write_bytes(gzip.compress(p.read_bytes()))
             p.unlink()
     ext = ".gz" if gz else ""
-    images, labels = in_tmp / "mnist" / f"t10k-images-idx3-ubyte{ext}", in_tmp / "mnist" / f"t10k-labels-idx1-ubyte{ext}"
+    images = in_tmp / "mnist" / f"t10k-images-idx3-ubyte{ext}"
+    labels = in_tmp / "mnist" / f"t10k-labels-idx1-ubyte{ext}"
     read = (lambda p: gzip.decompress(p.read_bytes())) if gz else (lambda p: p.read_bytes())
     put = (lambda p, b: p.write_bytes(gzip.compress(b))) if gz else (lambda p, b: p.write_bytes(b))
     if damage == "truncate":
