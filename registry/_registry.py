@@ -14,6 +14,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import math
+import numbers
 import re
 import warnings
 from collections.abc import Callable
@@ -236,6 +238,11 @@ class Registry:
             missing = [k for k, v in settable.items() if v is inspect.Parameter.empty and k not in params]
             if missing:
                 raise RegistryError(f"{self.kind} {name!r} needs {', '.join(map(repr, missing))}; none was given.")
+            for key, value in params.items():
+                wrong = _wrong_type(value, settable[key])
+                if wrong:
+                    raise RegistryError(f"{self.kind} {name!r}: {key} must be {wrong}, but got {value!r} (default "
+                                        f"{_show(settable[key])})")
         if entry.validate is not None:
             try:
                 entry.validate({**entry.defaults, **params})
@@ -268,6 +275,20 @@ def _family_signature(family: Family) -> inspect.Signature:
     sig = inspect.signature(family.factory)
     params = list(sig.parameters.values())[1:]  # drop the model name
     return sig.replace(parameters=params)
+
+
+def _wrong_type(value: Any, default: Any) -> str | None:
+    """What ``value`` should be, judged by the factory's ``default``, or None when it fits (or the default says
+    nothing): a number where the default is a number (finite where the default is), true/false where it is a
+    bool. So ``s: abc`` or ``m: .nan`` is named here, not found as a TypeError inside the factory."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, (int, float)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return "a number"
+        if math.isfinite(default) and not math.isfinite(value):
+            return "a finite number"
+    return None
 
 
 def _show(value: Any) -> str:

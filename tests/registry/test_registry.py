@@ -59,6 +59,36 @@ def test_missing_required_kwarg_is_named():
         _fresh().create("cosine-widget", size=1)
 
 
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"scale": "abc"}, "scale must be a number, but got 'abc' (default 1.0)"),
+    ({"scale": True}, "scale must be a number, but got True"),
+    ({"scale": float("nan")}, "scale must be a finite number, but got nan"),
+    ({"depth": float("inf")}, "depth must be a finite number"),
+    ({"depth": [2]}, "depth must be a number"),
+])
+def test_a_value_of_the_wrong_kind_for_its_default_is_named_before_the_factory_runs(kwargs, says):
+    with pytest.raises(RegistryError) as err:
+        _fresh().create("arcwidget", size=1, **kwargs)
+    assert f"widget 'arcwidget': {says}" in str(err.value)
+
+
+def test_numbers_of_either_kind_and_numpy_scalars_fit_a_numeric_default():
+    import numpy as np
+
+    assert _fresh().create("arcwidget", size=1, depth=3.0, scale=np.float32(0.5)) == ("arc", 1, 3.0, 0.5)
+
+
+@pytest.mark.parametrize(("loss", "params", "says"), [
+    ("cosface", {"s": "abc"}, "s must be a number"),
+    ("arcface", {"m": "ten"}, "m must be a number"),
+    ("arcface", {"m": float("nan")}, "m must be a finite number"),
+    ("cosface", {"s": float("inf")}, "s must be a finite number"),
+])
+def test_project_loss_parameters_of_the_wrong_kind_are_named(loss, params, says):
+    with pytest.raises(RegistryError, match=says):
+        LOSSES.check(loss, params)
+
+
 def test_names_take_shell_wildcards_and_sort_naturally():
     reg = Registry("thing")
     for name in ("net10", "net2", "other", "net1"):
