@@ -700,6 +700,7 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
         report.counts = before
         echo("enqueued; start `bench worker` processes to run them")
         return report
+    chosen = threads is not None  # --threads: every worker, worker 0 (this process) too, also when alone
     if threads is None:
         import torch
 
@@ -708,7 +709,8 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
     procs = spawn_workers(grid, n, storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
                           device=device, plots=plots, threads=threads, fuse=fuse)
     options = WorkerOptions(device=f"cuda:{gpus[0]}" if gpus else device, plots=plots, progress=progress and n == 1,
-                            threads=threads if n > 1 else None, prefix="[worker 0] " if n > 1 else "", fuse=fuse)
+                            threads=threads if n > 1 or chosen else None, prefix="[worker 0] " if n > 1 else "",
+                            fuse=fuse)
     try:
         report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
     except BaseException:

@@ -25,9 +25,19 @@ def add_storage_option(parser: argparse.ArgumentParser) -> None:
                              "(default: $MARGINBENCH_STORAGE, else optuna.journal beside mlflow.db)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, but got {text!r}")
+    return value
+
+
 def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                         help="torch threads per worker (default: CPU cores divided among the workers)")
     parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
                         help="embedding pictures per epoch (default: the grid's `plots`)")

@@ -152,3 +152,23 @@ def test_gpus_are_spread_round_robin_and_worker_zero_runs_in_this_process(in_tmp
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["3", "2", "3", "2"]
     assert all(cmd[cmd.index("--device") + 1] == "cuda" for cmd, _ in started)
     assert [cmd[cmd.index("--worker-index") + 1] for cmd, _ in started] == ["1", "2", "3", "4"]
+
+
+def test_threads_given_for_a_single_worker_reach_it(in_tmp, tiny_dataset, write_grid):
+    # `--threads N` used to be dropped when the study ran in one process (n == 1); the autouse fixture set 1
+    import torch
+
+    grid = load_grid(write_grid(GRID.replace("    - {label: exploding", "    # ")))
+    run_study(grid, workers=1, threads=2, progress=False, echo=lambda s: None)
+    assert torch.get_num_threads() == 2
+
+
+def test_threads_must_be_a_positive_integer(in_tmp, capsys):
+    from bench.cli import main
+
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", "--grid", "quickstart", "--threads", bad])
+        assert exit_.value.code == 2
+        assert f"--threads: must be an integer >= 1, but got '{bad}'" in capsys.readouterr().err
+    assert not (in_tmp / "mlflow.db").exists()
