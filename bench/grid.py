@@ -282,6 +282,9 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         raise GridError(path, "base", f"must be a mapping of trial keys, but got {base!r}")
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise GridError(path, "seeds", f"a count of seeds is at least 1, but got {seeds}; write seeds: 1 (seed 0), "
+                                           f"or a list such as seeds: [0, 1, 2]")
         seeds = list(range(seeds))
     if not isinstance(seeds, list) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):

@@ -108,6 +108,8 @@ def test_default_in_environment_reference(tmp_path):
     ("m: 0.2}", "margin: 0.2}", r"grid\.loss\[1\]\.loss: loss 'cosface' has no parameter 'margin'"),
     ("epochs: 2", "epochz: 2", r"unknown trial key 'epochz'\. Did you mean 'epochs'"),
     ("seeds: [0, 1]", "seeds: [0, 0]", r"seeds: seeds repeat"),
+    ("seeds: [0, 1]", "seeds: 0", r"seeds: a count of seeds is at least 1, but got 0; write seeds: 1"),
+    ("seeds: [0, 1]", "seeds: -2", r"seeds: a count of seeds is at least 1, but got -2"),
     ("name: g", "name: g\nsearh: {}", r"searh: unknown top-level key 'searh' \(did you mean 'search'\?\)"),
 ])
 def test_errors_name_file_key_and_fix_before_training(tmp_path, old, new, expected):
