@@ -184,11 +184,25 @@ def _validate(params: dict[str, Any]) -> None:
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} does not exist; set root to a folder laid out as "
                                 f"root/<identity>/<image>.jpg")
+    _check_identity_count(root, p["split"], p["test_fraction"])
     if p["pairs"] is not None:
         lines = read_pairs_txt(p["pairs"])
         resolve_pair_images(lines, p["pairs_root"] or root, p["image_ext"], source=p["pairs"])
     if p["bin"] is not None:
         check_bin_first_image(p["bin"])
+
+
+def _check_identity_count(root: Path, split: str, test_fraction: float) -> None:
+    """Enough identity folders under ``root`` for the split, from one listing of ``root`` (cheap on a
+    CASIA-sized tree, where reading every identity's folder is left to the trial)."""
+    with os.scandir(root) as entries:
+        n = sum(1 for e in entries if e.is_dir() and not e.name.startswith("."))
+    if n < 2:
+        raise ValueError(f"{root} has {n} identity folder{'s' if n != 1 else ''}; a classification head needs at "
+                         f"least 2, laid out as root/<identity>/<image>.jpg")
+    if split == "identities" and test_fraction > 0 and max(2, int(round(test_fraction * n))) >= n:
+        raise ValueError(f"split: identities holds out {max(2, int(round(test_fraction * n)))} of {n} identities, "
+                         f"leaving none to train; lower test_fraction or add identities")
 
 
 @DATASETS.register("imagefolder", validate=_validate)

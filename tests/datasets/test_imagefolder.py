@@ -179,3 +179,23 @@ def test_pairs_and_bin_together_are_refused(faces):
     with pytest.raises(RegistryError, match="either pairs .* or bin"):
         DATASETS.check("imagefolder", {"root": str(faces["train"]), "pairs": str(faces["pairs_txt"]),
                                        "bin": str(faces["bin"])})
+
+
+@pytest.mark.parametrize(("identities", "params", "says"), [
+    (0, {}, "has 0 identity folders; a classification head needs at least 2"),
+    (1, {}, "has 1 identity folder; a classification head needs at least 2"),
+    (2, {"split": "identities"}, "holds out 2 of 2 identities, leaving none to train"),
+])
+def test_too_few_identity_folders_fail_at_validation(tmp_path, identities, params, says):
+    (tmp_path / ".hidden").mkdir()  # hidden folders are not identities
+    for i in range(identities):
+        (tmp_path / f"id{i}").mkdir()
+        (tmp_path / f"id{i}" / "0.jpg").write_bytes(b"")
+    with pytest.raises(RegistryError, match=says):
+        DATASETS.check("imagefolder", {"root": str(tmp_path), **params})
+
+
+def test_three_identities_validate_for_an_identity_split(tmp_path):
+    for i in range(3):
+        (tmp_path / f"id{i}").mkdir()
+    DATASETS.check("imagefolder", {"root": str(tmp_path), "split": "identities", "test_fraction": 0.3})

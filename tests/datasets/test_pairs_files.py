@@ -104,9 +104,10 @@ def test_pairs_txt_loads_images_from_the_root(tmp_path):
 def test_missing_image_fails_validation_with_the_line_number(tmp_path):
     # Grid validation (before any training) names the pairs.txt line of the missing image.
     root = _image_root(tmp_path, [("A", 1), ("A", 2), ("B", 1)])
-    faces = tmp_path / "faces" / "X"
-    faces.mkdir(parents=True)
-    (faces / "x.jpg").write_bytes(_jpeg(0))
+    for name in ("X", "Y"):  # two identities: a classification head needs at least 2
+        faces = tmp_path / "faces" / name
+        faces.mkdir(parents=True)
+        (faces / "x.jpg").write_bytes(_jpeg(0))
     path = tmp_path / "pairs.txt"
     path.write_text("1 2\nA 1 2\nB 1 2\nA 1 B 1\nA 2 B 1\n")  # B_0002 does not exist
     with pytest.raises(RegistryError, match=r"pairs.txt: 1 image\(s\) .*line 3: .*B_0002.jpg \(missing\)"):
@@ -195,7 +196,8 @@ def test_os_system_pickle_is_refused_at_validation(tmp_path):
     path = tmp_path / "lfw.bin"
     with open(path, "wb") as f:
         pickle.dump(([_System()], [True]), f)
-    (tmp_path / "faces" / "X").mkdir(parents=True)
+    for name in ("X", "Y"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
     with pytest.raises(RegistryError, match=r"refused to load '(posix|os)\.system'"):
         DATASETS.check("imagefolder", {"root": str(tmp_path / "faces"), "bin": str(path)})
 
@@ -215,8 +217,9 @@ def test_grid_naming_a_missing_pair_image_fails_before_training(tmp_path):
     from bench.grid import GridError, load_grid
 
     root = _image_root(tmp_path, [("A", 1), ("A", 2), ("B", 1)])
-    (tmp_path / "faces" / "X").mkdir(parents=True)
-    (tmp_path / "faces" / "X" / "x.jpg").write_bytes(_jpeg(0))
+    for name in ("X", "Y"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        (tmp_path / "faces" / name / "x.jpg").write_bytes(_jpeg(0))
     (tmp_path / "pairs.txt").write_text("1 2\nA 1 2\nA 1 2\nA 1 B 1\nA 2 C 7\n")  # C_0007 does not exist
     grid = tmp_path / "faces.yaml"
     grid.write_text(f"name: faces\nbase:\n  dataset: {{name: imagefolder, root: '{tmp_path / 'faces'}', "
