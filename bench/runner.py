@@ -7,8 +7,11 @@ trial's failure stop the study. `run_grid` runs a grid's Optuna study in this pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,38 @@ from bench.spec import TrialSpec
 from bench.tracking import StudyTracker, TrialRun
 from bench.trial import TrialOptions, TrialResult, run_trial
 
-__all__ = ["execute_trial", "execute_fused_trials", "run_grid", "TrialOutcome"]
+__all__ = ["execute_trial", "execute_fused_trials", "run_grid", "TrialOutcome", "interrupts_held"]
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Holds back SIGINT and SIGTERM while an interrupted trial is put away (its run closed, its Optuna trial
+    failed and queued again).
+
+    A worker of ``bench run`` gets two SIGINTs for one Ctrl-C: the terminal's, and `stop_workers`' a moment
+    later. The second used to land between the trial's FAIL and its copy in the queue, leaving it failed and
+    never run again by a ``bench worker``. The first signal held is dropped (the process is stopping
+    already); a second one (Ctrl-C pressed again) raises KeyboardInterrupt, so a hung cleanup can still be
+    stopped. Outside the main thread (where Python delivers no signal) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+        if len(held) > 1:
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 @dataclass
@@ -55,7 +87,8 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
         tracker.record_failure(run, err)
         return TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: close the run as interrupted; the caller re-queues the trial
-        run.finish("interrupted")
+        with interrupts_held():
+            run.finish("interrupted")
         raise
     return _finish_run(run, result, logged)
 
@@ -85,8 +118,9 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
         return [TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
                 for spec, run in zip(specs, runs, strict=True)]
     except KeyboardInterrupt:
-        for run in runs:
-            run.finish("interrupted")
+        with interrupts_held():
+            for run in runs:
+                run.finish("interrupted")
         raise
     return [_finish_run(run, result, done) for run, result, done in zip(runs, results, logged, strict=True)]
 

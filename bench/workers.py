@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.grid import Grid
-from bench.runner import TrialOutcome, execute_fused_trials, execute_trial
+from bench.runner import TrialOutcome, execute_fused_trials, execute_trial, interrupts_held
 from bench.study import (
     CELL_ATTR,
     DIVERGED_ATTR,
@@ -378,7 +378,8 @@ def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: Stu
             outcome = execute_trial(claimed.spec, tracker, _trial_options(options, claimed, dist),
                                     trial_number=claimed.number, extra_tags=claimed.tags, on_epoch=claimed.on_epoch)
         except KeyboardInterrupt:
-            _give_back(study, trial_id)
+            with interrupts_held():
+                _give_back(study, trial_id)
             raise
         except Exception as err:  # a broken trial must not stop the worker
             log.exception("trial id %d failed before or after training", trial_id)
@@ -426,9 +427,10 @@ def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, 
                 for c, outcome in zip(members, outcomes, strict=True):
                     results[c.trial_id] = (_record(study, c, outcome, config, options), outcome)
         except KeyboardInterrupt:
-            for trial_id in trial_ids:
-                if trial_id not in results:
-                    _give_back(study, trial_id)
+            with interrupts_held():
+                for trial_id in trial_ids:
+                    if trial_id not in results:
+                        _give_back(study, trial_id)
             raise
     return [(trial_id, *results[trial_id]) for trial_id in trial_ids]
 
@@ -643,9 +645,16 @@ def wait_workers(procs: Sequence[subprocess.Popen]) -> list[int]:
         raise
 
 
-def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0) -> None:
-    """SIGINT to each worker still running (each puts its trial back in the queue), then waits for them."""
-    for p in procs:  # from a terminal they got the SIGINT too; make sure
+def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0, grace: float = 5.0) -> None:
+    """SIGINT to each worker still running (each puts its trial back in the queue), then waits for them.
+
+    From a terminal the workers got the Ctrl-C too: they have ``grace`` seconds to stop on their own before the
+    SIGINT that makes sure (a second one interrupts a worker's exit with a traceback)."""
+    deadline = time.monotonic() + grace
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
     for p in procs:

@@ -145,3 +145,39 @@ def test_ctrl_c_gives_the_trial_back_and_closes_its_run_as_interrupted(in_tmp, t
     monkeypatch.setattr(bench.runner, "run_trial", real)
     report = run_study(load_grid(grid.path), progress=False, echo=lambda s: None)
     assert report.counts["finished"] == 2 and len(report.outcomes) == 2
+
+
+def test_a_second_ctrl_c_while_the_trial_is_given_back_does_not_lose_it(in_tmp, tiny_dataset, write_grid,
+                                                                         monkeypatch):
+    """From a terminal, Ctrl-C reaches a `bench run` worker process directly and `stop_workers` sends it another
+    SIGINT a moment later: the second one used to land between the trial's FAIL and its copy in the queue,
+    so the trial stayed failed and no `bench worker` ran it again."""
+    import os
+    import signal
+
+    import pytest
+
+    import bench.runner
+    import bench.workers
+
+    grid = load_grid(write_grid(GRID))
+
+    def interrupted(spec, options):
+        raise KeyboardInterrupt
+
+    real_requeue = bench.workers.requeue_trial
+
+    def requeue_after_another_sigint(study, trial):
+        os.kill(os.getpid(), signal.SIGINT)  # the parent's SIGINT, arriving while the trial is put back
+        real_requeue(study, trial)
+
+    monkeypatch.setattr(bench.runner, "run_trial", interrupted)
+    monkeypatch.setattr(bench.workers, "requeue_trial", requeue_after_another_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(grid, progress=False, echo=lambda s: None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    trials = optuna_trials("resume", str(in_tmp / "optuna.journal"))
+    states = [t.state for t in trials]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.WAITING) == 2, states
+    retry = next(t for t in trials if t.state == TrialState.WAITING and t.system_attrs.get("retry_history"))
+    assert retry.user_attrs["marginbench.slot"] == trials[0].user_attrs["marginbench.slot"]
