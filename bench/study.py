@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import time
 import warnings
@@ -502,7 +503,20 @@ def resolve_storage(url: str | None = None, *, tracking_uri: str | None = None, 
         return "sqlite:///" + str((cwd / url[len("sqlite:///"):]).resolve())
     if "://" in url:
         return url
+    if _LOOKS_LIKE_URL.match(url):  # postgresql:/host/db would silently be a journal file in ./postgresql:/
+        raise SystemExit(f"bench: --storage (or $MARGINBENCH_STORAGE) {hide_password(url)!r} looks like a database "
+                         f"URL without '://'; write it as postgresql://USER@HOST[:PORT]/DB (a value without a "
+                         f"scheme is the path of a journal file)")
     return str((cwd / url).resolve())
+
+
+_LOOKS_LIKE_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]+:/|(?:postgres(?:ql)?|mysql|mariadb|sqlite|oracle|mssql)"
+                             r"(?:\+\w+)?:)", re.IGNORECASE)
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password (``user:secret@host``) shown as ``***``, for messages."""
+    return re.sub(r"^([^:/]+://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def is_rdb(url: str) -> bool:
@@ -539,13 +553,26 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         if heartbeat:
             kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
                           heartbeat_stale_trial_callback=requeue_trial)
+        import sqlalchemy.exc
+
+        shown = hide_password(url)
+        scheme = url.split("://", 1)[0]
         try:
             with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.x
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs, **kwargs)
-        except ModuleNotFoundError as err:
-            raise SystemExit(f"bench: storage {url.split('://')[0]} needs a driver: {err}. For PostgreSQL: "
+        except sqlalchemy.exc.NoSuchModuleError as err:
+            raise SystemExit(f"bench: --storage (or $MARGINBENCH_STORAGE) {shown}: unknown database scheme {scheme!r}; "
+                             f"write postgresql://USER@HOST[:PORT]/DB, sqlite:///FILE, or the path of a journal "
+                             f"file") from err
+        except ImportError as err:  # Optuna's "Failed to import DB access module" is an ImportError too
+            raise SystemExit(f"bench: storage {scheme} needs a driver: {str(err).rstrip('.')}. For PostgreSQL: "
                              f"pip install 'marginbench[postgres]' (psycopg2-binary)") from err
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError) as err:
+            reason = " ".join(str(getattr(err, "orig", None) or err).split()).rstrip(".?")
+            raise SystemExit(f"bench: cannot open the Optuna storage --storage (or $MARGINBENCH_STORAGE) {shown}: "
+                             f"{reason}. Check the host, port, user and database name; a new database is made with "
+                             f"`createdb -h HOST -U USER DB` (docs/shared-mode.md)") from err
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)

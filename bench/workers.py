@@ -695,8 +695,9 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
     tracking = resolve_tracking_uri(tracking_uri)
     storage_url = resolve_storage(storage, tracking_uri=tracking)
     n = workers if workers is not None else (config.workers or (len(gpus) if gpus else 1))
+    optuna_storage = open_storage(storage_url)  # a wrong --storage stops here, before MLflow gets a study run
     tracker = StudyTracker(grid.name, tracking, description=grid.description, grid_path=str(grid.path))
-    study = prepare_study(grid, config, open_storage(storage_url),
+    study = prepare_study(grid, config, optuna_storage,
                           mlflow={"tracking_uri": tracking, "parent_run_id": tracker.parent_run_id})
     slots = plan_slots(grid, config)
     before = study_summary(study, slots)
