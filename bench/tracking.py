@@ -20,7 +20,7 @@ import torch
 
 from bench.spec import TrialSpec
 
-__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri", "environment_tags", "StudyTracker", "TrialRun",
+__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri", "check_tracking_uri", "environment_tags", "StudyTracker", "TrialRun",
            "STATUS_TAG", "TRIAL_KEY_TAG", "STUDY_TAG", "ROLE_TAG"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -41,6 +41,60 @@ def resolve_tracking_uri(uri: str | None = None, *, cwd: Path | None = None) -> 
         rel = uri[len("sqlite:///"):]
         uri = "sqlite:///" + str(((cwd or Path.cwd()) / rel).resolve())
     return uri
+
+
+#: URI schemes MLflow's tracking client takes (``postgresql+psycopg2`` counts as ``postgresql``).
+_TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "databricks-uc",
+                     "uc")
+
+
+def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> None:
+    """Exits with a one-line error, before anything trains, when ``uri`` cannot be a tracking store: an unknown
+    scheme, or a tracking server that does not answer (MLflow's client would retry for about four minutes,
+    then raise a long traceback) or that refuses this machine (``mlflow server --allowed-hosts``).
+
+    Only what is certainly wrong stops here: a server asking for credentials, or TLS that MLflow's own
+    settings may accept, is left to MLflow.
+    """
+    import json
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    option = "--tracking-uri (or $MLFLOW_TRACKING_URI)"
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else "file"
+    if len(scheme) == 1:  # C:\mlruns
+        scheme = "file"
+    if scheme not in _TRACKING_SCHEMES:
+        raise SystemExit(f"bench: {option} {uri}: unknown scheme {scheme!r}; give http://HOST:PORT (an MLflow "
+                         f"server) or sqlite:///mlflow.db")
+    if scheme not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    request = urllib.request.Request(url, data=json.dumps({"max_results": 1}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as err:
+        body = " ".join(err.read(300).decode(errors="replace").split())
+        if err.code == 403 and "host header" in body.lower():
+            host = urllib.parse.urlsplit(uri).netloc
+            raise SystemExit(f"bench: the MLflow server at {uri} refuses requests addressed to {host!r} ({body}); "
+                             f"start it with `mlflow server ... --allowed-hosts {host}` (its default admits only "
+                             f"localhost and private IP addresses)") from err
+        if err.code == 404:
+            raise SystemExit(f"bench: {option} {uri} answers, but not as an MLflow tracking server (404 for "
+                             f"{url}); check the host, port and path") from err
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, ssl.SSLError):
+            return
+        raise SystemExit(f"bench: the MLflow tracking server {option} {uri} does not answer ({err.reason}); "
+                         f"start it (`mlflow server ...`, docs/shared-mode.md) or fix the URI") from err
+    except (TimeoutError, OSError) as err:
+        raise SystemExit(f"bench: the MLflow tracking server {option} {uri} does not answer within {timeout:g} s "
+                         f"({err}); start it (`mlflow server ...`, docs/shared-mode.md) or fix the URI") from err
 
 
 def artifact_root(tracking_uri: str) -> str | None:

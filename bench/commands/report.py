@@ -79,6 +79,9 @@ def _grid_report(args: argparse.Namespace) -> int:
                   f"{', '.join(s.name for s in specs)}", file=sys.stderr)
             return 2
         specs = [s for s in specs if s.name in args.table]
+    from bench.tracking import check_tracking_uri, resolve_tracking_uri
+
+    check_tracking_uri(resolve_tracking_uri(args.tracking_uri))
     study = load_study(grid.name, args.tracking_uri)
     if study.runs.empty:
         print(f"(no runs of {grid.name} yet in {study.tracking_uri}: bench run --grid {grid.path})")

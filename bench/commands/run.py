@@ -149,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     from bench.commands.worker import on_sigterm
+    from bench.tracking import check_tracking_uri, resolve_tracking_uri
     from bench.workers import run_study
+
+    check_tracking_uri(resolve_tracking_uri(args.tracking_uri))
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.commands.run import check_device, check_fuse, parse_gpus
     from bench.grid import GridError
     from bench.study import StudyConfig, StudyNotReady, resolve_storage
-    from bench.tracking import resolve_tracking_uri
+    from bench.tracking import check_tracking_uri, resolve_tracking_uri
     from bench.workers import WorkerOptions, follow, spawn_workers, wait_workers, work
 
     grid = load_grid_or_exit(args)
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device, parse_gpus(args.gpus))
     signal.signal(signal.SIGTERM, on_sigterm)
     tracking = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(tracking)
     storage = resolve_storage(args.storage, tracking_uri=tracking)
     from bench import distributed
 

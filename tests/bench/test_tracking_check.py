@@ -1,0 +1,102 @@
+"""A tracking URI that cannot work stops `bench run`, `bench worker` and `bench report` at once with one line
+naming the option and the fix: a server that does not answer (MLflow's client would retry for about four
+minutes, then print a long traceback), one that refuses this machine's Host header, a misspelt scheme."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+
+import pytest
+
+from bench.cli import main
+from bench.tracking import check_tracking_uri
+
+GRID = """
+name: tiny
+base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1, batch_size: 16}
+grid:
+  loss: [softmax]
+seeds: [0]
+"""
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def http_server():
+    """``http_server(status, body)``: a local HTTP server answering every POST so; its URL."""
+    servers = []
+
+    def start(status: int, body: bytes) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def test_a_server_that_does_not_answer_is_named_with_the_option():
+    uri = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(SystemExit) as err:
+        check_tracking_uri(uri)
+    assert "does not answer" in str(err.value.code) and "--tracking-uri" in str(err.value.code) and uri in str(
+        err.value.code)
+
+
+def test_a_server_refusing_the_host_header_says_allowed_hosts(http_server):
+    uri = http_server(403, b"Invalid Host header - possible DNS rebinding attack detected")
+    with pytest.raises(SystemExit) as err:
+        check_tracking_uri(uri)
+    assert f"--allowed-hosts {uri[len('http://'):]}" in str(err.value.code)
+
+
+def test_not_an_mlflow_server(http_server):
+    with pytest.raises(SystemExit, match="not as an MLflow tracking server"):
+        check_tracking_uri(http_server(404, b"not found"))
+
+
+@pytest.mark.parametrize("status", [200, 401])
+def test_an_answering_server_passes_and_credentials_are_left_to_mlflow(http_server, status):
+    check_tracking_uri(http_server(status, b"{}"))
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "postgresql+psycopg2://u@h/db", "file:///tmp/mlruns",
+                                 "./mlruns", "databricks"])
+def test_local_stores_are_not_probed(uri):
+    check_tracking_uri(uri)
+
+
+def test_a_misspelt_scheme():
+    with pytest.raises(SystemExit, match="unknown scheme 'htp'"):
+        check_tracking_uri("htp://mlflow:5000")
+
+
+@pytest.mark.parametrize("command", ["run", "worker", "report"])
+def test_the_commands_stop_before_anything_else(command, in_tmp, tiny_dataset, capsys):
+    (in_tmp / "tiny.yaml").write_text(GRID)
+    args = [command, "--grid", "tiny.yaml", "--tracking-uri", f"http://127.0.0.1:{closed_port()}"]
+    if command != "report":
+        args += ["--storage", "optuna.journal", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "does not answer" in err and "Traceback" not in err
+    assert not (in_tmp / "optuna.journal").exists()
