@@ -535,6 +535,40 @@ def with_driver(url: str) -> str:
     return url
 
 
+#: SQLSTATEs of two processes creating Optuna's tables in a new database at once: a unique violation (of
+#: ``pg_type``'s index, or of a row both insert), a table or type that the other one created meanwhile.
+_CREATE_RACE_CODES = ("23505", "42P07", "42710")
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], kwargs: dict[str, Any], *, attempts: int = 6) -> Any:
+    """`optuna.storages.RDBStorage`, tried again when another process was creating its tables at the same moment.
+
+    On a new database every process that opens the storage creates Optuna's tables (``create_all``, the version
+    row, alembic's stamp); two at once (workers started together, or ``bench run`` and a worker waiting for
+    it) collide in PostgreSQL's catalog, and one died with a UniqueViolation. Its next try finds the tables.
+    """
+    import random
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.x
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=dict(engine_kwargs), **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            code = getattr(getattr(err, "orig", None), "pgcode", None) or getattr(
+                getattr(err, "orig", None), "sqlstate", None)
+            if attempt == attempts - 1 or not (isinstance(err, sqlalchemy.exc.IntegrityError)
+                                               or code in _CREATE_RACE_CODES):
+                raise
+            log.info("storage %s: tables being created by another process (%s); trying again", hide_password(url),
+                     code)
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
 def open_storage(url: str, *, heartbeat: bool = True) -> Any:
     """An Optuna storage for a `resolve_storage` value.
 
@@ -558,9 +592,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         shown = hide_password(url)
         scheme = url.split("://", 1)[0]
         try:
-            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna since 2.x
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs, **kwargs)
+            return _rdb_storage(with_driver(url), engine_kwargs, kwargs)
         except sqlalchemy.exc.NoSuchModuleError as err:
             raise SystemExit(f"bench: --storage (or $MARGINBENCH_STORAGE) {shown}: unknown database scheme {scheme!r}; "
                              f"write postgresql://USER@HOST[:PORT]/DB, sqlite:///FILE, or the path of a journal "

@@ -160,3 +160,20 @@ def test_workers_closing_a_study_at_the_same_moment_all_succeed(mlflow_server, o
         assert not errors, f"study {study}: {errors[0]!r}"
         parent = trackers[0].client.get_run(trackers[0].parent_run_id)
         assert parent.data.tags[COUNTS_TAG] == "6 finished" and parent.info.status == "FINISHED"
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(120)
+def test_workers_opening_a_new_database_at_the_same_moment_all_succeed(databases):
+    """On a new database every process that opens the storage creates Optuna's tables; two at once (workers
+    started together, or `bench run` and a worker waiting for it) collided in PostgreSQL's catalog and one
+    died with a UniqueViolation on pg_type_typname_nsp_index."""
+    storage = databases[0]
+    start = time.time() + 10.0  # after every interpreter has imported what it needs
+    code = ("import sys, time; import optuna.storages, psycopg2; from bench.study import open_storage; "
+            f"late = time.time() - {start}; time.sleep(max(0.0, -late)); open_storage(sys.argv[1]); "
+            "print('late by', late)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, storage], env=bench_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=100)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
