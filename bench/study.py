@@ -575,8 +575,6 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
     RDB storages get a heartbeat (a trial whose process stops beating for `HEARTBEAT_GRACE` s is failed and
     re-queued by the next worker that looks); SQLite waits up to 60 s for a lock.
     """
-    import optuna
-
     if is_rdb(url):
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):

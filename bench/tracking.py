@@ -20,8 +20,8 @@ import torch
 
 from bench.spec import TrialSpec
 
-__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri", "check_tracking_uri", "environment_tags", "StudyTracker", "TrialRun",
-           "STATUS_TAG", "TRIAL_KEY_TAG", "STUDY_TAG", "ROLE_TAG"]
+__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri", "check_tracking_uri", "environment_tags", "StudyTracker",
+           "TrialRun", "STATUS_TAG", "TRIAL_KEY_TAG", "STUDY_TAG", "ROLE_TAG"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STUDY_TAG = "marginbench.study"
