@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # each trial prints its own line; MLflow's "View run ... at: http://..." per run (tracking servers only)
+    # would double it in every worker's output. MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false brings it back.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -735,9 +735,10 @@ def settles(trial: Any) -> bool:
     return trial.state == TrialState.FAIL and DIVERGED_ATTR in trial.user_attrs
 
 
-def requeue_trial(study: Any, trial: Any) -> None:
+def requeue_trial(study: Any, trial: Any, *, why: str = "was left running by a process that died") -> None:
     """Puts a failed-as-stale trial back in the queue: same parameters (so the same trial key and checkpoint)
-    and attributes, with ``retry_history`` (what `optuna.storages.RetryHeartbeatStaleTrialCallback` does)."""
+    and attributes, with ``retry_history`` (what `optuna.storages.RetryHeartbeatStaleTrialCallback` does);
+    ``why`` goes into the log line."""
     import optuna
 
     if trial.user_attrs.get(SLOT_ATTR) is None:
@@ -749,8 +750,7 @@ def requeue_trial(study: Any, trial: Any) -> None:
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
                                               distributions=trial.distributions, user_attrs=user_attrs,
                                               system_attrs=system_attrs))
-    log.warning("trial %d (%s) was left running by a process that died; queued again", trial.number,
-                trial.user_attrs.get(SLOT_ATTR))
+    log.warning("trial %d (%s) %s; queued again", trial.number, trial.user_attrs.get(SLOT_ATTR), why)
 
 
 def pop_next_trial_id(study: Any) -> int | None:

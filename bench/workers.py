@@ -452,7 +452,7 @@ def _give_back(study: Any, trial_id: int) -> None:
 
     try:
         if study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            requeue_trial(study, study._storage.get_trial(trial_id))
+            requeue_trial(study, study._storage.get_trial(trial_id), why="was interrupted (Ctrl-C or SIGTERM)")
     except UpdateFinishedTrialError:
         pass
     except Exception:

@@ -122,7 +122,10 @@ def test_heartbeat_requeues_a_trial_whose_process_on_another_machine_stopped_bea
         study._storage.get_trial(trial_id).user_attrs["marginbench.slot"]
 
 
-def test_ctrl_c_gives_the_trial_back_and_closes_its_run_as_interrupted(in_tmp, tiny_dataset, write_grid, monkeypatch):
+def test_ctrl_c_gives_the_trial_back_and_closes_its_run_as_interrupted(in_tmp, tiny_dataset, write_grid, monkeypatch,
+                                                                       caplog):
+    import logging
+
     import pytest
 
     import bench.runner
@@ -134,8 +137,10 @@ def test_ctrl_c_gives_the_trial_back_and_closes_its_run_as_interrupted(in_tmp, t
         raise KeyboardInterrupt  # Ctrl-C, or SIGTERM turned into it by `bench run` / `bench worker`
 
     monkeypatch.setattr(bench.runner, "run_trial", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, logger="bench.study"):
         run_study(grid, progress=False, echo=lambda s: None)
+    # the log says why it was queued again (it used to blame a process that died)
+    assert "was interrupted (Ctrl-C or SIGTERM); queued again" in caplog.text and "died" not in caplog.text
     trials = optuna_trials("resume", str(in_tmp / "optuna.journal"))
     assert [t.state for t in trials].count(TrialState.WAITING) == 2  # the other one, and a copy of ours
     assert [t.state for t in trials].count(TrialState.FAIL) == 1
@@ -167,9 +172,9 @@ def test_a_second_ctrl_c_while_the_trial_is_given_back_does_not_lose_it(in_tmp, 
 
     real_requeue = bench.workers.requeue_trial
 
-    def requeue_after_another_sigint(study, trial):
+    def requeue_after_another_sigint(study, trial, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # the parent's SIGINT, arriving while the trial is put back
-        real_requeue(study, trial)
+        real_requeue(study, trial, **kwargs)
 
     monkeypatch.setattr(bench.runner, "run_trial", interrupted)
     monkeypatch.setattr(bench.workers, "requeue_trial", requeue_after_another_sigint)
