@@ -73,6 +73,8 @@ def render_results(results: ResultsTable, *, source: str | None = None) -> str:
     if summary:
         parts.append(summary)
     parts.append(line)
+    if results.note:
+        parts.append(results.note)
     return "\n\n".join(parts)
 
 
@@ -91,13 +93,20 @@ def fit_default_table(spec: TableSpec, runs: pd.DataFrame) -> TableSpec:
 
 
 def study_results(grid: Any, runs: pd.DataFrame, specs: list[TableSpec] | None = None) -> list[ResultsTable]:
-    """Each table's results frame from a study's tidy runs frame."""
+    """Each table's results frame from a study's tidy runs frame: the runs of the grid's trials as loaded
+    (`reports.matching`: a smoke run with other ``--set`` options is not averaged in), the others named in
+    each table's ``note``."""
+    from reports.matching import split_runs
+
     order = grid_order(grid)
+    split = split_runs(grid, runs)
+    runs = split.kept
     if specs is None:
         specs = grid_tables(grid)
     if not grid.report and not runs.empty:  # the default table: the accuracies these runs have
         specs = [fit_default_table(spec, runs) for spec in specs]
-    return [results_frame(runs, spec, grid=grid.name, order=order, description=grid.description) for spec in specs]
+    return [replace(results_frame(runs, spec, grid=grid.name, order=order, description=grid.description),
+                    note=split.note(grid.name)) for spec in specs]
 
 
 def default_table(grid: Any, tracking_uri: str | None = None) -> str:

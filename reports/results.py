@@ -48,6 +48,8 @@ class ResultsTable:
         metrics: the metric columns (a pattern resolved).
         frame: one row per run (the CSV's content).
         description: the grid's description.
+        note: a line under the table about runs of the study it does not count (`reports.matching`); not
+            kept in the results files, which hold only the runs counted.
     """
 
     grid: str
@@ -56,6 +58,7 @@ class ResultsTable:
     metrics: list[str]
     frame: pd.DataFrame
     description: str = ""
+    note: str = ""
 
     @property
     def value_columns(self) -> list[str]:

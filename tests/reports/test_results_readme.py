@@ -73,11 +73,13 @@ def exported(tmp_path_factory):
     (root / "rep.yaml").write_text(GRID)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     L = lambda name: {"loss": name}  # noqa: E731
+    softmax = {"loss": "softmax", "epochs": 2}  # the grid's trials, as `bench run` would log them
+    cosface = {"loss": "cosface", "loss_params": {"s": 10.0, "m": 0.1}, "epochs": 2}
     _, ids = log_trials(uri, "rep", [
-        (L("softmax"), 0, "finished", _epochs([0.51, 0.91234567891]), {"loss": "softmax"}),
-        (L("softmax"), 1, "finished", _epochs([0.52, 0.9]), {"loss": "softmax"}),
-        (L("cosface"), 0, "finished", _epochs([0.6, 0.95]), {"loss": "cosface"}),
-        (L("cosface"), 1, "diverged", _epochs([0.2]), {"loss": "cosface"}),
+        (L("softmax"), 0, "finished", _epochs([0.51, 0.91234567891]), softmax),
+        (L("softmax"), 1, "finished", _epochs([0.52, 0.9]), softmax),
+        (L("cosface"), 0, "finished", _epochs([0.6, 0.95]), cosface),
+        (L("cosface"), 1, "diverged", _epochs([0.2]), cosface),
     ])
     gif = root / "embeddings.gif"
     gif.write_bytes(b"GIF89a")  # stands in for the trial's embedding animation

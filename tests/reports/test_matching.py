@@ -1,0 +1,71 @@
+"""A table counts the runs of the grid as loaded: a smoke run with other settings is left out and named."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.grid import load_grid
+from reports.matching import split_runs
+
+GRID = """\
+name: match
+base: {dataset: digits, backbone: lenet++, embedding_dim: 2, epochs: 3, batch_size: 32}
+grid:
+  loss:
+    - {label: softmax, loss: softmax}
+    - {label: cosface, loss: {name: cosface, s: 10.0, m: 0.1}}
+seeds: [0, 1]
+"""
+
+
+def _row(grid, label: str, seed: int, **changes: str) -> dict:
+    """A `load_runs` row for the grid's trial ``label``/``seed``: its params as MLflow returns them (text)."""
+    spec = next(c.spec for c in grid.cells if c.spec.label == label)
+    params = {f"param.{k}": str(v) for k, v in spec.replace(seed=seed).to_params().items()}
+    params.update({f"param.{k}": v for k, v in changes.items()})
+    return {"run_id": f"{label}-{seed}-{len(changes)}", "label": label, "seed": seed, **params}
+
+
+def test_runs_with_other_settings_are_left_out_and_their_settings_named(tmp_path):
+    grid = load_grid(_write(tmp_path, GRID))
+    runs = pd.DataFrame([_row(grid, "softmax", 0), _row(grid, "softmax", 1), _row(grid, "cosface", 0),
+                         _row(grid, "softmax", 0, epochs="1"), _row(grid, "cosface", 0, epochs="1"),
+                         _row(grid, "cosface", 1, **{"loss.m": "0.35"})])
+    split = split_runs(grid, runs)
+    assert list(split.kept["run_id"]) == ["softmax-0-0", "softmax-1-0", "cosface-0-0"]
+    assert list(split.left_out["run_id"]) == ["softmax-0-1", "cosface-0-1", "cosface-1-1"]
+    assert split.differences == ["epochs=1", "loss.m=0.35"]
+    assert split.note("match") == ("*3 runs of study match with other settings (epochs=1, loss.m=0.35) are left out "
+                                   "of this table; `bench report` with the `--set` options they ran with tables them.*")
+
+
+def test_the_same_runs_match_the_grid_loaded_with_their_overrides(tmp_path):
+    path = _write(tmp_path, GRID)
+    smoke = load_grid(path, overrides={"epochs": 1})
+    runs = pd.DataFrame([_row(smoke, "softmax", 0), _row(load_grid(path), "softmax", 0)])
+    split = split_runs(smoke, runs)
+    assert list(split.kept["param.epochs"]) == ["1"] and split.differences == ["epochs=3"]
+
+
+def test_a_param_only_one_side_has_does_not_count_and_searched_keys_may_differ(tmp_path):
+    searched = GRID + "search:\n  loss.m: {type: uniform, low: 0.05, high: 0.5}\nn_trials: 2\n"
+    grid = load_grid(_write(tmp_path, searched))
+    older = _row(grid, "softmax", 0)
+    del older["param.eval_batch_size"]  # a spec field the run predates
+    older["param.added_later"] = "x"  # or one since removed
+    runs = pd.DataFrame([older, _row(grid, "cosface", 0, **{"loss.m": "0.42"})])
+    split = split_runs(grid, runs)
+    assert len(split.kept) == 2 and split.left_out.empty and split.note("match") == ""
+
+
+def test_exponent_floats_logged_as_text_equal_the_grid_values(tmp_path):
+    grid = load_grid(_write(tmp_path, GRID.replace("batch_size: 32}", "batch_size: 32, optimizer: {name: adam, "
+                                                                        "lr: 1e-5}}")))
+    runs = pd.DataFrame([_row(grid, "softmax", 0, **{"optimizer.lr": str(1e-05)})])  # MLflow keeps '1e-05'
+    assert len(split_runs(grid, runs).kept) == 1
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "match.yaml"
+    path.write_text(text)
+    return path
