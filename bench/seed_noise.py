@@ -103,11 +103,12 @@ class CellComparison:
 def trial_records(grid: Any, tracking_uri: str, metrics: Sequence[str] = ("train_acc", "test_acc")) -> list[dict]:
     """One record per trial run of ``grid`` in the store: ``label`` (the run's ``label`` tag, `TrialSpec.label`),
     ``seed``, ``status`` and each metric (None where not logged); the grid's cell order, then seed. The latest
-    run of a trial run twice."""
+    run of a trial run twice; runs of other settings left out, as in the grid's tables (`reports.matching`)."""
+    from reports.matching import split_runs
     from reports.results import grid_order
     from reports.runs import latest_runs, load_runs
 
-    runs = latest_runs(load_runs(grid.name, tracking_uri))
+    runs = latest_runs(split_runs(grid, load_runs(grid.name, tracking_uri)).kept)  # the grid's runs, as its tables
     out = []
     for _, row in runs.iterrows():
         rec = {"label": str(row["label"]), "seed": int(row["seed"]), "status": str(row["status"])}
