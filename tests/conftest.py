@@ -13,6 +13,15 @@ import torch
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+#: One softmax trial on ``tiny-blobs`` (the `tiny_dataset` fixture): a grid for tests of what happens around it.
+TINY_GRID = """
+name: tiny
+base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1, batch_size: 16}
+grid:
+  loss: [softmax]
+seeds: [0]
+"""
+
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):

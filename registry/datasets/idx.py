@@ -22,6 +22,19 @@ class IDXError(ValueError):
     """A file that is not a valid IDX file; the message names the file and what is wrong."""
 
 
+def _parse_header(path: Path, head: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, header bytes)`` from the first bytes of an IDX file (magic, type code, dimensions)."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise IDXError(f"{path}: not an IDX file (magic bytes {head[:4].hex() or 'missing'})")
+    code, ndim = head[2], head[3]
+    if code not in _DTYPES:
+        raise IDXError(f"{path}: unknown IDX type code 0x{code:02x}; valid: {', '.join(f'0x{c:02x}' for c in _DTYPES)}")
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise IDXError(f"{path}: truncated header ({len(head)} bytes, {header} needed)")
+    return struct.unpack(f">{ndim}I", head[4:header]), np.dtype(_DTYPES[code]), header
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Reads an IDX file (raw or ``.gz``).
 
@@ -38,35 +51,12 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = f.read()
     except (OSError, EOFError) as err:  # a truncated .gz raises EOFError
         raise IDXError(f"{path}: cannot read ({err}); the file is damaged or truncated, download it again") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise IDXError(f"{path}: not an IDX file (magic bytes {raw[:4].hex() or 'missing'})")
-    code, ndim = raw[2], raw[3]
-    if code not in _DTYPES:
-        raise IDXError(f"{path}: unknown IDX type code 0x{code:02x}; valid: {', '.join(f'0x{c:02x}' for c in _DTYPES)}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise IDXError(f"{path}: truncated header ({len(raw)} bytes, {header} needed)")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_DTYPES[code])
+    shape, dtype, header = _parse_header(path, raw)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
         raise IDXError(f"{path}: truncated or padded: header says shape {shape} ({expected} data bytes), "
                        f"the file has {len(raw) - header}; download it again")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def _parse_header(path: Path, head: bytes) -> tuple[tuple[int, ...], int]:
-    """``(shape, data bytes)`` from the first bytes of an IDX file, as `read_idx` checks them."""
-    if len(head) < 4 or head[0] != 0 or head[1] != 0:
-        raise IDXError(f"{path}: not an IDX file (magic bytes {head[:4].hex() or 'missing'})")
-    code, ndim = head[2], head[3]
-    if code not in _DTYPES:
-        raise IDXError(f"{path}: unknown IDX type code 0x{code:02x}; valid: {', '.join(f'0x{c:02x}' for c in _DTYPES)}")
-    header = 4 + 4 * ndim
-    if len(head) < header:
-        raise IDXError(f"{path}: truncated header ({len(head)} bytes, {header} needed)")
-    shape = struct.unpack(f">{ndim}I", head[4:header])
-    return shape, header + int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[code]).itemsize
 
 
 def idx_shape(path: str | Path) -> tuple[int, ...]:
@@ -92,7 +82,8 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
             size = path.stat().st_size
     except (OSError, EOFError) as err:
         raise IDXError(f"{path}: cannot read ({err}); the file is damaged or truncated, download it again") from err
-    shape, total = _parse_header(path, head)
+    shape, dtype, header = _parse_header(path, head)
+    total = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size != (total if path.suffix != ".gz" else total % 2**32):
         return tuple(read_idx(path).shape)  # raises with the exact problem (or the .gz is multi-member and fine)
     return shape

@@ -7,14 +7,7 @@ import pytest
 
 from bench.cli import main
 from bench.study import open_storage, resolve_storage
-
-GRID = """
-name: tiny
-base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1, batch_size: 16}
-grid:
-  loss: [softmax]
-seeds: [0]
-"""
+from tests.conftest import TINY_GRID
 
 #: Port 1 refuses at once: no PostgreSQL server is needed to see the error.
 REFUSED = "postgresql://bench:secret@127.0.0.1:1/optuna"
@@ -53,7 +46,7 @@ def test_plain_paths_are_still_journal_files(tmp_path):
 @pytest.mark.parametrize("command", ["run", "worker"])
 def test_the_commands_exit_2_with_the_message_and_record_nothing(command, in_tmp, tiny_dataset, capsys):
     pytest.importorskip("psycopg2")
-    (in_tmp / "tiny.yaml").write_text(GRID)
+    (in_tmp / "tiny.yaml").write_text(TINY_GRID)
     code = main([command, "--grid", "tiny.yaml", "--storage", REFUSED, "--no-progress", "--tracking-uri",
                  f"sqlite:///{in_tmp / 'mlflow.db'}"])
     err = capsys.readouterr().err

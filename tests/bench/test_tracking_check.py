@@ -12,14 +12,7 @@ import pytest
 
 from bench.cli import main
 from bench.tracking import check_tracking_uri
-
-GRID = """
-name: tiny
-base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1, batch_size: 16}
-grid:
-  loss: [softmax]
-seeds: [0]
-"""
+from tests.conftest import TINY_GRID
 
 
 def closed_port() -> int:
@@ -92,7 +85,7 @@ def test_a_misspelt_scheme():
 
 @pytest.mark.parametrize("command", ["run", "worker", "report"])
 def test_the_commands_stop_before_anything_else(command, in_tmp, tiny_dataset, capsys):
-    (in_tmp / "tiny.yaml").write_text(GRID)
+    (in_tmp / "tiny.yaml").write_text(TINY_GRID)
     args = [command, "--grid", "tiny.yaml", "--tracking-uri", f"http://127.0.0.1:{closed_port()}"]
     if command != "report":
         args += ["--storage", "optuna.journal", "--no-progress"]
