@@ -48,7 +48,10 @@ class _ChunkedCosines(torch.autograd.Function):
         for start in range(0, weight.shape[0], chunk):
             z = _chunk_logits(x_hat, weight[start:start + chunk], labels, rows, start, scale)
             new_max = torch.maximum(running_max, z.max(1).values)
-            running_sum = running_sum * torch.exp(running_max - new_max) + z.sub_(new_max[:, None]).exp_().sum(1)
+            # a row that has seen only its own target so far (chunk_classes=1, label 0) has new_max = -inf:
+            # shift by a finite stand-in there, so exp(-inf - -inf) = NaN never enters the sum (it stays 0)
+            shift = new_max.clamp_min(torch.finfo(new_max.dtype).min)
+            running_sum = running_sum * torch.exp(running_max - shift) + z.sub_(shift[:, None]).exp_().sum(1)
             running_max = new_max
             del z  # in-place above: one (B, chunk) buffer alive at a time
         lse = running_max + torch.log(running_sum)
