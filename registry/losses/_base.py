@@ -156,8 +156,10 @@ def arc_margin(cos: torch.Tensor, m: float, *, easy_margin: bool = False) -> tor
     """ArcFace's target ``cos(theta + m)`` from ``cos(theta)``, as insightface computes it.
 
     ``cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m)``. Past ``theta + m > pi`` (``cos(theta) <=
-    cos(pi - m)``) the fallback ``cos(theta) - m sin(m)`` keeps the target logit decreasing in theta;
-    with ``easy_margin`` the margin applies only where ``cos(theta) > 0``.
+    cos(pi - m)``) the fallback ``cos(theta) - m sin(m)`` keeps the target logit decreasing in theta for
+    ``m`` up to 2.3311 rad (where ``cos(m) + m sin(m) = 1``; above it the target jumps up by
+    ``1 - cos(m) - m sin(m)`` at ``theta = pi - m``, as insightface's does); with ``easy_margin`` the margin
+    applies only where ``cos(theta) > 0``.
 
     Args:
         cos: cosines, any shape.

@@ -19,7 +19,9 @@ class ArcFaceHead(MarginHead):
     Paper: ArcFace, https://arxiv.org/abs/1801.07698 (Eq. 3); the fallback is insightface's code.
 
     Where ``theta_y + m > pi`` insightface's fallback ``s (cos(theta_y) - m sin(m))`` keeps the target logit
-    decreasing in theta; ``easy_margin=True`` instead applies the margin only where ``cos(theta_y) > 0``.
+    decreasing in theta for ``m`` up to 2.3311 rad (beyond it, far past any margin in use, the target jumps up
+    at ``theta_y = pi - m``, in insightface's code too); ``easy_margin=True`` instead applies the margin only
+    where ``cos(theta_y) > 0``.
 
     Args:
         embedding_dim: feature size D.
