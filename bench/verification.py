@@ -200,7 +200,12 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
     diff_below = np.r_[0.0, np.cumsum(n_diff)]
     same_above = same.sum() - np.r_[0.0, np.cumsum(n_same)]
     correct = diff_below + same_above
-    candidates = np.r_[u[0] - 1.0, (u[:-1] + u[1:]) / 2.0, u[-1] + 1.0]
+    # candidate j must lie in [u[j-1], u[j]) for `score > threshold` to reject exactly the j smallest: the
+    # rounded midpoint of two adjacent doubles can equal u[j], and u[0] - 1 equals u[0] for |u[0]| >= 2**53
+    mid = (u[:-1] + u[1:]) / 2.0
+    mid = np.where(mid < u[1:], mid, u[:-1])
+    below = u[0] - 1.0 if u[0] - 1.0 < u[0] else np.nextafter(u[0], -np.inf)
+    candidates = np.r_[below, mid, u[-1] + 1.0]
     best = np.flatnonzero(correct == correct.max())
     j = best[(len(best) - 1) // 2]
     return float(candidates[j]), float(correct[j] / len(scores))

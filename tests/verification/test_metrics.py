@@ -178,3 +178,24 @@ def test_plot_roc_writes_a_png(tmp_path):
     assert path == tmp_path / "sub" / "roc.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(path.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("low", [0.3, 0.9, 0.123456789, -0.7])
+def test_threshold_between_adjacent_doubles_separates_them(low):
+    # the two scores are neighbouring doubles; their rounded midpoint can equal the higher one, and then
+    # `score > threshold` would reject the same pairs. The reference: accuracy counted directly at the threshold.
+    high = np.nextafter(low, np.inf)
+    scores = np.r_[np.full(10, high), np.full(10, low)]
+    same = np.r_[np.ones(10, bool), np.zeros(10, bool)]
+    t, acc = best_threshold(scores, same)
+    assert acc == 1.0 and np.mean((scores > t) == same) == 1.0
+    result = verification_metrics(scores, same, np.arange(20) % 10)
+    assert result.accuracy == 1.0 and result.fold_accuracies == (1.0,) * 10
+
+
+def test_accept_all_threshold_on_a_large_score_scale():
+    # scores beyond 2**53, where score - 1 == score: accepting everything must still accept the lowest score
+    scores = np.array([1e17, 1e17, 1e17, 1e17, 3e17, 3e17])
+    same = np.array([True, True, True, False, True, True])
+    t, acc = best_threshold(scores, same)
+    assert acc == pytest.approx(np.mean((scores > t) == same)) == pytest.approx(5 / 6)
