@@ -1,11 +1,12 @@
 """Evaluation protocols: closed-set top-1 accuracy, and pair verification as the face papers measure it.
 
 Pair verification follows the LFW "unrestricted, labeled outside data" protocol of View 2
-(http://vis-www.cs.umass.edu/lfw/lfw.pdf) exactly as SphereFace (https://arxiv.org/abs/1704.08063) and
-insightface (https://github.com/deepinsight/insightface) evaluate it:
+(http://vis-www.cs.umass.edu/lfw/lfw.pdf) as insightface (https://github.com/deepinsight/insightface,
+recognition/arcface_torch/eval/verification.py) evaluates it:
 
 1. every image is embedded twice, as is and mirrored left-right; its feature is the *sum* of the two
-   (the flip test);
+   (the flip test; SphereFace's Caffe evaluation, wy1iu/sphereface test/code/evaluation.m, concatenates
+   the two instead and subtracts the nine training folds' mean feature before normalizing);
 2. a pair's score is the cosine similarity of its two features;
 3. for each of the ten folds, the threshold that maximizes accuracy on the other nine folds is applied to
    the held-out fold; the reported accuracy is the mean of the ten fold accuracies (std beside it).
@@ -101,8 +102,8 @@ def pair_scores(embed: Callable[[torch.Tensor], torch.Tensor], pairs: PairSet, *
     """Cosine similarity of every pair's two embeddings, with the flip test.
 
     Only images that some pair refers to are embedded, each once. With ``flip``, an image's feature is
-    ``embed(x) + embed(x.flip(-1))`` (the sum of the image's and its mirror image's embeddings, as SphereFace
-    and insightface do), then the cosine is taken.
+    ``embed(x) + embed(x.flip(-1))`` (the sum of the image's and its mirror image's embeddings, as insightface
+    does; SphereFace's Caffe evaluation concatenates them), then the cosine is taken.
 
     Args:
         embed: maps a float batch ``(B, C, H, W)`` to embeddings ``(B, D)``; it is called in ``torch.no_grad``
