@@ -8,7 +8,7 @@ Columns of the runs frame (`RUN_COLUMNS` first, then the rest sorted):
 - provenance tags: ``git_commit``, ``device_name``, ``torch_version``, ``cuda_version``, ``host``;
 - ``label.<axis>`` for every grid axis, ``param.<key>`` for the flat `TrialSpec`;
 - for every metric: ``<metric>`` (the last epoch's value) and ``best.<metric>`` (the best epoch's: max, or min
-  for losses and error rates, see `reports.spec.metric_direction`).
+  for losses, error rates and spreads, see `reports.spec.metric_direction`).
 """
 
 from __future__ import annotations

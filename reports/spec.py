@@ -68,7 +68,7 @@ TABLE_KEYS = {
     "select_by": "with select: best, the metric that picks the run (default: the first metric)",
 }
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
-_MINIMIZE = re.compile(r"(loss|_eer|error|err)$")
+_MINIMIZE = re.compile(r"(loss|_eer|error|err|_std)$")
 
 
 class ReportError(ValueError):
@@ -81,7 +81,8 @@ def natural_key(text: str) -> list[Any]:
 
 
 def metric_direction(metric: str) -> str:
-    """``"min"`` for losses and error rates (``train_loss``, ``lfw_eer``), else ``"max"``."""
+    """``"min"`` for losses, error rates and spreads (``train_loss``, ``lfw_eer``, ``lfw_acc_std``), else
+    ``"max"``."""
     return "min" if _MINIMIZE.search(metric) else "max"
 
 

@@ -48,6 +48,7 @@ def test_where_fixes_an_axis_left_out_of_rows():
 def test_direction_of_losses_and_error_rates_is_min():
     assert metric_direction("train_loss") == "min" and metric_direction("lfw_eer") == "min"
     assert metric_direction("lfw_tar_far1e-3") == "max" and metric_direction("test_acc") == "max"
+    assert metric_direction("lfw_acc_std") == "min"  # the fold spread: best.lfw_acc_std is its smallest
     assert _one(bold={"train_loss": "min"}).direction("test_acc") == "max"
 
 
