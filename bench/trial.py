@@ -346,6 +346,9 @@ class TrialState:
         self.train.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.result.history = state["history"]
+        # a checkpoint of the last epoch (the process died before the trial was recorded; in a fused group a
+        # short trial's stays until the whole group ends) trains nothing more: its result is that epoch's
+        self.result.metrics = dict(state["history"][-1]) if state["history"] else {}
         self.result.train_seconds = state.get("train_seconds", 0.0)
         return state["epoch"] + 1
 

@@ -223,3 +223,24 @@ def test_what_cannot_be_fused_runs_one_after_another(tiny_dataset):
     for spec, result in zip(specs, fused, strict=True):
         assert result.history == run_trial(spec, opts()).history  # the same code path: identical numbers
         assert math.isfinite(result.metrics["train_loss"])
+
+
+def test_a_short_trials_final_checkpoint_resumes_to_its_metrics(tiny64, tmp_path):
+    """Killed while a longer trial of its group trains on, a finished short trial's last checkpoint stays; the
+    retry trains nothing more and must return that epoch's metrics (else the objective looks missing)."""
+    short, long_ = spec_for(tiny64, epochs=1), spec_for(tiny64, epochs=3, loss="cosface")
+
+    def kill(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_fused_trials([short, long_], [opts(tmp_path, "short"), opts(tmp_path, "long", on_epoch=kill)])
+    assert torch.load(tmp_path / "short.pt", weights_only=False)["epoch"] == 0
+    full = run_trial(short, opts())
+    for resumed in (run_trial(short, opts(tmp_path, "short")),
+                    run_fused_trials([short, long_], [opts(tmp_path, "short"), opts(tmp_path, "long")])[0]):
+        assert resumed.status == "finished"
+        assert_same_history(resumed.history, full.history)
+        assert resumed.metrics == resumed.history[-1]
+        assert resumed.metrics["test_acc"] == full.metrics["test_acc"]
