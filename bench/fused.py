@@ -55,7 +55,25 @@ def fusion_obstacle(spec: TrialSpec) -> str | None:
         return "precision fp16 (each trial needs its own loss scale)"
     if spec.compile:
         return "compile: true"
+    drops = {k: v for k, v in spec.backbone_params.items() if k in _DROPOUT_PARAMS and v}
+    if drops:
+        return f"dropout in the backbone ({drops}: under vmap it draws from one global generator, not the trial's)"
     return None
+
+
+#: Backbone parameters that switch on dropout or stochastic depth (`registry.backbones`).
+_DROPOUT_PARAMS = ("dropout", "drop_rate", "drop_path_rate")
+
+
+def _stochastic(module: torch.nn.Module) -> bool:
+    """Whether training mode draws random numbers (dropout, stochastic depth): fused, the K trials' draws come
+    from torch's one global generator in another order than each trial's alone."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if any(float(getattr(m, a, 0.0) or 0.0) > 0 for a in ("drop_prob", "drop_rate")):
+            return True  # timm: DropPath / DropBlock's drop_prob, a model's F.dropout at drop_rate
+    return False
 
 
 def fusion_key(spec: TrialSpec) -> str | None:
@@ -107,7 +125,10 @@ def run_fused_trials(specs: Sequence[TrialSpec], options: Sequence[TrialOptions]
     if (len(specs) < 2 or None in keys or len(keys) > 1 or any(o.distributed is not None for o in options)
             or not isinstance(load_dataset(specs[0]).train, TensorSplit)):
         return [run_trial(s, o) for s, o in zip(specs, options, strict=True)]
-    return _FusedGroup(specs, options).run()
+    group = _FusedGroup(specs, options)
+    if _stochastic(group.trials[0].backbone):  # a default the spec does not name (fusion_obstacle checks those)
+        return [run_trial(s, o) for s, o in zip(specs, options, strict=True)]
+    return group.run()
 
 
 class _FusedGroup:

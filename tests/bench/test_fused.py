@@ -244,3 +244,21 @@ def test_a_short_trials_final_checkpoint_resumes_to_its_metrics(tiny64, tmp_path
         assert_same_history(resumed.history, full.history)
         assert resumed.metrics == resumed.history[-1]
         assert resumed.metrics["test_acc"] == full.metrics["test_acc"]
+
+
+def test_backbones_with_dropout_train_one_after_another(tiny64, monkeypatch):
+    """Under vmap dropout draws from torch's one global generator (left by the last trial built), not each
+    trial's own seed: such trials are not fused, so each equals the trial run alone."""
+    pytest.importorskip("timm")
+    specs = [spec_for(tiny64, backbone="timm/resnet10t", backbone_params={"drop_rate": 0.5}, embedding_dim=4,
+                      epochs=1, seed=s) for s in (0, 1)]
+    assert "dropout" in fusion_obstacle(specs[0])
+    assert group_fusable(specs, 2) == [[0], [1]]
+    alone = [run_trial(spec, opts()).history for spec in specs]
+    assert [r.history for r in run_fused_trials(specs, [opts(), opts()])] == alone
+    # dropout the spec does not name (a default): run_fused_trials finds it in the built backbone
+    import bench.fused
+
+    monkeypatch.setattr(bench.fused, "fusion_obstacle", lambda spec: None)
+    assert group_fusable(specs, 2) == [[0, 1]]
+    assert [r.history for r in run_fused_trials(specs, [opts(), opts()])] == alone
