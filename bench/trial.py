@@ -317,13 +317,13 @@ class TrialState:
                     channels_last=spec.channels_last, skips=self.skips) if bundle.test is not None else None)
 
         self.result = TrialResult(spec=spec, status="finished", device=str(device))
+        self.images_seen = 0  # before _resume, which restores it with the training time
         self.start_epoch = self._resume()
         self.artifact_dir = options.artifact_dir or Path(tempfile.mkdtemp(prefix="marginbench-"))
         self.frames: list[Path] = []
         self.grad_clip = float(spec.grad_clip) if spec.grad_clip else None
         self.center_weight = float(spec.center_loss.get("weight", 0.0)) if center is not None else 0.0
         self.main = dist is None or dist.is_main
-        self.images_seen = 0
         self._picture_batches: Batches | None = None
 
     def _resume(self) -> int:
@@ -350,6 +350,7 @@ class TrialState:
         # short trial's stays until the whole group ends) trains nothing more: its result is that epoch's
         self.result.metrics = dict(state["history"][-1]) if state["history"] else {}
         self.result.train_seconds = state.get("train_seconds", 0.0)
+        self.images_seen = state.get("images_seen", 0)  # with train_seconds: images/s over the whole trial
         return state["epoch"] + 1
 
     def optimizer_step(self) -> None:
@@ -425,7 +426,8 @@ class TrialState:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "scaler": self.scaler.state_dict(), "generator": self.train.order_state(),
-                "torch_rng": torch.get_rng_state(), "history": result.history, "train_seconds": result.train_seconds})
+                "torch_rng": torch.get_rng_state(), "history": result.history, "train_seconds": result.train_seconds,
+                "images_seen": self.images_seen})
         stop = False
         if options.on_epoch is not None:
             try:
