@@ -58,6 +58,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     detector = None
     if not args.no_detect:
+        import torch
+
+        try:
+            device = torch.device(args.device or "cpu")
+        except (RuntimeError, ValueError):
+            print(f"bench align: --device {args.device!r} is not a device; use cpu, cuda or cuda:N", file=sys.stderr)
+            return 2
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print(f"bench align: --device {args.device}, but torch sees no CUDA GPU here (torch {torch.__version__}); "
+                  "leave --device out to run MTCNN on the CPU", file=sys.stderr)
+            return 2
         try:
             detector = load_mtcnn(args.mtcnn_weights, device=args.device)
         except MTCNNWeightsError as err:

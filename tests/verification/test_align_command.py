@@ -59,3 +59,15 @@ def test_bad_landmark_file_names_the_line(tmp_path, capsys):
     code = main(["align", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "dst"), "--landmarks",
                  str(tmp_path / "bad.txt"), "--no-detect", "--no-progress"])
     assert code == 2 and "bad.txt:1:" in capsys.readouterr().err
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import torch
+
+    write_folder(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["align", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "dst"), "--device", "cuda",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "torch sees no CUDA GPU" in err and "leave --device out" in err
+    assert not (tmp_path / "dst").exists()
