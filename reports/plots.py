@@ -203,7 +203,7 @@ def write_plots(results: ResultsTable, history: pd.DataFrame, folder: Path, *, c
     files = _plot_files(client, results.frame["run_id"].astype(str).tolist()) if client is not None else {}
     uris = _gif_uris(client, files)
     written.append(gif_links(results, uris, folder / f"{name}.gifs.md", ui_base=ui_base, experiment_id=experiment_id))
-    if uris:
+    if files:  # a 1-epoch run has its scatter but no GIF; the montage needs only the scatters
         montage = embedding_montage(results, client, folder / f"{name}.embeddings.png", files=files)
         if montage is not None:
             written.append(montage)

@@ -46,3 +46,28 @@ def test_no_history_means_no_curves(tmp_path):
     results = results_frame(frame(rows), TableSpec(name="t", rows=("loss",)), grid="g")
     written = write_plots(results, pd.DataFrame(columns=["run_id", "metric", "step", "value"]), tmp_path)
     assert [p.name for p in written] == ["t.accuracy.png", "t.gifs.md"]
+
+
+class _OneEpochClient:
+    """An MLflow client whose runs each logged one embedding scatter and no GIF (a 1-epoch run with --plots)."""
+
+    def list_artifacts(self, run_id, path):
+        return [type("File", (), {"path": "plots/embeddings_epoch000.png"})()]
+
+    def download_artifacts(self, run_id, path, dst):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = f"{dst}/{run_id}.png"
+        plt.imsave(out, [[0.0, 1.0], [1.0, 0.0]])
+        return out
+
+
+def test_one_epoch_runs_with_plots_get_the_embedding_montage(tmp_path):
+    rows = [run_row({"loss": loss}, 0, test_acc=0.9, train_acc=0.95) for loss in ("softmax", "cosface")]
+    results = results_frame(frame(rows), TableSpec(name="t", rows=("loss",)), grid="g")
+    written = write_plots(results, _history(rows), tmp_path, client=_OneEpochClient())
+    assert "t.embeddings.png" in [p.name for p in written]
+    assert (tmp_path / "t.embeddings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
