@@ -58,17 +58,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     detector = None
     if not args.no_detect:
-        import torch
+        from bench.commands.run import check_device
 
-        try:
-            device = torch.device(args.device or "cpu")
-        except (RuntimeError, ValueError):
-            print(f"bench align: --device {args.device!r} is not a device; use cpu, cuda or cuda:N", file=sys.stderr)
-            return 2
-        if device.type == "cuda" and not torch.cuda.is_available():
-            print(f"bench align: --device {args.device}, but torch sees no CUDA GPU here (torch {torch.__version__}); "
-                  "leave --device out to run MTCNN on the CPU", file=sys.stderr)
-            return 2
+        check_device(args.device, None)  # as bench run: one line, before the weights load
         try:
             detector = load_mtcnn(args.mtcnn_weights, device=args.device)
         except MTCNNWeightsError as err:
