@@ -141,11 +141,12 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.tracking import artifact_root, resolve_tracking_uri
+    from bench.tracking import artifact_root, check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     study = _study_name(args)
     if uri.startswith(("http://", "https://")):
+        check_tracking_uri(uri)  # one line at once, not MLflow's silent retries for minutes
         experiment_id, note = _experiment(uri, study)
         print(f"MLflow UI: {experiment_url(uri, experiment_id)} ({note}; served by the tracking server)", flush=True)
         return 0

@@ -93,3 +93,10 @@ def test_the_commands_stop_before_anything_else(command, in_tmp, tiny_dataset, c
     err = capsys.readouterr().err
     assert "does not answer" in err and "Traceback" not in err
     assert not (in_tmp / "optuna.journal").exists()
+
+
+def test_bench_ui_names_a_server_that_does_not_answer(in_tmp, capsys):
+    # it used to sit silent in MLflow's retries (30 s and more), then print a traceback
+    assert main(["ui", "--tracking-uri", f"http://127.0.0.1:{closed_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert "does not answer" in err and "Traceback" not in err
