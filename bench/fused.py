@@ -40,6 +40,7 @@ from bench.trial import (
     TrialState,
     _sync,
     at_least_fp32,
+    build_models,
     load_dataset,
     pick_device,
     run_trial,
@@ -123,12 +124,16 @@ def run_fused_trials(specs: Sequence[TrialSpec], options: Sequence[TrialOptions]
         raise ValueError(f"run_fused_trials: {len(specs)} specs but {len(options)} options")
     keys = {fusion_key(s) for s in specs}
     if (len(specs) < 2 or None in keys or len(keys) > 1 or any(o.distributed is not None for o in options)
-            or not isinstance(load_dataset(specs[0]).train, TensorSplit)):
+            or not isinstance(load_dataset(specs[0]).train, TensorSplit)
+            or _stochastic(_meta_backbone(specs[0]))):  # a default the spec does not name (fusion_obstacle: those)
         return [run_trial(s, o) for s, o in zip(specs, options, strict=True)]
-    group = _FusedGroup(specs, options)
-    if _stochastic(group.trials[0].backbone):  # a default the spec does not name (fusion_obstacle checks those)
-        return [run_trial(s, o) for s, o in zip(specs, options, strict=True)]
-    return group.run()
+    return _FusedGroup(specs, options).run()
+
+
+def _meta_backbone(spec: TrialSpec) -> torch.nn.Module:
+    """The spec's backbone built on the meta device: its modules and settings, no memory, no random draws."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build_models(spec, load_dataset(spec))[0]
 
 
 class _FusedGroup:
