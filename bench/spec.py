@@ -25,7 +25,7 @@ import yaml
 
 from bench import yamlio
 
-__all__ = ["TrialSpec", "COMPONENTS", "PRECISIONS", "OPTIMIZERS", "SCHEDULERS", "SpecError"]
+__all__ = ["TrialSpec", "COMPONENTS", "PRECISIONS", "OPTIMIZERS", "SCHEDULERS", "SpecError", "parse_param"]
 
 #: Keys whose YAML value is a name or ``{name: ..., **params}``.
 COMPONENTS = ("dataset", "backbone", "loss", "optimizer", "scheduler")
@@ -206,7 +206,7 @@ class TrialSpec:
         groups: dict[str, dict[str, Any]] = {}
         names = {f.name for f in dataclasses.fields(cls)}
         for key, raw in params.items():
-            value = _parse(raw)
+            value = parse_param(raw)
             if "." in key:
                 head, sub = key.split(".", 1)
                 group = head if head in PARAM_GROUPS else f"{head}_params"
@@ -315,7 +315,9 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _parse(raw: Any) -> Any:
+def parse_param(raw: Any) -> Any:
+    """A flat param's value as MLflow keeps it (text) read back as `TrialSpec.to_params` wrote it: YAML
+    scalars and lists, ``"None"`` as None; a value that is not text is returned as it is."""
     if not isinstance(raw, str):
         return raw
     if raw == "None":

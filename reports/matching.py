@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.spec import parse_param
+
 __all__ = ["RunSplit", "split_runs"]
 
 #: Keys that vary between runs of one cell and never make two runs different trials of it.
@@ -50,19 +52,12 @@ class RunSplit:
                 f"they ran with tables them.*")
 
 
-def _value(raw: Any) -> Any:
-    """A param as `bench.spec.TrialSpec.from_params` reads it (MLflow keeps every param as text)."""
-    from bench.spec import _parse
-
-    return _parse(raw) if isinstance(raw, str) else raw
-
-
 def _expected(grid: Any) -> dict[str, list[dict[str, Any]]]:
     """Each cell's flat params (typed, seed and searched keys out), by the cell's label."""
     searched = set((getattr(grid, "raw", None) or {}).get("search") or {})
     by_label: dict[str, list[dict[str, Any]]] = {}
     for cell in grid.cells:
-        params = {k: _value(v) for k, v in cell.spec.to_params().items() if k not in _IGNORED | searched}
+        params = {k: parse_param(v) for k, v in cell.spec.to_params().items() if k not in _IGNORED | searched}
         by_label.setdefault(cell.spec.label, []).append(params)
     return by_label
 
@@ -78,7 +73,7 @@ def split_runs(grid: Any, runs: pd.DataFrame) -> RunSplit:
     keep: list[bool] = []
     differences: Counter[str] = Counter()
     for _, row in runs.iterrows():
-        logged = {c[len("param."):]: _value(row[c]) for c in param_cols
+        logged = {c[len("param."):]: parse_param(row[c]) for c in param_cols
                   if isinstance(row[c], str) or not pd.isna(row[c])}
         candidates = by_label.get(str(row.get("label", "")), []) or every
         mismatches = [[k for k, v in params.items() if k in logged and logged[k] != v] for params in candidates]
