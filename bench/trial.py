@@ -351,6 +351,9 @@ class TrialState:
         self.result.metrics = dict(state["history"][-1]) if state["history"] else {}
         self.result.train_seconds = state.get("train_seconds", 0.0)
         self.images_seen = state.get("images_seen", 0)  # with train_seconds: images/s over the whole trial
+        if state.get("status") == "pruned":
+            self.result.status = "pruned"
+            return self.spec.epochs
         return state["epoch"] + 1
 
     def optimizer_step(self) -> None:
@@ -419,15 +422,6 @@ class TrialState:
             self.frames += _plot_epoch(emb_np, lab_np, self.head, spec, epoch, self.artifact_dir)
         result.history.append(metrics)
         result.metrics = metrics
-        if options.checkpoint_path is not None and self.main:
-            _save_checkpoint(options.checkpoint_path, {
-                "spec_key": spec.key(), "epoch": epoch, "backbone": self.backbone.state_dict(),
-                "head": self.head.state_dict(), "center": self.center.state_dict() if self.center is not None else None,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "scaler": self.scaler.state_dict(), "generator": self.train.order_state(),
-                "torch_rng": torch.get_rng_state(), "history": result.history, "train_seconds": result.train_seconds,
-                "images_seen": self.images_seen})
         stop = False
         if options.on_epoch is not None:
             try:
@@ -440,6 +434,17 @@ class TrialState:
             stop = distributed.any_true(stop, dist, device)  # rank 0's pruner decides for all
         if stop:
             result.status = "pruned"
+        # after the pruner's decision, so that a pruned trial's checkpoint says so: in a fused group it stays until
+        # the group ends, and a retry after a kill in that time must end pruned, not train on past the pruning
+        if options.checkpoint_path is not None and self.main:
+            _save_checkpoint(options.checkpoint_path, {
+                "spec_key": spec.key(), "epoch": epoch, "backbone": self.backbone.state_dict(),
+                "head": self.head.state_dict(), "center": self.center.state_dict() if self.center is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict(), "generator": self.train.order_state(),
+                "torch_rng": torch.get_rng_state(), "history": result.history, "train_seconds": result.train_seconds,
+                "images_seen": self.images_seen, "status": result.status})
         return stop
 
     def finish(self) -> TrialResult:

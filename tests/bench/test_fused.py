@@ -246,6 +246,29 @@ def test_a_short_trials_final_checkpoint_resumes_to_its_metrics(tiny64, tmp_path
         assert resumed.metrics["test_acc"] == full.metrics["test_acc"]
 
 
+def test_a_pruned_trials_checkpoint_resumes_pruned(tiny64, tmp_path):
+    """A pruned trial's checkpoint stays until its group ends; after a kill in that time the retry (its pruner
+    knows nothing yet) must end pruned at the same epoch, not train on past the pruning."""
+    pruned, long_ = spec_for(tiny64, epochs=3), spec_for(tiny64, epochs=3, loss="cosface")
+
+    def prune(epoch: int, metrics: dict[str, float]) -> None:
+        raise Pruned("pruner")
+
+    def kill(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_fused_trials([pruned, long_], [opts(tmp_path, "pruned", on_epoch=prune),
+                                           opts(tmp_path, "long", on_epoch=kill)])
+    first = run_fused_trials([pruned, long_], [opts(on_epoch=prune), opts()])[0]
+    for retry in (run_trial(pruned, opts(tmp_path, "pruned")),
+                  run_fused_trials([pruned, long_], [opts(tmp_path, "pruned"), opts(tmp_path, "long")])[0]):
+        assert retry.status == "pruned"
+        assert_same_history(retry.history, first.history)
+        assert len(retry.history) == 1 and retry.metrics == retry.history[-1]
+
+
 def test_backbones_with_dropout_train_one_after_another(tiny64, monkeypatch):
     """Under vmap dropout draws from torch's one global generator (left by the last trial built), not each
     trial's own seed: such trials are not fused, so each equals the trial run alone."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+import torch
 from optuna.trial import TrialState
 
 from bench.grid import load_grid
 from bench.study import OWNER_ATTR, StudyConfig, open_storage, prepare_study, trial_spec, worker_identity
 from bench.tracking import StudyTracker
-from bench.trial import Pruned, TrialOptions, run_trial
+from bench.trial import TrialOptions, run_trial
 from bench.workers import checkpoint_folder, run_study
 from tests.sweeps.conftest import mlflow_children, optuna_trials
 
@@ -29,8 +31,9 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def stop_after_first_epoch(epoch: int, metrics: dict) -> None:
-    raise Pruned
+def die_in_second_epoch(epoch: int, metrics: dict) -> None:
+    if epoch == 1:  # before that epoch's checkpoint: the one of epoch 0 is what stays
+        raise KeyboardInterrupt
 
 
 def test_trial_of_a_dead_process_reruns_from_its_checkpoint_exactly_once(in_tmp, tiny_dataset, write_grid):
@@ -39,15 +42,16 @@ def test_trial_of_a_dead_process_reruns_from_its_checkpoint_exactly_once(in_tmp,
     storage_url = str(in_tmp / "optuna.journal")
     tracker = StudyTracker(grid.name)
     study = prepare_study(grid, config, open_storage(storage_url))
-    # A process pops trial 0, opens its MLflow run, saves the checkpoint of epoch 1 of 3, and dies.
+    # A process pops trial 0, opens its MLflow run, saves the checkpoint of epoch 1 of 3, and dies in epoch 2.
     trial_id = study._pop_waiting_trial_id()
     frozen = study._storage.get_trial(trial_id)
     study._storage.set_trial_system_attr(trial_id, OWNER_ATTR, {**worker_identity(), "pid": dead_pid()})
     spec = trial_spec(frozen, config)
     tracker.start_trial(spec, trial_number=frozen.number)  # left RUNNING
     ckpt = checkpoint_folder(storage_url, grid.name) / f"{spec.key()}.pt"
-    run_trial(spec, TrialOptions(progress=False, checkpoint_path=ckpt, on_epoch=stop_after_first_epoch))
-    assert ckpt.exists()
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(spec, TrialOptions(progress=False, checkpoint_path=ckpt, on_epoch=die_in_second_epoch))
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 0
 
     report = run_study(load_grid(grid.path), progress=False, echo=lambda s: None)
     assert report.counts["finished"] == 2
