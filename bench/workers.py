@@ -25,6 +25,7 @@ user attributes ``marginbench.diverged`` (epoch and step) and ``marginbench.fail
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ from bench.study import (
     KIND_ATTR,
     LABELS_ATTR,
     OWNER_ATTR,
+    PARAMS_ATTR,
     REASON_ATTR,
     RUN_ATTR,
     SLOT_ATTR,
@@ -82,6 +84,7 @@ log = logging.getLogger(__name__)
 
 #: MLflow status tags of a child run that settles its trial (adopted rather than trained again).
 _SETTLED = ("finished", "diverged", "pruned")
+_WARNED_OBJECTIVES: set[str] = set()  # objective metrics already named missing by this process
 ATTR_ADOPTED = "marginbench.adopted_run"
 
 
@@ -207,6 +210,27 @@ def objective_metric(metrics: dict[str, float], metric: str) -> str:
     return metric
 
 
+def warn_missing_objective(metrics: dict[str, float], metric: str) -> bool:
+    """Warns (once per process and metric) when an epoch's ``metrics`` lack the objective, so a typo in
+    ``objective.metric`` shows after the first epoch instead of as every trial failing at its end.
+
+    Returns:
+        Whether the objective is missing (warned now or before).
+    """
+    name = objective_metric(metrics, metric)
+    if name in metrics:
+        return False
+    if name not in _WARNED_OBJECTIVES:
+        _WARNED_OBJECTIVES.add(name)
+        close = difflib.get_close_matches(name, list(metrics), n=3)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        log.warning("objective.metric %r is not a metric these trials log (%s)%s. Optuna will record each trial "
+                    "as failed, and the sampler and pruner get no values. Fix objective.metric in the grid: the "
+                    "runs are kept, and the next bench run tells Optuna their values without training them again.",
+                    name, ", ".join(sorted(metrics)), hint)
+    return True
+
+
 def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
     """The objective's finite value (see `objective_metric`), or None."""
     value = metrics.get(objective_metric(metrics, metric))
@@ -296,6 +320,7 @@ def _claim(study: Any, trial_id: int, config: StudyConfig, tracker: StudyTracker
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         value = _objective_value(metrics, config.metric)
         if value is None:
+            warn_missing_objective(metrics, config.metric)
             return
         trial.report(value, epoch)
         if kind == "search" and trial.should_prune():
@@ -568,6 +593,12 @@ def follow(dist: Any, options: WorkerOptions) -> None:
             log.exception("rank %d: trial %s failed", dist.rank, spec.label)
 
 
+def _recorded_params(trial: Any) -> dict[str, Any]:
+    """The flat spec a trial's user attributes hold: sampled (search trials) or the grid trial's; may be empty."""
+    params = trial.user_attrs.get(SPEC_ATTR) or trial.user_attrs.get(PARAMS_ATTR) or {}
+    return params if isinstance(params, dict) else {}
+
+
 def _line(frozen: Any, status: str, outcome: TrialOutcome | None, metric: str, seconds: float) -> str:
     spec_label = ""
     if outcome is not None:
@@ -575,6 +606,9 @@ def _line(frozen: Any, status: str, outcome: TrialOutcome | None, metric: str, s
     else:
         labels = frozen.user_attrs.get(LABELS_ATTR) or {}
         spec_label = " / ".join(labels.values()) or frozen.user_attrs.get(SLOT_ATTR, "")
+        seed = _recorded_params(frozen).get("seed")
+        if seed is not None:  # an adopted trial: its seed tells it from the cell's other seeds
+            spec_label += f" seed={seed}"
     detail = ""
     if status == "finished" and frozen.value is not None:
         name = objective_metric(outcome.result.metrics, metric) if outcome and outcome.result else metric
@@ -747,7 +781,7 @@ def _settled_lines(study: Any, slots: Sequence[Any]) -> list[str]:
         t = done[-1]
         status = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned"}.get(t.state, "diverged")
         labels = t.user_attrs.get(LABELS_ATTR) or {}
-        spec = t.user_attrs.get(SPEC_ATTR) or t.user_attrs.get("marginbench.params") or {}
+        spec = _recorded_params(t)
         name = " / ".join(labels.values()) or str(spec.get("loss", slot.slot))
         lines.append(f"  {name} seed={spec.get('seed', '?')}: already {status}, not run again")
     return lines

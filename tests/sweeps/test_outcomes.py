@@ -172,3 +172,39 @@ def test_threads_must_be_a_positive_integer(in_tmp, capsys):
         assert exit_.value.code == 2
         assert f"--threads: must be an integer >= 1, but got '{bad}'" in capsys.readouterr().err
     assert not (in_tmp / "mlflow.db").exists()
+
+
+def test_a_typo_in_the_objective_is_named_once_and_the_fixed_rerun_trains_nothing(
+        in_tmp, tiny_dataset, write_grid, caplog):
+    import bench.workers
+
+    typo = GRID.replace("    - {label: exploding, loss: softmax, optimizer: {name: adam, lr: 1.0e+30}}\n", "")
+    path = write_grid(typo + "objective: {metric: tst_acc}\n")
+    bench.workers._WARNED_OBJECTIVES.clear()
+    report = run_study(load_grid(path), progress=False, echo=lambda s: None)
+    assert report.counts["failed"] == 2
+    warnings = [r.getMessage() for r in caplog.records if "objective.metric" in r.getMessage()]
+    assert len(warnings) == 1  # once per process, not once per epoch and trial
+    assert "'tst_acc'" in warnings[0] and "did you mean 'test_acc'" in warnings[0]
+
+    lines: list[str] = []
+    path.write_text(typo + "objective: {metric: test_acc}\n")
+    fixed = run_study(load_grid(path), progress=False, echo=lines.append)
+    assert fixed.counts["finished"] == 2 and fixed.outcomes == []  # adopted from the runs: nothing retrained
+    adopted = [line for line in lines if "recorded by an earlier process" in line]
+    assert sorted(line.split(":")[0].split(" ", 2)[2] for line in adopted) == ["cosface seed=0", "softmax seed=0"]
+
+
+def test_the_objective_warning_suggests_close_names_once_per_metric(caplog):
+    from bench.workers import _WARNED_OBJECTIVES, warn_missing_objective
+
+    _WARNED_OBJECTIVES.clear()
+    epoch = {"train_loss": 0.5, "train_acc": 0.8, "lr": 0.001, "test_acc": 0.75}
+    assert not warn_missing_objective(epoch, "test_acc")
+    assert warn_missing_objective(epoch, "tst_acc") and warn_missing_objective(epoch, "tst_acc")
+    assert warn_missing_objective(epoch, "lfw_acc")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "'tst_acc'" in messages[0] and "did you mean 'test_acc' or 'train_acc'?" in messages[0]
+    assert "lr, test_acc, train_acc, train_loss" in messages[0]
+    assert "'lfw_acc'" in messages[1]
