@@ -200,7 +200,7 @@ class Table:
         else:
             corner = spec.header(spec.column_axis) if spec.is_matrix else (spec.header("metric"))
             headers = [corner] + [" / ".join(key) for key in self.row_keys]
-            body = [[self._col_header(c)] + [texts[i][j] for i in range(len(self.row_keys))]
+            body = [[_escape(self._col_header(c))] + [texts[i][j] for i in range(len(self.row_keys))]
                     for j, c in enumerate(self.col_keys)]
             stats = [[grid[i][j] for i in range(len(self.row_keys))] for j in range(len(self.col_keys))]
             n_label = 1

@@ -14,7 +14,7 @@ from reports.runs import latest_runs, load_runs, load_study
 from reports.spec import ReportError, TableSpec
 from reports.tables import aggregate
 
-from .conftest import log_trials
+from .conftest import frame, log_trials, run_row
 
 
 def _epochs(test_accs, train_losses=None):
@@ -132,3 +132,13 @@ def test_unknown_axis_or_metric_is_an_error_naming_what_exists(study):
 
 def test_missing_study_gives_an_empty_frame(study):
     assert load_runs("nope", study[0].tracking_uri).empty
+
+
+def test_a_pipe_in_a_transposed_tables_first_column_is_escaped():
+    # transposed, the metric headers (and a matrix's column labels) are the first column: a pipe in one must be
+    # escaped as in the header row, or the line gets one cell too many
+    runs = frame([run_row({"loss": "a"}, 0, test_acc=0.9), run_row({"loss": "b"}, 0, test_acc=0.8)])
+    spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), transpose=True, headers={"test_acc": "acc | %"})
+    lines = aggregate(runs, spec).to_markdown().splitlines()
+    assert lines[2].startswith("| acc \\| %")
+    assert {line.replace("\\|", "").count("|") for line in lines} == {4}  # 3 columns on every line
