@@ -29,7 +29,8 @@ Options of a table (all but ``name`` and ``rows`` optional):
 - ``where``: keep only some cells, ``{backbone: mobilenetv3}`` or ``{backbone: [a, b]}``.
 - ``transpose``: swap rows and columns after aggregation.
 - ``select``: ``all`` (default: every finished run of a cell is a sample, seeds) or ``best``: only the cell's
-  best finished run by ``select_by`` (default: the first metric), shown as ``(n=1, best of 20)``; for grids
+  best finished run by ``select_by`` (default: the first metric; max, min for losses and error rates unless
+  ``bold: {metric: ...}`` says), shown as ``(n=1, best of 20)``; for grids
   with ``search:`` ranges, whose runs in a cell are sampled hyperparameters, not seeds.
 
 An axis that varies inside a table's cells (neither in ``rows``/``columns`` nor fixed by ``where``) is an

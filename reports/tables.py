@@ -310,8 +310,12 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
 
 
 def _select_direction(spec: TableSpec, metric: str) -> str:
-    direction = spec.direction(metric)
-    return direction if direction != "none" else metric_direction(metric)
+    """``max`` or ``min``: what ``select: best`` keeps. A ``bold: {metric: ...}`` entry, else the metric's own
+    direction (min for losses, as for ``best.<metric>``); a table-wide ``bold`` string marks columns and, at its
+    default ``max``, would keep a cell's highest loss."""
+    if isinstance(spec.bold, Mapping) and spec.bold.get(metric) in ("max", "min"):
+        return str(spec.bold[metric])
+    return metric_direction(metric)
 
 
 def format_mean_std(values: Sequence[float], digits: int = 4) -> str:

@@ -142,3 +142,17 @@ def test_a_pipe_in_a_transposed_tables_first_column_is_escaped():
     lines = aggregate(runs, spec).to_markdown().splitlines()
     assert lines[2].startswith("| acc \\| %")
     assert {line.replace("\\|", "").count("|") for line in lines} == {4}  # 3 columns on every line
+
+
+def test_select_best_by_a_loss_keeps_the_lowest_loss():
+    # select: best ranks a loss by min (its best, as for best.<metric>), not by the table's default bold: max
+    rows = [run_row({"loss": "a"}, 0, train_loss=0.1, test_acc=0.9, run_id="low"),
+            run_row({"loss": "a"}, 0, train_loss=2.0, test_acc=0.5, run_id="high")]
+    for i, row in enumerate(rows):
+        row["trial_key"] = f"sampled-{i}"
+    spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), select="best", select_by="train_loss")
+    assert aggregate(frame(rows), spec).cell("a", "test_acc").values == (0.9,)
+    # an explicit bold entry still decides
+    spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), select="best", select_by="train_loss",
+                     bold={"train_loss": "max"})
+    assert aggregate(frame(rows), spec).cell("a", "test_acc").values == (0.5,)
