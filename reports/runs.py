@@ -131,8 +131,8 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """One run per trial (``trial_key``, ``seed`` and ``label``): the latest finished or diverged run when there is one,
-    else the latest run of any status. Rows without a trial key are all kept.
+    """One run per trial (``trial_key``, ``seed`` and the labels): the latest finished or diverged run when there is
+    one, else the latest run of any status. Rows without a trial key are all kept.
 
     A trial run twice (a resumed study, a rerun after a code change) would otherwise count twice in a mean.
     """
@@ -146,8 +146,11 @@ def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
     frame["_order"] = range(len(frame))
     ranked = frame[keyed].sort_values(["_terminal", "_start", "_order"])
     by = [ranked["trial_key"].astype(str), ranked["seed"].astype(str)]
-    if "label" in ranked.columns:  # two cells with the same params but different labels are different cells
-        by.append(ranked["label"].fillna("").astype(str))
+    # two cells with the same params but different labels are different cells; a results CSV has no joined
+    # ``label``, only the table's ``label.<axis>`` columns
+    for col in ("label", *sorted(str(c) for c in ranked.columns if str(c).startswith("label."))):
+        if col in ranked.columns:
+            by.append(ranked[col].fillna("").astype(str))
     kept = ranked.groupby(by, sort=False).tail(1)
     out = pd.concat([kept, frame[~keyed]]).sort_values("_order")
     return out.drop(columns=["_terminal", "_start", "_order"])

@@ -10,6 +10,7 @@ import statistics
 import pytest
 from scipy import stats
 
+from reports.results import load_results, results_frame, write_results
 from reports.runs import latest_runs, load_runs, load_study
 from reports.spec import ReportError, TableSpec
 from reports.tables import aggregate
@@ -156,3 +157,19 @@ def test_select_best_by_a_loss_keeps_the_lowest_loss():
     spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), select="best", select_by="train_loss",
                      bold={"train_loss": "max"})
     assert aggregate(frame(rows), spec).cell("a", "test_acc").values == (0.5,)
+
+
+def test_cells_with_the_same_params_keep_their_runs_in_the_results_frame_and_csv(tmp_path):
+    # two cells whose params are equal (the same trial key) but whose labels differ are two cells: the results
+    # frame and its CSV have no joined `label` column, and re-de-duplicating by key and seed alone emptied one
+    rows = [run_row({"loss": label}, seed, test_acc=acc + 0.01 * seed)
+            for label, acc in (("baseline", 0.9), ("baseline-again", 0.8)) for seed in (0, 1)]
+    for row in rows:
+        row["trial_key"] = f"same-params-{row['seed']}"
+    spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",))
+    results = results_frame(frame(rows), spec, grid="g", order={"loss": ["baseline", "baseline-again"]})
+    back = load_results(write_results(results, tmp_path))
+    for table in (aggregate(results.frame, spec, order=results.order), aggregate(back.frame, back.spec,
+                                                                                 order=back.order)):
+        assert table.cell("baseline", "test_acc").values == (0.9, 0.91)
+        assert table.cell("baseline-again", "test_acc").values == (0.8, 0.81)
