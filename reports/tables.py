@@ -9,6 +9,7 @@ others show the others' count, ``(n=2, 1 diverged)``; a cell with no run at all 
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from collections import Counter
@@ -251,7 +252,16 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
             raise ReportError(f"table {spec.name!r}: the runs have no axis {axis!r} (tag label.{axis}); "
                               f"their axes: {', '.join(have) or 'none'}")
     for axis, labels in spec.where.items():
-        runs = runs[runs[label_column(axis)].astype(str).isin(labels)] if not runs.empty else runs
+        if runs.empty:
+            break
+        # a label no run and no grid cell has is a typo: filtering by it would leave a table of "-" without a word
+        known = sorted(set(runs[label_column(axis)].astype(str)) | set(order.get(axis, [])), key=natural_key)
+        missing = [label for label in labels if label not in known]
+        if missing:
+            close = difflib.get_close_matches(missing[0], known, 1)
+            raise ReportError(f"table {spec.name!r}: where.{axis}: no run or grid cell has the label {missing[0]!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; labels: {', '.join(known)}")
+        runs = runs[runs[label_column(axis)].astype(str).isin(labels)]
     metrics = spec.resolve_metrics(metric_columns(runs))
     if spec.pattern is not None and not metrics and not runs.empty:
         raise ReportError(f"table {spec.name!r}: no metric matches {spec.pattern!r}; metrics: "

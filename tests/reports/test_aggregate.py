@@ -173,3 +173,15 @@ def test_cells_with_the_same_params_keep_their_runs_in_the_results_frame_and_csv
                                                                                  order=back.order)):
         assert table.cell("baseline", "test_acc").values == (0.9, 0.91)
         assert table.cell("baseline-again", "test_acc").values == (0.8, 0.81)
+
+
+def test_a_where_label_no_run_or_cell_has_is_an_error_naming_the_labels():
+    # a typo in where used to filter every run out and print a table of "-" without a word
+    runs = frame([run_row({"loss": "a", "backbone": "resnet18"}, 0, test_acc=0.9)])
+    spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), where={"backbone": ("resnet81",)})
+    with pytest.raises(ReportError, match=r"where\.backbone: .*'resnet81' \(did you mean 'resnet18'\?\); labels: "
+                                          r"resnet18$"):
+        aggregate(runs, spec)
+    # a label of the grid that has not run yet is no typo: its cells show "-"
+    table = aggregate(runs, spec, order={"loss": ["a"], "backbone": ["resnet18", "resnet81"]})
+    assert table.to_markdown().splitlines()[2] == "| a      | -          |"
