@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reports.markdown import render_results
@@ -27,12 +27,13 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 
 @dataclass
 class SpliceResult:
-    """The README before and after, and the tables it names."""
+    """The README before and after, the tables it names and those of them whose block was out of date."""
 
     path: Path
     old: str
     new: str
     names: list[str]
+    stale: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -68,10 +69,17 @@ def splice(text: str, results_dir: Path | str = DEFAULT_RESULTS_DIR, *, base: Pa
     Raises:
         ReportError: an unclosed block, or a name without results.
     """
+    new, names, _ = _splice(text, results_dir, base=base, source=source)
+    return new, names
+
+
+def _splice(text: str, results_dir: Path | str, *, base: Path | None, source: str) -> tuple[str, list[str], list[str]]:
+    """`splice`, plus the names of the blocks whose text changed."""
     base = base or Path.cwd()
     lines = text.splitlines(keepends=True)
     out: list[str] = []
     names: list[str] = []
+    stale: list[str] = []
     fence: str | None = None
     i = 0
     while i < len(lines):
@@ -96,11 +104,14 @@ def splice(text: str, results_dir: Path | str = DEFAULT_RESULTS_DIR, *, base: Pa
         body = render_results(load_results(csv_path), source=_link(csv_path, base))
         newline = "\r\n" if line.endswith("\r\n") else "\n"
         out.append(line if line.endswith(("\n", "\r")) else line + newline)
-        out.append(newline + newline.join(body.split("\n")) + newline + newline)  # blank lines: plain markdown
+        block = newline + newline.join(body.split("\n")) + newline + newline  # blank lines: plain markdown
+        out.append(block)
         out.append(lines[end])
         names.append(name)
+        if block != "".join(lines[i + 1:end]):
+            stale.append(name)
         i = end + 1
-    return "".join(out), names
+    return "".join(out), names, stale
 
 
 def splice_file(path: Path | str, results_dir: Path | str | None = None) -> SpliceResult:
@@ -113,5 +124,5 @@ def splice_file(path: Path | str, results_dir: Path | str | None = None) -> Spli
         raise FileNotFoundError(f"{path} not found")
     old = path.read_text(encoding="utf-8")
     folder = Path(results_dir) if results_dir is not None else path.parent / DEFAULT_RESULTS_DIR
-    new, names = splice(old, folder, base=path.parent, source=str(path))
-    return SpliceResult(path, old, new, names)
+    new, names, stale = _splice(old, folder, base=path.parent, source=str(path))
+    return SpliceResult(path, old, new, names, stale)

@@ -123,7 +123,7 @@ def _readme(args: argparse.Namespace) -> int:
     if args.check:
         if result.changed:
             sys.stdout.write(result.diff())
-            print(f"{args.readme} differs from the results files (tables: {names}); "
+            print(f"{args.readme} differs from the results files (out of date: {', '.join(result.stale)}); "
                   f"run: bench report --readme {args.readme}", file=sys.stderr)
             return 1
         print(f"{args.readme}: {count} up to date ({names})", file=sys.stderr)

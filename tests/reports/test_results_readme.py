@@ -182,7 +182,7 @@ def test_readme_blocks_are_rebuilt_and_check_fails_after_a_one_digit_edit(report
     assert main(["report", "--readme", "README.md", "--check"]) == 1
     captured = capsys.readouterr()
     assert f"-| softmax | {edited}" in captured.out and f"+| softmax | {mean}" in captured.out
-    assert "README.md differs from the results files" in captured.err
+    assert "README.md differs from the results files (out of date: rep/losses);" in captured.err  # not `best`
 
 
 def test_readme_names_resolve_by_grid_or_bare_and_errors_name_the_fix(tmp_path):
