@@ -48,8 +48,10 @@ def verification_accuracies(metric_names: Iterable[str]) -> list[str]:
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
-    """The metric names present in a runs frame (final-value columns)."""
-    skip = set(RUN_COLUMNS)
+    """The metric names present in a runs frame (final-value columns) or a results frame (not its provenance)."""
+    from reports.results import PROVENANCE_COLUMNS  # here: reports.results imports this module
+
+    skip = set(RUN_COLUMNS) | set(PROVENANCE_COLUMNS)
     out = []
     for c in runs.columns:
         c = str(c)

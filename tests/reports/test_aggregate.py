@@ -185,3 +185,15 @@ def test_a_where_label_no_run_or_cell_has_is_an_error_naming_the_labels():
     # a label of the grid that has not run yet is no typo: its cells show "-"
     table = aggregate(runs, spec, order={"loss": ["a"], "backbone": ["resnet18", "resnet81"]})
     assert table.to_markdown().splitlines()[2] == "| a      | -          |"
+
+
+def test_a_pattern_does_not_take_the_results_frames_provenance_columns_for_metrics(tmp_path):
+    # the results frame (what bench report and the README render) carries grid, dataset and epochs beside the
+    # metrics: a pattern matching one of those names showed it as a column ("epochs": 20.0000 ± 0.0000)
+    runs = frame([run_row({"loss": "a"}, seed, test_acc=0.9, eer=0.1) for seed in (0, 1)])
+    spec = TableSpec(name="t", rows=("loss",), pattern="e*")
+    results = results_frame(runs, spec, grid="g")
+    assert results.metrics == ["eer"]
+    assert aggregate(results.frame, spec).col_keys == ["eer"]
+    back = load_results(write_results(results, tmp_path))
+    assert aggregate(back.frame, back.spec).col_keys == ["eer"]
