@@ -235,12 +235,13 @@ def _check_components(path: Path, spec: TrialSpec, sources: list[tuple[str, Mapp
         checked.add(memo)
 
 
-def _check_report(path: Path, report: Any, axes: list[str]) -> None:
-    """The ``report:`` section parses against the grid's axes (so a typo fails now, not after training)."""
+def _check_report(path: Path, report: Any, labels: dict[str, list[str]]) -> None:
+    """The ``report:`` section parses against the grid's axes and their labels (so a typo fails now, not after
+    training)."""
     from reports.spec import ReportError, parse_tables
 
     try:
-        parse_tables(report, axes=axes, source=str(path))
+        parse_tables(report, axes=list(labels), source=str(path), grid_labels=labels)
     except ReportError as err:
         raise GridError(path, "", str(err).removeprefix(f"{path}: ")) from err  # the message names report.<key>
 
@@ -295,8 +296,9 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     if not isinstance(axes_raw, dict):
         raise GridError(path, "grid", f"must map axis names to value lists, but got {axes_raw!r}")
     axes = list(axes_raw)
-    _check_report(path, raw.get("report"), axes)
     per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
+    _check_report(path, raw.get("report"), {axis: [label for label, _, _ in values]
+                                            for axis, values in zip(axes, per_axis, strict=True)})
     cells: list[Cell] = []
     checked: set[str] = set()
     for combo in itertools.product(*per_axis) if per_axis else [()]:

@@ -197,8 +197,9 @@ class TableSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, axes: Sequence[str] | None = None, source: str = "",
-                  key: str = "table") -> TableSpec:
-        """Validates one table mapping (``axes``: the grid's axes, checked when given).
+                  key: str = "table", grid_labels: Mapping[str, Sequence[str]] | None = None) -> TableSpec:
+        """Validates one table mapping (``axes``: the grid's axes, and ``grid_labels``: each axis's labels, checked
+        when given).
 
         Raises:
             ReportError: naming ``source``, the key and the fix.
@@ -309,6 +310,13 @@ class TableSpec:
             if not labels:
                 raise fail(f"where.{axis}", "needs at least one label")
             where_[str(axis)] = tuple(str(v) for v in labels)
+            known = grid_labels.get(str(axis)) if grid_labels is not None else None
+            missing = [v for v in where_[str(axis)] if known is not None and v not in known]
+            if known is not None and missing:  # else the table is all "-" after training, without a word
+                close = difflib.get_close_matches(missing[0], list(known), 1)
+                raise fail(f"where.{axis}", f"no cell of the grid has the label {missing[0]!r}"
+                                            + (f" (did you mean {close[0]!r}?)" if close else "")
+                                            + f"; labels of {axis}: {', '.join(known)}")
         select = data.get("select", "all")
         if select not in ("all", "best"):
             raise fail("select", f"must be all or best, but got {select!r}")
@@ -328,13 +336,14 @@ class TableSpec:
 
 
 def parse_tables(report: Mapping[str, Any] | None, *, axes: Sequence[str] | None = None,
-                 source: str = "") -> list[TableSpec]:
+                 source: str = "", grid_labels: Mapping[str, Sequence[str]] | None = None) -> list[TableSpec]:
     """The tables of a grid's ``report:`` section (empty list when there is none).
 
     Args:
         report: the parsed ``report`` mapping (``grid.report``).
         axes: the grid's axes, to check ``rows``/``columns``/``where`` against.
         source: the grid file, for error messages.
+        grid_labels: each axis's labels, to check ``where`` labels against (a typo is an error before training).
 
     Raises:
         ReportError: naming the file, the key (``report.tables[1].rows``) and the fix.
@@ -354,7 +363,8 @@ def parse_tables(report: Mapping[str, Any] | None, *, axes: Sequence[str] | None
     tables = report.get("tables") or []
     if not isinstance(tables, list):
         raise ReportError(f"{prefix}report.tables: must be a list of tables, but got {tables!r}")
-    specs = [TableSpec.from_dict(t, axes=axes, source=source, key=f"report.tables[{i}]") for i, t in enumerate(tables)]
+    specs = [TableSpec.from_dict(t, axes=axes, source=source, key=f"report.tables[{i}]", grid_labels=grid_labels)
+             for i, t in enumerate(tables)]
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

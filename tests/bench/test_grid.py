@@ -111,12 +111,23 @@ def test_default_in_environment_reference(tmp_path):
     ("seeds: [0, 1]", "seeds: 0", r"seeds: a count of seeds is at least 1, but got 0; write seeds: 1"),
     ("seeds: [0, 1]", "seeds: -2", r"seeds: a count of seeds is at least 1, but got -2"),
     ("name: g", "name: g\nsearh: {}", r"searh: unknown top-level key 'searh' \(did you mean 'search'\?\)"),
+    ("seeds: [0, 1]", "seeds: [0, 1]\nreport: {tables: [{name: t, rows: loss, where: {embedding_dim: '4'}}]}",
+     r"report\.tables\[0\]\.where\.embedding_dim: no cell of the grid has the label '4'; labels of embedding_dim: "
+     r"2, 3$"),
+    ("seeds: [0, 1]", "seeds: [0, 1]\nreport: {tables: [{name: t, rows: embedding_dim, where: {loss: [soft, coss]}}]}",
+     r"where\.loss: no cell of the grid has the label 'coss' \(did you mean 'cos'\?\); labels of loss: soft, cos$"),
 ])
 def test_errors_name_file_key_and_fix_before_training(tmp_path, old, new, expected):
     path = write(tmp_path, GOOD.replace(old, new, 1))
     with pytest.raises(GridError, match=expected) as err:
         load_grid(path)
     assert str(err.value).startswith(str(path))
+
+
+def test_where_labels_of_the_grid_validate(tmp_path):
+    text = GOOD.replace("seeds: [0, 1]", "seeds: [0, 1]\nreport: {tables: [{name: t, rows: loss, where: "
+                                         "{embedding_dim: 3}}]}")
+    assert len(load_grid(write(tmp_path, text)).cells) == 4  # an int label is the axis's label "3"
 
 
 def test_missing_dataset_files_fail_at_validation(tmp_path):
