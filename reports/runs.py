@@ -8,12 +8,13 @@ Columns of the runs frame (`RUN_COLUMNS` first, then the rest sorted):
 - provenance tags: ``git_commit``, ``device_name``, ``torch_version``, ``cuda_version``, ``host``;
 - ``label.<axis>`` for every grid axis, ``param.<key>`` for the flat `TrialSpec`;
 - for every metric: ``<metric>`` (the last epoch's value) and ``best.<metric>`` (the best epoch's: max, or min
-  for losses, error rates and spreads, see `reports.spec.metric_direction`).
+  for losses, error rates and spreads, see `reports.spec.metric_direction`; NaN epochs left out).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,8 @@ def load_study(study: str, tracking_uri: str | None = None) -> StudyRuns:
             history += [(info.run_id, key, int(m.step), float(m.value)) for m in values]
             if values:
                 pick = min if metric_direction(key) == "min" else max
-                row[f"best.{key}"] = pick(float(m.value) for m in values)
+                finite = [float(m.value) for m in values if math.isfinite(m.value)]  # max(nan, 0.7) is nan
+                row[f"best.{key}"] = pick(finite) if finite else math.nan
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:

@@ -197,3 +197,18 @@ def test_a_pattern_does_not_take_the_results_frames_provenance_columns_for_metri
     assert aggregate(results.frame, spec).col_keys == ["eer"]
     back = load_results(write_results(results, tmp_path))
     assert aggregate(back.frame, back.spec).col_keys == ["eer"]
+
+
+def test_best_epoch_skips_a_nan_epoch_wherever_it_falls(tmp_path):
+    """max(nan, 0.6, 0.7) is nan in Python (every comparison with nan is false), so a first NaN epoch (a
+    verification metric of a degenerate embedding, say) made the best epoch NaN; a NaN-only history stays NaN."""
+    nan = math.nan
+    epochs = [{"test_acc": nan, "train_loss": nan, "lfw_auc": nan},
+              {"test_acc": 0.6, "train_loss": 0.9, "lfw_auc": nan},
+              {"test_acc": 0.7, "train_loss": 0.8, "lfw_auc": nan}]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_trials(uri, "nanbest", [({"loss": "softmax"}, 0, "finished", epochs, {"loss": "softmax"})])
+    row = load_runs("nanbest", uri).iloc[0]
+    assert row["best.test_acc"] == pytest.approx(0.7)
+    assert row["best.train_loss"] == pytest.approx(0.8)
+    assert math.isnan(row["best.lfw_auc"])
