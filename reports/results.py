@@ -24,7 +24,7 @@ import pandas as pd
 
 from reports.runs import latest_runs
 from reports.spec import ReportError, TableSpec, natural_key
-from reports.tables import label_column, metric_columns, value_column
+from reports.tables import label_column, metric_columns, missing_metric, value_column
 
 __all__ = ["ResultsTable", "results_frame", "write_results", "load_results", "find_results", "grid_order",
            "PROVENANCE_COLUMNS", "DEFAULT_RESULTS_DIR"]
@@ -109,8 +109,7 @@ def results_frame(runs: pd.DataFrame, spec: TableSpec, *, grid: str, order: Mapp
         metrics = [*metrics, select_by]  # kept in the CSV so the same run is chosen from it
     for metric in metrics:
         if not finished.empty and value_column(spec, metric) not in runs.columns:
-            raise ReportError(f"table {spec.name!r}: no metric {metric!r} in the runs of {grid}; metrics: "
-                              f"{', '.join(metric_columns(runs)) or 'none'}")
+            raise missing_metric(spec, metric, runs, of=f"the runs of {grid}")
     label_cols = [label_column(a) for a in axes]
     values = [value_column(spec, m) for m in metrics]
     columns = ["run_id", "run_name", *label_cols, "seed", "status", "diverged", "trial_key", *values,

@@ -22,8 +22,8 @@ from tabulate import tabulate
 from reports.runs import RUN_COLUMNS, latest_runs
 from reports.spec import ReportError, TableSpec, metric_direction, natural_key
 
-__all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "verification_accuracies",
-           "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER"]
+__all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "missing_metric",
+           "verification_accuracies", "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER"]
 
 #: Run statuses in the order counts are reported.
 STATUS_ORDER = ("finished", "diverged", "pruned", "failed", "interrupted", "running")
@@ -45,6 +45,14 @@ def verification_accuracies(metric_names: Iterable[str]) -> list[str]:
     names them)."""
     names = set(metric_names)
     return sorted(m for m in names if m.endswith("_acc") and f"{m[:-4]}_auc" in names)
+
+
+def missing_metric(spec: TableSpec, metric: str, runs: pd.DataFrame, of: str = "the runs") -> ReportError:
+    """The error for a table column the runs never logged: the metrics they have, and the close names."""
+    have = metric_columns(runs)
+    close = difflib.get_close_matches(metric, have, 3)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return ReportError(f"table {spec.name!r}: no metric {metric!r} in {of}{hint}; metrics: {', '.join(have) or 'none'}")
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
@@ -273,8 +281,7 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
     for metric in metrics + ([select_by] if select_by and select_by not in metrics else []):
         col = value_column(spec, metric)
         if not finished.empty and col not in runs.columns:
-            raise ReportError(f"table {spec.name!r}: no metric {metric!r} in the runs; metrics: "
-                              f"{', '.join(metric_columns(runs)) or 'none'}")
+            raise missing_metric(spec, metric, runs)
 
     def labels_of(axis: str) -> list[str]:
         present = runs[label_column(axis)].astype(str).unique().tolist() if not runs.empty else []

@@ -227,5 +227,6 @@ def test_a_metric_the_runs_never_logged_is_an_error_listing_theirs(reported, cap
     root, _, _ = reported
     (root / "typo.yaml").write_text(GRID.replace("columns: [test_acc]", "columns: [test_accuracy]"))
     assert main(["report", "--grid", "typo.yaml"]) == 2
-    assert "no metric 'test_accuracy' in the runs of rep; metrics: test_acc, train_acc, train_loss" in \
+    assert ("no metric 'test_accuracy' in the runs of rep (did you mean 'test_acc'?); metrics: "
+            "test_acc, train_acc, train_loss") in \
         capsys.readouterr().err
