@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from reports.results import ResultsTable
-from reports.tables import Table, aggregate, label_column
+from reports.tables import Table, aggregate, best_run, label_column
 
 __all__ = ["plot_accuracy", "plot_curves", "gif_links", "embedding_montage", "write_plots"]
 
@@ -74,7 +74,8 @@ def plot_accuracy(table: Table, path: Path) -> Path:
 def plot_curves(results: ResultsTable, history: pd.DataFrame, path: Path,
                 metrics: list[str] | None = None) -> Path | None:
     """Each metric per epoch, one line per table row (matrix: per row and column), mean over finished seeds
-    with a ± std band. None when there is no history to draw."""
+    with a ± std band (with ``select: best``, the one run the table shows). None when there is no history to
+    draw."""
     spec = results.spec
     frame = results.frame[results.frame["status"] == "finished"]
     if frame.empty or history.empty:
@@ -88,6 +89,10 @@ def plot_curves(results: ResultsTable, history: pd.DataFrame, path: Path,
     if not wanted:
         return None
     axes_cols = [label_column(a) for a in spec.axes]
+    select_by = spec.selection_metric(results.metrics)
+    if select_by is not None:  # the table's run of each cell, not the mean of a search's sampled settings
+        frame = pd.concat([best_run(cell, spec, select_by)
+                           for _, cell in frame.groupby([frame[c].astype(str) for c in axes_cols], sort=False)])
     groups = frame.groupby([frame[c].astype(str) for c in axes_cols], sort=False)
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -110,7 +115,8 @@ def plot_curves(results: ResultsTable, history: pd.DataFrame, path: Path,
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"{results.grid}/{spec.name}: mean over seeds (± std)", fontsize=10)
+    what = f"each cell's best run by {select_by}" if select_by is not None else "mean over seeds (± std)"
+    fig.suptitle(f"{results.grid}/{spec.name}: {what}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata=_PNG_META)

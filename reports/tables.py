@@ -23,7 +23,7 @@ from reports.runs import RUN_COLUMNS, latest_runs
 from reports.spec import ReportError, TableSpec, metric_direction, natural_key
 
 __all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "missing_metric",
-           "verification_accuracies", "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER"]
+           "best_run", "verification_accuracies", "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER"]
 
 #: Run statuses in the order counts are reported.
 STATUS_ORDER = ("finished", "diverged", "pruned", "failed", "interrupted", "running")
@@ -308,16 +308,7 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
             pool = 0
             if select_by is not None:
                 pool = len(done)
-                if "run_id" in done.columns:  # ties go to the same run from MLflow and from the CSV
-                    done = done.sort_values("run_id", kind="stable")
-                by = value_column(spec, select_by)
-                ranked = (pd.to_numeric(done[by], errors="coerce").dropna() if by in done.columns
-                          else pd.Series(dtype=float))
-                if ranked.empty:
-                    done = done.iloc[0:0]
-                else:
-                    best = ranked.idxmin() if _select_direction(spec, select_by) == "min" else ranked.idxmax()
-                    done = done.loc[[best]]
+                done = best_run(done, spec, select_by)
             targets = [(key[-1], str(spec.metric))] if spec.is_matrix else [(m, m) for m in metrics]
             for col_key, metric in targets:
                 col = value_column(spec, metric)
@@ -326,6 +317,19 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
                 cells[(row_key, col_key)] = CellStats(values, counts, pool)
     counts = dict(Counter(runs["status"].astype(str))) if not runs.empty else {}
     return Table(spec, row_keys, col_keys, cells, counts, runs)
+
+
+def best_run(done: pd.DataFrame, spec: TableSpec, select_by: str) -> pd.DataFrame:
+    """The one run of a cell's finished runs ``done`` that ``select: best`` keeps (no rows when none has a
+    value of ``select_by``); ties go to the lowest ``run_id``, the same run from MLflow and from the CSV."""
+    if "run_id" in done.columns:
+        done = done.sort_values("run_id", kind="stable")
+    by = value_column(spec, select_by)
+    ranked = pd.to_numeric(done[by], errors="coerce").dropna() if by in done.columns else pd.Series(dtype=float)
+    if ranked.empty:
+        return done.iloc[0:0]
+    best = ranked.idxmin() if _select_direction(spec, select_by) == "min" else ranked.idxmax()
+    return done.loc[[best]]
 
 
 def _select_direction(spec: TableSpec, metric: str) -> str:

@@ -71,3 +71,29 @@ def test_one_epoch_runs_with_plots_get_the_embedding_montage(tmp_path):
     written = write_plots(results, _history(rows), tmp_path, client=_OneEpochClient())
     assert "t.embeddings.png" in [p.name for p in written]
     assert (tmp_path / "t.embeddings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_select_best_curves_draw_the_run_the_table_shows(tmp_path, monkeypatch):
+    """A search cell's runs are sampled settings, not seeds: the curve is the one run `select: best` keeps (by the
+    lowest train_loss here), not the mean of all of them."""
+    from matplotlib.figure import Figure
+
+    finals = {"lr-a": (0.9, 0.40), "lr-b": (0.6, 0.10), "lr-c": (0.8, 0.70)}  # run: (final test_acc, train_loss)
+    rows = [{**run_row({"loss": "cosface"}, 0, run_id=run, test_acc=acc, train_loss=loss), "trial_key": run}
+            for run, (acc, loss) in finals.items()]  # sampled settings: a trial key each
+    epochs = [(run, step, acc - 0.1 * (2 - step), loss + 0.2 * (2 - step))
+              for run, (acc, loss) in finals.items() for step in range(3)]
+    history = pd.DataFrame([(run, "test_acc", step, acc) for run, step, acc, _ in epochs]
+                           + [(run, "train_loss", step, loss) for run, step, _, loss in epochs],
+                           columns=["run_id", "metric", "step", "value"])
+    spec = TableSpec.from_dict({"name": "s", "rows": "loss", "columns": ["test_acc"], "select": "best",
+                                "select_by": "train_loss"}, axes=["loss"])
+    results = results_frame(frame(rows), spec, grid="g", order={"loss": ["cosface"]})
+    drawn: list[Figure] = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k))[1])
+    write_plots(results, history, tmp_path)
+    curves = next(f for f in drawn if "best run by train_loss" in f.get_suptitle())
+    by_title = {ax.get_title(): ax.lines[0].get_ydata().tolist() for ax in curves.axes}
+    assert by_title["test_acc"] == pytest.approx([0.4, 0.5, 0.6])  # lr-b's own epochs, not the mean of three runs
+    assert by_title["train_loss"] == pytest.approx([0.5, 0.3, 0.1])
