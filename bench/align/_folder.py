@@ -85,7 +85,8 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> AlignSummary:
     """Aligns every image under ``src_root`` to a template, writing ``dst_root`` in the same layout.
 
-    Each image's landmarks come from ``landmarks`` when it lists the image, else from ``detector``; an image
+    Each image's landmarks come from ``landmarks`` when it lists the image (coordinates on the stored
+    pixels), else from ``detector`` (run on the image as displayed: EXIF orientation applied); an image
     with neither is skipped with its reason. Files are written to a temporary name in the destination folder
     and renamed, so an interrupted run leaves no half-written image, and a rerun (``overwrite=False``) goes on
     where it stopped.
@@ -108,7 +109,7 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
         FileNotFoundError: ``src_root`` is not a folder.
         ValueError: ``dst_root`` is ``src_root`` or inside it, or neither landmarks nor detector given.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     src_root, dst_root = Path(src_root), Path(dst_root)
     if not src_root.is_dir():
@@ -131,13 +132,15 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
             if out.exists() and not overwrite:
                 summary.existing += 1
                 continue
+            points, detected = index.get(rel), False
             try:
                 with Image.open(path) as im:
-                    image = np.asarray(im.convert("RGB"))
+                    # MTCNN finds upright faces only: detect on the photo as shown (EXIF orientation applied);
+                    # a landmark file's numbers are on the stored pixels, as MATLAB's imread and PIL read them
+                    image = np.asarray((im if points is not None else ImageOps.exif_transpose(im)).convert("RGB"))
             except Exception as err:  # noqa: BLE001 - any unreadable file is skipped with its reason
                 summary.skipped.append((rel, f"unreadable image: {type(err).__name__}: {err}"))
                 continue
-            points, detected = index.get(rel), False
             if points is None and detect is not None:
                 points, detected = detect(image), True
                 if points is None:

@@ -216,6 +216,30 @@ def test_align_folder_writes_the_same_layout_and_counts(tmp_path):
     assert again.aligned == 0 and again.existing == 3
 
 
+def test_align_folder_detects_on_the_photo_as_displayed(tmp_path):
+    # a phone photo stored sideways with EXIF Orientation=6 (rotate 90 degrees clockwise to display): the
+    # detector must see it upright, and the face is cut from that same upright picture
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    points = transform_points(inverse(similarity(0.5, 0.1, -10.0, -20.0)), ARCFACE_112x112)
+    upright = Image.fromarray(blob_image(points, size=(250, 200), sigma=3))  # (H, W) = (250, 200) as displayed
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (src / "id0").mkdir(parents=True)
+    upright.transpose(Image.Transpose.ROTATE_90).save(src / "id0" / "phone.png", exif=exif)
+    seen = []
+
+    def detector(image):
+        seen.append(image.shape)
+        return points
+
+    summary = align_folder(src, dst, template="arcface", detector=detector)
+    assert summary.aligned == 1 and seen == [(250, 200, 3)]
+    with Image.open(dst / "id0" / "phone.png") as im:
+        face = np.asarray(im)
+    for eye in ARCFACE_112x112[:2]:
+        assert np.linalg.norm(spot_centre(face, eye) - eye) < 1.0
+
+
 def test_align_folder_from_a_landmark_file(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     marks = write_face_folder(src, n_ids=1, per_id=1)
