@@ -137,7 +137,7 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
                 with Image.open(path) as im:
                     # MTCNN finds upright faces only: detect on the photo as shown (EXIF orientation applied);
                     # a landmark file's numbers are on the stored pixels, as MATLAB's imread and PIL read them
-                    image = np.asarray((im if points is not None else ImageOps.exif_transpose(im)).convert("RGB"))
+                    image = _rgb(im if points is not None else ImageOps.exif_transpose(im))
             except Exception as err:  # noqa: BLE001 - any unreadable file is skipped with its reason
                 summary.skipped.append((rel, f"unreadable image: {type(err).__name__}: {err}"))
                 continue
@@ -164,6 +164,15 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
             if progress is not None:
                 progress(n, len(files))
     return summary
+
+
+def _rgb(im: Any) -> np.ndarray:
+    """A PIL image as ``(H, W, 3)`` uint8 RGB; 16-bit grayscale is scaled to 0..255 (PIL's convert clips it,
+    turning a 16-bit face white)."""
+    if im.mode.startswith("I;16"):
+        gray = np.rint(np.asarray(im, dtype=np.float64) / 257.0).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def _write_atomic(image: Any, out: Path) -> None:

@@ -240,6 +240,24 @@ def test_align_folder_detects_on_the_photo_as_displayed(tmp_path):
         assert np.linalg.norm(spot_centre(face, eye) - eye) < 1.0
 
 
+def test_align_folder_reads_16_bit_grayscale_at_its_brightness(tmp_path):
+    # a 16-bit grayscale PNG (mode I;16) of 8-bit content times 257: aligned as that 8-bit content, not as the
+    # all-white picture PIL's convert("RGB") makes of it
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    marks = write_face_folder(src, n_ids=1, per_id=1)
+    photo = blob_image(marks["id0/img0.jpg"], sigma=3)
+    (src / "id0" / "img0.jpg").unlink()
+    Image.fromarray(photo[:, :, 0].astype(np.uint16) * 257).save(src / "id0" / "deep.png")
+    with Image.open(src / "id0" / "deep.png") as im:
+        assert im.mode == "I;16"
+    summary = align_folder(src, dst, template="arcface", landmarks={"id0/deep.png": marks["id0/img0.jpg"]})
+    assert summary.aligned == 1
+    with Image.open(dst / "id0" / "deep.png") as im:
+        face = np.asarray(im)
+    expected, _ = align_face(photo, marks["id0/img0.jpg"], "arcface")
+    np.testing.assert_array_equal(face, expected)
+
+
 def test_align_folder_from_a_landmark_file(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     marks = write_face_folder(src, n_ids=1, per_id=1)
