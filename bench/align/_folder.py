@@ -122,8 +122,7 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
     index = _LandmarkIndex(read_landmarks(landmarks) if isinstance(landmarks, (str, Path)) else landmarks or {})
     detect = _resolve_detector(detector)
 
-    files = sorted(p for p in src_root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                   and not p.name.startswith("."))
+    files = _image_files(src_root)
     summary = AlignSummary()
     for n, path in enumerate(files, 1):
         rel = path.relative_to(src_root).as_posix()
@@ -164,6 +163,20 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
             if progress is not None:
                 progress(n, len(files))
     return summary
+
+
+def _image_files(root: Path) -> list[Path]:
+    """The image files under ``root`` at any depth, sorted, hidden files left out. Links to folders are
+    followed, as the dataset loader's ``os.scandir`` follows them (``Path.rglob`` does not, before Python
+    3.13), except a link back to a folder on its own path, which would loop."""
+    files: list[Path] = []
+    for folder, subdirs, names in os.walk(root, followlinks=True):
+        rel = Path(folder).relative_to(root).parts
+        chain = {os.path.realpath(root.joinpath(*rel[:i])) for i in range(len(rel) + 1)}
+        subdirs[:] = [d for d in subdirs if os.path.realpath(os.path.join(folder, d)) not in chain]
+        files += [Path(folder, n) for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS
+                  and not n.startswith(".")]
+    return sorted(p for p in files if p.is_file())
 
 
 def _rgb(im: Any) -> np.ndarray:

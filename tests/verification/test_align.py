@@ -258,6 +258,21 @@ def test_align_folder_reads_16_bit_grayscale_at_its_brightness(tmp_path):
     np.testing.assert_array_equal(face, expected)
 
 
+def test_align_folder_follows_linked_identity_folders(tmp_path):
+    # src/id0 is a link to a folder elsewhere (as the dataset loader follows it); a link back up is not looped
+    elsewhere, src, dst = tmp_path / "elsewhere", tmp_path / "src", tmp_path / "dst"
+    marks = write_face_folder(elsewhere, n_ids=1, per_id=1)
+    src.mkdir()
+    try:
+        (src / "id0").symlink_to(elsewhere / "id0", target_is_directory=True)
+        (elsewhere / "id0" / "up").symlink_to(src, target_is_directory=True)
+    except OSError as err:
+        pytest.skip(f"no symbolic links here: {err}")
+    summary = align_folder(src, dst, template="arcface", landmarks=marks)
+    assert summary.aligned == 1 and not summary.skipped
+    assert (dst / "id0" / "img0.jpg").is_file()
+
+
 def test_align_folder_from_a_landmark_file(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     marks = write_face_folder(src, n_ids=1, per_id=1)
