@@ -107,7 +107,8 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
 
     Raises:
         FileNotFoundError: ``src_root`` is not a folder.
-        ValueError: ``dst_root`` is ``src_root`` or inside it, or neither landmarks nor detector given.
+        ValueError: ``dst_root`` is ``src_root`` or inside it, or neither landmarks nor detector given, or
+            (without ``overwrite``) an image already there is not the template's size.
     """
     from PIL import Image, ImageOps
 
@@ -129,6 +130,7 @@ def align_folder(src_root: str | Path, dst_root: str | Path, *, template: str | 
         out = dst_root / rel
         try:
             if out.exists() and not overwrite:
+                _check_done(out, t)
                 summary.existing += 1
                 continue
             points, detected = index.get(rel), False
@@ -186,6 +188,23 @@ def _rgb(im: Any) -> np.ndarray:
         gray = np.rint(np.asarray(im, dtype=np.float64) / 257.0).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.asarray(im.convert("RGB"))
+
+
+def _check_done(out: Path, template: Template) -> None:
+    """Raises ValueError when an image already at ``out`` is not ``template``'s size: a rerun with another
+    template into the same folder would otherwise keep it, mixing the two crops."""
+    from PIL import Image
+
+    try:
+        with Image.open(out) as done:
+            size = done.size
+    except OSError as err:
+        raise ValueError(f"{out} is already there but unreadable ({err}): delete it, or overwrite it "
+                         "(--overwrite)") from None
+    if size != template.size:
+        raise ValueError(f"{out} is already there at {size[0]}x{size[1]} (W x H), not the {template.name} template's "
+                         f"{template.size[0]}x{template.size[1]}: align into another destination, or overwrite it "
+                         "(--overwrite)")
 
 
 def _write_atomic(image: Any, out: Path) -> None:

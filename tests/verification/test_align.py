@@ -284,6 +284,16 @@ def test_align_folder_from_a_landmark_file(tmp_path):
         assert im.size == (96, 112)
 
 
+def test_rerun_with_another_template_into_the_same_folder_is_an_error(tmp_path):
+    # the 96x112 faces already there are not "done" for the 112x112 template: they would mix two crops
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    marks = write_face_folder(src, n_ids=1, per_id=1)
+    align_folder(src, dst, template="sphereface", landmarks=marks)
+    with pytest.raises(ValueError, match=r"img0.jpg is already there at 96x112 .* arcface template's 112x112"):
+        align_folder(src, dst, template="arcface", landmarks=marks)
+    assert align_folder(src, dst, template="arcface", landmarks=marks, overwrite=True).aligned == 1
+
+
 def test_align_folder_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     src, dst = tmp_path / "src", tmp_path / "dst"
     marks = write_face_folder(src, n_ids=1, per_id=1)
