@@ -261,12 +261,13 @@ class StudyConfig:
                         raise GridError(path, f"search.{key}",
                                         f"{err} (cell {cell.spec.label}, value {value!r})") from err
                     component = key.split(".", 1)[0]
-                    if component in registries and "." in key:
+                    if component in registries:  # a searched name (loss: [cosface, arcface]) keeps the cell's params
                         try:
                             registries[component].check(getattr(spec, component),
                                                         dict(getattr(spec, f"{component}_params")))
                         except RegistryError as err:
-                            raise GridError(path, f"search.{key}", str(err)) from err
+                            raise GridError(path, f"search.{key}",
+                                            f"{err} (cell {cell.spec.label}, value {value!r})") from err
         for name, conf in (("sampler", self.sampler), ("pruner", self.pruner)):
             if conf is not None:
                 try:
