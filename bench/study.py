@@ -398,7 +398,8 @@ def _parse_search(path: Any, raw: Any) -> dict[str, SearchParam]:
             raise GridError(path, f"{where}.low", f"a log scale needs low > 0, but got low={low!r}")
         step = entry.get("step")
         if step is not None and (not numeric(step) or step <= 0):
-            raise GridError(path, f"{where}.step", f"must be > 0, but got {step!r}")
+            raise GridError(path, f"{where}.step", f"must be {'an integer ' if kind == 'int' else ''}> 0, but got "
+                                                   f"{step!r}")
         if kind == "int" and log_scale and step not in (None, 1):
             raise GridError(path, f"{where}.step", "a log-scale int range takes no step")
         out[key] = SearchParam(key, kind, low=low, high=high, step=step, log=kind == "int" and log_scale)
