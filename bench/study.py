@@ -43,6 +43,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ class SearchParam:
         key: the flat key (``loss.m``, ``optimizer.lr``, ``epochs``).
         type: ``uniform``, ``loguniform``, ``int`` or ``categorical``.
         low, high: bounds (inclusive) for numeric types.
-        step: grid step for ``int`` (default 1) and optionally ``uniform``.
+        step: grid step for ``int`` (default 1) and optionally ``uniform``; it divides ``high - low``.
         log: sample ``int`` on a log scale.
         choices: values of a ``categorical``.
     """
@@ -400,6 +401,14 @@ def _parse_search(path: Any, raw: Any) -> dict[str, SearchParam]:
         if step is not None and (not numeric(step) or step <= 0):
             raise GridError(path, f"{where}.step", f"must be {'an integer ' if kind == 'int' else ''}> 0, but got "
                                                    f"{step!r}")
+        if step is not None:
+            # Optuna would lower high to the last step below it, with a warning lost in the log
+            span, d_step = Decimal(str(high)) - Decimal(str(low)), Decimal(str(step))
+            if span % d_step:
+                span, last = (f"{d.normalize():f}" for d in (span, Decimal(str(low)) + (span // d_step) * d_step))
+                raise GridError(path, f"{where}.step", f"step {step!r} does not divide high - low = {span}: the values "
+                                                       f"would stop at {last}, not high={high!r}; set high: {last} "
+                                                       f"or a step that divides {span}")
         if kind == "int" and log_scale and step not in (None, 1):
             raise GridError(path, f"{where}.step", "a log-scale int range takes no step")
         out[key] = SearchParam(key, kind, low=low, high=high, step=step, log=kind == "int" and log_scale)

@@ -105,6 +105,11 @@ def test_grid_scope_makes_the_cell_a_categorical_parameter(in_tmp, tiny_dataset,
     ("search: {loss.m: {type: uniform, low: 0.5, high: 0.1}}\nn_trials: 2", "search.loss.m", "low must be < high"),
     ("search: {embedding_dim: {type: int, low: 2, high: 8, step: 0.5}}\nn_trials: 2", "search.embedding_dim.step",
      "must be an integer > 0, but got 0.5"),
+    # a step that does not divide the range: Optuna would silently lower high to the last step
+    ("search: {loss.m: {type: uniform, low: 0.1, high: 0.5, step: 0.15}}\nn_trials: 2", "search.loss.m.step",
+     "would stop at 0.4, not high=0.5"),
+    ("search: {embedding_dim: {type: int, low: 2, high: 7, step: 2}}\nn_trials: 2", "search.embedding_dim.step",
+     "set high: 6"),
     ("search: {optimizer.lr: {type: loguniform, low: 0, high: 0.1}}\nn_trials: 2", "search.optimizer.lr.low", "> 0"),
     ("search: {loss.m: {type: categorical, choices: []}}\nn_trials: 2", "search.loss.m.choices", "non-empty"),
     # a searched component name is checked like the grid's own: it exists, and takes the cell's parameters
