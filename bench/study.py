@@ -250,6 +250,21 @@ class StudyConfig:
         labels = [c.spec.label for c in grid.cells]
         if self.search and self.scope == "grid" and len(set(labels)) != len(labels):
             raise GridError(path, "grid", "search_scope: grid needs distinct cell labels")
+        if self.search:  # the sampler replaces searched keys in every cell: cells that differ only there are one
+            seen: dict[str, Any] = {}
+            for cell in grid.cells:
+                params = cell.spec.to_params()
+                rest = json.dumps({k: v for k, v in params.items() if k not in self.search}, sort_keys=True,
+                                  default=str)
+                if rest in seen:
+                    other = seen[rest]
+                    keys = [k for k in self.search if other.spec.to_params().get(k) != params.get(k)]
+                    raise GridError(path, f"search.{keys[0]}" if keys else "grid",
+                                    f"cells {other.spec.label!r} and {cell.spec.label!r} differ only in "
+                                    f"{', '.join(keys) or 'their labels'}, which the search draws anew in every "
+                                    f"cell, so the axis would compare nothing; keep the key in the grid axis or in "
+                                    f"search:, not both")
+                seen[rest] = cell
         from registry import BACKBONES, DATASETS, LOSSES, RegistryError
 
         registries = {"dataset": DATASETS, "backbone": BACKBONES, "loss": LOSSES}

@@ -115,6 +115,9 @@ def test_grid_scope_makes_the_cell_a_categorical_parameter(in_tmp, tiny_dataset,
     # a searched component name is checked like the grid's own: it exists, and takes the cell's parameters
     ("search: {loss: [cosface, arcfce]}\nn_trials: 2", "search.loss", "Unknown loss 'arcfce'"),
     ("search: {loss: [cosface, softmax]}\nn_trials: 2", "search.loss", "no parameter 'm', 's'"),
+    # an axis whose cells differ only in a searched key: the sampler replaces its values, the cells are one
+    ("grid: {embedding_dim: [2, 3]}\nsearch: {embedding_dim: {type: int, low: 2, high: 6}}\nn_trials: 2",
+     "search.embedding_dim", "cells '2' and '3' differ only in embedding_dim"),
     ("search: {loss.m: {type: uniform, low: 0.1, high: 0.5}}", "n_trials", "needs n_trials"),
     ("n_trials: 3", "n_trials", "no search"),
     ("pruner: median", "pruner", "no search"),
