@@ -318,6 +318,8 @@ class StudyConfig:
         kwargs = {k: v for k, v in self.pruner.items() if k != "type"}
         cls = getattr(optuna.pruners, PRUNERS[self.pruner["type"]])
         _check_kwargs(cls, kwargs, f"pruner {self.pruner['type']}")
+        if self.pruner["type"] == "hyperband":
+            _check_hyperband(kwargs)
         return cls(**kwargs)
 
     def as_dict(self) -> dict[str, Any]:
@@ -332,6 +334,25 @@ class StudyConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_hyperband(kwargs: Mapping[str, Any]) -> None:
+    """Checks a hyperband pruner's arguments now: Optuna's `HyperbandPruner` builds its brackets at its first
+    decision, an epoch into a trial, where a bad ``min_resource`` or ``reduction_factor`` fails the trial
+    (division by zero) and ``max_resource < min_resource`` leaves it with no bracket (it never prunes).
+
+    Raises:
+        ValueError: the rule and the value.
+    """
+    import optuna
+
+    low, high = kwargs.get("min_resource", 1), kwargs.get("max_resource", "auto")
+    if not _is_int(low) or low < 1:
+        raise ValueError(f"hyperband's min_resource must be an integer >= 1 (epochs), but got {low!r}")
+    if _is_int(high) and high < low:
+        raise ValueError(f"hyperband's max_resource must be >= min_resource={low}, but got {high!r}")
+    optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=kwargs.get("reduction_factor", 3),
+                                           bootstrap_count=kwargs.get("bootstrap_count", 0))  # its brackets
 
 
 def _check_kwargs(cls: Any, kwargs: Mapping[str, Any], what: str) -> None:
