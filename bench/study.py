@@ -708,11 +708,29 @@ def _ownerless_too_long(trial: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- study
+class _CellStorage:
+    """A study's storage whose ``get_all_trials`` lists only one cell's trials; everything else is the storage's.
+
+    The filter sits in the storage because Optuna's Hyperband pruner builds its bracket studies from a study's
+    storage, bypassing the study's own trial listing.
+    """
+
+    def __init__(self, storage: Any, cell: str) -> None:
+        self._inner, self._cell = storage, cell
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> list:
+        trials = self._inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        return [t for t in trials if t.user_attrs.get(CELL_ATTR) == self._cell]
+
+
 class CellStudy:
     """A view of a study that shows only the trials of one cell (what a cell-scoped sampler and pruner see).
 
     Built as a subclass of `optuna.study.Study` on first use, the way Optuna's own Hyperband pruner scopes
-    a study to a bracket.
+    a study to a bracket, over a `_CellStorage`.
     """
 
     _cls: Any = None
@@ -723,16 +741,9 @@ class CellStudy:
 
             class _CellStudy(optuna.study.Study):
                 def __init__(self, study: Any, cell: str) -> None:
-                    super().__init__(study_name=study.study_name, storage=study._storage, sampler=study.sampler,
-                                     pruner=study.pruner)
+                    super().__init__(study_name=study.study_name, storage=_CellStorage(study._storage, cell),
+                                     sampler=study.sampler, pruner=study.pruner)
                     self._cell = cell
-
-                def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
-                    trials = super()._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-                    return [t for t in trials if t.user_attrs.get(CELL_ATTR) == self._cell]
-
-                def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
-                    return self._get_trials(deepcopy=deepcopy, states=states, use_cache=False)
 
             CellStudy._cls = _CellStudy
         return CellStudy._cls(study, cell)

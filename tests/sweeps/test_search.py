@@ -143,3 +143,30 @@ def test_invalid_study_keys_name_the_file_and_key(tmp_path, write_grid, text, ke
     with pytest.raises(GridError) as err:
         StudyConfig.from_grid(load_grid(path))
     assert err.value.key == key and message in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_cell_scoped_hyperband_pruner_compares_trials_of_the_same_cell_only():
+    # Hyperband's bracket studies read the storage, not the study they are given: the cell's view filters
+    # there too, so a trial of a weak cell is not pruned for trailing the trials of another cell
+    import optuna
+
+    from bench.study import CELL_ATTR, CellStudy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=2)  # one bracket: no bracket draw
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+
+    def pruned(cell: str, value: float) -> bool:
+        asked = study.ask()
+        asked.set_user_attr(CELL_ATTR, cell)
+        trial = optuna.Trial(CellStudy(study, cell), asked._trial_id)
+        for step in range(3):
+            trial.report(value, step)
+            if trial.should_prune():
+                study.tell(asked, state=TrialState.PRUNED)
+                return True
+        study.tell(asked, value)
+        return False
+
+    assert not any(pruned("strong", 0.9) for _ in range(4))
+    assert not any(pruned("weak", 0.1 + 0.01 * i) for i in range(4))  # each better than the last of its cell
