@@ -292,13 +292,18 @@ class StudyConfig:
                     raise GridError(path, name, str(err)) from err
 
     # objects ------------------------------------------------------------------------------------------
-    def make_sampler(self, *, worker_index: int = 0) -> Any:
-        """The sampler; a grid-given ``seed`` is offset by the worker index so parallel workers differ."""
+    def make_sampler(self, *, worker_index: int = 0, drawn: int = 0) -> Any:
+        """The sampler; a grid-given ``seed`` is offset by the worker index so parallel workers differ, and mixed
+        with ``drawn`` (the study's trials already taken from the queue) so that a process started on a study
+        that has run (a rerun, a worker that joins later) continues instead of repeating the first draws."""
         import optuna
 
         kwargs = {k: v for k, v in self.sampler.items() if k != "type"}
         if kwargs.get("seed") is not None:
             kwargs["seed"] = int(kwargs["seed"]) + worker_index
+            if drawn:
+                blob = f"{kwargs['seed']}/{drawn}".encode()
+                kwargs["seed"] = int.from_bytes(hashlib.sha256(blob).digest()[:4], "little")
         cls = getattr(optuna.samplers, SAMPLERS[self.sampler["type"]])
         _check_kwargs(cls, kwargs, f"sampler {self.sampler['type']}")
         if self.sampler["type"] == "cmaes":
@@ -765,8 +770,11 @@ def load_study(name: str, storage: Any, config: StudyConfig | None = None, *, wo
     if STUDY_PREPARED_ATTR not in attrs:
         raise StudyNotReady(f"study {name!r} is being prepared")
     config = StudyConfig.from_raw(attrs[STUDY_CONFIG_ATTR]) if config is None else config
-    return optuna.load_study(study_name=name, storage=storage, sampler=config.make_sampler(worker_index=worker_index),
-                             pruner=config.make_pruner())
+    from optuna.trial import TrialState
+
+    drawn = len(study.get_trials(deepcopy=False)) - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    sampler = config.make_sampler(worker_index=worker_index, drawn=drawn)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=config.make_pruner())
 
 
 def stored_config(study: Any) -> StudyConfig:

@@ -170,3 +170,40 @@ def test_a_cell_scoped_hyperband_pruner_compares_trials_of_the_same_cell_only():
 
     assert not any(pruned("strong", 0.9) for _ in range(4))
     assert not any(pruned("weak", 0.1 + 0.01 * i) for i in range(4))  # each better than the last of its cell
+
+
+def test_a_seeded_sampler_continues_its_draws_after_a_rerun_instead_of_repeating_them(tmp_path, write_grid):
+    # a rerun (more n_trials, or after a crash) makes a new sampler with the grid's seed: it must not draw the
+    # first run's values again (those trials would only adopt the earlier runs, and the search end with fewer
+    # distinct configurations than n_trials); a study prepared afresh still draws the same values
+    import optuna
+
+    from bench.study import StudyConfig, load_study, open_storage, pop_next_trial_id, prepare_study, trial_spec
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    text = """\
+        name: reseeded
+        base: {{dataset: digits, loss: {{name: cosface, s: 10.0, m: 0.1}}}}
+        search: {{loss.m: {{type: uniform, low: 0.05, high: 0.5}}, optimizer.lr: {{type: loguniform, low: 1.0e-4,
+                                                                                 high: 1.0e-1}}}}
+        n_trials: {n}
+        sampler: {{type: random, seed: 0}}
+        """
+
+    def draw(storage, n_trials: int, count: int) -> list[tuple[float, float]]:
+        grid = load_grid(write_grid(text.format(n=n_trials)))
+        prepare_study(grid, StudyConfig.from_grid(grid), storage)
+        study = load_study("reseeded", storage)
+        config = StudyConfig.from_grid(grid)
+        out = []
+        for _ in range(count):
+            trial = optuna.Trial(study, pop_next_trial_id(study))
+            spec = trial_spec(trial, config)
+            study.tell(trial, 0.5)
+            out.append((spec.loss_params["m"], spec.optimizer_params["lr"]))
+        return out
+
+    first = draw(open_storage(str(tmp_path / "a.journal")), 2, 2)
+    assert draw(open_storage(str(tmp_path / "b.journal")), 2, 2) == first  # reproducible from scratch
+    more = draw(open_storage(str(tmp_path / "a.journal")), 4, 2)  # the rerun with n_trials raised to 4
+    assert not set(more) & set(first), (first, more)
