@@ -296,6 +296,12 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     if not isinstance(axes_raw, dict):
         raise GridError(path, "grid", f"must map axis names to value lists, but got {axes_raw!r}")
     axes = list(axes_raw)
+    search = raw.get("search")
+    searched = sorted(set(overrides or {}) & set(search)) if isinstance(search, dict) else []
+    if searched:  # the sampler would replace the value in every trial: the --set would do nothing, silently
+        raise GridError(path, "--set", f"{searched[0]} is searched (search: {searched[0]}), so the sampler sets it in "
+                                       f"every trial; drop --set {searched[0]}=..., or take {searched[0]} out of "
+                                       f"search: to fix it")
     per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
     _check_report(path, raw.get("report"), {axis: [label for label, _, _ in values]
                                             for axis, values in zip(axes, per_axis, strict=True)})

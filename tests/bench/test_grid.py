@@ -51,6 +51,14 @@ def test_overrides_apply_to_every_cell(tmp_path):
     assert {c.spec.optimizer_params["lr"] for c in grid.cells} == {0.05}
 
 
+def test_set_on_a_searched_key_is_an_error_not_ignored(tmp_path):
+    text = GOOD + "search: {optimizer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-1}}\nn_trials: 2\n"
+    with pytest.raises(GridError, match=r"--set: optimizer\.lr is searched \(search: optimizer\.lr\).*drop --set "
+                                        r"optimizer\.lr=\.\.\., or take optimizer\.lr out of search:"):
+        load_grid(write(tmp_path, text), overrides={"epochs": 1, "optimizer.lr": 0.05})
+    assert {c.spec.epochs for c in load_grid(write(tmp_path, text), overrides={"epochs": 1}).cells} == {1}
+
+
 def test_override_that_does_not_fit_a_cell_is_an_error(tmp_path):
     # softmax has no scale: --set loss.s=30 cannot apply to its cells.
     with pytest.raises(GridError, match=r"--set\.loss: loss 'softmax' has no parameter 's'"):
