@@ -323,7 +323,8 @@ def _claim(study: Any, trial_id: int, config: StudyConfig, tracker: StudyTracker
             warn_missing_objective(metrics, config.metric)
             return
         trial.report(value, epoch)
-        if kind == "search" and trial.should_prune():
+        # not after the last epoch: the training is done, and a pruned trial would only drop out of the tables
+        if kind == "search" and epoch < spec.epochs - 1 and trial.should_prune():
             raise Pruned(f"pruned at epoch {epoch} ({config.metric}={value:.4g})")
 
     ckpt = (checkpoint_dir / f"{key}.pt") if checkpoint_dir is not None else None

@@ -42,6 +42,30 @@ def test_median_pruner_prunes_the_clearly_worse_arm_and_the_report_counts_it(in_
     assert f"{len(pruned)} pruned" in default_table(grid)
 
 
+def test_a_trial_is_never_pruned_after_its_last_epoch(in_tmp, tiny_dataset, write_grid):
+    """Pruning saves the epochs still to come; after the last one there are none, and a pruned trial would only
+    drop out of the tables (with epochs: 1 the median pruner used to prune the worse arm's finished trials)."""
+    grid = load_grid(write_grid(f"""\
+        name: lastepoch
+        base: {TINY}, epochs: 1, loss: {{name: cosface, s: 10.0, m: 0.1}}}}
+        grid:
+          arm:
+            - {{label: learns, optimizer: {{name: adam, lr: 0.003}}}}
+            - {{label: frozen, optimizer: {{name: adam, lr: 1.0e-7}}}}
+        search:
+          loss.m: {{type: uniform, low: 0.05, high: 0.3}}
+        search_scope: grid
+        n_trials: 6
+        sampler: {{type: random, seed: 0}}
+        pruner: {{type: median, n_startup_trials: 1, n_warmup_steps: 0}}
+        """))
+    report = run_study(grid, progress=False, echo=lambda s: None)
+    trials = optuna_trials("lastepoch", report.storage)
+    assert len(trials) == 6 and {t.params["cell"] for t in trials} == {"learns", "frozen"}
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert all(list(t.intermediate_values) == [0] for t in trials)  # the epoch is still reported
+
+
 def test_cell_scope_samples_within_ranges_and_each_cell_gets_n_trials(in_tmp, tiny_dataset, write_grid):
     grid = load_grid(write_grid(f"""\
         name: scoped
