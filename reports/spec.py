@@ -21,7 +21,8 @@ Options of a table (all but ``name`` and ``rows`` optional):
 
 - ``metric_source``: ``final`` (last epoch, default) or ``best`` (best epoch: max, min for losses).
 - ``ci``: add the 95% t confidence interval of the mean to each cell.
-- ``bold``: ``max`` (default), ``min`` or ``none``: the best mean among the rows, per metric column, in bold
+- ``bold``: ``auto`` (default: max, min for losses, error rates and spreads, see `metric_direction`), ``max``,
+  ``min`` or ``none``: the best mean among the rows, per metric column, in bold
   (among the columns of a row when transposed); a mapping ``{metric: min}`` sets it per metric.
 - ``mean_row``: add a Mean row (the mean of the cell means of each column).
 - ``digits``: decimals (default 4); ``percent``: show values x 100.
@@ -57,7 +58,7 @@ TABLE_KEYS = {
     "metric": "the metric in each cell when `columns` is an axis",
     "metric_source": "final (last epoch) or best (best epoch)",
     "ci": "true: 95% t confidence interval of the mean in each cell",
-    "bold": "max, min or none (best per column in bold), or {metric: max|min|none}",
+    "bold": "auto (max, min for losses), max, min or none (best per column in bold), or {metric: max|min|none}",
     "mean_row": "true: a Mean row under the table",
     "digits": "decimals shown",
     "percent": "true: values x 100",
@@ -100,7 +101,7 @@ class TableSpec:
         metric: the metric in each cell of a matrix.
         metric_source: ``final`` or ``best``.
         ci: add the 95% t interval.
-        bold: ``max``/``min``/``none`` for every metric, or per metric.
+        bold: ``auto`` (each metric's own direction), ``max``/``min``/``none`` for every metric, or per metric.
         mean_row: add a Mean row.
         digits: decimals shown.
         percent: show values x 100.
@@ -120,7 +121,7 @@ class TableSpec:
     metric: str | None = None
     metric_source: str = "final"
     ci: bool = False
-    bold: str | Mapping[str, str] = "max"
+    bold: str | Mapping[str, str] = "auto"
     mean_row: bool = False
     digits: int = 4
     percent: bool = False
@@ -172,7 +173,7 @@ class TableSpec:
         """``max``, ``min`` or ``none`` for the bold mark of ``metric``."""
         if isinstance(self.bold, Mapping):
             return str(self.bold.get(metric, metric_direction(metric)))
-        return self.bold
+        return metric_direction(metric) if self.bold == "auto" else self.bold
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data (what the results' ``.meta.json`` stores; `from_dict` reads it back)."""
@@ -273,7 +274,7 @@ class TableSpec:
         source_ = data.get("metric_source", "final")
         if source_ not in ("final", "best"):
             raise fail("metric_source", f"must be final or best, but got {source_!r}")
-        bold = data.get("bold", "max")
+        bold = data.get("bold", "auto")
         if isinstance(bold, Mapping):
             bad = {k: v for k, v in bold.items() if v not in ("max", "min", "none")}
             if bad:
@@ -281,8 +282,8 @@ class TableSpec:
             bold = {str(k): str(v) for k, v in bold.items()}
         elif bold is False or bold is None:
             bold = "none"
-        elif bold not in ("max", "min", "none"):
-            raise fail("bold", f"must be max, min, none or {{metric: max|min|none}}, but got {bold!r}")
+        elif bold not in ("auto", "max", "min", "none"):
+            raise fail("bold", f"must be auto, max, min, none or {{metric: max|min|none}}, but got {bold!r}")
         digits = data.get("digits", 4)
         if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 12:
             raise fail("digits", f"must be an integer in 0..12, but got {digits!r}")

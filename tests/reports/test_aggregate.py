@@ -212,3 +212,12 @@ def test_best_epoch_skips_a_nan_epoch_wherever_it_falls(tmp_path):
     assert row["best.test_acc"] == pytest.approx(0.7)
     assert row["best.train_loss"] == pytest.approx(0.8)
     assert math.isnan(row["best.lfw_auc"])
+
+
+def test_by_default_a_loss_column_bolds_its_lowest_mean_and_an_accuracy_its_highest():
+    rows = [run_row({"loss": loss}, seed, test_acc=acc + 0.01 * seed, train_loss=lo + 0.01 * seed)
+            for loss, acc, lo in (("softmax", 0.80, 0.90), ("cosface", 0.95, 0.20)) for seed in (0, 1)]
+    spec = TableSpec.from_dict({"name": "t", "rows": "loss", "columns": ["test_acc", "train_loss"]}, axes=["loss"])
+    markdown = aggregate(frame(rows), spec).to_markdown()
+    assert "**0.9550**" in markdown and "**0.2050**" in markdown  # cosface: higher accuracy, lower loss
+    assert "**0.8050**" not in markdown and "**0.9050**" not in markdown

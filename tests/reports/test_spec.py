@@ -14,10 +14,13 @@ def _one(**table):
                                key="report.tables[0]")
 
 
-def test_defaults_are_final_train_and_test_accuracy_bold_max():
+def test_defaults_are_final_train_and_test_accuracy_bold_by_each_metrics_direction():
     spec = _one()
     assert spec.metrics == ("train_acc", "test_acc") and spec.metric_source == "final"
-    assert spec.bold == "max" and spec.digits == 4 and not spec.ci and not spec.mean_row
+    assert spec.bold == "auto" and spec.digits == 4 and not spec.ci and not spec.mean_row
+    directions = [spec.direction(m) for m in ("test_acc", "train_loss", "lfw_eer", "lfw_acc_std")]
+    assert directions == ["max", "min", "min", "min"]
+    assert TableSpec.from_dict({"name": "t", "rows": AXES, "bold": "max"}).direction("train_loss") == "max"
 
 
 def test_matrix_and_pattern_columns():
@@ -74,7 +77,7 @@ def test_natural_key_orders_numbers_by_value():
     ({"name": "t", "rows": AXES, "columns": ["a", "a"]}, r"\.columns: a metric repeats"),
     ({"name": "t", "rows": AXES, "metric": "test_acc"}, r"\.metric: only for a matrix"),
     ({"name": "t", "rows": AXES, "metric_source": "last"}, r"\.metric_source: must be final or best"),
-    ({"name": "t", "rows": AXES, "bold": "highest"}, r"\.bold: must be max, min, none"),
+    ({"name": "t", "rows": AXES, "bold": "highest"}, r"\.bold: must be auto, max, min, none"),
     ({"name": "t", "rows": AXES, "bold": {"test_acc": "up"}}, r"\.bold: each direction must be max, min or none"),
     ({"name": "t", "rows": AXES, "digits": -1}, r"\.digits: must be an integer in 0..12"),
     ({"name": "t", "rows": AXES, "ci": "yes"}, r"\.ci: must be true or false"),
