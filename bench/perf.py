@@ -73,8 +73,9 @@ def _sync(device: torch.device) -> None:
 
 
 def bare_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_epochs: int = 1) -> float:
-    """A plain loop: data on the device, shuffled index per epoch, forward, margin loss in fp32, backward,
-    optimizer step, loss and accuracy summed on the device; timed over ``spec.epochs`` epochs."""
+    """A plain loop: data on the device, shuffled index per epoch, forward, margin loss in fp32, backward (loss
+    scaled in fp16), optimizer step, loss and accuracy summed on the device; timed over ``spec.epochs`` epochs
+    (training only, no evaluation, as the harness's ``images_per_second``)."""
     bundle = load_dataset(spec)
     torch.manual_seed(spec.seed)
     backbone, head, _ = build_models(spec, bundle)
@@ -89,6 +90,8 @@ def bare_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_epoc
     params = list(backbone.parameters()) + list(head.parameters())
     lr = float(spec.optimizer_params["lr"])
     opt = torch.optim.Adam(params, lr=lr) if spec.optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    # fp16 trains with loss scaling (its gradients underflow without it), as the harness's loop does
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
     dtype = autocast_dtype(spec.precision)
     model = torch.compile(backbone) if spec.compile else backbone
     n, bs = len(labels), spec.batch_size
@@ -108,10 +111,12 @@ def bare_images_per_second(spec: TrialSpec, device: torch.device, *, warmup_epoc
             emb = emb.float()
             loss = head(emb, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if spec.grad_clip:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, float(spec.grad_clip))
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             loss_sum += loss.detach() * len(y)
             with torch.no_grad():
                 correct += (head.logits(emb.detach()).argmax(1) == y).sum()

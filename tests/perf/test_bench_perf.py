@@ -135,3 +135,23 @@ def test_bench_perf_grid_with_missing_data_stops_before_the_workloads_train(in_t
     out = capsys.readouterr()
     assert "invalid grid" in out.err and "base.dataset" in out.err and "no-mnist-here" in out.err
     assert "img/s" not in out.out and sorted(p.name for p in in_tmp.iterdir()) == ["g.yaml"]
+
+
+def test_bare_loop_scales_the_loss_in_fp16_as_the_harness_does(tiny_dataset, monkeypatch):
+    # "Same precision" on both sides: an fp16 loop without loss scaling is not a correct fp16 loop, and skipping
+    # the scaler's per-step work would flatter the bare side. One GradScaler step per training step, each side.
+    from bench.perf import bare_images_per_second, harness_images_per_second
+    from bench.spec import TrialSpec
+
+    steps = []
+    step = torch.amp.GradScaler.step
+    monkeypatch.setattr(torch.amp.GradScaler, "step", lambda self, opt, *a, **k: steps.append(self.is_enabled())
+                        or step(self, opt, *a, **k))
+    spec = TrialSpec(dataset="tiny-blobs", backbone="lenet++", loss="cosface", embedding_dim=4, batch_size=40,
+                     epochs=1, precision="fp16")
+    cpu = torch.device("cpu")
+    bare_images_per_second(spec, cpu)
+    bare = list(steps)
+    steps.clear()
+    harness_images_per_second(spec, cpu)
+    assert bare == steps == [True] * 4  # 80 images in batches of 40: a warm-up epoch and a timed one
