@@ -155,3 +155,27 @@ def test_bare_loop_scales_the_loss_in_fp16_as_the_harness_does(tiny_dataset, mon
     steps.clear()
     harness_images_per_second(spec, cpu)
     assert bare == steps == [True] * 4  # 80 images in batches of 40: a warm-up epoch and a timed one
+
+
+def test_logging_overhead_charges_closing_the_run_once(in_tmp, monkeypatch):
+    # The run's closing tags take 0.3 s here: they belong to opening/closing the run, not to the trial loop,
+    # and the total share counts them once (it used to count finish's flush and tags in both).
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from bench.perf import logging_overhead
+
+    log_batch = MlflowClient.log_batch
+
+    def slow_tags(self, run_id, *args, **kwargs):
+        if kwargs.get("tags"):
+            time.sleep(0.3)
+        return log_batch(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", slow_tags)
+    lo = logging_overhead(epochs=1, device="cpu")
+    assert lo["logging_seconds_in_trial"] < 0.3 <= lo["run_open_close_seconds"]
+    total = lo["logging_seconds_in_trial"] + lo["run_open_close_seconds"]
+    assert lo["logging_share_total"] == pytest.approx(total / lo["wall_seconds"])
+    assert total <= lo["wall_seconds"]
