@@ -324,6 +324,7 @@ def time_grid(grid: Grid | str | Path, *, device: str | None = None, workers: in
     from bench.commands._common import parse_sets
     from bench.grid import load_grid
     from bench.seed_noise import trial_records
+    from bench.study import StudyConfig, plan_slots
     from bench.workers import run_study
     from reports.markdown import default_table
 
@@ -343,7 +344,8 @@ def time_grid(grid: Grid | str | Path, *, device: str | None = None, workers: in
         wall = time.perf_counter() - t0
         tables = default_table(grid, tracking_uri)
         records = trial_records(grid, tracking_uri)
-    return {"grid": grid.name, "trials": len(grid.trials()), "seeds": grid.seeds,
+    slots = plan_slots(grid, StudyConfig.from_grid(grid))  # a search grid runs n_trials per cell, not its seeds
+    return {"grid": grid.name, "trials": len(slots), "seeds": grid.seeds,
             "workers": workers or grid.raw.get("workers", 1), "fuse": fuse, "wall_seconds": wall,
             "counts": dict(report.counts), "tables": tables, "records": records}
 

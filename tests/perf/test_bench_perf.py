@@ -179,3 +179,15 @@ def test_logging_overhead_charges_closing_the_run_once(in_tmp, monkeypatch):
     total = lo["logging_seconds_in_trial"] + lo["run_open_close_seconds"]
     assert lo["logging_share_total"] == pytest.approx(total / lo["wall_seconds"])
     assert total <= lo["wall_seconds"]
+
+
+def test_time_grid_counts_the_sampled_trials_of_a_search_grid(in_tmp, tiny_dataset):
+    # One cell, one seed, three sampled trials: three trials ran (it used to say 1, the cells x seeds).
+    from bench.perf import time_grid
+
+    (in_tmp / "s.yaml").write_text(
+        "name: perf-search\nbase: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1,\n"
+        "       batch_size: 40, loss: {name: cosface, s: 10.0, m: 0.1}}\ngrid: {loss: [cosface]}\nseeds: [0]\n"
+        "search: {loss.m: {type: uniform, low: 0.05, high: 0.3}}\nn_trials: 3\nsampler: {type: random, seed: 0}\n")
+    g = time_grid("s.yaml")
+    assert g["counts"]["finished"] == 3 and g["trials"] == 3
