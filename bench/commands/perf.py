@@ -6,20 +6,23 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.commands.run import _positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("perf", help="benchmark the trial loop against a bare PyTorch loop", description=__doc__)
     p.add_argument("--workload", action="append", choices=["lenet", "mobilenet"],
                    help="workloads to time (repeatable; default: lenet unless another section is asked for)")
     p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
-    p.add_argument("--epochs", type=int, default=None, help="timed epochs (after one warm-up epoch)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="timed epochs (after one warm-up epoch)")
     p.add_argument("--mnist-root", default=None, metavar="FOLDER",
                    help="the MNIST IDX files of the lenet workload on a GPU (default: ../shared/data/mnist-10k)")
-    p.add_argument("--repeats", type=int, default=1, help="alternate bare/harness this many times, keep the best")
+    p.add_argument("--repeats", type=_positive_int, default=1,
+                   help="alternate bare/harness this many times, keep the best")
     p.add_argument("--logging", action="store_true", help="also measure MLflow logging's share of a 20-epoch trial")
-    p.add_argument("--logging-epochs", type=int, default=20)
+    p.add_argument("--logging-epochs", type=_positive_int, default=20)
     p.add_argument("--head", action="store_true", help="also compare the plain and class-chunked CosFace head")
     p.add_argument("--head-classes", type=int, default=1_000_000)
     p.add_argument("--jpeg", action="store_true",

@@ -191,3 +191,13 @@ def test_time_grid_counts_the_sampled_trials_of_a_search_grid(in_tmp, tiny_datas
         "search: {loss.m: {type: uniform, low: 0.05, high: 0.3}}\nn_trials: 3\nsampler: {type: random, seed: 0}\n")
     g = time_grid("s.yaml")
     assert g["counts"]["finished"] == 3 and g["trials"] == 3
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--epochs", "--batch-size", "--logging-epochs"])
+def test_bench_perf_rejects_counts_below_one_before_training(in_tmp, capsys, flag):
+    # --repeats 0 used to time nothing and end in ZeroDivisionError; the others in a SpecError traceback
+    with pytest.raises(SystemExit) as exit_:
+        main(["perf", flag, "0"])
+    assert exit_.value.code == 2
+    out = capsys.readouterr()
+    assert f"{flag}: must be an integer >= 1, but got '0'" in out.err and "img/s" not in out.out
