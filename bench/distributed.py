@@ -17,8 +17,8 @@ scaled by ``n_local * world / n_global`` so the averaged gradient is the gradien
 mean loss, also when the last batch does not divide evenly. A final batch smaller than the world size is
 dropped. Epoch metrics, the non-finite-loss check and a pruner's decision are agreed across ranks.
 Evaluation runs on every rank (the weights are the same); only rank 0 writes checkpoints and logs.
-On CUDA, BatchNorm layers become SyncBatchNorm. CenterLoss (its centres move outside the optimizer) is not
-supported under DDP.
+On CUDA, BatchNorm layers become SyncBatchNorm; off CUDA, where SyncBatchNorm does not run, a backbone with
+BatchNorm is refused. CenterLoss (its centres move outside the optimizer) is not supported under DDP.
 
 Backend: NCCL on CUDA, gloo on the CPU (``MARGINBENCH_DIST_BACKEND`` overrides).
 """
@@ -145,13 +145,23 @@ def shard_batch(images: torch.Tensor, labels: torch.Tensor,
 
 
 def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
-    """``module`` (backbone and head together) in DDP; BatchNorm synchronized on CUDA."""
+    """``module`` (backbone and head together) in DDP; BatchNorm synchronized on CUDA.
+
+    Raises:
+        ValueError: BatchNorm layers off CUDA, where SyncBatchNorm does not run: each rank would normalize by
+            its own shard's statistics, which is not the one-process trial on the global batch.
+    """
     from torch.nn.parallel import DistributedDataParallel
 
     device = torch.device(ctx.device)
     if device.type == "cuda":
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         return DistributedDataParallel(module, device_ids=[device.index], output_device=device.index)
+    norms = sorted({type(m).__name__ for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+    if norms:
+        raise ValueError(f"the backbone has BatchNorm layers ({', '.join(norms)}), which DistributedDataParallel "
+                         f"cannot synchronize on {device.type} (SyncBatchNorm needs CUDA): each rank would normalize "
+                         f"by its own shard, not the global batch; run the trial on GPUs or in one process")
     return DistributedDataParallel(module)
 
 

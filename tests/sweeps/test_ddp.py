@@ -80,3 +80,16 @@ def test_torchrun_worker_trains_each_trial_on_both_ranks_and_rank_zero_logs(in_t
     runs = mlflow_children("ddp-study", prepared.tracking_uri)
     assert len(runs) == 2  # one run per trial: only rank 0 logs
     assert all(r.data.tags["world_size"] == "2" and r.info.status == "FINISHED" for r in runs)
+
+
+def test_batchnorm_backbone_is_refused_under_ddp_off_cuda():
+    # gloo on the CPU has no SyncBatchNorm: each rank would normalize by its own shard's statistics, so a
+    # 2-process trial would not train the one-process weights (it used to run on silently). Refused before
+    # DDP is built, so no process group is needed here.
+    from torch import nn
+
+    from bench.distributed import DistContext, wrap
+
+    ctx = DistContext(rank=0, world_size=2, local_rank=0, backend="gloo", device="cpu")
+    with pytest.raises(ValueError, match=r"BatchNorm layers \(BatchNorm2d\).*SyncBatchNorm needs CUDA.*one process"):
+        wrap(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)), ctx)
