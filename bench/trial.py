@@ -56,7 +56,8 @@ class TrialOptions:
         on_epoch: ``on_epoch(epoch, metrics)`` after each epoch; may raise `Pruned`.
         distributed: a `bench.distributed.DistContext` to train this trial with DistributedDataParallel
             across a torchrun job (same numbers as one process on the same global batch, up to float
-            summation order); None for one process.
+            summation order, except that a final batch smaller than the world size is dropped); None for one
+            process.
     """
 
     device: str | None = None

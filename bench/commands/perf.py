@@ -9,6 +9,14 @@ from pathlib import Path
 from bench.commands.run import _positive_int
 
 
+def _at_least_two(text: str) -> int:
+    """A class count: a margin head needs two classes or more."""
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"a head needs at least 2 classes, but got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("perf", help="benchmark the trial loop against a bare PyTorch loop", description=__doc__)
     p.add_argument("--workload", action="append", choices=["lenet", "mobilenet"],
@@ -24,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logging", action="store_true", help="also measure MLflow logging's share of a 20-epoch trial")
     p.add_argument("--logging-epochs", type=_positive_int, default=20)
     p.add_argument("--head", action="store_true", help="also compare the plain and class-chunked CosFace head")
-    p.add_argument("--head-classes", type=int, default=1_000_000)
+    p.add_argument("--head-classes", type=_at_least_two, default=1_000_000)
     p.add_argument("--jpeg", action="store_true",
                    help="also train the mobilenet workload from a folder of JPEG files vs the same faces on the device")
     p.add_argument("--loader-workers", type=int, default=None, metavar="N",

@@ -201,3 +201,11 @@ def test_bench_perf_rejects_counts_below_one_before_training(in_tmp, capsys, fla
     assert exit_.value.code == 2
     out = capsys.readouterr()
     assert f"{flag}: must be an integer >= 1, but got '0'" in out.err and "img/s" not in out.out
+
+
+@pytest.mark.parametrize("value, message", [("1", "a head needs at least 2 classes, but got '1'"),
+                                            ("0", "must be an integer >= 1, but got '0'")])
+def test_bench_perf_head_classes_below_two_exit_2(in_tmp, capsys, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["perf", "--head", "--head-classes", value])
+    assert exit_.value.code == 2 and f"--head-classes: {message}" in capsys.readouterr().err
