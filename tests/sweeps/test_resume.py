@@ -182,9 +182,14 @@ def test_a_second_ctrl_c_while_the_trial_is_given_back_does_not_lose_it(in_tmp, 
 
     monkeypatch.setattr(bench.runner, "run_trial", interrupted)
     monkeypatch.setattr(bench.workers, "requeue_trial", requeue_after_another_sigint)
-    with pytest.raises(KeyboardInterrupt):
-        run_study(grid, progress=False, echo=lambda s: None)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # as in a terminal: pytest started in the background by a non-interactive shell inherits SIGINT ignored
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(grid, progress=False, echo=lambda s: None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
     trials = optuna_trials("resume", str(in_tmp / "optuna.journal"))
     states = [t.state for t in trials]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.WAITING) == 2, states
