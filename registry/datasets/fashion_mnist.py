@@ -7,7 +7,7 @@ from pathlib import Path
 
 from registry import DATASETS
 from registry.datasets._types import DataBundle
-from registry.datasets.mnist import MNIST_FILES, check_idx_files, load_idx_pair
+from registry.datasets.mnist import MNIST_FILES, check_idx_files, check_limit_repeat, load_idx_pair
 
 __all__ = ["fashion_mnist", "FASHION_URL", "FASHION_MEAN", "FASHION_STD", "FASHION_CLASSES"]
 
@@ -18,6 +18,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 
 def _validate_root(params: dict) -> None:
+    check_limit_repeat(params.get("limit"))
     if params.get("download"):
         return
     check_idx_files(params.get("root", "data/fashion-mnist"))
@@ -33,6 +34,7 @@ def fashion_mnist(root: str = "data/fashion-mnist", download: bool = False, limi
         download: fetch missing files (needs network); offline, the error names the files looked for.
         limit: keep only the first ``limit`` images of each split (quick checks).
     """
+    check_limit_repeat(limit)
     train, test = load_idx_pair(root, download=download, url=FASHION_URL, files=MNIST_FILES, limit=limit,
                                 mean=FASHION_MEAN, std=FASHION_STD)
     return DataBundle("fashion-mnist", 10, 1, (28, 28), train, test,

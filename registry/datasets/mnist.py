@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import urllib.request
 from pathlib import Path
@@ -13,7 +14,7 @@ from registry import DATASETS
 from registry.datasets._types import DataBundle, TensorSplit
 from registry.datasets.idx import idx_shape, read_idx
 
-__all__ = ["load_idx_pair", "find_idx_files", "check_idx_files", "download_idx", "MNIST_FILES"]
+__all__ = ["load_idx_pair", "find_idx_files", "check_idx_files", "check_limit_repeat", "download_idx", "MNIST_FILES"]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -113,7 +114,17 @@ def check_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES) -> No
             raise ValueError(f"{images} has {image_shape[0]} images but {labels} has {label_shape[0]} labels")
 
 
+def check_limit_repeat(limit: int | None = None, repeat: int = 1) -> None:
+    """Raises ValueError unless ``limit`` is None or an int >= 1 and ``repeat`` an int >= 1 (a negative ``limit``
+    would slice from the end and quietly drop images; a ``repeat`` below 1 would quietly mean 1)."""
+    if limit is not None and (not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be an int >= 1 or null (every image), but got {limit=}")
+    if not isinstance(repeat, numbers.Integral) or isinstance(repeat, bool) or repeat < 1:
+        raise ValueError(f"repeat must be an int >= 1, but got {repeat=}")
+
+
 def _validate_root(params: dict) -> None:
+    check_limit_repeat(params.get("limit"), params.get("repeat", 1))
     if params.get("download"):
         return
     check_idx_files(params.get("root", "data/mnist"))
@@ -129,6 +140,7 @@ def mnist(root: str = "data/mnist", download: bool = False, repeat: int = 1, lim
         repeat: repeat the training split this many times (to time 60k-image epochs from the 10k set).
         limit: keep only the first ``limit`` images of each split (quick checks).
     """
+    check_limit_repeat(limit, repeat)
     train, test = load_idx_pair(root, download=download, limit=limit)
     if repeat > 1:
         train = TensorSplit(train.images.repeat(repeat, 1, 1, 1), train.labels.repeat(repeat))

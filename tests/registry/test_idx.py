@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 
+from registry import DATASETS, RegistryError
 from registry.datasets.idx import IDXError, read_idx, write_idx
 from registry.datasets.mnist import find_idx_files, load_idx_pair
 
@@ -78,3 +79,16 @@ def test_mnist_layout_loads_normalized_tensors(tmp_path):
     assert train.images.shape == (6, 1, 28, 28) and test.labels.tolist() == [0, 1, 2, 3]
     raw = read_idx(tmp_path / "train-images-idx3-ubyte.gz").astype(np.float64) / 255.0
     np.testing.assert_allclose(train.images[:, 0].numpy(), (raw - 0.1307) / 0.3081, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("mnist", {"limit": -1}, "limit must be an int >= 1"),  # a negative slice would drop the last images
+    ("mnist", {"limit": 0}, "limit must be an int >= 1"),  # empty splits
+    ("mnist", {"limit": 2.5}, "limit must be an int >= 1"),  # a TypeError inside the factory, mid-trial
+    ("mnist", {"repeat": 0}, "repeat must be an int >= 1"),  # quietly one copy
+    ("mnist", {"repeat": 1.5}, "repeat must be an int >= 1"),
+    ("fashion-mnist", {"limit": -3}, "limit must be an int >= 1"),
+])
+def test_limit_and_repeat_below_one_fail_validation(tmp_path, name, params, message):
+    with pytest.raises(RegistryError, match=message):
+        DATASETS.check(name, {"root": str(tmp_path), "download": True, **params})
