@@ -70,6 +70,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.state_before: dict[int, torch.Tensor] = {}
 
     def __iter__(self) -> Iterator[list[int]]:
+        if batches_per_epoch(self.n, self.batch_size, self.drop_last) == 0:  # would draw permutations forever
+            raise ValueError(f"{self.n} samples make no batch of {self.batch_size} (drop_last={self.drop_last})")
         epoch = 0
         while True:
             self.state_before[epoch] = self.generator.get_state()
@@ -162,6 +164,8 @@ class Batches:
         """The next epoch's collated batches from the trial-long loader iterator; what an epoch left early
         did not take is skipped first, so that every epoch starts on its own permutation."""
         assert self.sampler is not None
+        if len(self) == 0:  # drop_last with fewer samples than a batch: an empty epoch, as for a TensorSplit
+            return
         if self._stream is None:
             self._stream = iter(self.loader)  # type: ignore[arg-type]
         for _ in range(self._left_in_epoch):

@@ -84,3 +84,12 @@ def test_sampler_cuts_each_epoch_into_batches():
     assert [len(next(sampler)) for _ in range(6)] == [4, 4, 2, 4, 4, 2]
     dropping = iter(EpochBatchSampler(10, 4, torch.Generator().manual_seed(0), drop_last=True))
     assert [len(next(dropping)) for _ in range(4)] == [4, 4, 4, 4]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_drop_last_with_fewer_samples_than_a_batch_gives_empty_epochs(num_workers):
+    # As a TensorSplit does; the sampler used to draw permutations forever looking for a batch (a hang with workers)
+    batches = Batches(_Indices(3), 5, torch.device("cpu"), shuffle=True, drop_last=True,
+                      generator=torch.Generator().manual_seed(0), num_workers=num_workers)
+    assert len(batches) == 0 and [_epoch(batches) for _ in range(2)] == [[], []]
