@@ -38,6 +38,7 @@ from registry.datasets._images import (
 )
 from registry.datasets._types import DataBundle, PairSet, SkippedSample
 from registry.datasets.pairs import (
+    PairsFileError,
     check_bin_first_image,
     make_pairs,
     pairs_from_bin,
@@ -188,6 +189,10 @@ def _validate(params: dict[str, Any]) -> None:
     if p["pairs"] is not None:
         lines = read_pairs_txt(p["pairs"])
         resolve_pair_images(lines, p["pairs_root"] or root, p["image_ext"], source=p["pairs"])
+        folds = len({pair.fold for pair in lines})
+        if folds < 2:  # the protocol chooses each fold's threshold on the others: one fold fails at the first epoch
+            raise PairsFileError(f"{p['pairs']} holds {folds} fold of pairs; verification needs at least two (LFW "
+                                 f"View 2's pairs.txt, header '10 300'; View 1's pairsDevTest.txt is one fold)")
     if p["bin"] is not None:
         check_bin_first_image(p["bin"])
 

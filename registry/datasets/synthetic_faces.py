@@ -203,8 +203,8 @@ def _check_counts(identities: int, images_per_identity: int, test_fraction: floa
                          f"{images_per_identity=}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), but got {test_fraction=}")
-    if test_identities < 0 or pairs_per_fold < 0 or folds < 1:
-        raise ValueError(f"test_identities and pairs_per_fold must be >= 0 and folds >= 1, but got "
+    if test_identities < 0 or pairs_per_fold < 0 or folds < 2:  # each fold's threshold comes from the others
+        raise ValueError(f"test_identities and pairs_per_fold must be >= 0 and folds >= 2, but got "
                          f"{test_identities=}, {pairs_per_fold=}, {folds=}")
     if pairs_per_fold > 0 and test_identities == 1:
         raise ValueError("mismatched pairs need at least two test_identities (or set pairs_per_fold: 0)")
@@ -243,7 +243,7 @@ def synthetic_faces(identities: int = 64, images_per_identity: int = 16, image_s
         test_fraction: share of each training identity's images in the closed-set test split.
         test_identities: further identities, never trained on, that the verification pairs use.
         pairs_per_fold: matched (and as many mismatched) pairs per fold; 0 turns pairs off.
-        folds: verification folds (10, as LFW).
+        folds: verification folds (10, as LFW; at least 2).
         pose, lighting, noise: strength of each variation (1 = default, 0 = none).
 
     Returns:

@@ -114,6 +114,21 @@ def test_missing_image_fails_validation_with_the_line_number(tmp_path):
         DATASETS.check("imagefolder", {"root": str(tmp_path / "faces"), "pairs": str(path), "pairs_root": str(root)})
 
 
+@pytest.mark.parametrize("text", ["1\nA 1 2\nA 1 B 1\n", "1 1\nA 1 2\nA 1 B 1\n"])
+def test_a_single_fold_fails_validation(tmp_path, text):
+    # The protocol chooses each fold's threshold on the others: a View 1 file (one fold) used to pass validation and
+    # end the trial at its first evaluation.
+    root = _image_root(tmp_path, [("A", 1), ("A", 2), ("B", 1)])
+    for name in ("X", "Y"):
+        faces = tmp_path / "faces" / name
+        faces.mkdir(parents=True)
+        (faces / "x.jpg").write_bytes(_jpeg(0))
+    path = tmp_path / "pairs.txt"
+    path.write_text(text)
+    with pytest.raises(RegistryError, match="pairs.txt holds 1 fold of pairs; verification needs at least two"):
+        DATASETS.check("imagefolder", {"root": str(tmp_path / "faces"), "pairs": str(path), "pairs_root": str(root)})
+
+
 def test_wrong_extension_suggests_image_ext(tmp_path):
     root = _image_root(tmp_path, [("A", 1), ("A", 2)], ext="png")
     path = tmp_path / "pairs.txt"

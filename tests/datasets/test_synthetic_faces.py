@@ -83,6 +83,12 @@ def test_bad_parameters_fail_validation():
         DATASETS.check("synthetic-faces", {"pose": -1})
 
 
+def test_one_fold_fails_validation():
+    # Each fold's threshold is chosen on the other folds: one fold used to pass and crash after the first epoch.
+    with pytest.raises(RegistryError, match="folds >= 2"):
+        DATASETS.check("synthetic-faces", {"folds": 1})
+
+
 def test_written_folder_has_lfw_layout(tmp_path):
     out = write_image_folder(tmp_path / "sf", identities=3, images_per_identity=3, image_size=16, in_chans=1,
                              test_identities=2, pairs_per_fold=2, folds=2)
