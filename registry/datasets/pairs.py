@@ -63,7 +63,7 @@ def read_pairs_txt(path: str | Path) -> list[PairLine]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"pairs file {path} does not exist; set pairs: to the LFW-format pairs.txt")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()  # -sig: a BOM from Notepad
     numbered = [(i + 1, line.split()) for i, line in enumerate(lines) if line.strip()]
     if not numbered:
         raise PairsFileError(f"{path} is empty; a pairs.txt starts with the header 'folds pairs_per_fold' ('10 300')")

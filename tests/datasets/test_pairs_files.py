@@ -84,6 +84,14 @@ def test_malformed_line_is_named(tmp_path):
         read_pairs_txt(path)
 
 
+def test_a_byte_order_mark_before_the_header_is_ignored(tmp_path):
+    # Windows editors save UTF-8 with a BOM; the header used to read as '\ufeff1 1' and be refused.
+    path = tmp_path / "pairs.txt"
+    path.write_bytes(b"\xef\xbb\xbf1 1\r\nA 1 2\r\nA 1 B 1\r\n")
+    assert [(p.name1, p.n1, p.name2, p.n2, p.same) for p in read_pairs_txt(path)] == [("A", 1, "A", 2, True),
+                                                                                       ("A", 1, "B", 1, False)]
+
+
 def test_pair_count_must_match_the_header(tmp_path):
     path = tmp_path / "pairs.txt"
     path.write_text("10 300\nA 1 2\n")
