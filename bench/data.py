@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -63,19 +64,28 @@ class EpochBatchSampler(Sampler[list[int]]):
     decoded, at batch 1024 a pause as long as a few training steps, every epoch. The sampler runs ahead of
     training by the batches in flight, so it records the generator state before each epoch's permutation
     (``state_before``): a checkpoint must store that state, not the generator's current one.
+
+    With ``coins`` each index comes as ``(index, coin)``, the coin (a random flip, say) drawn from the same
+    generator after the epoch's permutation: so it depends on the seed and the epoch only, not on which loader
+    worker decodes the item, and a resumed trial draws the same ones.
     """
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False) -> None:
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False,
+                 coins: bool = False) -> None:
         self.n, self.batch_size, self.generator, self.drop_last = n, batch_size, generator, drop_last
+        self.coins = coins
         self.state_before: dict[int, torch.Tensor] = {}
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         if batches_per_epoch(self.n, self.batch_size, self.drop_last) == 0:  # would draw permutations forever
             raise ValueError(f"{self.n} samples make no batch of {self.batch_size} (drop_last={self.drop_last})")
         epoch = 0
         while True:
             self.state_before[epoch] = self.generator.get_state()
-            order = torch.randperm(self.n, generator=self.generator).tolist()
+            order: list[Any] = torch.randperm(self.n, generator=self.generator).tolist()
+            if self.coins:
+                flips = torch.randint(0, 2, (self.n,), generator=self.generator).bool().tolist()
+                order = list(zip(order, flips, strict=True))
             for b in range(batches_per_epoch(self.n, self.batch_size, self.drop_last)):
                 yield order[b * self.batch_size:(b + 1) * self.batch_size]
             epoch += 1
@@ -130,9 +140,11 @@ class Batches:
         if shuffle:
             if generator is None:  # as DataLoader does without one: a seed from torch's global generator
                 generator = self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-            self.sampler = EpochBatchSampler(len(split), batch_size, generator, drop_last=drop_last)
-            # worker seeds (random flips) from a generator of their own: the order's generator must see
-            # nothing but the permutations, so that a resumed trial draws the same ones
+            # a Dataset that `takes_coins` (random flips) gets them with its indices, drawn from the order's
+            # generator at a fixed point of each epoch; worker seeds come from a generator of their own (workers
+            # draw from it in no fixed order), so that a resumed trial draws the same permutations
+            self.sampler = EpochBatchSampler(len(split), batch_size, generator, drop_last=drop_last,
+                                             coins=bool(getattr(split, "takes_coins", False)))
             seeds = torch.Generator().manual_seed(generator.initial_seed())
             self.loader = DataLoader(split, batch_sampler=self.sampler, generator=seeds, **workers)
         else:

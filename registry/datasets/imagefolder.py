@@ -121,8 +121,10 @@ class FaceImages(Dataset):
         samples: image paths and labels.
         image_size: ``(H, W)``; other sizes are resized bilinearly.
         in_chans: 1 (grayscale) or 3 (RGB).
-        flip: flip horizontally with probability 1/2 (training); the coin comes from torch's generator,
-            which the DataLoader seeds per worker from the trial's seed.
+        flip: flip horizontally with probability 1/2 (training). The coin comes with the index when the
+            sampler gives ``(index, coin)`` (`bench.data.EpochBatchSampler`, for a Dataset that `takes_coins`:
+            the same flips with any number of loader workers and after a resume); with a bare index, from
+            torch's generator.
         uint8: items hold uint8 pixels in ``[0, 255]``, left for the consumer to scale
             (`registry.datasets._images.normalize_uint8`, which `bench.data.Batches` applies on the device).
 
@@ -134,10 +136,16 @@ class FaceImages(Dataset):
         self.samples = list(samples)
         self.image_size, self.in_chans, self.flip, self.uint8 = image_size, in_chans, flip, uint8
 
+    @property
+    def takes_coins(self) -> bool:
+        """Whether items want a coin with their index (``dataset[(index, coin)]``): when they are flipped."""
+        return self.flip
+
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SkippedSample:
+    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, int] | SkippedSample:
+        index, coin = item if isinstance(item, tuple) else (item, None)
         path, label = self.samples[index]
         try:
             if os.path.getsize(path) == 0:
@@ -145,7 +153,7 @@ class FaceImages(Dataset):
             image = (decode_image_uint8 if self.uint8 else decode_image)(path, self.image_size, self.in_chans)
         except Exception as err:  # noqa: BLE001 - a bad file is reported, never fatal
             return SkippedSample(path, f"{type(err).__name__}: {err}")
-        if self.flip and torch.rand(()) < 0.5:
+        if self.flip and (coin if coin is not None else bool(torch.rand(()) < 0.5)):
             image = image.flip(-1)
         return image, label
 

@@ -104,3 +104,54 @@ def test_min_batch_leaves_out_a_final_batch_too_small(num_workers):
         batches = Batches(split, 4, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(0),
                           num_workers=num_workers, min_batch=2)
         assert [[len(labels) for _, labels in batches] for _ in range(2)] == [[4, 4], [4, 4]]
+
+
+def _flipping_faces(tmp_path, n: int = 12):
+    """``n`` 4x6 grayscale PNGs, each a left-to-right ramp (so a flip shows), in a FaceImages that flips."""
+    import numpy as np
+    from PIL import Image
+
+    from registry.datasets.imagefolder import FaceImages
+
+    samples = []
+    for i in range(n):
+        path = tmp_path / f"id{i % 3}" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray((np.arange(6)[None, :] * 40 + i).repeat(4, 0).astype(np.uint8)).save(path)
+        samples.append((str(path), i % 3))
+    return FaceImages(samples, (4, 6), 1, flip=True, uint8=True)
+
+
+def _labels_and_flips(batches: Batches) -> tuple[list[int], list[bool]]:
+    """One epoch: the labels in order, and per image whether it came flipped (its ramp falls left to right)."""
+    pairs = [(int(label), bool(img[0, 0, 0] > img[0, 0, -1])) for images, labels in batches
+             for img, label in zip(images, labels, strict=True)]
+    return [label for label, _ in pairs], [flip for _, flip in pairs]
+
+
+def test_random_flips_depend_on_the_seed_only_not_on_loader_workers_or_a_resume(tmp_path):
+    faces = _flipping_faces(tmp_path)
+
+    def batches(workers: int, generator=None) -> Batches:
+        return Batches(faces, 5, torch.device("cpu"), shuffle=True, num_workers=workers,
+                       generator=generator or torch.Generator().manual_seed(4))
+
+    alone = batches(0)
+    epochs = [_labels_and_flips(alone) for _ in range(3)]
+    flips = [f for _, fs in epochs for f in fs]
+    assert 0 < sum(flips) < len(flips)  # coins, not always or never
+    two = batches(2)
+    assert [_labels_and_flips(two) for _ in range(3)] == epochs
+    # each image's flip is the sampler's coin for its position: a reference from the same generator
+    g = torch.Generator().manual_seed(4)
+    for labels_order, epoch_flips in epochs:
+        order = torch.randperm(12, generator=g).tolist()
+        coins = torch.randint(0, 2, (12,), generator=g).bool().tolist()
+        assert [i % 3 for i in order] == labels_order and coins == epoch_flips
+    # resumed after the first epoch, with the checkpointed order state
+    once = batches(2)
+    _epoch(once)
+    g = torch.Generator().manual_seed(4)
+    g.set_state(once.order_state())
+    resumed = batches(2, g)
+    assert [_labels_and_flips(resumed) for _ in range(2)] == epochs[1:]
