@@ -10,7 +10,17 @@ from registry import DATASETS
 from registry.datasets._types import DataBundle, TensorSplit
 
 
-@DATASETS.register("digits")
+def _check_params(params: dict) -> None:
+    """The grid's values, checked before training (building the split takes a second; these are cheap)."""
+    test_fraction = params.get("test_fraction", 0.25)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a number in (0, 1), but got {test_fraction!r}")
+    image_size = params.get("image_size", 28)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a whole number of pixels >= 1, but got {image_size!r}")
+
+
+@DATASETS.register("digits", validate=_check_params)
 def digits(test_fraction: float = 0.25, split_seed: int = 0, image_size: int = 28) -> DataBundle:
     """scikit-learn load_digits (1797 images, 10 classes) resized to image_size, fixed stratified split.
 

@@ -180,3 +180,18 @@ def test_idx_shape_reads_only_the_header_of_a_sound_file(tmp_path):
     data = gzip.decompress((tmp_path / "a.idx.gz").read_bytes())
     (tmp_path / "b.idx.gz").write_bytes(gzip.compress(data[:100]) + gzip.compress(data[100:]))
     assert idx_shape(tmp_path / "b.idx.gz") == (7, 28, 28)
+
+
+@pytest.mark.parametrize("params, message", [
+    ("{name: digits, test_fraction: 1.5}",
+     r"base\.dataset: .*test_fraction must be a number in \(0, 1\), but got 1\.5"),
+    ("{name: digits, test_fraction: 0}", r"test_fraction must be a number in \(0, 1\), but got 0"),
+    ("{name: digits, image_size: 0}", r"image_size must be a whole number of pixels >= 1, but got 0"),
+])
+def test_digits_values_fail_validation_before_training(tmp_path, params, message):
+    from bench.grid import GridError, load_grid
+
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: g\nbase: {{dataset: {params}, backbone: lenet++, loss: softmax}}\n")
+    with pytest.raises(GridError, match=message):
+        load_grid(path)
