@@ -27,11 +27,11 @@ def parse_image_size(image_size: int | Sequence[int], *, name: str = "image_size
     """``112`` or ``[112, 96]`` -> ``(112, 96)`` (height, width); raises ValueError otherwise."""
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         size = (image_size, image_size)
+    elif isinstance(image_size, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in image_size):  # not "12" -> (1, 2), 112.7 -> 112
+        size = tuple(image_size)
     else:
-        try:
-            size = tuple(int(v) for v in image_size)  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            size = ()
+        size = ()
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"{name} must be [height, width] or one int, each >= 1, but got {image_size!r}")
     return size  # type: ignore[return-value]

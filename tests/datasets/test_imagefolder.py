@@ -199,3 +199,19 @@ def test_three_identities_validate_for_an_identity_split(tmp_path):
     for i in range(3):
         (tmp_path / f"id{i}").mkdir()
     DATASETS.check("imagefolder", {"root": str(tmp_path), "split": "identities", "test_fraction": 0.3})
+
+
+@pytest.mark.parametrize("good, size", [(112, (112, 112)), ([112, 96], (112, 96)), ((64, 48), (64, 48))])
+def test_image_size_forms(good, size):
+    from registry.datasets._images import parse_image_size
+
+    assert parse_image_size(good) == size
+
+
+@pytest.mark.parametrize("bad", ["12", "112x96", [112.7, 96], [112], [112, 0], True, [True, 96], None])
+def test_image_size_is_refused_rather_than_guessed(bad):
+    # "12" used to become (1, 2) and [112.7, 96] (112, 96), silently
+    from registry.datasets._images import parse_image_size
+
+    with pytest.raises(ValueError, match=r"image_size must be \[height, width\] or one int"):
+        parse_image_size(bad)
