@@ -90,7 +90,7 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
         with interrupts_held():
             run.finish("interrupted")
         raise
-    return _finish_run(run, result, logged)
+    return _finish_or_fail(tracker, run, result, logged)
 
 
 def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, options: Sequence[TrialOptions], *,
@@ -122,7 +122,8 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
             for run in runs:
                 run.finish("interrupted")
         raise
-    return [_finish_run(run, result, done) for run, result, done in zip(runs, results, logged, strict=True)]
+    return [_finish_or_fail(tracker, run, result, done)
+            for run, result, done in zip(runs, results, logged, strict=True)]
 
 
 def _epoch_logger(run: TrialRun, logged: list[int], on_epoch: Callable[[int, dict[str, float]], None] | None
@@ -134,6 +135,18 @@ def _epoch_logger(run: TrialRun, logged: list[int], on_epoch: Callable[[int, dic
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     return log_epoch
+
+
+def _finish_or_fail(tracker: StudyTracker, run: TrialRun, result: TrialResult, logged: list[int]) -> TrialOutcome:
+    """`_finish_run`, or, when recording the result raises (an epoch's metric write that failed in the
+    background surfaces at its flush), the run closed as ``failed`` with the error: a run whose history lost
+    an epoch is no result, and it must not stay RUNNING."""
+    try:
+        return _finish_run(run, result, logged)
+    except Exception as err:
+        log.exception("trial %s seed %s: recording its result failed", result.spec.label, result.spec.seed)
+        tracker.record_failure(run, err)
+        return TrialOutcome(result.spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
 
 
 def _finish_run(run: TrialRun, result: TrialResult, logged: list[int]) -> TrialOutcome:

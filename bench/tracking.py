@@ -7,6 +7,7 @@ The embedded default is ``sqlite:///mlflow.db`` in the working directory with ar
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 import socket
@@ -22,6 +23,8 @@ from bench.spec import TrialSpec
 
 __all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri", "check_tracking_uri", "environment_tags", "StudyTracker",
            "TrialRun", "STATUS_TAG", "TRIAL_KEY_TAG", "STUDY_TAG", "ROLE_TAG"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STUDY_TAG = "marginbench.study"
@@ -187,8 +190,18 @@ class TrialRun:
         self.log_seconds += time.perf_counter() - t0
 
     def finish(self, status: str) -> None:
-        """Closes the run with marginbench status ``finished``/``diverged``/``failed``/``pruned``/``interrupted``."""
-        self.flush()
+        """Closes the run with marginbench status ``finished``/``diverged``/``failed``/``pruned``/``interrupted``.
+
+        A queued write that failed is re-raised before the run is closed, except when it closes as ``failed``
+        or ``interrupted``: such a run is no result, and it must not stay RUNNING (nor a Ctrl-C turn into the
+        write's error) over an epoch it lost; the error is logged then.
+        """
+        try:
+            self.flush()
+        except Exception:
+            if status not in ("failed", "interrupted"):
+                raise
+            log.exception("run %s: a metric write failed; closing it as %s all the same", self.run_id, status)
         self._pool.shutdown(wait=True)
         self.set_tags({STATUS_TAG: status})
         self.client.set_terminated(self.run_id, _MLFLOW_STATUS[status])

@@ -1,0 +1,94 @@
+"""What `bench.runner` leaves in MLflow around a trial: its child run closed with the right status, whatever
+the tracking store did while the trial trained (training itself is stubbed: these tests are about the runs)."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+import bench.fused
+import bench.runner
+from bench.runner import execute_fused_trials, execute_trial
+from bench.spec import TrialSpec
+from bench.tracking import StudyTracker
+from bench.trial import TrialOptions, TrialResult
+
+SPEC = TrialSpec.from_nested({"dataset": "digits", "backbone": "lenet++", "embedding_dim": 2, "epochs": 3,
+                              "loss": "softmax"})
+
+
+def trained(spec: TrialSpec, options: TrialOptions) -> TrialResult:
+    """A stand-in for `run_trial`: three epochs reported to ``on_epoch``, then the result."""
+    history = [{"train_loss": 1.0 / (e + 1)} for e in range(spec.epochs)]
+    for epoch, metrics in enumerate(history):
+        options.on_epoch(epoch, metrics)
+    return TrialResult(spec=spec, status="finished", metrics=history[-1], history=history, train_seconds=1.0,
+                       images_per_second=10.0, device="cpu")
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    """A study tracker whose store loses the metric batch of epoch 1 (the background thread's write raises)."""
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    real = tracker.client.log_batch
+
+    def log_batch(run_id, metrics=(), params=(), tags=()):
+        if metrics and metrics[0].step == 1:
+            raise MlflowException("the store is down")
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    tracker.client.log_batch = log_batch
+    return tracker
+
+
+def statuses(tracker: StudyTracker) -> list[tuple[str, str]]:
+    return sorted((r.info.status, r.data.tags["marginbench.status"]) for r in tracker.child_runs())
+
+
+def test_a_lost_metric_write_fails_the_trial_and_closes_its_run(tracker, monkeypatch):
+    # the write's error surfaces at the end as the trial's outcome; the run used to stay RUNNING, the error
+    # escaping execute_trial
+    monkeypatch.setattr(bench.runner, "run_trial", trained)
+    outcome = execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    assert outcome.status == "failed" and "the store is down" in outcome.error
+    assert statuses(tracker) == [("FAILED", "failed")]
+
+
+def test_a_lost_metric_write_fails_each_fused_trial_without_raising(tracker, monkeypatch):
+    # run_study_trials does not catch an ordinary exception from execute_fused_trials: it used to end the worker
+    def fused(specs, options):
+        return [trained(s, o) for s, o in zip(specs, options, strict=True)]
+
+    monkeypatch.setattr(bench.fused, "run_fused_trials", fused)
+    outcomes = execute_fused_trials([SPEC, SPEC.replace(seed=1)], tracker, [TrialOptions(progress=False)] * 2,
+                                    trial_numbers=[None, None], extra_tags=[{}, {}], on_epochs=[None, None])
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert statuses(tracker) == [("FAILED", "failed"), ("FAILED", "failed")]
+
+
+def test_ctrl_c_after_a_lost_metric_write_stays_an_interrupt_and_closes_the_run(tracker, monkeypatch):
+    # the write's error used to replace the KeyboardInterrupt, so the worker failed the trial instead of
+    # queueing it again, and the run stayed RUNNING
+    def interrupted(spec, options):
+        options.on_epoch(0, {"train_loss": 1.0})
+        options.on_epoch(1, {"train_loss": 0.5})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.runner, "run_trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    assert statuses(tracker) == [("KILLED", "interrupted")]
+
+
+def test_a_crash_after_a_lost_metric_write_records_the_crash(tracker, monkeypatch):
+    # the trial's own error is the one recorded, and the run is closed as failed
+    def crashed(spec, options):
+        options.on_epoch(0, {"train_loss": 1.0})
+        options.on_epoch(1, {"train_loss": 0.5})
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(bench.runner, "run_trial", crashed)
+    outcome = execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    assert outcome.status == "failed" and outcome.error == "RuntimeError: out of memory"
+    (run,) = tracker.child_runs()
+    assert (run.info.status, run.data.tags["error"]) == ("FAILED", "RuntimeError: out of memory")
