@@ -1,7 +1,8 @@
 """Pictures of embeddings, as the SphereFace/CosFace/ArcFace READMEs show them.
 
 * 2-D features: a scatter coloured by class, with a line along each class weight vector (the class's
-  direction; its length is the data's radius), as the seed repositories' MNIST pictures.
+  direction; its length is the data's radius), as the seed repositories' MNIST pictures; a head with
+  several sub-centres per class (Sub-center ArcFace) has a line per sub-centre, in the class's colour.
 * 3-D features: the features normalized onto the unit sphere, with a wireframe sphere and the weight
   directions, seen from a fixed viewpoint.
 * more dimensions: t-SNE (scikit-learn, fixed ``random_state``) of at most ten identities.
@@ -55,8 +56,9 @@ def plot_embeddings(emb: np.ndarray, labels: np.ndarray, class_weights: np.ndarr
     Args:
         emb: ``(N, D)`` features as the backbone emits them (not normalized).
         labels: ``(N,)`` integer class of each feature.
-        class_weights: ``(C, D)`` weight vector of each class (the head's ``weight``), drawn as directions for
-            D <= 3; row ``c`` belongs to label ``c``. None: no directions. Ignored for D > 3.
+        class_weights: ``(C, D)`` weight vector of each class (the head's ``weight``), or ``(C, K, D)`` for K
+            sub-centres per class, drawn as directions for D <= 3; row ``c`` belongs to label ``c``. None: no
+            directions. Ignored for D > 3.
         path: the PNG file (parent folders are created).
         title: picture title, e.g. ``"CosFace epoch 3"``.
         tsne_identities: identities in a t-SNE picture (D > 3).
@@ -73,8 +75,11 @@ def plot_embeddings(emb: np.ndarray, labels: np.ndarray, class_weights: np.ndarr
         raise ValueError(f"emb must be (N, D) and labels (N,) with N > 0, but got {emb.shape} and {labels.shape}")
     if class_weights is not None:
         class_weights = np.asarray(class_weights, dtype=np.float64)
-        if class_weights.ndim != 2 or class_weights.shape[1] != emb.shape[1]:
-            raise ValueError(f"class_weights must be (C, {emb.shape[1]}), but got {class_weights.shape}")
+        if class_weights.ndim not in (2, 3) or class_weights.shape[-1] != emb.shape[1]:
+            raise ValueError(f"class_weights must be (C, {emb.shape[1]}) or (C, K, {emb.shape[1]}), but got "
+                             f"{class_weights.shape}")
+        if class_weights.ndim == 2:
+            class_weights = class_weights[:, None, :]  # one direction per class
     finite = np.all(np.isfinite(emb), axis=1)
     emb, labels = emb[finite], labels[finite]
     path = Path(path)
@@ -122,8 +127,8 @@ def _plot_2d(plt: Any, emb: np.ndarray, labels: np.ndarray, weights: np.ndarray 
     radius = radius if radius > 0 else 1.0
     if weights is not None:
         for k, c in enumerate(classes):
-            if c < len(weights):
-                w = weights[c] / (np.linalg.norm(weights[c]) or 1.0) * radius
+            for w in weights[c] if c < len(weights) else ():
+                w = w / (np.linalg.norm(w) or 1.0) * radius
                 ax.plot([0, w[0]], [0, w[1]], color=colours[k], lw=1.5)
     lim = 1.1 * radius
     ax.set_xlim(-lim, lim)
@@ -150,8 +155,8 @@ def _plot_3d(plt: Any, emb: np.ndarray, labels: np.ndarray, weights: np.ndarray 
                        label=str(c), depthshade=False)
     if weights is not None:
         for k, c in enumerate(classes):
-            if c < len(weights):
-                w = weights[c] / (np.linalg.norm(weights[c]) or 1.0) * 1.15
+            for w in weights[c] if c < len(weights) else ():
+                w = w / (np.linalg.norm(w) or 1.0) * 1.15
                 ax.plot([0, w[0]], [0, w[1]], [0, w[2]], color=colours[k], lw=1.5)
     for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         setter(-1.1, 1.1)

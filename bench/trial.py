@@ -549,6 +549,8 @@ def _plot_epoch(emb: np.ndarray, labels: np.ndarray, head: nn.Module, spec: Tria
     if spec.embedding_dim > 3 and epoch != spec.epochs - 1:
         return []  # t-SNE once, at the end
     weights = head.weight.detach().float().cpu().numpy() if spec.embedding_dim <= 3 else None
+    if weights is not None and len(weights) != head.num_classes:  # sub-centres: rows j*K..j*K+K-1 are class j's
+        weights = weights.reshape(head.num_classes, -1, spec.embedding_dim)
     name = f"embeddings_epoch{epoch:03d}.png" if spec.embedding_dim <= 3 else "embeddings_tsne.png"
     return [plot_embeddings(emb, labels, weights, artifact_dir / name, title=f"{spec.label} epoch {epoch + 1}")]
 
