@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -80,17 +81,19 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     run: TrialRun = tracker.start_trial(spec, device=options.device, trial_number=trial_number, extra_tags=extra_tags)
 
     logged: list[int] = []
-    try:
-        result = run_trial(spec, replace(options, on_epoch=_epoch_logger(run, logged, on_epoch)))
-    except Exception as err:  # one trial's crash must not end the study
-        log.exception("trial %s seed %s failed", spec.label, spec.seed)
-        tracker.record_failure(run, err)
-        return TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: close the run as interrupted; the caller re-queues the trial
-        with interrupts_held():
-            run.finish("interrupted")
-        raise
-    return _finish_or_fail(tracker, run, result, logged)
+    with _artifact_dir(options) as artifact_dir:
+        try:
+            result = run_trial(spec, replace(options, artifact_dir=artifact_dir,
+                                             on_epoch=_epoch_logger(run, logged, on_epoch)))
+        except Exception as err:  # one trial's crash must not end the study
+            log.exception("trial %s seed %s failed", spec.label, spec.seed)
+            tracker.record_failure(run, err)
+            return TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: close the run as interrupted; the caller re-queues the trial
+            with interrupts_held():
+                run.finish("interrupted")
+            raise
+        return _finish_or_fail(tracker, run, result, logged)
 
 
 def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, options: Sequence[TrialOptions], *,
@@ -108,22 +111,36 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
                                 extra_tags={**extra, "fused_trials": str(len(specs))})
             for spec, opt, number, extra in zip(specs, options, trial_numbers, extra_tags, strict=True)]
     logged: list[list[int]] = [[] for _ in specs]
-    try:
-        loggers = [_epoch_logger(run, done, f) for run, done, f in zip(runs, logged, on_epochs, strict=True)]
-        results = run_fused_trials(specs, [replace(o, on_epoch=f) for o, f in zip(options, loggers, strict=True)])
-    except Exception as err:
-        log.exception("fused trials %s failed", ", ".join(s.label for s in specs))
-        for run in runs:
-            tracker.record_failure(run, err)
-        return [TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
-                for spec, run in zip(specs, runs, strict=True)]
-    except KeyboardInterrupt:
-        with interrupts_held():
+    with contextlib.ExitStack() as stack:
+        folders = [stack.enter_context(_artifact_dir(o)) for o in options]
+        try:
+            loggers = [_epoch_logger(run, done, f) for run, done, f in zip(runs, logged, on_epochs, strict=True)]
+            results = run_fused_trials(specs, [replace(o, artifact_dir=d, on_epoch=f)
+                                               for o, d, f in zip(options, folders, loggers, strict=True)])
+        except Exception as err:
+            log.exception("fused trials %s failed", ", ".join(s.label for s in specs))
             for run in runs:
-                run.finish("interrupted")
-        raise
-    return [_finish_or_fail(tracker, run, result, done)
-            for run, result, done in zip(runs, results, logged, strict=True)]
+                tracker.record_failure(run, err)
+            return [TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
+                    for spec, run in zip(specs, runs, strict=True)]
+        except KeyboardInterrupt:
+            with interrupts_held():
+                for run in runs:
+                    run.finish("interrupted")
+            raise
+        return [_finish_or_fail(tracker, run, result, done)
+                for run, result, done in zip(runs, results, logged, strict=True)]
+
+
+@contextlib.contextmanager
+def _artifact_dir(options: TrialOptions) -> Iterator[Path]:
+    """``options.artifact_dir``, else a temporary folder for the trial's pictures, removed once its run has
+    logged them (`bench.trial` would make one that nobody removes: one per trial, pictures and all)."""
+    if options.artifact_dir is not None:
+        yield options.artifact_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="marginbench-", ignore_cleanup_errors=True) as folder:
+        yield Path(folder)
 
 
 def _epoch_logger(run: TrialRun, logged: list[int], on_epoch: Callable[[int, dict[str, float]], None] | None

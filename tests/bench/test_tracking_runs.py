@@ -92,3 +92,26 @@ def test_a_crash_after_a_lost_metric_write_records_the_crash(tracker, monkeypatc
     assert outcome.status == "failed" and outcome.error == "RuntimeError: out of memory"
     (run,) = tracker.child_runs()
     assert (run.info.status, run.data.tags["error"]) == ("FAILED", "RuntimeError: out of memory")
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_pictures_are_logged_once_and_their_temporary_folder_removed(tmp_path, tiny_dataset, monkeypatch, fused):
+    # every trial used to leave a marginbench-* folder in the temporary directory, its pictures in it
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    spec = TrialSpec.from_nested({"dataset": tiny_dataset, "backbone": "lenet++", "embedding_dim": 2, "epochs": 2,
+                                  "batch_size": 16, "loss": "cosface"})
+    options = TrialOptions(device="cpu", plots=True, progress=False)
+    if fused:
+        outcomes = execute_fused_trials([spec, spec.replace(seed=1)], tracker, [options] * 2,
+                                        trial_numbers=[None, None], extra_tags=[{}, {}], on_epochs=[None, None])
+    else:
+        outcomes = [execute_trial(spec, tracker, options)]
+    assert [o.status for o in outcomes] == ["finished"] * len(outcomes)
+    for outcome in outcomes:
+        logged = sorted(a.path for a in tracker.client.list_artifacts(outcome.run_id, "plots"))
+        assert logged == ["plots/embeddings.gif", "plots/embeddings_epoch000.png", "plots/embeddings_epoch001.png"]
+    assert list((tmp_path / "tmp").glob("marginbench-*")) == []
