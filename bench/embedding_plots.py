@@ -172,7 +172,8 @@ def _plot_tsne(plt: Any, emb: np.ndarray, labels: np.ndarray, identities: int) -
     values, counts = np.unique(labels, return_counts=True)
     chosen = values[np.lexsort((values, -counts))][:identities]  # most frequent, then smallest label
     chosen = np.sort(chosen)
-    idx = np.concatenate([np.flatnonzero(labels == c)[:MAX_TSNE_PER_IDENTITY] for c in chosen])
+    idx = np.concatenate([np.flatnonzero(labels == c)[:MAX_TSNE_PER_IDENTITY] for c in chosen]
+                         or [np.zeros(0, dtype=np.int64)])  # every feature non-finite: an empty picture
     x, y = emb[idx], labels[idx]
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # angular geometry, as the losses see it
     fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)

@@ -44,6 +44,13 @@ def test_non_finite_embeddings_are_dropped_not_fatal(tmp_path):
     assert plot_embeddings(emb, labels, weights, tmp_path / "nan.png").is_file()
 
 
+@pytest.mark.parametrize("dim", [2, 3, 8])
+def test_all_non_finite_embeddings_give_an_empty_picture(tmp_path, dim):
+    # t-SNE (dim > 3) used to raise "need at least one array to concatenate", failing a trial at its last epoch
+    emb = np.full((6, dim), np.nan)
+    assert plot_embeddings(emb, np.arange(6) % 3, None, tmp_path / "nan.png").is_file()
+
+
 def test_shape_errors(tmp_path):
     emb, labels, weights = clustered(2, 3, 4)
     with pytest.raises(ValueError, match=r"labels \(N,\)"):
