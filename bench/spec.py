@@ -317,7 +317,8 @@ def _scalar(value: Any) -> Any:
 
 def parse_param(raw: Any) -> Any:
     """A flat param's value as MLflow keeps it (text) read back as `TrialSpec.to_params` wrote it: YAML
-    scalars and lists, ``"None"`` as None; a value that is not text is returned as it is."""
+    scalars and lists, ``"None"`` as None, a mapping from its JSON (as `bench.tracking` logs one); other text
+    that reads as a mapping (``{root}``) stays text; a value that is not text is returned as it is."""
     if not isinstance(raw, str):
         return raw
     if raw == "None":
@@ -326,4 +327,9 @@ def parse_param(raw: Any) -> Any:
         value = yamlio.load(raw)
     except yaml.YAMLError:
         return raw
-    return raw if isinstance(value, (dict,)) else value
+    if isinstance(value, dict):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return value

@@ -7,6 +7,7 @@ The embedded default is ``sqlite:///mlflow.db`` in the working directory with ar
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import platform
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,12 @@ def environment_tags(device: str | torch.device | None = None) -> dict[str, str]
         "host": socket.gethostname(),
         "python_version": platform.python_version(),
     }
+
+
+def _param_text(value: Any) -> str:
+    """A flat param as MLflow keeps it: ``str``, except a mapping (timm's ``backbone.kwargs``) as JSON, which
+    `bench.spec.parse_param` reads back (``str`` wrote Python's repr, which it cannot)."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, Mapping) else str(value)
 
 
 class TrialRun:
@@ -312,7 +320,7 @@ class StudyTracker:
         tags.update(extra_tags or {})
         name = f"{spec.label} seed={spec.seed}"
         run = self.client.create_run(self.experiment_id, tags={**tags, "mlflow.runName": name}, run_name=name)
-        params = [Param(k, str(v)) for k, v in spec.to_params().items()]
+        params = [Param(k, _param_text(v)) for k, v in spec.to_params().items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
         return TrialRun(self.client, run.info.run_id)

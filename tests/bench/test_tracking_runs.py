@@ -115,3 +115,37 @@ def test_pictures_are_logged_once_and_their_temporary_folder_removed(tmp_path, t
         logged = sorted(a.path for a in tracker.client.list_artifacts(outcome.run_id, "plots"))
         assert logged == ["plots/embeddings.gif", "plots/embeddings_epoch000.png", "plots/embeddings_epoch001.png"]
     assert list((tmp_path / "tmp").glob("marginbench-*")) == []
+
+
+def test_logged_params_read_back_as_the_spec_and_match_its_grid_cell(tmp_path):
+    # floats, None, lists and a mapping param (timm's backbone kwargs) come back from MLflow's text exactly,
+    # so reports.matching tables the run; the mapping used to be logged as Python's repr, read back as text,
+    # and the run left out of every table ("other settings")
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from reports.matching import split_runs
+
+    spec = TrialSpec.from_nested({
+        "dataset": "digits", "embedding_dim": 8, "loss": {"name": "cosface", "s": 30.0, "m": 0.35},
+        "backbone": {"name": "timm/mobilenetv3_small_100", "drop_path_rate": None,
+                     "kwargs": {"global_pool": "max", "bn_eps": 1e-5, "layers": [1, 2], "x": None}},
+        "optimizer": {"name": "sgd", "lr": 1e-5, "momentum": 0.9},
+        "scheduler": {"name": "multistep", "milestones": [3, 5], "gamma": 0.1}, "grad_clip": None})
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tracker.start_trial(spec)
+    run.finish("finished")
+    logged = tracker.client.get_run(run.run_id).data.params
+    assert TrialSpec.from_params(logged) == spec and TrialSpec.from_params(logged).key() == spec.key()
+    runs = pd.DataFrame([{"label": spec.label, **{f"param.{k}": v for k, v in logged.items()}}])
+    split = split_runs(SimpleNamespace(cells=[SimpleNamespace(spec=spec)], raw={}), runs)
+    assert (len(split.kept), split.differences) == (1, [])
+
+
+def test_text_that_reads_as_a_mapping_stays_text():
+    # only JSON is read back as a mapping: a dataset root "{root}" is a path, not {"root": None}
+    from bench.spec import parse_param
+
+    assert parse_param("{root}") == "{root}"
+    assert parse_param('{"a": 1e-05, "b": [1, null]}') == {"a": 1e-05, "b": [1, None]}
