@@ -241,6 +241,12 @@ class StudyTracker:
                 if experiment is None:
                     raise
                 self.experiment_id = experiment.experiment_id
+        elif experiment.lifecycle_stage == "deleted":  # MLflow would refuse the first run with a traceback
+            uri, eid = self.tracking_uri, experiment.experiment_id
+            raise SystemExit(f"bench: the MLflow experiment of study {study!r} (id {eid}) in {uri} was deleted; with "
+                             f"`export MLFLOW_TRACKING_URI={uri}`, `mlflow experiments restore --experiment-id {eid}` "
+                             f"brings it back with its runs, `mlflow gc --backend-store-uri {uri} --experiment-ids "
+                             f"{eid}` removes it for good (the next run makes a new one)")
         else:
             self.experiment_id = experiment.experiment_id
         self.parent_run_id = self._parent_run(description, grid_path)

@@ -149,3 +149,14 @@ def test_text_that_reads_as_a_mapping_stays_text():
 
     assert parse_param("{root}") == "{root}"
     assert parse_param('{"a": 1e-05, "b": [1, null]}') == {"a": 1e-05, "b": [1, None]}
+
+
+def test_a_study_whose_experiment_was_deleted_stops_with_the_two_ways_out(tmp_path):
+    # deleting the experiment in the MLflow UI used to end the next `bench run` in MLflow's traceback from
+    # create_run ("must be in the 'active' state")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker("s", uri)
+    tracker.client.delete_experiment(tracker.experiment_id)
+    with pytest.raises(SystemExit, match=r"study 's' .* was deleted; .*mlflow experiments restore --experiment-id "
+                                         r"1.*mlflow gc --backend-store-uri sqlite:///.*--experiment-ids 1"):
+        StudyTracker("s", uri)
