@@ -40,6 +40,7 @@ from registry.datasets._types import DataBundle, PairSet, SkippedSample
 from registry.datasets.pairs import (
     PairsFileError,
     check_bin_first_image,
+    check_pairs_name,
     make_pairs,
     pairs_from_bin,
     pairs_from_txt,
@@ -189,6 +190,8 @@ def _validate(params: dict[str, Any]) -> None:
         parse_image_size(p["image_size"])
     if p["pairs"] is not None and p["bin"] is not None:
         raise ValueError("set either pairs (a pairs.txt) or bin (an insightface .bin), not both")
+    if p["pairs_name"] is not None:
+        check_pairs_name(p["pairs_name"])
     root = Path(p["root"]).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder root {root} does not exist; set root to a folder laid out as "

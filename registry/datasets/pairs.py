@@ -14,6 +14,7 @@ admits only the types that layout needs and refuses anything else before it is c
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,25 @@ def resolve_pair_images(pairs: Sequence[PairLine], root: str | Path, ext: str = 
     return list(index), np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
 
 
+_METRIC_KEY = re.compile(r"[\w.\- /]+")  # what MLflow takes in a metric key; the name prefixes the pairs' metrics
+
+
+def check_pairs_name(name: str) -> None:
+    """Raises ValueError when ``name`` cannot prefix MLflow metric keys (``<name>_acc``): every epoch's write
+    of the trial would fail."""
+    if not isinstance(name, str) or not _METRIC_KEY.fullmatch(name):
+        raise ValueError(f"pairs_name must be letters, digits, '_', '-', '.', ' ' or '/' (it prefixes the metrics, "
+                         f"<pairs_name>_acc, which MLflow names so), but got {name!r}")
+
+
+def _pairs_name(name: str | None, default: str) -> str:
+    """``name`` as given (checked), else ``default`` (a folder or file name) with what MLflow refuses as ``_``."""
+    if name is not None:
+        check_pairs_name(name)
+        return name
+    return re.sub(r"[^\w.\- /]", "_", default) or "pairs"
+
+
 def pairs_from_txt(path: str | Path, root: str | Path, image_size: tuple[int, int], in_chans: int, *,
                    ext: str = "jpg", name: str | None = None) -> PairSet:
     """A `PairSet` over the images a ``pairs.txt`` names (decoded lazily by an `ImageFiles` Dataset)."""
@@ -164,7 +184,7 @@ def pairs_from_txt(path: str | Path, root: str | Path, image_size: tuple[int, in
     return PairSet(images=ImageFiles(paths, image_size, in_chans), left=torch.from_numpy(left),
                    right=torch.from_numpy(right), same=torch.tensor([p.same for p in lines], dtype=torch.bool),
                    folds=torch.tensor([p.fold for p in lines], dtype=torch.long),
-                   name=name or Path(root).expanduser().name or "pairs")
+                   name=_pairs_name(name, Path(root).expanduser().name))
 
 
 # insightface .bin -----------------------------------------------------------------------------------
@@ -280,7 +300,7 @@ def pairs_from_bin(path: str | Path, image_size: tuple[int, int], in_chans: int,
     n = len(same)
     return PairSet(images=EncodedImages(blobs, image_size, in_chans, source=str(path)),
                    left=torch.arange(0, 2 * n, 2), right=torch.arange(1, 2 * n, 2), same=torch.from_numpy(same),
-                   folds=torch.from_numpy(fold_blocks(n, folds)), name=name or Path(path).stem)
+                   folds=torch.from_numpy(fold_blocks(n, folds)), name=_pairs_name(name, Path(path).stem))
 
 
 def check_bin_first_image(path: str | Path) -> None:

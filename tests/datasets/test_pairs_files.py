@@ -250,3 +250,24 @@ def test_grid_naming_a_missing_pair_image_fails_before_training(tmp_path):
                     f"  loss: softmax\n  epochs: 1\n")
     with pytest.raises(GridError, match=r"line 5: .*C_0007.jpg \(missing\)"):
         load_grid(grid, env={})
+
+
+def test_pairs_name_must_suit_mlflow_metric_keys(tmp_path):
+    # it prefixes the metrics (<name>_acc); MLflow refuses '(' in a key, so every epoch's write used to fail
+    for name in ("X", "Y"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        (tmp_path / "faces" / name / "x.jpg").write_bytes(_jpeg(0))
+    with pytest.raises(RegistryError, match=r"pairs_name must be letters, digits.*but got 'lfw \(aligned\)'"):
+        DATASETS.check("imagefolder", {"root": str(tmp_path / "faces"), "pairs_name": "lfw (aligned)"})
+    DATASETS.check("imagefolder", {"root": str(tmp_path / "faces"), "pairs_name": "lfw-mtcnn 112x96"})
+
+
+def test_a_pair_sets_default_name_from_its_folder_is_made_safe_for_metric_keys(tmp_path):
+    from mlflow.utils.validation import _validate_metric_name
+
+    root = _image_root(tmp_path, [("A", 1), ("A", 2), ("B", 1)]).rename(tmp_path / "lfw (aligned)")
+    path = tmp_path / "pairs.txt"
+    path.write_text("1 1\nA 1 2\nA 2 B 1\n")
+    name = pairs_from_txt(path, root, (12, 10), 3).name
+    assert name == "lfw _aligned_"
+    _validate_metric_name(f"{name}_acc")  # MLflow's own check: raises on what it refuses
