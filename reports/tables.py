@@ -4,7 +4,8 @@ Only runs with status ``finished`` enter the means; a trial run more than once c
 A cell shows ``mean ± std (n=k)``, with ``ci`` ``mean ± std [lo, hi] (n=k)`` where the interval is the 95%
 Student t interval of the mean, ``mean ± t(0.975, n-1) · std / sqrt(n)`` (std with ddof=1). A cell whose
 runs all diverged shows ``diverged`` (likewise ``pruned``, ``failed``, ``running``); finished runs beside
-others show the others' count, ``(n=2, 1 diverged)``; a cell with no run at all shows ``-``.
+others show the others' count, ``(n=2, 1 diverged)``, and finished runs without a finite value of the metric
+their own, ``(n=2, 1 without a value)``; a cell with no run at all shows ``-``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,12 @@ class CellStats:
         half = float(t.ppf(0.975, self.n - 1)) * self.std / math.sqrt(self.n)
         return self.mean - half, self.mean + half
 
+    @property
+    def without_value(self) -> int:
+        """Finished runs of the cell left out of the mean for want of a finite value (NaN, or never logged);
+        0 with ``select: best``, whose pool note says what the value was chosen from."""
+        return 0 if self.pool else max(self.counts.get("finished", 0) - self.n, 0)
+
     def others(self) -> list[tuple[str, int]]:
         """Counts of runs that are not finished, in `STATUS_ORDER` then alphabetical."""
         keys = [s for s in STATUS_ORDER if s != "finished"] + sorted(set(self.counts) - set(STATUS_ORDER))
@@ -140,7 +147,8 @@ class CellStats:
                 lo, hi = self.ci  # type: ignore[misc]
                 out += f" [{_fmt(lo, digits, percent)}, {_fmt(hi, digits, percent)}]"
         notes = [f"n={self.n}"] + ([f"best of {self.pool}"] if self.pool else []) + \
-            [f"{k} {s}" for s, k in self.others()]
+            [f"{k} {s}" for s, k in self.others()] + \
+            ([f"{self.without_value} without a value"] if self.without_value else [])
         return f"{out} ({', '.join(notes)})"
 
 

@@ -221,3 +221,15 @@ def test_by_default_a_loss_column_bolds_its_lowest_mean_and_an_accuracy_its_high
     markdown = aggregate(frame(rows), spec).to_markdown()
     assert "**0.9550**" in markdown and "**0.2050**" in markdown  # cosface: higher accuracy, lower loss
     assert "**0.8050**" not in markdown and "**0.9050**" not in markdown
+
+
+def test_a_finished_run_without_a_finite_value_is_named_under_the_mean():
+    """Its NaN stays out of the mean (numpy's nanmean here), and the note says one run is missing from n."""
+    import numpy as np
+
+    values = [0.81, 0.83, math.nan]
+    rows = [run_row({"loss": "cosface"}, seed, test_acc=v, train_acc=0.9) for seed, v in enumerate(values)]
+    table = aggregate(frame(rows), TableSpec(name="t", rows=("loss",), metrics=("test_acc", "train_acc")))
+    assert table.cell("cosface", "test_acc").mean == pytest.approx(np.nanmean(values))
+    assert table.cell("cosface", "test_acc").text().endswith("(n=2, 1 without a value)")
+    assert table.cell("cosface", "train_acc").text().endswith("(n=3)")
