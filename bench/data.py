@@ -109,17 +109,12 @@ class Batches:
         generator: CPU generator driving the order (seeded by the trial; None: torch's global one).
         num_workers: DataLoader workers for Dataset splits.
         channels_last: return images in channels_last memory format.
-        min_batch: batches with fewer images are left out (training passes 2: BatchNorm cannot train on one
-            image, and a final batch of ``n % batch_size == 1``, or one shrunk by unreadable files, would stop
-            the trial).
     """
 
     def __init__(self, split: TensorSplit | Dataset, batch_size: int, device: torch.device, *,
                  shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None,
-                 num_workers: int = 2, channels_last: bool = False, skips: SkipLog | None = None,
-                 min_batch: int = 1) -> None:
+                 num_workers: int = 2, channels_last: bool = False, skips: SkipLog | None = None) -> None:
         self.batch_size, self.device, self.shuffle, self.drop_last = batch_size, device, shuffle, drop_last
-        self.min_batch = min_batch
         self.generator = generator
         self.channels_last = channels_last
         self.skips = skips if skips is not None else SkipLog()
@@ -200,8 +195,6 @@ class Batches:
         order = torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle else None
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            if min(stop - start, self.batch_size) < self.min_batch:
-                break
             if order is None:
                 yield (self.tensors.images[start:start + self.batch_size],
                        self.tensors.labels[start:start + self.batch_size])
@@ -215,7 +208,7 @@ class Batches:
         for images, labels, skipped in items:
             if skipped:
                 self.skips.add(skipped)
-            if len(labels) < max(self.min_batch, 1):
+            if len(labels) == 0:
                 continue
             images = images.to(self.device, non_blocking=True)
             if images.dtype == torch.uint8:

@@ -151,7 +151,7 @@ class _FusedGroup:
         self.trials = [
             TrialState(spec, opt, device, test=test, train=Batches(
                 train_split, spec.batch_size, device, shuffle=True, generator=torch.Generator().manual_seed(spec.seed),
-                channels_last=spec.channels_last, min_batch=2))
+                channels_last=spec.channels_last))
             for spec, opt in zip(specs, options, strict=True)]
         self.template = copy.deepcopy(self.trials[0].backbone).to("meta")
         self.param_names = [n for n, _ in self.template.named_parameters()]

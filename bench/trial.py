@@ -312,7 +312,7 @@ class TrialState:
                                else default_loader_workers(device))
         self.train = train if train is not None else Batches(
             bundle.train, spec.batch_size, device, shuffle=True, drop_last=False, generator=generator,
-            num_workers=self.loader_workers, channels_last=spec.channels_last, skips=self.skips, min_batch=2)
+            num_workers=self.loader_workers, channels_last=spec.channels_last, skips=self.skips)
         self.test = test if test is not None else (
             Batches(bundle.test, spec.eval_batch_size, device, num_workers=self.loader_workers,
                     channels_last=spec.channels_last, skips=self.skips) if bundle.test is not None else None)

@@ -9,7 +9,6 @@ import torch
 from torch.utils.data import Dataset
 
 from bench.data import Batches, EpochBatchSampler
-from registry.datasets import TensorSplit
 
 
 class _Indices(Dataset):
@@ -95,15 +94,6 @@ def test_drop_last_with_fewer_samples_than_a_batch_gives_empty_epochs(num_worker
                       generator=torch.Generator().manual_seed(0), num_workers=num_workers)
     assert len(batches) == 0 and [_epoch(batches) for _ in range(2)] == [[], []]
 
-
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_min_batch_leaves_out_a_final_batch_too_small(num_workers):
-    # 9 samples in batches of 4: 4, 4 and a lone ninth, which min_batch=2 leaves out, from a Dataset as from tensors
-    tensors = TensorSplit(torch.zeros(9, 1, 1, 1), torch.arange(9))
-    for split in (_Indices(9), tensors):
-        batches = Batches(split, 4, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(0),
-                          num_workers=num_workers, min_batch=2)
-        assert [[len(labels) for _, labels in batches] for _ in range(2)] == [[4, 4], [4, 4]]
 
 
 def _flipping_faces(tmp_path, n: int = 12):

@@ -86,14 +86,3 @@ def test_center_loss_moves_centres_outside_the_optimizer(tiny_dataset):
     result = run_trial(spec_for(tiny_dataset, epochs=2, center_loss={"weight": 0.01, "alpha": 0.5}),
                        TrialOptions(progress=False))
     assert result.status == "finished"
-
-
-def test_a_final_batch_of_one_image_is_left_out():
-    # 9 images in batches of 8: BatchNorm (MobileFaceNet's 1x1 feature map) cannot train on the 9th alone, which
-    # used to stop the trial with "Expected more than 1 value per channel when training".
-    data = dict(identities=3, images_per_identity=3, image_size=16, in_chans=1, test_fraction=0.0, test_identities=0)
-    spec = spec_for("synthetic-faces", dataset_params=data, backbone="mobilefacenet",
-                    backbone_params={"input_size": [16, 16]}, batch_size=8)
-    result = run_trial(spec, TrialOptions(progress=False))
-    assert result.status == "finished"
-    assert result.metrics["train_acc"] * 8 == round(result.metrics["train_acc"] * 8)  # over 8 images, not 9
