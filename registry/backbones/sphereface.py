@@ -5,8 +5,9 @@ residual units of two 3x3 conv + PReLU layers with an identity shortcut, no batc
 ``512 x h x w`` map is flattened into a linear layer that gives the embedding (``fc5``, 512-d in the
 paper). At 112x96 inputs the map is 7x6 and SphereFace-20 has 22.67 M parameters, 11.0 M of them in fc5.
 
-Initialisation follows the released Caffe prototxt: Xavier for the stride convs and fc5, Gaussian
-(std 0.01) for the convs inside residual units, zero biases.
+Initialisation follows the released Caffe prototxt: Caffe's "xavier" filler for the stride convs and fc5
+(uniform in +-sqrt(3 / fan_in), which is not PyTorch's ``xavier_uniform_``), Gaussian (std 0.01) for the
+convs inside residual units, zero biases.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ UNITS: dict[int, tuple[int, int, int, int]] = {
     64: (3, 8, 16, 3),
 }
 CHANNELS = (64, 128, 256, 512)
+
+
+def _caffe_xavier_(weight: torch.Tensor) -> None:
+    """Caffe's ``xavier`` filler (default ``variance_norm: FAN_IN``): uniform in +-sqrt(3 / fan_in).
+
+    PyTorch's ``xavier_uniform_`` averages fan_in and fan_out instead, which makes the first stride conv's
+    weights 3.3x smaller (fan_in 27, fan_out 576) and fc5's 1.4x larger than the prototxt's.
+    """
+    nn.init.kaiming_uniform_(weight, nonlinearity="linear")  # gain 1: bound = sqrt(3 / fan_in)
 
 
 class _Unit(nn.Module):
@@ -74,14 +84,14 @@ class SphereNet(nn.Module):
         cin = in_chans
         for cout, units in zip(CHANNELS, UNITS[depth], strict=True):
             conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
-            nn.init.xavier_uniform_(conv.weight)
+            _caffe_xavier_(conv.weight)
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.PReLU(cout)] + [_Unit(cout) for _ in range(units)]
             cin = cout
         self.features = nn.Sequential(*layers)
         h, w = (downsampled(s, 4) for s in self.input_size)
         self.fc5 = nn.Linear(CHANNELS[-1] * h * w, embedding_dim)
-        nn.init.xavier_uniform_(self.fc5.weight)
+        _caffe_xavier_(self.fc5.weight)
         nn.init.zeros_(self.fc5.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

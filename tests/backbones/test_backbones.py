@@ -5,6 +5,7 @@ entry that ``bench list backbones`` can show. Plus the architecture facts the fa
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -83,6 +84,21 @@ def test_sphere20a_has_the_parameter_count_of_sphereface20():
     assert sum(p.numel() for p in net.parameters()) == 22_670_656
     assert net.fc5.in_features == 512 * 7 * 6
     assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 20
+
+
+def test_sphereface_stride_convs_and_fc5_use_caffes_xavier_filler():
+    # The prototxt's "xavier" filler is uniform in +-sqrt(3 / fan_in) (Caffe's default variance_norm FAN_IN),
+    # not Glorot's +-sqrt(6 / (fan_in + fan_out)): the first conv (fan_in 27) reaches +-0.333, fc5
+    # (fan_in 21504) stays within +-0.0118. With >= 1728 draws the largest lies within 1% of the bound.
+    torch.manual_seed(0)
+    net = BACKBONES.create("sphere20a", embedding_dim=512, in_chans=3)
+    stride_convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(stride_convs) == 4
+    for layer in [*stride_convs, net.fc5]:
+        bound = math.sqrt(3 / layer.weight[0].numel())
+        largest = layer.weight.abs().max().item()
+        assert 0.99 * bound <= largest <= bound, (layer, largest, bound)
+        assert not layer.bias.any()
 
 
 @pytest.mark.parametrize("depth,convs,params", [(4, 4, 12_562_496), (10, 10, 15_219_264), (20, 20, 22_670_656),
