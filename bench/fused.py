@@ -199,6 +199,8 @@ class _FusedGroup:
         for step, batches in enumerate(zip(*(trials[k].train for k in leaders), strict=True)):
             if not active:
                 continue  # drain the streams: each leader's generator must finish the epoch
+            if len(batches[0][1]) < trials[active[0]].min_batch:
+                continue  # a final batch of one, which BatchNorm cannot train on (`TrialState.min_batch`)
             by_leader = dict(zip(leaders, batches, strict=True))
             losses, hits = self._step([(k, *by_leader[reads[k]]) for k in active])
             n = len(batches[0][1])

@@ -79,7 +79,8 @@ class TrialSpec:
         scheduler, scheduler_params: learning-rate schedule stepped once per epoch (``step``: step_size,
             gamma; ``multistep``: milestones in epochs, gamma; ``cosine``: eta_min).
         center_loss: ``{"weight": lambda, "alpha": a}`` adds CenterLoss; empty dict: off.
-        epochs, batch_size: training length and minibatch size.
+        epochs, batch_size: training length and minibatch size (a backbone with BatchNorm skips a final
+            training batch of one sample, which BatchNorm cannot normalize).
         grad_clip: max gradient L2 norm, None for no clipping.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the backbone (heads always run in fp32).
         channels_last, compile: memory format and ``torch.compile`` of the backbone.

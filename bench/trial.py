@@ -295,6 +295,12 @@ class TrialState:
         self.bundle = bundle = load_dataset(spec)
         seed_everything(spec.seed)
         self.backbone, self.head, self.center = backbone, head, center = build_models(spec, bundle)
+        # Training-mode BatchNorm raises on a single sample (one value per channel after a pooled or fully
+        # connected layer), so a backbone with BatchNorm skips a final training batch of one.
+        self.min_batch = 2 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()) else 1
+        if spec.batch_size < self.min_batch:
+            raise ValueError(f"batch_size must be at least 2 for backbone {spec.backbone!r} (its BatchNorm cannot "
+                             f"normalize a single sample in training), but got batch_size={spec.batch_size}")
         backbone.to(device)
         head.to(device)
         if center is not None:
@@ -504,6 +510,8 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
         _sync(device)
         t0 = time.perf_counter()
         for step, (images, labels) in enumerate(train):
+            if len(labels) < trial.min_batch:
+                continue
             scale = 1.0
             if dist is not None:
                 if len(labels) < dist.world_size:

@@ -65,3 +65,19 @@ def tiny_dataset():
 
     yield "tiny-blobs"
     DATASETS.unregister("tiny-blobs")
+
+
+@pytest.fixture
+def bn_backbone():
+    """Registers ``bn-linear``: the tiny blobs (8x8) flattened through a linear layer and BatchNorm1d, the
+    smallest backbone whose training step fails on a batch of one sample; removed again after the test."""
+    from registry import BACKBONES
+
+    @BACKBONES.register("bn-linear")
+    def bn_linear(embedding_dim: int, in_chans: int) -> torch.nn.Module:
+        """Flatten, linear, BatchNorm1d (for tests)."""
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_chans * 64, embedding_dim),
+                                   torch.nn.BatchNorm1d(embedding_dim))
+
+    yield "bn-linear"
+    BACKBONES.unregister("bn-linear")

@@ -285,3 +285,13 @@ def test_backbones_with_dropout_train_one_after_another(tiny64, monkeypatch):
     monkeypatch.setattr(bench.fused, "fusion_obstacle", lambda spec: None)
     assert group_fusable(specs, 2) == [[0, 1]]
     assert [r.history for r in run_fused_trials(specs, [opts(), opts()])] == alone
+
+
+def test_fused_trials_skip_a_final_batch_of_one_for_a_backbone_with_batchnorm(tiny_dataset, bn_backbone, tmp_path):
+    # 81 images in batches of 16: the sixth batch holds one sample, which training-mode BatchNorm refuses.
+    specs = [spec_for(tiny_dataset, dataset_params={"train_size": 81}, backbone=bn_backbone, epochs=1, seed=s)
+             for s in (0, 1)]
+    fused = run_fused_trials(specs, [opts(tmp_path, f"fused{i}") for i in range(2)])
+    assert [r.status for r in fused] == ["finished", "finished"]
+    state = torch.load(tmp_path / "fused0.pt", weights_only=False)["backbone"]
+    assert int(state["2.num_batches_tracked"]) == 5

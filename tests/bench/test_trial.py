@@ -86,3 +86,19 @@ def test_center_loss_moves_centres_outside_the_optimizer(tiny_dataset):
     result = run_trial(spec_for(tiny_dataset, epochs=2, center_loss={"weight": 0.01, "alpha": 0.5}),
                        TrialOptions(progress=False))
     assert result.status == "finished"
+
+
+def test_a_final_batch_of_one_is_skipped_for_a_backbone_with_batchnorm(tiny_dataset, bn_backbone, tmp_path):
+    # 81 images in batches of 16: five full steps and one sample left over, on which training-mode BatchNorm
+    # raises; the trial finishes with five steps.
+    spec = spec_for(tiny_dataset, dataset_params={"train_size": 81}, backbone=bn_backbone)
+    result = run_trial(spec, TrialOptions(progress=False, device="cpu", checkpoint_path=tmp_path / "t.pt"))
+    assert result.status == "finished" and math.isfinite(result.metrics["train_loss"])
+    state = torch.load(tmp_path / "t.pt", weights_only=False)["backbone"]
+    assert int(state["2.num_batches_tracked"]) == 5
+
+
+def test_batch_size_one_is_refused_for_a_backbone_with_batchnorm(tiny_dataset, bn_backbone):
+    # Every batch would be a single sample: said before training, not skipped in silence.
+    with pytest.raises(ValueError, match="batch_size must be at least 2 for backbone 'bn-linear'"):
+        run_trial(spec_for(tiny_dataset, backbone=bn_backbone, batch_size=1), TrialOptions(progress=False))
