@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import inspect
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list registered losses, backbones or datasets", description=__doc__)
     p.add_argument("kind", choices=["losses", "backbones", "datasets"])
-    p.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. '*face'")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="shell wildcard, e.g. '*face'; 'timm/mobilenet*' lists the timm models it matches")
     p.set_defaults(handler=run)
 
 
@@ -28,7 +30,13 @@ def format_entries(kind: str, pattern: str = "*") -> str:
             lines.append(f"{'':<22}   fixed: {bound}")
         lines.append(f"{'':<22}   params: {params or '-'}")
     for family in registry.families():
-        lines.append(f"{family.prefix + '<name>':<22} {family.summary}")
+        if pattern.startswith(family.prefix):  # 'timm/mobilenet*': the names the family answers
+            matched = [n for n in registry.names(pattern, include_families=True) if n.startswith(family.prefix)]
+            if matched:
+                lines.append(f"{family.prefix + '<name>':<22} {family.summary}")
+                lines += [f"{'':<22}   {name}" for name in matched]
+        elif fnmatch.fnmatch(family.prefix + "<name>", pattern):
+            lines.append(f"{family.prefix + '<name>':<22} {family.summary}")
     return "\n".join(lines) if lines else f"no {kind} match {pattern!r}"
 
 

@@ -78,6 +78,21 @@ def test_list_losses_shows_defaults(capsys):
     assert "s=64.0, m=0.35" in capsys.readouterr().out
 
 
+def test_list_backbones_under_the_timm_prefix_lists_the_timm_models_that_match(capsys):
+    # timm answers the names below 'timm/': the pattern lists them, not only the family's summary line.
+    main(["list", "backbones", "timm/mobilenetv3_small_1*"])
+    out = capsys.readouterr().out
+    assert "timm/mobilenetv3_small_100" in out and "timm/mobilenetv3_small_075" not in out
+
+
+def test_list_with_a_pattern_nothing_matches_says_so(capsys):
+    # The timm family line is not an answer to a pattern that cannot name a timm model.
+    main(["list", "backbones", "nothing*"])
+    assert capsys.readouterr().out.strip() == "no backbones match 'nothing*'"
+    main(["list", "backbones", "lenet*"])
+    assert "timm/<name>" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("env, expected", [({"MARGINBENCH_GIT_COMMIT": "abc123"}, "abc123"), ({}, "unknown")])
 def test_git_commit_without_git_comes_from_the_environment(monkeypatch, env, expected):
     # a copy of the checkout without .git (sent to a GPU machine) still tags its runs with the commit it was
