@@ -7,6 +7,7 @@ architecture: it is a constructor argument, and a batch of another size is refus
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -19,17 +20,18 @@ SUPPORTED_SIZES = ((28, 28), (112, 96), (112, 112))
 
 def parse_input_size(input_size: int | Sequence[int], *, name: str, minimum: int) -> tuple[int, int]:
     """``112`` or ``[112, 96]`` -> ``(112, 96)``; raises ValueError below ``minimum`` pixels a side."""
-    if isinstance(input_size, int) and not isinstance(input_size, bool):
-        size = (input_size, input_size)
+    if isinstance(input_size, numbers.Integral) and not isinstance(input_size, bool):
+        size: tuple = (input_size, input_size)
     else:
         try:
-            size = tuple(int(v) for v in input_size)  # type: ignore[union-attr]
+            size = tuple(input_size)  # type: ignore[arg-type]
         except TypeError:
             size = ()
-    if len(size) != 2 or min(size) < minimum:
-        raise ValueError(f"{name}: input_size must be [height, width] (or one int), each at least {minimum} "
-                         f"pixels, but got {input_size=}")
-    return size  # type: ignore[return-value]
+    whole = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size)
+    if len(size) != 2 or not whole or min(size) < minimum:
+        raise ValueError(f"{name}: input_size must be [height, width] (or one int), each an integer of at least "
+                         f"{minimum} pixels, but got {input_size=}")
+    return int(size[0]), int(size[1])
 
 
 def downsampled(size: int, times: int) -> int:

@@ -43,6 +43,16 @@ class _Bottleneck(nn.Module):
         return x + out if self.residual else out
 
 
+def _check_blocks_and_scale(blocks: Sequence[int], scale: int) -> None:
+    """Raises ValueError unless ``blocks`` is four integers >= 1 and ``scale`` an integer >= 1 (they count
+    layers and multiply channels, so ``scale: 1.5`` or ``blocks: 4`` is named here, not in a torch TypeError)."""
+    def count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not (isinstance(blocks, (list, tuple)) and len(blocks) == 4 and all(map(count, blocks)) and count(scale)):
+        raise ValueError(f"blocks must be four integers >= 1 and scale an integer >= 1, but got {blocks=}, {scale=}")
+
+
 def _repeat(channels: int, width: int, n: int) -> nn.Sequential:
     return nn.Sequential(*[_Bottleneck(channels, channels, width, 1, True) for _ in range(n)])
 
@@ -62,8 +72,7 @@ class MobileFaceNet(nn.Module):
     def __init__(self, embedding_dim: int = 512, in_chans: int = 3, *, blocks: Sequence[int] = (1, 4, 6, 2),
                  scale: int = 2, input_size: int | Sequence[int] = (112, 112)) -> None:
         super().__init__()
-        if len(blocks) != 4 or min(blocks) < 1 or scale < 1:
-            raise ValueError(f"blocks must be four counts >= 1 and scale >= 1, but got {blocks=}, {scale=}")
+        _check_blocks_and_scale(blocks, scale)
         self.input_size = parse_input_size(input_size, name="mobilefacenet", minimum=16)
         c1, c2 = 64 * scale, 128 * scale
         layers: list[nn.Module] = [_conv_bn(in_chans, c1, 3, 2, 1)]
@@ -98,9 +107,7 @@ class MobileFaceNet(nn.Module):
 
 def _validate(params: dict) -> None:
     parse_input_size(params.get("input_size", (112, 112)), name="mobilefacenet", minimum=16)
-    blocks, scale = params.get("blocks", (1, 4, 6, 2)), params.get("scale", 2)
-    if len(blocks) != 4 or min(blocks) < 1 or scale < 1:
-        raise ValueError(f"blocks must be four counts >= 1 and scale >= 1, but got {blocks=}, {scale=}")
+    _check_blocks_and_scale(params.get("blocks", (1, 4, 6, 2)), params.get("scale", 2))
 
 
 @BACKBONES.register("mobilefacenet", validate=_validate)

@@ -136,6 +136,22 @@ def test_input_size_below_16_is_refused_at_validation(name):
         BACKBONES.check(name, {"input_size": [8, 8]})
 
 
+@pytest.mark.parametrize("name", ["sphereface", "iresnet50", "mobilefacenet"])
+@pytest.mark.parametrize("input_size", [[112.9, 96], [112, "96"], "112"])
+def test_input_size_that_is_not_two_integers_is_refused_at_validation(name, input_size):
+    # Pixels are whole: 112.9 was truncated to 112 in silence, and a string's characters were read as sides.
+    with pytest.raises(RegistryError, match="each an integer of at least 16"):
+        BACKBONES.check(name, {"input_size": input_size})
+
+
+@pytest.mark.parametrize("params", [{"scale": 1.5}, {"blocks": [1, 4.5, 6, 2]}, {"blocks": 4}, {"blocks": [1, 4, 6]},
+                                    {"scale": 0}])
+def test_mobilefacenet_blocks_and_scale_must_be_whole_counts(params):
+    # They count layers and multiply channels: named at validation, not a torch TypeError at build time.
+    with pytest.raises(RegistryError, match="blocks must be four integers >= 1 and scale an integer >= 1"):
+        BACKBONES.check("mobilefacenet", params)
+
+
 def test_sphereface_depth_is_validated_before_building():
     with pytest.raises(RegistryError, match="depth must be one of 4, 10, 20, 36, 64"):
         BACKBONES.check("sphereface", {"depth": 18})
