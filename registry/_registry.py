@@ -76,6 +76,7 @@ class Family:
         prefix: ``"timm/"``.
         factory: called as ``factory(rest_of_name, **kwargs)``.
         exists: ``exists(rest) -> bool``; ``known() -> list[str]`` lists the names it answers.
+        validate: optional ``validate(params) -> None`` for every name below the prefix, as `Entry.validate`.
     """
 
     prefix: str
@@ -84,6 +85,7 @@ class Family:
     known: Callable[[], list[str]]
     fixed: tuple[str, ...] = ()
     summary: str = ""
+    validate: Callable[[dict[str, Any]], None] | None = None
 
 
 class Registry:
@@ -136,9 +138,10 @@ class Registry:
         exists: Callable[[str], bool],
         known: Callable[[], list[str]],
         summary: str = "",
+        validate: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """Registers every name ``prefix + <rest>`` that ``exists(rest)`` accepts."""
-        self._families[prefix] = Family(prefix, factory, exists, known, self.fixed, summary)
+        """Registers every name ``prefix + <rest>`` that ``exists(rest)`` accepts (``validate`` as in `register`)."""
+        self._families[prefix] = Family(prefix, factory, exists, known, self.fixed, summary, validate)
 
     def unregister(self, name: str) -> None:
         """Removes ``name`` (tests register throwaway entries and remove them again)."""
@@ -191,7 +194,7 @@ class Registry:
         if family is not None:
             rest = name[len(family.prefix):]
             if family.exists(rest):
-                return Entry(name, _bind_family(family, rest), self.fixed, {}, None, family.summary)
+                return Entry(name, _bind_family(family, rest), self.fixed, {}, family.validate, family.summary)
             close = difflib.get_close_matches(rest, family.known(), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(family.prefix + c) for c in close)}?" if close else ""
             raise RegistryError(f"Unknown {self.kind} {name!r}: {family.prefix!r} does not know {rest!r}.{hint}")

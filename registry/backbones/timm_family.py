@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -53,6 +54,18 @@ def timm_backbone(model_name: str, embedding_dim: int, in_chans: int, drop_rate:
                              drop_rate=drop_rate, **extra)
 
 
+def _validate(params: dict[str, Any]) -> None:
+    """Dropout rates in [0, 1) and ``kwargs`` a mapping, checked before building: timm takes any value and
+    fails only in the first training step (``drop_path_rate: 2`` as a negative Bernoulli probability)."""
+    for key in ("drop_rate", "drop_path_rate"):
+        rate = params.get(key)
+        if rate is not None and not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1):
+            raise ValueError(f"{key} must be a number in [0, 1), but got {key}={rate!r}")
+    extra = params.get("kwargs")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ValueError(f"kwargs must be a mapping of timm.create_model keyword arguments, but got kwargs={extra!r}")
+
+
 def _exists(name: str) -> bool:
     import timm
 
@@ -65,6 +78,6 @@ def _known() -> list[str]:
     return timm.list_models()
 
 
-BACKBONES.register_family("timm/", timm_backbone, exists=_exists, known=_known,
+BACKBONES.register_family("timm/", timm_backbone, exists=_exists, known=_known, validate=_validate,
                           summary="any timm model, built with num_classes=embedding_dim and in_chans (no weights "
                                   "downloaded unless pretrained: true)")

@@ -175,6 +175,17 @@ def test_timm_kwargs_may_not_override_the_fixed_arguments():
         BACKBONES.create("timm/mobilenetv3_small_100", embedding_dim=7, in_chans=1, kwargs={"num_classes": 3})
 
 
+@pytest.mark.parametrize("params,says", [({"drop_rate": 1.5}, "drop_rate must be a number in"),
+                                          ({"drop_rate": -0.1}, "drop_rate must be a number in"),
+                                          ({"drop_path_rate": 2.0}, "drop_path_rate must be a number in"),
+                                          ({"kwargs": [1]}, "kwargs must be a mapping")])
+def test_timm_drop_rates_and_kwargs_are_validated_before_building(params, says):
+    # timm takes them and fails only in the first training step (drop_rate 1.5 as a dropout probability,
+    # drop_path_rate 2 as a negative Bernoulli probability), after the grid was declared valid.
+    with pytest.raises(RegistryError, match=says):
+        BACKBONES.check("timm/mobilenetv3_small_100", params)
+
+
 def test_unknown_timm_model_suggests_close_names():
     with pytest.raises(RegistryError, match="Did you mean 'timm/mobilenetv3_small_100'"):
         BACKBONES.entry("timm/mobilenetv3_smal_100")

@@ -128,6 +128,20 @@ def test_family_resolves_names_under_a_prefix():
     assert reg.names("zoo/*", include_families=True) == ["zoo/a", "zoo/b"]
 
 
+def test_family_validate_hook_checks_every_name_below_the_prefix():
+    # Values are checked before building, as for a registered entry.
+    reg = Registry("model", fixed=("dim",))
+
+    def rate_below_one(params):
+        if params.get("rate", 0.0) >= 1:
+            raise ValueError(f"rate must be < 1, but got rate={params['rate']}")
+
+    reg.register_family("zoo/", lambda name, dim, rate=0.0: (name, dim, rate), exists=lambda rest: rest == "a",
+                        known=lambda: ["a"], validate=rate_below_one)
+    with pytest.raises(RegistryError, match="rate must be < 1"):
+        reg.check("zoo/a", {"rate": 1.5})
+
+
 def test_project_registries_hold_the_first_entries():
     assert {"softmax", "cosface"} <= set(LOSSES.names())
     assert {"lenet++", "mini-resnet18"} <= set(BACKBONES.names())
