@@ -92,6 +92,31 @@ PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "successi
            "hyperband": "HyperbandPruner", "none": "NopPruner"}
 _PRUNER_ALIASES = {"sha": "successive_halving", "asha": "successive_halving", "successivehalving": "successive_halving",
                    "nop": "none"}
+#: The sampler and pruner arguments that Optuna documents as counts, steps or percentiles: name -> (lowest
+#: value, highest or None, integer only, "auto" allowed). Optuna takes several of them negative or fractional
+#: without a word (``TPESampler(n_startup_trials=-3)``, ``MedianPruner(n_warmup_steps=2.5)``) and fails a trial
+#: at the pruner's first decision on a fractional ``reduction_factor``, so the grid's values are checked here.
+_SEED = (0, 2**32 - 1, True, False)  # numpy's seed range
+_STEPS = {"n_startup_trials": (0, None, True, False), "n_warmup_steps": (0, None, True, False),
+          "interval_steps": (1, None, True, False), "n_min_trials": (1, None, True, False)}
+_HALVING = {"reduction_factor": (2, None, True, False), "bootstrap_count": (0, None, True, False)}
+NUMERIC_KWARGS: dict[str, dict[str, dict[str, tuple[float, float | None, bool, bool]]]] = {
+    "sampler": {
+        "tpe": {"seed": _SEED, "n_startup_trials": (0, None, True, False), "n_ei_candidates": (1, None, True, False)},
+        "random": {"seed": _SEED},
+        "qmc": {"seed": _SEED},
+        "gp": {"seed": _SEED, "n_startup_trials": (0, None, True, False)},
+        "cmaes": {"seed": _SEED, "n_startup_trials": (0, None, True, False)},
+    },
+    "pruner": {
+        "median": _STEPS,
+        "percentile": {"percentile": (0, 100, False, False), **_STEPS},
+        "successive_halving": {"min_resource": (1, None, True, True), "min_early_stopping_rate": (0, None, True, False),
+                               **_HALVING},
+        "hyperband": {"min_resource": (1, None, True, False), "max_resource": (1, None, True, True), **_HALVING},
+        "none": {},
+    },
+}
 SCOPES = ("cell", "grid")
 DIRECTIONS = ("maximize", "minimize")
 
@@ -210,12 +235,14 @@ class StudyConfig:
         if "sampler" in raw and not search:
             raise GridError(path, "sampler", "a sampler draws search: ranges, but the grid has none; "
                                              "grid cells are enqueued as they are")
+        _check_numeric_kwargs(path, "sampler", sampler)
         pruner = None
         if raw.get("pruner") is not None:
             pruner = _parse_choice(path, "pruner", raw.get("pruner"), PRUNERS, _PRUNER_ALIASES, default=None)
             if not search:
                 raise GridError(path, "pruner", "a pruner stops sampled trials early, but the grid has no search: "
                                                 "ranges (grid cells always run to the end)")
+            _check_numeric_kwargs(path, "pruner", pruner)
         objective = raw.get("objective", {}) or {}
         if isinstance(objective, str):
             objective = {"metric": objective}
@@ -300,7 +327,7 @@ class StudyConfig:
 
         kwargs = {k: v for k, v in self.sampler.items() if k != "type"}
         if kwargs.get("seed") is not None:
-            kwargs["seed"] = int(kwargs["seed"]) + worker_index
+            kwargs["seed"] = (int(kwargs["seed"]) + worker_index) % 2**32  # numpy's range, as validated
             if drawn:
                 blob = f"{kwargs['seed']}/{drawn}".encode()
                 kwargs["seed"] = int.from_bytes(hashlib.sha256(blob).digest()[:4], "little")
@@ -339,6 +366,25 @@ class StudyConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_numeric_kwargs(path: Any, key: str, conf: Mapping[str, Any]) -> None:
+    """The counts, steps and percentiles of a sampler or pruner (`NUMERIC_KWARGS`) are in Optuna's range.
+
+    Raises:
+        GridError: naming ``sampler.<arg>`` or ``pruner.<arg>``, the range and the value.
+    """
+    for arg, (low, high, integer, auto) in NUMERIC_KWARGS[key].get(conf["type"], {}).items():
+        if arg not in conf or (auto and conf[arg] == "auto"):
+            continue
+        value = conf[arg]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if number and (not integer or isinstance(value, int)) and value >= low and (high is None or value <= high):
+            continue
+        kind = "an integer" if integer else "a number"
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise GridError(path, f"{key}.{arg}", f"{key} {conf['type']}'s {arg} must be {kind} {bound}"
+                                              f"{' or auto' if auto else ''}, but got {value!r}")
 
 
 def _check_hyperband(kwargs: Mapping[str, Any]) -> None:

@@ -148,9 +148,34 @@ def test_grid_scope_makes_the_cell_a_categorical_parameter(in_tmp, tiny_dataset,
     ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: medain", "pruner.type", "median"),
     ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: median, n_startup: 3}", "pruner", "n_startup_trials"),
     # hyperband checks these only at its first decision, an epoch into a trial
-    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: hyperband, min_resource: 0}", "pruner", ">= 1"),
-    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: hyperband, reduction_factor: 1}", "pruner",
-     "reduction_factor >= 2"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: hyperband, min_resource: 0}", "pruner.min_resource",
+     ">= 1"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: hyperband, reduction_factor: 1}",
+     "pruner.reduction_factor", "reduction_factor must be an integer >= 2"),
+    # counts, steps and percentiles that Optuna takes negative or fractional without a word
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsampler: {type: tpe, n_startup_trials: -3}",
+     "sampler.n_startup_trials", "an integer >= 0, but got -3"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsampler: {type: tpe, n_startup_trials: 2.5}",
+     "sampler.n_startup_trials", "an integer >= 0, but got 2.5"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsampler: {type: tpe, n_ei_candidates: 0}",
+     "sampler.n_ei_candidates", "an integer >= 1"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsampler: {type: gp, n_startup_trials: -1}",
+     "sampler.n_startup_trials", ">= 0"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsampler: {type: random, seed: 2.5}", "sampler.seed",
+     "an integer in [0, 4294967295], but got 2.5"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsampler: {type: tpe, seed: abc}", "sampler.seed", "'abc'"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: median, n_warmup_steps: 2.5}",
+     "pruner.n_warmup_steps", "an integer >= 0, but got 2.5"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: median, interval_steps: 1.5}",
+     "pruner.interval_steps", "an integer >= 1"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: percentile, percentile: x}", "pruner.percentile",
+     "a number in [0, 100]"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: sha, reduction_factor: 2.5}",
+     "pruner.reduction_factor", "an integer >= 2, but got 2.5"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: sha, min_resource: 2.5}", "pruner.min_resource",
+     "an integer >= 1 or auto"),
+    ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: hyperband, bootstrap_count: -1, max_resource: 4}",
+     "pruner.bootstrap_count", ">= 0"),
     ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\npruner: {type: hyperband, min_resource: 5, max_resource: 3}",
      "pruner", "max_resource must be >= min_resource=5"),
     ("search: {loss.m: [0.1, 0.2]}\nn_trials: 2\nsampler: tpee", "sampler.type", "tpe"),
@@ -167,6 +192,18 @@ def test_invalid_study_keys_name_the_file_and_key(tmp_path, write_grid, text, ke
     with pytest.raises(GridError) as err:
         StudyConfig.from_grid(load_grid(path))
     assert err.value.key == key and message in str(err.value) and str(path) in str(err.value)
+
+
+def test_sampler_and_pruner_counts_in_range_pass_validation(write_grid):
+    from bench.study import StudyConfig
+
+    head = "name: ok\nbase: {dataset: digits, loss: {name: cosface, s: 10.0, m: 0.1}}\nsearch: {loss.m: [0.1, 0.2]}\n"
+    for text in ("sampler: {type: tpe, seed: 4294967295, n_startup_trials: 0, n_ei_candidates: 1}",
+                 "pruner: {type: percentile, percentile: 25.0, n_startup_trials: 0, n_warmup_steps: 0}",
+                 "pruner: {type: sha, min_resource: auto, reduction_factor: 2, min_early_stopping_rate: 0}",
+                 "pruner: {type: hyperband, min_resource: 1, max_resource: auto}"):
+        config = StudyConfig.from_grid(load_grid(write_grid(head + "n_trials: 2\n" + text + "\n")))
+        assert config.make_sampler(worker_index=1) is not None  # the worker offset wraps within numpy's range
 
 
 def test_a_cell_scoped_hyperband_pruner_compares_trials_of_the_same_cell_only():
