@@ -36,7 +36,7 @@ from bench import yamlio
 from bench.spec import COMPONENTS, SpecError, TrialSpec, split_component
 from registry import BACKBONES, DATASETS, LOSSES, RegistryError
 
-__all__ = ["Grid", "Cell", "GridError", "load_grid", "find_grid_file", "TOP_LEVEL_KEYS"]
+__all__ = ["Grid", "Cell", "GridError", "load_grid", "find_grid_file", "TOP_LEVEL_KEYS", "input_size_problem"]
 
 #: Top-level keys of a grid file and what they hold.
 TOP_LEVEL_KEYS = {
@@ -235,6 +235,51 @@ def _check_components(path: Path, spec: TrialSpec, sources: list[tuple[str, Mapp
         checked.add(memo)
 
 
+def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
+                       dataset_at: str = "dataset") -> tuple[str, str] | None:
+    """``(key, message)`` when the spec's backbone cannot take its dataset's images, else None.
+
+    A face net whose ``input_size`` differs from the dataset's image size, or any backbone of `MIN_SIDE` given
+    images smaller than it takes, fails in the first training step; ``timm/...`` models pool globally and are
+    not checked, nor are datasets that do not say their image size (`image_size_of`). ``backbone_at`` and
+    ``dataset_at`` are the grid keys that set the two components, for the message.
+    """
+    from registry.backbones._sizes import MIN_SIDE, parse_input_size
+    from registry.datasets import image_size_of
+
+    size = image_size_of(spec.dataset, spec.dataset_params)
+    if size is None:
+        return None
+    h, w = size
+    dataset_params = DATASETS.parameters(spec.dataset)
+    resizable = "image_size" in dataset_params
+    if resizable:
+        shown = spec.dataset_params.get("image_size", f"{dataset_params['image_size']}, the default")
+        images = f"dataset {spec.dataset} gives {h}x{w} images ({dataset_at}.image_size: {shown})"
+    else:
+        images = f"dataset {spec.dataset} ({dataset_at}) gives {h}x{w} images, a fixed size"
+    given = spec.backbone_params.get("input_size")
+    if given is not None:
+        want = parse_input_size(given, name=spec.backbone, minimum=1)
+        if want != size:
+            square = want[0] == want[1]
+            resize = (f", or set {dataset_at}.image_size: {want[0] if square else list(want)}"
+                      if resizable and (square or not isinstance(dataset_params["image_size"], int)) else "")
+            return (f"{backbone_at}.input_size",
+                    f"backbone {spec.backbone} is built for {want[0]}x{want[1]} inputs (input_size: {given}), but "
+                    f"{images}: its last layer is sized by the input, so the first training step would fail. Set "
+                    f"input_size: [{h}, {w}] or drop it (it then follows the dataset){resize}")
+    minimum = MIN_SIDE.get(spec.backbone)
+    if minimum is not None and min(size) < minimum:
+        others = "mini-resnet18 from 4x4, timm/... models" if minimum > 4 else "timm/... models"
+        return (f"{dataset_at}.image_size" if resizable else backbone_at,
+                f"backbone {spec.backbone} ({backbone_at}) takes images of at least {minimum}x{minimum}, but {images}, "
+                f"so the first training step would fail. "
+                + (f"Set {dataset_at}.image_size to at least {minimum}, or choose " if resizable else "Choose ")
+                + f"a backbone that takes {h}x{w} images ({others})")
+    return None
+
+
 def _check_report(path: Path, report: Any, labels: dict[str, list[str]]) -> None:
     """The ``report:`` section parses against the grid's axes and their labels (so a typo fails now, not after
     training)."""
@@ -323,6 +368,9 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             sources = [*sources, ("--set", {k.split(".")[0]: v for k, v in overrides.items()})]
             spec = _cell_spec(path, spec.to_nested(), sources, labels)
         _check_components(path, spec, sources, checked)
+        problem = input_size_problem(spec, _origin("backbone", sources), _origin("dataset", sources))
+        if problem is not None:
+            raise GridError(path, *problem)
         cells.append(Cell(labels, spec))
     return Grid(name=name, path=path, cells=cells, seeds=list(seeds), axes=axes,
                 description=str(raw.get("description", "")), raw=raw)

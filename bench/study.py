@@ -47,7 +47,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bench.grid import Grid, GridError
+from bench.grid import Grid, GridError, input_size_problem
 from bench.spec import SpecError, TrialSpec
 
 __all__ = ["run_study", "StudyConfig", "SearchParam", "Slot", "plan_slots", "resolve_storage", "open_storage",
@@ -311,6 +311,10 @@ class StudyConfig:
                         except RegistryError as err:
                             raise GridError(path, f"search.{key}",
                                             f"{err} (cell {cell.spec.label}, value {value!r})") from err
+                        problem = input_size_problem(spec)  # a searched image_size or input_size the backbone fails
+                        if problem is not None:
+                            raise GridError(path, f"search.{key}",
+                                            f"{problem[1]} (cell {cell.spec.label}, value {value!r})")
         for name, conf in (("sampler", self.sampler), ("pruner", self.pruner)):
             if conf is not None:
                 try:

@@ -12,10 +12,16 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["parse_input_size", "downsampled", "check_input_size", "SUPPORTED_SIZES"]
+__all__ = ["parse_input_size", "downsampled", "check_input_size", "SUPPORTED_SIZES", "MIN_SIDE", "FACE_MIN_SIDE"]
 
 #: The input sizes every backbone is tested at (H, W).
 SUPPORTED_SIZES = ((28, 28), (112, 96), (112, 112))
+#: Smallest ``input_size`` side of the face nets (four stride-2 stages).
+FACE_MIN_SIDE = 16
+#: Smallest image side each registered backbone takes, checked against the dataset's image size when the grid
+#: is validated (a smaller image fails in the first training step). ``timm/...`` models are not listed: they
+#: pool globally and take what the model allows.
+MIN_SIDE: dict[str, int] = {}
 
 
 def parse_input_size(input_size: int | Sequence[int], *, name: str, minimum: int) -> tuple[int, int]:

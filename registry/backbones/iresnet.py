@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from registry import BACKBONES
-from registry.backbones._sizes import check_input_size, downsampled, parse_input_size
+from registry.backbones._sizes import FACE_MIN_SIDE, MIN_SIDE, check_input_size, downsampled, parse_input_size
 
 __all__ = ["IResNet", "IBasicBlock", "iresnet50"]
 
@@ -64,7 +64,7 @@ class IResNet(nn.Module):
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), but got {dropout=}")
-        self.input_size = parse_input_size(input_size, name="iresnet", minimum=16)
+        self.input_size = parse_input_size(input_size, name="iresnet", minimum=FACE_MIN_SIDE)
         self.stem = nn.Sequential(nn.Conv2d(in_chans, 64, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(64, eps=1e-5), nn.PReLU(64))
         stages: list[nn.Module] = []
@@ -95,7 +95,7 @@ class IResNet(nn.Module):
 
 
 def _validate(params: dict) -> None:
-    parse_input_size(params.get("input_size", (112, 112)), name="iresnet50", minimum=16)
+    parse_input_size(params.get("input_size", (112, 112)), name="iresnet50", minimum=FACE_MIN_SIDE)
     dropout = params.get("dropout", 0.0)
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), but got {dropout=}")
@@ -109,3 +109,6 @@ def iresnet50(embedding_dim: int, in_chans: int, dropout: float = 0.0,
     ``input_size`` sizes the final linear layer: set it to the dataset's image size (``[112, 96]``, ``[28, 28]``).
     """
     return IResNet(LAYERS[50], embedding_dim, in_chans, dropout=dropout, input_size=input_size)
+
+
+MIN_SIDE["iresnet50"] = FACE_MIN_SIDE

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from registry import BACKBONES
+from registry.backbones._sizes import MIN_SIDE
 
 
 def _conv_pair(cin: int, cout: int) -> list[nn.Module]:
@@ -48,3 +49,6 @@ class LeNetPP(nn.Module):
 def lenet_pp(embedding_dim: int, in_chans: int, feature_prelu: bool = True) -> LeNetPP:
     """LeNet++ (CenterLoss paper Table 1): 5x5 convs 32-32, 64-64, 128-128 with PReLU and pooling, linear."""
     return LeNetPP(embedding_dim, in_chans, feature_prelu=feature_prelu)
+
+
+MIN_SIDE["lenet++"] = LeNetPP.min_input_size

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from registry import BACKBONES
+from registry.backbones._sizes import MIN_SIDE
 
 
 class BasicBlock(nn.Module):
@@ -51,3 +52,6 @@ class MiniResNet18(nn.Module):
 def mini_resnet18(embedding_dim: int, in_chans: int) -> MiniResNet18:
     """Three-stage residual net (32-64-128) of the Visualization of Face Loss repository."""
     return MiniResNet18(embedding_dim, in_chans)
+
+
+MIN_SIDE["mini-resnet18"] = 4  # two 2x2 max-pools: a side of 3 pools to 1, then to 0

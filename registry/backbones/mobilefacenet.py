@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from registry import BACKBONES
-from registry.backbones._sizes import check_input_size, downsampled, parse_input_size
+from registry.backbones._sizes import FACE_MIN_SIDE, MIN_SIDE, check_input_size, downsampled, parse_input_size
 
 __all__ = ["MobileFaceNet", "mobilefacenet"]
 
@@ -73,7 +73,7 @@ class MobileFaceNet(nn.Module):
                  scale: int = 2, input_size: int | Sequence[int] = (112, 112)) -> None:
         super().__init__()
         _check_blocks_and_scale(blocks, scale)
-        self.input_size = parse_input_size(input_size, name="mobilefacenet", minimum=16)
+        self.input_size = parse_input_size(input_size, name="mobilefacenet", minimum=FACE_MIN_SIDE)
         c1, c2 = 64 * scale, 128 * scale
         layers: list[nn.Module] = [_conv_bn(in_chans, c1, 3, 2, 1)]
         if blocks[0] == 1:
@@ -106,7 +106,7 @@ class MobileFaceNet(nn.Module):
 
 
 def _validate(params: dict) -> None:
-    parse_input_size(params.get("input_size", (112, 112)), name="mobilefacenet", minimum=16)
+    parse_input_size(params.get("input_size", (112, 112)), name="mobilefacenet", minimum=FACE_MIN_SIDE)
     _check_blocks_and_scale(params.get("blocks", (1, 4, 6, 2)), params.get("scale", 2))
 
 
@@ -118,3 +118,6 @@ def mobilefacenet(embedding_dim: int, in_chans: int, blocks: Sequence[int] = (1,
     ``input_size`` sizes the global depthwise conv: set it to the dataset's image size.
     """
     return MobileFaceNet(embedding_dim, in_chans, blocks=blocks, scale=scale, input_size=input_size)
+
+
+MIN_SIDE["mobilefacenet"] = FACE_MIN_SIDE

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from registry import BACKBONES
-from registry.backbones._sizes import check_input_size, downsampled, parse_input_size
+from registry.backbones._sizes import FACE_MIN_SIDE, MIN_SIDE, check_input_size, downsampled, parse_input_size
 
 __all__ = ["SphereNet", "UNITS", "sphereface"]
 
@@ -79,7 +79,7 @@ class SphereNet(nn.Module):
         if depth not in UNITS:
             raise ValueError(f"sphereface depth must be one of {', '.join(map(str, UNITS))}, but got {depth=}")
         self.depth = depth
-        self.input_size = parse_input_size(input_size, name="sphereface", minimum=16)
+        self.input_size = parse_input_size(input_size, name="sphereface", minimum=FACE_MIN_SIDE)
         layers: list[nn.Module] = []
         cin = in_chans
         for cout, units in zip(CHANNELS, UNITS[depth], strict=True):
@@ -103,7 +103,7 @@ def _validate(params: dict) -> None:
     depth = params.get("depth", 20)
     if depth not in UNITS:
         raise ValueError(f"depth must be one of {', '.join(map(str, UNITS))}, but got {depth=}")
-    parse_input_size(params.get("input_size", (112, 96)), name="sphereface", minimum=16)
+    parse_input_size(params.get("input_size", (112, 96)), name="sphereface", minimum=FACE_MIN_SIDE)
 
 
 @BACKBONES.register("sphereface", aliases={"sphere20a": {"depth": 20}}, validate=_validate)
@@ -115,3 +115,6 @@ def sphereface(embedding_dim: int, in_chans: int, depth: int = 20,
     the fc layer: set it to the dataset's image size (e.g. ``[28, 28]``, ``[112, 112]``).
     """
     return SphereNet(depth, embedding_dim, in_chans, input_size)
+
+
+MIN_SIDE.update(sphereface=FACE_MIN_SIDE, sphere20a=FACE_MIN_SIDE)

@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from registry.datasets import digits, fashion_mnist, imagefolder, mnist, synthetic_faces  # noqa: F401
 from registry.datasets._collate import collate_skipping
-from registry.datasets._types import DataBundle, PairSet, SkippedSample, TensorSplit
+from registry.datasets._types import DataBundle, PairSet, SkippedSample, TensorSplit, image_size_of
 
-__all__ = ["DataBundle", "PairSet", "SkippedSample", "TensorSplit", "collate_skipping"]
+__all__ = ["DataBundle", "PairSet", "SkippedSample", "TensorSplit", "collate_skipping", "image_size_of"]

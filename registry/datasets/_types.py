@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["TensorSplit", "PairSet", "DataBundle", "SkippedSample"]
+__all__ = ["TensorSplit", "PairSet", "DataBundle", "SkippedSample", "IMAGE_SIZES", "image_size_of"]
+
+#: How a registered dataset's image size ``(H, W)`` follows from its parameters (as the grid gives them, defaults
+#: not filled in), without loading it; None where it cannot be told cheaply. Grid validation checks the backbone
+#: against it; a dataset not listed here is not checked.
+IMAGE_SIZES: dict[str, Callable[[dict[str, Any]], tuple[int, int] | None]] = {}
+
+
+def image_size_of(name: str, params: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The ``(H, W)`` dataset ``name`` with ``params`` yields, or None when unknown (see `IMAGE_SIZES`)."""
+    size = IMAGE_SIZES.get(name)
+    return size(dict(params)) if size is not None else None
 
 
 @dataclass

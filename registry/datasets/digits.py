@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from registry import DATASETS
-from registry.datasets._types import DataBundle, TensorSplit
+from registry.datasets._types import IMAGE_SIZES, DataBundle, TensorSplit
 
 
 def _check_params(params: dict) -> None:
@@ -45,3 +45,6 @@ def digits(test_fraction: float = 0.25, split_seed: int = 0, image_size: int = 2
     test = TensorSplit(images[idx_test].contiguous(), labels[idx_test])
     return DataBundle("digits", 10, 1, (image_size, image_size), train, test,
                       info={"source": "sklearn.datasets.load_digits", "train_size": len(train), "test_size": len(test)})
+
+
+IMAGE_SIZES["digits"] = lambda params: (params.get("image_size", 28),) * 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from registry import DATASETS
-from registry.datasets._types import DataBundle
+from registry.datasets._types import IMAGE_SIZES, DataBundle
 from registry.datasets.mnist import MNIST_FILES, check_idx_files, check_limit_repeat, load_idx_pair
 
 __all__ = ["fashion_mnist", "FASHION_URL", "FASHION_MEAN", "FASHION_STD", "FASHION_CLASSES"]
@@ -41,3 +41,6 @@ def fashion_mnist(root: str = "data/fashion-mnist", download: bool = False, limi
                       info={"root": str(Path(root).expanduser()), "train_size": len(train), "test_size": len(test),
                             "classes": list(FASHION_CLASSES)})
 
+
+
+IMAGE_SIZES["fashion-mnist"] = lambda params: (28, 28)

@@ -36,7 +36,7 @@ from registry.datasets._images import (
     decode_image_uint8,
     parse_image_size,
 )
-from registry.datasets._types import DataBundle, PairSet, SkippedSample
+from registry.datasets._types import IMAGE_SIZES, DataBundle, PairSet, SkippedSample
 from registry.datasets.pairs import (
     PairsFileError,
     check_bin_first_image,
@@ -170,6 +170,27 @@ def _first_image_size(samples: Sequence[tuple[str, int]]) -> tuple[int, int]:
             continue
     raise ValueError(f"none of the first {min(len(samples), 100)} images under the root could be read; "
                      f"set image_size: [height, width] or check the files")
+
+
+def _image_size(params: dict[str, Any]) -> tuple[int, int] | None:
+    """The size the trial will use: ``image_size``, else the first readable of the first 100 images in
+    `scan_image_folder`'s order (found by listing identity folders only until 100 files are seen)."""
+    p = _params(params)
+    if p["image_size"] is not None:
+        return parse_image_size(p["image_size"])
+    root, first = Path(p["root"]).expanduser(), []
+    try:
+        with os.scandir(root) as entries:
+            identity_dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        for name in identity_dirs:
+            with os.scandir(root / name) as entries:
+                first += sorted(str(root / name / e.name) for e in entries if e.is_file()
+                                and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
+            if len(first) >= 100:
+                break
+        return _first_image_size([(path, 0) for path in first[:100]])
+    except (OSError, ValueError):
+        return None  # the trial reports it
 
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:
@@ -321,3 +342,6 @@ class _ImagesOnly(Dataset):
             raise ValueError(f"cannot read verification image {item.path} ({item.reason}); replace the file or "
                              f"remove it from the held-out identities")
         return item[0]
+
+
+IMAGE_SIZES["imagefolder"] = _image_size

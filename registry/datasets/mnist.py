@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from registry import DATASETS
-from registry.datasets._types import DataBundle, TensorSplit
+from registry.datasets._types import IMAGE_SIZES, DataBundle, TensorSplit
 from registry.datasets.idx import idx_shape, read_idx
 
 __all__ = ["load_idx_pair", "find_idx_files", "check_idx_files", "check_limit_repeat", "download_idx", "MNIST_FILES"]
@@ -146,3 +146,6 @@ def mnist(root: str = "data/mnist", download: bool = False, repeat: int = 1, lim
         train = TensorSplit(train.images.repeat(repeat, 1, 1, 1), train.labels.repeat(repeat))
     return DataBundle("mnist", 10, 1, (28, 28), train, test,
                       info={"root": str(Path(root).expanduser()), "train_size": len(train), "test_size": len(test)})
+
+
+IMAGE_SIZES["mnist"] = lambda params: (28, 28)

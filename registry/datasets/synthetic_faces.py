@@ -32,7 +32,7 @@ import torch
 
 from registry import DATASETS
 from registry.datasets._images import encode_image, parse_image_size
-from registry.datasets._types import DataBundle, PairSet, TensorSplit
+from registry.datasets._types import IMAGE_SIZES, DataBundle, PairSet, TensorSplit
 from registry.datasets.pairs import make_pairs, write_pairs_txt, write_verification_bin
 
 __all__ = ["SyntheticFaces", "render_identities", "synthetic_faces", "write_image_folder", "identity_name"]
@@ -350,3 +350,6 @@ def write_image_folder(root: str | Path, *, identities: int = 64, images_per_ide
     if write_bin and test_identities and pairs_per_fold:
         out["bin"] = root / "synthetic.bin"
     return out
+
+
+IMAGE_SIZES["synthetic-faces"] = lambda params: parse_image_size(params.get("image_size", (112, 96)))

@@ -160,3 +160,57 @@ def test_unknown_grid_lists_available(tmp_path, monkeypatch):
 def test_shipped_quickstart_validates():
     grid = load_grid("quickstart")
     assert {c.labels["loss"] for c in grid.cells} == {"softmax", "cosface"} and grid.seeds == [0, 1]
+
+
+_DATASETS = {"digits 28": ("{name: digits}", (28, 28), 1), "digits 4": ("{name: digits, image_size: 4}", (4, 4), 1),
+             "digits 2": ("{name: digits, image_size: 2}", (2, 2), 1),
+             "faces 32x24": ("{name: synthetic-faces, image_size: [32, 24]}", (32, 24), 3),
+             "mnist": ("{name: mnist, download: true}", (28, 28), 1)}
+_BACKBONES = ("lenet++", "mini-resnet18", "{name: sphereface, depth: 4}",
+              "{name: sphereface, depth: 4, input_size: 28}",
+              "{name: mobilefacenet, blocks: [1, 1, 1, 1], scale: 1, input_size: [32, 24]}",
+              "timm/mobilenetv3_small_100")
+
+
+@pytest.mark.parametrize("dataset", list(_DATASETS))
+@pytest.mark.parametrize("backbone", _BACKBONES)
+def test_a_backbone_that_cannot_take_the_datasets_images_is_refused_with_the_grid(tmp_path, backbone, dataset):
+    # The reference is the trial itself: the backbone built as a trial builds it, run on a batch of the dataset's
+    # image size. Validation refuses exactly the pairs whose first training step would fail (a face net built for
+    # another size, images smaller than the net pools), and passes the ones that adapt (lenet++ on faces, the face
+    # nets without input_size, timm models on any size).
+    import torch
+
+    from bench import yamlio
+    from bench.spec import TrialSpec
+    from bench.trial import build_models
+    from registry.datasets import DataBundle, TensorSplit
+
+    text, size, chans = _DATASETS[dataset]
+    path = write(tmp_path, f"name: g\nbase: {{dataset: {text}, backbone: {backbone}, embedding_dim: 4}}\n")
+    bundle = DataBundle("x", 10, chans, size, TensorSplit(torch.zeros(1, chans, *size), torch.zeros(1).long()))
+    try:
+        spec = load_grid(path).cells[0].spec
+    except GridError as err:
+        assert str(path) in str(err) and "backbone" in str(err)
+        assert "base.dataset.image_size" in str(err) or "base.dataset) gives 28x28 images, a fixed size" in str(err)
+        assert err.key in ("base.backbone.input_size", "base.dataset.image_size", "base.backbone")
+        spec = TrialSpec.from_nested({"backbone": yamlio.load(backbone), "embedding_dim": 4})  # unvalidated
+        with pytest.raises((ValueError, RuntimeError)):  # noqa: PT012 - building or the first forward fails
+            backbone_net = build_models(spec, bundle)[0]
+            backbone_net(torch.randn(2, chans, *size))
+        return
+    backbone_net = build_models(spec, bundle)[0]
+    assert backbone_net(torch.randn(2, chans, *size)).shape == (2, 4)
+
+
+def test_a_face_net_built_for_another_size_names_both_keys_and_the_fix(tmp_path):
+    path = write(tmp_path, "name: g\nbase: {dataset: {name: synthetic-faces, image_size: 112}, embedding_dim: 4}\n"
+                           "grid:\n  net:\n    - {label: a, backbone: lenet++}\n"
+                           "    - {label: b, backbone: {name: sphere20a, input_size: [112, 96]}}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert err.value.key == "grid.net[1].backbone.input_size"
+    assert ("built for 112x96 inputs" in str(err.value) and "gives 112x112 images (base.dataset.image_size: 112)"
+            in str(err.value) and "Set input_size: [112, 112] or drop it" in str(err.value)
+            and "or set base.dataset.image_size: [112, 96]" in str(err.value))

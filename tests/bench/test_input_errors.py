@@ -195,3 +195,27 @@ def test_digits_values_fail_validation_before_training(tmp_path, params, message
     path.write_text(f"name: g\nbase: {{dataset: {params}, backbone: lenet++, loss: softmax}}\n")
     with pytest.raises(GridError, match=message):
         load_grid(path)
+
+
+def test_an_imagefolder_without_image_size_is_checked_against_the_backbone_at_its_first_images_size(tmp_path):
+    # image_size unset: the trial sizes images by the first readable file; a face net needs at least 16x16, and
+    # before this was found only when the first trial built it, after the grid had been accepted
+    import numpy as np
+    from PIL import Image
+
+    from registry import DATASETS
+
+    for c in range(2):
+        (tmp_path / "faces" / f"id{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.zeros((12, 10, 3), np.uint8)).save(tmp_path / "faces" / f"id{c}" / f"{i}.png")
+    root = tmp_path / "faces"
+    assert DATASETS.create("imagefolder", root=str(root), split="none").image_size == (12, 10)  # the trial's size
+    grid = write(tmp_path, f"name: g\nbase: {{dataset: {{name: imagefolder, root: {root}, split: none}}, "
+                           f"backbone: sphere20a}}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(grid)
+    assert err.value.key == "base.dataset.image_size"
+    assert "takes images of at least 16x16, but dataset imagefolder gives 12x10 images" in str(err.value)
+    load_grid(write(tmp_path, f"name: g\nbase: {{dataset: {{name: imagefolder, root: {root}, split: none}}, "
+                              f"backbone: lenet++}}\n"))  # lenet++ takes 12x10
