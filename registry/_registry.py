@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import inspect
 import math
 import numbers
@@ -76,7 +77,8 @@ class Family:
         prefix: ``"timm/"``.
         factory: called as ``factory(rest_of_name, **kwargs)``.
         exists: ``exists(rest) -> bool``; ``known() -> list[str]`` lists the names it answers.
-        validate: optional ``validate(params) -> None`` for every name below the prefix, as `Entry.validate`.
+        validate: optional ``validate(params, rest) -> None`` for every name below the prefix, as
+            `Entry.validate` with the rest of the name (``timm/`` builds ``rest`` cheaply to check its kwargs).
     """
 
     prefix: str
@@ -85,7 +87,7 @@ class Family:
     known: Callable[[], list[str]]
     fixed: tuple[str, ...] = ()
     summary: str = ""
-    validate: Callable[[dict[str, Any]], None] | None = None
+    validate: Callable[[dict[str, Any], str], None] | None = None
 
 
 class Registry:
@@ -138,9 +140,10 @@ class Registry:
         exists: Callable[[str], bool],
         known: Callable[[], list[str]],
         summary: str = "",
-        validate: Callable[[dict[str, Any]], None] | None = None,
+        validate: Callable[[dict[str, Any], str], None] | None = None,
     ) -> None:
-        """Registers every name ``prefix + <rest>`` that ``exists(rest)`` accepts (``validate`` as in `register`)."""
+        """Registers every name ``prefix + <rest>`` that ``exists(rest)`` accepts (``validate(params, rest)``, as in
+        `register` with the rest of the name)."""
         self._families[prefix] = Family(prefix, factory, exists, known, self.fixed, summary, validate)
 
     def unregister(self, name: str) -> None:
@@ -194,7 +197,9 @@ class Registry:
         if family is not None:
             rest = name[len(family.prefix):]
             if family.exists(rest):
-                return Entry(name, _bind_family(family, rest), self.fixed, {}, family.validate, family.summary)
+                validate = (None if family.validate is None
+                            else functools.partial(_validate_family, family.validate, rest))
+                return Entry(name, _bind_family(family, rest), self.fixed, {}, validate, family.summary)
             close = difflib.get_close_matches(rest, family.known(), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(family.prefix + c) for c in close)}?" if close else ""
             raise RegistryError(f"Unknown {self.kind} {name!r}: {family.prefix!r} does not know {rest!r}.{hint}")
@@ -264,6 +269,10 @@ class Registry:
         self.check(name, user)
         entry = self.entry(name)
         return entry.factory(**entry.defaults, **kwargs)
+
+
+def _validate_family(validate: Callable[[dict[str, Any], str], None], rest: str, params: dict[str, Any]) -> None:
+    validate(params, rest)
 
 
 def _bind_family(family: Family, rest: str) -> Callable[..., Any]:

@@ -44,19 +44,54 @@ def timm_backbone(model_name: str, embedding_dim: int, in_chans: int, drop_rate:
     import timm
 
     extra = dict(kwargs or {})
-    clash = sorted(set(extra) & {"num_classes", "in_chans", "drop_rate", "drop_path_rate", "pretrained"})
-    if clash:
-        raise ValueError(f"timm/{model_name}: set {', '.join(clash)} as backbone parameters (or embedding_dim "
-                         f"for num_classes), not inside kwargs")
+    _check_clash(model_name, extra)
     if drop_path_rate is not None:
         extra["drop_path_rate"] = drop_path_rate
     return timm.create_model(model_name, pretrained=pretrained, num_classes=embedding_dim, in_chans=in_chans,
                              drop_rate=drop_rate, **extra)
 
 
-def _validate(params: dict[str, Any]) -> None:
-    """Dropout rates in [0, 1) and ``kwargs`` a mapping, checked before building: timm takes any value and
-    fails only in the first training step (``drop_path_rate: 2`` as a negative Bernoulli probability)."""
+_SET_HERE = ("num_classes", "in_chans", "drop_rate", "drop_path_rate", "pretrained")
+
+
+def _check_clash(model_name: str, extra: Mapping[str, Any]) -> None:
+    clash = sorted(set(extra) & set(_SET_HERE))
+    if clash:
+        raise ValueError(f"timm/{model_name}: set {', '.join(clash)} as backbone parameters (or embedding_dim "
+                         f"for num_classes), not inside kwargs")
+
+
+def _check_builds(model_name: str, extra: dict[str, Any]) -> None:
+    """Builds the model on the meta device (no memory, no weights: tens of milliseconds) with ``extra``, so a
+    keyword the model does not take, or one its variant sets itself, is named now and not in the first trial.
+    Only a keyword error is reported; anything else is left to the trial, where the model is built for real."""
+    import inspect
+
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(model_name, pretrained=False, num_classes=2, **extra)
+    except TypeError as err:
+        if "keyword argument" not in str(err):
+            return
+        with torch.device("meta"):
+            cls = type(timm.create_model(model_name, pretrained=False))
+        own = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+               if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in _SET_HERE]
+        builder = [p for p in inspect.signature(timm.create_model).parameters if p not in ("model_name", "pretrained",
+                                                                                           "kwargs")]
+        given = [k if k == "drop_path_rate" else f"kwargs.{k}" for k in extra]
+        raise ValueError(f"timm/{model_name} cannot be built with {', '.join(given)}: timm says {err}. Valid kwargs "
+                         f"keys: {', '.join(own)} ({cls.__name__}'s; the variant {model_name} may set some itself), "
+                         f"and timm.create_model's {', '.join(builder)}") from None
+
+
+def _validate(params: dict[str, Any], model_name: str) -> None:
+    """Dropout rates in [0, 1) and ``kwargs`` a mapping that timm takes, checked before building: timm takes
+    any rate and fails only in the first training step (``drop_path_rate: 2`` as a negative Bernoulli
+    probability), and an unknown keyword failed the first trial's build."""
     for key in ("drop_rate", "drop_path_rate"):
         rate = params.get(key)
         if rate is not None and not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1):
@@ -64,6 +99,12 @@ def _validate(params: dict[str, Any]) -> None:
     extra = params.get("kwargs")
     if extra is not None and not isinstance(extra, Mapping):
         raise ValueError(f"kwargs must be a mapping of timm.create_model keyword arguments, but got kwargs={extra!r}")
+    extra = dict(extra or {})
+    _check_clash(model_name, extra)
+    if params.get("drop_path_rate") is not None:
+        extra["drop_path_rate"] = params["drop_path_rate"]
+    if extra:
+        _check_builds(model_name, extra)
 
 
 def _exists(name: str) -> bool:

@@ -186,6 +186,29 @@ def test_timm_drop_rates_and_kwargs_are_validated_before_building(params, says):
         BACKBONES.check("timm/mobilenetv3_small_100", params)
 
 
+@pytest.mark.parametrize("kwargs, says", [
+    ({"bogus_key": 1}, r"cannot be built with kwargs.bogus_key: timm says .*unexpected keyword argument 'bogus_key'"
+                       r".* Valid kwargs keys: .*global_pool"),
+    ({"se_layer": 3}, r"kwargs.se_layer: timm says .*multiple values for keyword argument 'se_layer'"),
+    ({"num_classes": 3}, "set num_classes as backbone parameters"),
+    ({"global_pool": "avg"}, None),
+])
+def test_timm_kwargs_the_model_does_not_take_are_refused_by_check_as_the_build_would(kwargs, says):
+    # An unknown key passed check() and failed only when the first trial built the model; check() now builds it
+    # on the meta device. The reference is timm's own build on the CPU with the same keywords.
+    import timm
+
+    build = dict(num_classes=4, in_chans=1, drop_rate=0.0)
+    if says is None:
+        BACKBONES.check("timm/mobilenetv3_small_100", {"kwargs": kwargs})
+        timm.create_model("mobilenetv3_small_100", **build, **kwargs)
+        return
+    with pytest.raises(RegistryError, match=says):
+        BACKBONES.check("timm/mobilenetv3_small_100", {"kwargs": kwargs})
+    with pytest.raises(TypeError):
+        timm.create_model("mobilenetv3_small_100", **build, **kwargs)
+
+
 def test_unknown_timm_model_suggests_close_names():
     with pytest.raises(RegistryError, match="Did you mean 'timm/mobilenetv3_small_100'"):
         BACKBONES.entry("timm/mobilenetv3_smal_100")

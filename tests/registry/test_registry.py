@@ -132,13 +132,13 @@ def test_family_validate_hook_checks_every_name_below_the_prefix():
     # Values are checked before building, as for a registered entry.
     reg = Registry("model", fixed=("dim",))
 
-    def rate_below_one(params):
+    def rate_below_one(params, rest):
         if params.get("rate", 0.0) >= 1:
-            raise ValueError(f"rate must be < 1, but got rate={params['rate']}")
+            raise ValueError(f"{rest}: rate must be < 1, but got rate={params['rate']}")
 
     reg.register_family("zoo/", lambda name, dim, rate=0.0: (name, dim, rate), exists=lambda rest: rest == "a",
                         known=lambda: ["a"], validate=rate_below_one)
-    with pytest.raises(RegistryError, match="rate must be < 1"):
+    with pytest.raises(RegistryError, match="a: rate must be < 1"):
         reg.check("zoo/a", {"rate": 1.5})
 
 
