@@ -24,7 +24,9 @@ Options of a table (all but ``name`` and ``rows`` optional):
 - ``bold``: ``auto`` (default: max, min for losses, error rates and spreads, see `metric_direction`), ``max``,
   ``min`` or ``none``: the best mean among the rows, per metric column, in bold
   (among the columns of a row when transposed); a mapping ``{metric: min}`` sets it per metric.
-- ``mean_row``: add a Mean row (the mean of the cell means of each column).
+- ``mean_row``: add a Mean row (the mean of the cell means of each column). A column where some cells have
+  no value (``-``, ``diverged``, ``n/a``) shows the mean of the others with how many rows it covers,
+  ``0.9650 (3 of 4)``, since it is not comparable to a mean over every row.
 - ``digits``: decimals (default 4); ``percent``: show values x 100.
 - ``title``: a line above the table; ``headers``: display names ``{train_acc: Train Acc., loss: Loss}``.
 - ``where``: keep only some cells, ``{backbone: mobilenetv3}`` or ``{backbone: [a, b]}``.

@@ -6,6 +6,10 @@ Student t interval of the mean, ``mean ± t(0.975, n-1) · std / sqrt(n)`` (std 
 runs all diverged shows ``diverged`` (likewise ``pruned``, ``failed``, ``running``); finished runs beside
 others show the others' count, ``(n=2, 1 diverged)``, and finished runs without a finite value of the metric
 their own, ``(n=2, 1 without a value)``; a cell with no run at all shows ``-``.
+
+The Mean row (``mean_row``) shows the mean of a column's cell means. A column with cells without a value
+(``-``, ``diverged``, ``n/a``...) shows the mean of the others marked with how many it covers,
+``0.9650 (3 of 4)``: a mean over fewer rows than its neighbours' is not comparable to theirs.
 """
 
 from __future__ import annotations
@@ -227,7 +231,10 @@ class Table:
             mean_row = ["Mean"] + [""] * (n_label - 1)
             for j in range(len(headers) - n_label):
                 means = [row[j].mean for row in stats if row[j].n]
-                mean_row.append(_fmt(math.fsum(means) / len(means), spec.digits, spec.percent) if means else "-")
+                text = _fmt(math.fsum(means) / len(means), spec.digits, spec.percent) if means else "-"
+                if means and len(means) < len(stats):  # over fewer rows than the table has: not comparable
+                    text += f" ({len(means)} of {len(stats)})"
+                mean_row.append(text)
             body.append(mean_row)
         return [_escape(h) for h in headers], body
 

@@ -233,3 +233,17 @@ def test_a_finished_run_without_a_finite_value_is_named_under_the_mean():
     assert table.cell("cosface", "test_acc").mean == pytest.approx(np.nanmean(values))
     assert table.cell("cosface", "test_acc").text().endswith("(n=2, 1 without a value)")
     assert table.cell("cosface", "train_acc").text().endswith("(n=3)")
+
+
+def test_a_mean_row_over_fewer_rows_says_how_many():
+    # B has no class_0 value: its Mean covers 2 of the 3 classes and must say so, or 0.950 reads as better than
+    # A's 0.800 over all three; A's mean (0.5 + 0.9 + 1.0) / 3 is complete and unmarked
+    rows = [run_row({"model": "A"}, 0, **{"test_acc.class_0": 0.5, "test_acc.class_1": 0.9, "test_acc.class_2": 1.0}),
+            run_row({"model": "B"}, 0, **{"test_acc.class_1": 0.9, "test_acc.class_2": 1.0})]
+    spec = TableSpec(name="t", rows=("model",), pattern="test_acc.class_*", transpose=True, mean_row=True, digits=3)
+    headers, body = aggregate(frame(rows), spec).layout()
+    assert body[-1] == ["Mean", "0.800", "0.950 (2 of 3)"]
+    # a row of the grid that never ran ("-") counts as a row without a value too
+    spec = TableSpec(name="t", rows=("model",), metrics=("test_acc.class_1",), mean_row=True, digits=3)
+    _, body = aggregate(frame(rows), spec, order={"model": ["A", "B", "C"]}).layout()
+    assert body[-1] == ["Mean", "0.900 (2 of 3)"]
