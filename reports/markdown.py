@@ -13,7 +13,7 @@ import pandas as pd
 
 from reports.results import ResultsTable, grid_order, results_frame
 from reports.spec import ReportError, TableSpec, default_tables, natural_key, parse_tables
-from reports.tables import aggregate, metric_columns, verification_accuracies
+from reports.tables import aggregate, escape_line, metric_columns, verification_accuracies
 
 __all__ = ["render_results", "provenance_line", "grid_tables", "study_results", "default_table"]
 
@@ -64,7 +64,7 @@ def render_results(results: ResultsTable, *, source: str | None = None) -> str:
     table = aggregate(results.frame, results.spec, order=results.order)
     parts = []
     if results.spec.title:
-        parts.append(results.spec.title)
+        parts.append(escape_line(results.spec.title))
     parts.append(table.to_markdown())
     summary = table.summary()
     line = provenance_line(results)

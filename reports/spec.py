@@ -29,6 +29,8 @@ Options of a table (all but ``name`` and ``rows`` optional):
   ``0.9650 (3 of 4)``, since it is not comparable to a mean over every row.
 - ``digits``: decimals (default 4); ``percent``: show values x 100.
 - ``title``: a line above the table; ``headers``: display names ``{train_acc: Train Acc., loss: Loss}``.
+  Titles, headers and labels are text, not markdown: a newline reads as a space, and what markdown would
+  change (a pipe, a pair of ``*``, a leading ``#``) is escaped so the table shows them as written.
 - ``where``: keep only some cells, ``{backbone: mobilenetv3}`` or ``{backbone: [a, b]}``.
 - ``transpose``: swap rows and columns after aggregation.
 - ``select``: ``all`` (default: every finished run of a cell is a sample, seeds) or ``best``: only the cell's

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from reports.runs import RUN_COLUMNS, latest_runs
 from reports.spec import ReportError, TableSpec, metric_direction, natural_key
 
 __all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "missing_metric",
-           "best_run", "verification_accuracies", "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER"]
+           "best_run", "verification_accuracies", "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER",
+           "escape_line"]
 
 #: Run statuses in the order counts are reported.
 STATUS_ORDER = ("finished", "diverged", "pruned", "failed", "interrupted", "running")
@@ -160,8 +162,65 @@ def _fmt(value: float, digits: int, percent: bool) -> str:
     return f"{value * 100 if percent else value:.{digits}f}"
 
 
+_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_NEWLINES = re.compile(r"\s*(?:\r\n|\r|\n)\s*")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+
+
+def _escape_inline(text: str, *, pipes: bool = True) -> str:
+    """``text`` (a label, header or title: plain text, from the grid YAML) as markdown that renders as that text.
+
+    One line: a newline would end a table row, so it reads as a space (as markdown shows a line break inside a
+    paragraph). Escaped with a backslash only where markdown would change the text: a pipe (in a table cell),
+    a backslash before punctuation, ``*``, ``` ` ``` and ``~`` when there are two or more (a pair italicizes, makes
+    code or strikes through), ``_`` outside a word likewise (``class_1_acc`` is left alone), ``<`` that starts a
+    tag, ``&`` that starts an entity, and ``[`` of a link ``[a](b)``. A lone ``*`` stays:
+    ``cos(m1*theta + m2)``.
+    """
+    text = _NEWLINES.sub(" ", str(text))
+
+    def word(i: int) -> bool:
+        return 0 <= i < len(text) and text[i].isalnum()
+
+    active_underscores = [i for i, c in enumerate(text) if c == "_" and not (word(i - 1) and word(i + 1))]
+    paired = {c for c in "*`~" if text.count(c) >= 2} | ({"_"} if len(active_underscores) >= 2 else set())
+    link = "](" in text or "][" in text
+    out = []
+    for i, c in enumerate(text):
+        nxt = text[i + 1] if i + 1 < len(text) else ""
+        if c == "\\":
+            escape = nxt in _PUNCT or nxt == ""
+        elif c == "|":
+            escape = pipes
+        elif c == "_":
+            escape = "_" in paired and i in active_underscores
+        elif c in "*`~":
+            escape = c in paired
+        elif c == "<":
+            escape = nxt.isalpha() or nxt in "/!?"
+        elif c == "&":
+            escape = _ENTITY.match(text, i) is not None
+        elif c == "[":
+            escape = link
+        else:
+            escape = False
+        out.append("\\" + c if escape else c)
+    return "".join(out)
+
+
 def _escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    """A label or header as the text of a table cell (see `_escape_inline`)."""
+    return _escape_inline(text)
+
+
+def escape_line(text: str) -> str:
+    """A title as one markdown paragraph that renders as the text (see `_escape_inline`): also a first character
+    that would start a heading, quote, list, rule or code fence (``# runs``, ``- x``, a code fence) is escaped."""
+    line = _escape_inline(str(text).strip(), pipes=False)
+    ordered = re.match(r"(\d{1,9})([.)])(?=\s|$)", line)
+    if ordered:
+        return f"{ordered.group(1)}\\{line[ordered.end(1):]}"
+    return "\\" + line if line[:1] in ("#", ">", "-", "+", "*", "=", "`", "~", "_") else line
 
 
 @dataclass

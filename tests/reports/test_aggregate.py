@@ -10,6 +10,7 @@ import statistics
 import pytest
 from scipy import stats
 
+from reports.markdown import render_results
 from reports.results import load_results, results_frame, write_results
 from reports.runs import latest_runs, load_runs, load_study
 from reports.spec import ReportError, TableSpec
@@ -247,3 +248,74 @@ def test_a_mean_row_over_fewer_rows_says_how_many():
     spec = TableSpec(name="t", rows=("model",), metrics=("test_acc.class_1",), mean_row=True, digits=3)
     _, body = aggregate(frame(rows), spec, order={"model": ["A", "B", "C"]}).layout()
     assert body[-1] == ["Mean", "0.900 (2 of 3)"]
+
+
+_PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def _gfm_cells(line: str) -> list[str]:
+    """A table row split as cmark-gfm splits it: a backslash and the punctuation after it are one unit, every
+    other pipe separates cells; each cell with its escaped pipes unescaped, then trimmed."""
+    cells, cur, i = [], "", 0
+    while i < len(line):
+        if line[i] == "\\" and i + 1 < len(line) and line[i + 1] in _PUNCTUATION:
+            cur += line[i:i + 2]
+            i += 2
+            continue
+        if line[i] == "|":
+            cells.append(cur)
+            cur = ""
+        else:
+            cur += line[i]
+        i += 1
+    cells.append(cur)
+    return [c.replace("\\|", "|").strip() for c in cells[1:-1]]  # the outer pipes leave empty ends
+
+
+def _unescaped(cell: str) -> tuple[str, str]:
+    """``(text, markup)``: the cell as CommonMark shows it when nothing in it is markup (a backslash before
+    punctuation dropped), and the characters left unescaped that could be markup."""
+    text, markup, i = "", "", 0
+    while i < len(cell):
+        if cell[i] == "\\" and i + 1 < len(cell) and cell[i + 1] in _PUNCTUATION:
+            text += cell[i + 1]
+            i += 2
+            continue
+        text += cell[i]
+        markup += cell[i] if cell[i] in "*_`~<[" else ""
+        i += 1
+    return text, markup
+
+
+def test_labels_and_headers_render_as_their_text_in_one_table_row():
+    # labels and headers come from the grid YAML as plain text: a newline must not split the row, a backslash
+    # before a pipe must not unescape it (one cell too many), and pairs of * _ ` ~, a tag or a link must not
+    # turn into italics, code, strike-through, HTML or a link; a lone * (cos(m1*theta + m2)) and _ inside a
+    # word (class_1_acc) are left as they are
+    labels = ["two\nlines", "m1*theta*m2", "cos(m1*theta + m2)", "a<b>c", "`x` | y", "class_1_acc", "_a_",
+              "[a](b)", "x\\|y", "~~old~~", "a&amp;b", "x\\"]
+    rows = [run_row({"loss": label}, 0, test_acc=0.9) for label in labels]
+    spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), bold="none",
+                     headers={"test_acc": "acc *%*", "loss": "loss\nname"})
+    lines = aggregate(frame(rows), spec, order={"loss": labels}).to_markdown().splitlines()
+    assert len(lines) == 2 + len(labels)
+    cells = [_gfm_cells(line) for line in lines]
+    assert {len(c) for c in cells} == {2}
+    shown = [_unescaped(c[0]) for c in [cells[0]] + cells[2:]]
+    assert [text for text, _ in shown] == ["loss name"] + [label.replace("\n", " ") for label in labels]
+    for (_, markup), label in zip(shown[1:], labels, strict=True):
+        # what is left unescaped cannot pair up: at most one of each, _ only inside a word
+        assert all(markup.count(c) <= 1 for c in "*`~") and "<" not in markup and "[" not in markup, (label, markup)
+    assert cells[0][1] == "acc \\*%\\*"
+    assert cells[4][0] == "cos(m1*theta + m2)" and cells[7][0] == "class_1_acc"  # readable labels stay as they are
+
+
+def test_a_title_renders_as_one_paragraph_of_its_text():
+    # a title that starts like a heading, a list or a code fence, or spans lines, stays one paragraph of its text
+    rows = [run_row({"loss": "a"}, 0, train_acc=0.5, test_acc=0.25)]
+    for title, expected in [("# runs per loss", "\\# runs per loss"), ("- a *b* c", "\\- a \\*b\\* c"),
+                            ("```python", "\\`\\`\\`python"), ("1. first\n2. second", "1\\. first 2. second"),
+                            ("plain: cos(m1*theta + m2) → LFW", "plain: cos(m1*theta + m2) → LFW")]:
+        spec = TableSpec(name="t", rows=("loss",), title=title)
+        text = render_results(results_frame(frame(rows), spec, grid="g", order={"loss": ["a"]}))
+        assert text.split("\n\n")[0] == expected, title
