@@ -8,11 +8,15 @@ decimals), and provenance: ``grid``, ``dataset``, ``epochs``, ``device_name``, `
 
 ``<table>.meta.json`` holds the table's spec, the grid's label order and the metric columns, so that
 `load_results` + `reports.tables.aggregate` rebuild exactly the markdown `bench report` printed from MLflow,
-on a machine without the MLflow store.
+on a machine without the MLflow store. It also holds the CSV's SHA-256 (``csv_sha256``, of its text with
+``\n`` line ends): the two files are replaced one after the other, and `load_results` refuses a CSV that is
+not the one its meta was written with (an export interrupted between the two, or a CSV edited by hand),
+rather than rebuild a table from a new CSV with an old spec.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -64,10 +68,14 @@ class ResultsTable:
     def value_columns(self) -> list[str]:
         return [value_column(self.spec, m) for m in self.metrics]
 
-    def meta(self) -> dict[str, Any]:
-        return {"schema": _SCHEMA, "grid": self.grid, "description": self.description,
-                "table": self.spec.to_dict(), "metrics": self.metrics, "value_columns": self.value_columns,
-                "order": self.order, "generated_by": "bench report --export"}
+    def meta(self, csv_text: str | None = None) -> dict[str, Any]:
+        """The ``.meta.json`` content; ``csv_text``: the CSV written beside it (its hash is kept)."""
+        out = {"schema": _SCHEMA, "grid": self.grid, "description": self.description,
+               "table": self.spec.to_dict(), "metrics": self.metrics, "value_columns": self.value_columns,
+               "order": self.order, "generated_by": "bench report --export"}
+        if csv_text is not None:
+            out["csv_sha256"] = _csv_hash(csv_text)
+        return out
 
 
 def grid_order(grid: Any) -> dict[str, list[str]]:
@@ -152,17 +160,33 @@ def _csv_text(table: ResultsTable) -> str:
     return frame.to_csv(index=False, lineterminator="\n")
 
 
+def _csv_hash(text: str) -> str:
+    """SHA-256 of a CSV's text with ``\n`` line ends (a checkout that turns them into ``\r\n`` matches)."""
+    return hashlib.sha256(text.replace("\r\n", "\n").encode("utf-8")).hexdigest()
+
+
 def write_results(table: ResultsTable, results_dir: Path | str = DEFAULT_RESULTS_DIR) -> Path:
-    """Writes ``<results_dir>/<grid>/<table>.csv`` and ``.meta.json`` (atomically); returns the CSV path."""
+    """Writes ``<results_dir>/<grid>/<table>.csv`` and ``.meta.json``; returns the CSV path.
+
+    Both are written to temporary files first, then each replaces its file; the meta holds the CSV's hash, so
+    an interruption between the two replacements leaves a pair that `load_results` refuses, not a CSV read
+    with another export's spec.
+    """
     folder = Path(results_dir) / table.grid
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / f"{table.spec.name}.csv"
     meta_path = folder / f"{table.spec.name}.meta.json"
-    for path, text in ((csv_path, _csv_text(table)),
-                       (meta_path, json.dumps(table.meta(), indent=2, ensure_ascii=False) + "\n")):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+    csv_text = _csv_text(table)
+    pairs = [(csv_path, csv_text), (meta_path, json.dumps(table.meta(csv_text), indent=2, ensure_ascii=False) + "\n")]
+    tmps = [path.with_name(path.name + ".tmp") for path, _ in pairs]
+    try:
+        for tmp, (_, text) in zip(tmps, pairs, strict=True):
+            tmp.write_text(text, encoding="utf-8")
+        for tmp, (path, _) in zip(tmps, pairs, strict=True):
+            tmp.replace(path)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
     return csv_path
 
 
@@ -171,6 +195,8 @@ def load_results(csv_path: Path | str) -> ResultsTable:
 
     Raises:
         FileNotFoundError: either file missing, with how to create them.
+        ReportError: the CSV is not the one the meta was written with (``csv_sha256``; a meta written before
+            the hash was kept is not checked).
     """
     csv_path = Path(csv_path)
     meta_path = csv_path.with_name(csv_path.name[: -len(".csv")] + ".meta.json")
@@ -178,6 +204,11 @@ def load_results(csv_path: Path | str) -> ResultsTable:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; write it with: bench report --grid <grid> --export")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    expected = meta.get("csv_sha256")
+    if expected is not None and _csv_hash(csv_path.read_text(encoding="utf-8")) != expected:
+        raise ReportError(f"{csv_path} is not the CSV that {meta_path.name} was written with (csv_sha256 differs): "
+                          f"an export interrupted between the two files, or a CSV edited by hand; export both "
+                          f"again: bench report --grid {meta.get('grid', '<grid>')} --export")
     spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     for col in meta["value_columns"]:

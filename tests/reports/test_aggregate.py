@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -319,3 +320,38 @@ def test_a_title_renders_as_one_paragraph_of_its_text():
         spec = TableSpec(name="t", rows=("loss",), title=title)
         text = render_results(results_frame(frame(rows), spec, grid="g", order={"loss": ["a"]}))
         assert text.split("\n\n")[0] == expected, title
+
+
+def test_an_export_interrupted_between_the_csv_and_its_meta_is_refused(tmp_path, monkeypatch):
+    # write_results replaces the CSV, then the meta: stopped between the two, a new CSV (two metrics, three runs)
+    # sits beside the old meta (one metric, two runs); load_results must refuse the pair, not table the new runs
+    # with the old spec
+    from pathlib import Path
+
+    old_rows = [run_row({"loss": "a"}, s, test_acc=0.9) for s in (0, 1)]
+    old = results_frame(frame(old_rows), TableSpec(name="t", rows=("loss",), metrics=("test_acc",)), grid="g")
+    csv_path = write_results(old, tmp_path)
+    old_meta = csv_path.with_name("t.meta.json").read_text()
+    assert load_results(csv_path).frame["test_acc"].tolist() == [0.9, 0.9]
+
+    new_rows = [run_row({"loss": "a"}, s, test_acc=0.8, train_acc=0.95) for s in (0, 1, 2)]
+    new = results_frame(frame(new_rows), TableSpec(name="t", rows=("loss",), metrics=("train_acc", "test_acc")),
+                        grid="g")
+    replace = Path.replace
+
+    def interrupted(self, target):
+        if str(target).endswith(".meta.json"):
+            raise KeyboardInterrupt
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(new, tmp_path)
+    monkeypatch.undo()
+    assert csv_path.with_name("t.meta.json").read_text() == old_meta  # the old meta, beside the new CSV
+    assert len(pd.read_csv(csv_path)) == 3 and not list(tmp_path.glob("g/*.tmp"))
+    with pytest.raises(ReportError, match=r"t\.csv is not the CSV that t\.meta\.json was written with.*"
+                                          r"bench report --grid g --export"):
+        load_results(csv_path)
+    # an export that completes makes a consistent pair again
+    assert len(load_results(write_results(new, tmp_path)).frame) == 3
