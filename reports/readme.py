@@ -22,7 +22,9 @@ __all__ = ["OPEN", "CLOSE", "splice", "splice_file", "SpliceResult"]
 #: The markers, each alone on its line (markers inside fenced code blocks or inline code are text, not blocks).
 OPEN = re.compile(r"<!-- bench:table (?P<name>[^\s>]+) -->")
 CLOSE = "<!-- bench:end -->"
-_FENCE = re.compile(r"^\s*(```|~~~)")
+#: A code fence as CommonMark reads it: up to 3 spaces, then 3 or more backticks (an info string without
+#: backticks) or tildes. It is closed by a run of the same character at least as long, with nothing after it.
+_FENCE = re.compile(r" {0,3}(?P<run>`{3,}(?=[^`]*$)|~{3,})(?P<info>.*)")
 
 
 @dataclass
@@ -85,9 +87,13 @@ def _splice(text: str, results_dir: Path | str, *, base: Path | None, source: st
     while i < len(lines):
         line = lines[i]
         stripped = line.strip()
-        fenced = _FENCE.match(line)
-        if fenced:
-            fence = None if fence == fenced.group(1) else (fence or fenced.group(1))
+        fenced = _FENCE.fullmatch(line.rstrip("\r\n"))
+        if fenced and fence is None:
+            fence = fenced.group("run")
+        elif fenced and fence is not None:
+            run = fenced.group("run")
+            if run[0] == fence[0] and len(run) >= len(fence) and not fenced.group("info").strip():
+                fence = None  # a closing fence: same character, at least as long, no info string
         opened = OPEN.fullmatch(stripped) if fence is None else None
         if fence is None and stripped == CLOSE:
             raise ReportError(f"{source}:{i + 1}: {CLOSE} without a <!-- bench:table NAME --> before it")

@@ -12,10 +12,10 @@ import pytest
 from bench.cli import main
 from reports.markdown import render_results
 from reports.readme import splice
-from reports.results import find_results, load_results
-from reports.spec import ReportError
+from reports.results import find_results, load_results, results_frame, write_results
+from reports.spec import ReportError, TableSpec
 
-from .conftest import log_trials
+from .conftest import frame, log_trials, run_row
 
 GRID = """
 name: rep
@@ -230,3 +230,20 @@ def test_a_metric_the_runs_never_logged_is_an_error_listing_theirs(reported, cap
     assert ("no metric 'test_accuracy' in the runs of rep (did you mean 'test_acc'?); metrics: "
             "test_acc, train_acc, train_loss") in \
         capsys.readouterr().err
+
+
+def test_markers_in_code_blocks_stay_text_whatever_the_fence(tmp_path):
+    # CommonMark: a fence closes only with the same character, at least as many, and no info string. A README
+    # that shows the markers in a 4-backtick fence around a ``` one, in a ``` fence with a ```yaml line inside
+    # (text, not a closing fence) or in a ~~~~ fence, keeps them as written; the real block after them is rebuilt
+    results = tmp_path / "results"
+    (results / "g").mkdir(parents=True)
+    rows = [run_row({"loss": "a"}, 0, train_acc=0.5, test_acc=0.25)]
+    write_results(results_frame(frame(rows), TableSpec(name="t", rows=("loss",), metrics=("test_acc",)), grid="g"),
+                  results)
+    docs = ("````markdown\n```\n<!-- bench:table g/t -->\n<!-- bench:end -->\n````\n\n"
+            "```\nexample\n```yaml\n<!-- bench:table g/t -->\n<!-- bench:end -->\n```\n\n"
+            "~~~~\n~~~\n<!-- bench:table g/t -->\n<!-- bench:end -->\n~~~~\n\n")
+    new, names = splice(docs + "<!-- bench:table g/t -->\n<!-- bench:end -->\n", results)
+    assert names == ["g/t"]
+    assert new.startswith(docs) and "| a " in new[len(docs):]
