@@ -72,6 +72,9 @@ def render_results(results: ResultsTable, *, source: str | None = None) -> str:
         line = line[:-1] + f" · run ids: [{source}]({source})*"
     if summary:
         parts.append(summary)
+    selection = table.selection_note(results.grid)
+    if selection:
+        parts.append(selection)
     parts.append(line)
     if results.note:
         parts.append(results.note)

@@ -36,7 +36,10 @@ Options of a table (all but ``name`` and ``rows`` optional):
 - ``select``: ``all`` (default: every finished run of a cell is a sample, seeds) or ``best``: only the cell's
   best finished run by ``select_by`` (default: the first metric; max, min for losses and error rates unless
   ``bold: {metric: ...}`` says), shown as ``(n=1, best of 20)``; for grids
-  with ``search:`` ranges, whose runs in a cell are sampled hyperparameters, not seeds.
+  with ``search:`` ranges, whose runs in a cell are sampled hyperparameters, not seeds. ``best of k`` counts
+  every finished run of the cell in the study, also those of an earlier run of the grid with a larger
+  ``n_trials`` or other search ranges (they were made, and the value is the best of them all); a line under
+  the table says so.
 
 An axis that varies inside a table's cells (neither in ``rows``/``columns`` nor fixed by ``where``) is an
 error: its runs would be averaged together as if they were seeds.

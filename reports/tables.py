@@ -302,6 +302,22 @@ class Table:
         headers, body = self.layout()
         return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
+    def selection_note(self, study: str) -> str:
+        """With ``select: best``, one line saying what ``best of k`` counts; empty otherwise.
+
+        The pool is every finished run of the cell in the study that the grid as loaded matches
+        (`reports.matching`: searched keys are not compared), so it may exceed the grid's ``n_trials`` when an
+        earlier run of the study asked for more: those runs were made and finished, and the value shown is the
+        best of all of them.
+        """
+        select_by = self.spec.selection_metric(self.col_keys if not self.spec.is_matrix else [str(self.spec.metric)])
+        if select_by is None:
+            return ""
+        highest = "highest" if _select_direction(self.spec, select_by) == "max" else "lowest"
+        return (f"*Each cell shows its finished run with the {highest} {_escape_inline(select_by, pipes=False)}; "
+                f"\"best of k\" counts all the cell's finished runs in study {_escape_inline(study, pipes=False)}, "
+                f"also those of an earlier run of the grid with more n_trials or other search ranges.*")
+
     def summary(self) -> str:
         """``"Not in the means: 1 diverged, 2 pruned."``, or empty when every run finished."""
         others = CellStats(counts=dict(self.counts)).others()

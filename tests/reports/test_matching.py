@@ -69,3 +69,40 @@ def _write(tmp_path, text: str):
     path = tmp_path / "match.yaml"
     path.write_text(text)
     return path
+
+
+SEARCH = """\
+name: searched
+base: {dataset: digits, backbone: lenet++, embedding_dim: 2, epochs: 1}
+grid:
+  loss:
+    - {label: cosface, loss: cosface}
+search:
+  optimizer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-1}
+n_trials: 2
+seeds: [0]
+report:
+  tables:
+    - {name: best, rows: loss, columns: [test_acc], select: best}
+"""
+
+
+def test_select_best_pools_every_finished_run_of_the_cell_and_says_so(tmp_path):
+    # the study ran with n_trials: 4, then the grid was edited to n_trials: 2: the four runs were made and
+    # finished in the cell, so the table shows the best of the four (not of the first two) and a line under it
+    # says that "best of k" counts every finished run of the cell in the study, whatever n_trials was
+    from reports.markdown import render_results, study_results
+
+    grid = load_grid(_write(tmp_path, SEARCH))
+    accs = {"0.01": 0.90, "0.02": 0.93, "0.05": 0.95, "0.001": 0.91}
+    rows = []
+    for i, (lr, acc) in enumerate(accs.items()):
+        row = _row(grid, "cosface", 0, **{"optimizer.lr": lr})
+        rows.append({**row, "run_id": f"r{i}", "trial_key": f"sampled-{i}", "status": "finished", "test_acc": acc,
+                     "start_time": i, "label.loss": "cosface"})
+    (results,) = study_results(grid, pd.DataFrame(rows))
+    text = render_results(results)
+    assert f"| {max(accs.values()):.4f} (n=1, best of 4) |" in text  # one row: nothing to bold
+    assert ("*Each cell shows its finished run with the highest test_acc; \"best of k\" counts all the cell's "
+            "finished runs in study searched, also those of an earlier run of the grid with more n_trials or other "
+            "search ranges.*") in text.split("\n\n")
