@@ -17,6 +17,13 @@ scaled by ``n_local * world / n_global`` so the averaged gradient is the gradien
 mean loss, also when the last batch does not divide evenly. A final batch smaller than the world size is
 dropped. Epoch metrics, the non-finite-loss check and a pruner's decision are agreed across ranks.
 Evaluation runs on every rank (the weights are the same); only rank 0 writes checkpoints and logs.
+
+A failure on one rank (rank 0's checkpoint write, pictures or pruner, a rank that cannot build the trial)
+is agreed at the same points, after the trial is built and at the end of each epoch (`agree`): every rank
+raises (the others `RankFailed` with the failed rank's error) and a worker goes on to its next trial. A
+failure inside an epoch's training steps cannot be agreed without a host sync per step: it leaves the other
+ranks waiting in a collective this rank never joins, so the rank notes it (`out_of_step_on_error`) and its
+worker stops (`check_in_step`); its process exits and torchrun ends the others.
 On CUDA, BatchNorm layers become SyncBatchNorm; off CUDA, where SyncBatchNorm does not run, a backbone with
 BatchNorm is refused. CenterLoss (its centres move outside the optimizer) is not supported under DDP.
 
@@ -26,10 +33,11 @@ Backend: NCCL on CUDA, gloo on the CPU (``MARGINBENCH_DIST_BACKEND`` overrides).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DistContext", "init_from_env", "is_launched", "broadcast_object", "any_true", "shard_batch",
-           "wrap", "main"]
+__all__ = ["DistContext", "init_from_env", "is_launched", "broadcast_object", "any_true", "agree", "RankFailed",
+           "out_of_step_on_error", "in_step", "check_in_step", "shard_batch", "wrap", "main"]
 
 #: How long ranks wait for each other (rank 0 may poll the study for a long time between trials).
 TIMEOUT = datetime.timedelta(hours=float(os.environ.get("MARGINBENCH_DIST_TIMEOUT_HOURS", "24")))
@@ -115,6 +123,75 @@ def any_true(flag: bool | torch.Tensor, ctx: DistContext, device: torch.device) 
     t = torch.as_tensor(flag, dtype=torch.int32, device=device).reshape(1).clone()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+class RankFailed(RuntimeError):
+    """Raised on the ranks of a trial that did not fail when another one did (see `agree`)."""
+
+
+def agree(error: BaseException | None, stop: bool, ctx: DistContext, device: torch.device | str) -> bool:
+    """A point where every rank meets: whether any rank stops (rank 0's pruner), and whether any rank failed.
+
+    A failure on one rank only (rank 0's checkpoint write or pictures, its pruner's storage) used to leave the
+    other ranks waiting forever in the next collective (a ``bench worker`` hung). Here each rank learns of it:
+    the failed rank goes on to raise its own ``error``; the others raise `RankFailed` with its text.
+
+    Args:
+        error: this rank's error since the last agreement, None when it went well.
+        stop: this rank would stop the trial here.
+
+    Returns:
+        True when any rank stops.
+
+    Raises:
+        RankFailed: on a rank without an error when another rank had one (the lowest such rank is named).
+    """
+    import torch.distributed as dist
+
+    t = torch.tensor([ctx.rank if error is not None else ctx.world_size, 0 if stop else 1], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    failed, go_on = t.tolist()
+    if failed < ctx.world_size:
+        box = [f"{type(error).__name__}: {error}" if error is not None else None]
+        dist.broadcast_object_list(box, src=failed)
+        if error is None:
+            raise RankFailed(f"rank {failed} failed: {box[0]}")
+    return not go_on
+
+
+_out_of_step: str | None = None
+
+
+@contextlib.contextmanager
+def out_of_step_on_error(ctx: DistContext | None) -> Iterator[None]:
+    """Around a trial's training steps, where ranks meet only in DDP's own collectives: an error there leaves
+    the other ranks waiting in a collective this rank never joins, and the process group cannot serve another
+    trial. The error is noted (`check_in_step` then stops the worker) and propagates. Nothing with ``ctx`` None
+    (one process)."""
+    global _out_of_step
+    try:
+        yield
+    except BaseException as err:  # KeyboardInterrupt too: the others are left in the collective all the same
+        if ctx is not None and _out_of_step is None:
+            _out_of_step = f"rank {ctx.rank} failed in a training step ({type(err).__name__}: {err})"
+        raise
+
+
+def in_step() -> bool:
+    """False once a failure inside a training step left this process's ranks out of step."""
+    return _out_of_step is None
+
+
+def check_in_step() -> None:
+    """Stops a torchrun worker whose ranks were left out of step by a failure (see `out_of_step_on_error`).
+
+    Raises:
+        SystemExit: its process exits and torchrun ends the other ranks, which would otherwise wait in a
+            collective forever.
+    """
+    if _out_of_step is not None:
+        raise SystemExit(f"bench: {_out_of_step}; the other ranks were left in the middle of the trial, so this "
+                         f"torchrun job stops (torchrun ends the other ranks)")
 
 
 def all_sum(tensors: Sequence[torch.Tensor], ctx: DistContext) -> None:

@@ -375,6 +375,9 @@ class TrialState:
                   first_bad: torch.Tensor, seconds: float) -> bool:
         """Records a trained epoch: divergence, metrics, evaluation, pictures, checkpoint, the callback.
 
+        Under DDP the ranks then agree (`bench.distributed.agree`): rank 0's pruner stops every rank, and an
+        error on any rank (rank 0's checkpoint, pictures or callback) is raised on every rank.
+
         Args:
             epoch: the epoch just trained (from 0).
             loss_sum, correct: the epoch's summed training loss (finite steps) and correct predictions,
@@ -386,7 +389,25 @@ class TrialState:
         Returns:
             True when the trial stops here (diverged or pruned).
         """
-        spec, options, dist, device, result = self.spec, self.options, self.dist, self.device, self.result
+        if self.dist is None:
+            return self._end_epoch(epoch, loss_sum, correct, seen, first_bad, seconds)
+        from bench import distributed
+
+        try:
+            stop, error = self._end_epoch(epoch, loss_sum, correct, seen, first_bad, seconds), None
+        except Exception as err:
+            stop, error = False, err
+        stop = distributed.agree(error, stop, self.dist, self.device)  # rank 0's pruner decides for all
+        if error is not None:
+            raise error
+        if stop and self.result.status == "finished":
+            self.result.status = "pruned"
+        return stop
+
+    def _end_epoch(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
+                   first_bad: torch.Tensor, seconds: float) -> bool:
+        """`end_epoch` on this rank alone: no collective, so that a failure here can be agreed."""
+        spec, options, device, result = self.spec, self.options, self.device, self.result
         result.train_seconds += seconds
         self.images_seen += seen
         bad_step = int(first_bad.item())
@@ -435,10 +456,6 @@ class TrialState:
                 options.on_epoch(epoch, metrics)
             except Pruned:
                 stop = True
-        if dist is not None:
-            from bench import distributed
-
-            stop = distributed.any_true(stop, dist, device)  # rank 0's pruner decides for all
         if stop:
             result.status = "pruned"
         # after the pruner's decision, so that a pruned trial's checkpoint says so: in a fused group it stays until
@@ -482,63 +499,70 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
     """
     options = options or TrialOptions()
     dist = options.distributed
-    if dist is not None:
-        from bench import distributed
+    from bench import distributed
 
+    if dist is not None:
         if spec.center_loss and float(spec.center_loss.get("weight", 0.0)) > 0:
             raise ValueError("center_loss is not supported under DistributedDataParallel (its centres move "
                              "outside the optimizer); run the trial on one process")
     device = pick_device(dist.device if dist is not None else options.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    trial = TrialState(spec, options, device)
+    if dist is None:
+        trial = TrialState(spec, options, device)
+    else:  # a rank that cannot build the trial (read its checkpoint...) fails every rank, before DDP's collectives
+        trial = _agreed_trial_state(spec, options, device, dist)
     head, center, train = trial.head, trial.center, trial.train
     model_fn = torch.compile(trial.backbone) if spec.compile else trial.backbone
     progress = _progress(range(trial.start_epoch, spec.epochs), spec, options.progress and trial.main,
                          initial=trial.start_epoch)
     train_step: nn.Module = _TrainStep(model_fn, head, center, trial.center_weight, trial.dtype)
+    # an error in DDP's construction or a training step leaves the other ranks in a collective: noted, so that a
+    # torchrun worker stops rather than start its next trial out of step (errors in end_epoch are agreed)
     if dist is not None:
-        train_step = distributed.wrap(train_step, dist)
+        with distributed.out_of_step_on_error(dist):
+            train_step = distributed.wrap(train_step, dist)
 
     for epoch in progress:
-        trial.backbone.train()
-        head.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        seen = 0
-        _sync(device)
-        t0 = time.perf_counter()
-        for step, (images, labels) in enumerate(train):
-            if len(labels) < trial.min_batch:
-                continue
-            scale = 1.0
+        with distributed.out_of_step_on_error(dist):
+            trial.backbone.train()
+            head.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)
+            seen = 0
+            _sync(device)
+            t0 = time.perf_counter()
+            for step, (images, labels) in enumerate(train):
+                if len(labels) < trial.min_batch:
+                    continue
+                scale = 1.0
+                if dist is not None:
+                    if len(labels) < dist.world_size:
+                        continue  # every rank drops a final batch too small to split
+                    images, labels, scale = distributed.shard_batch(images, labels, dist)
+                loss, emb = train_step(images, labels)
+                with torch.autocast(device.type, enabled=False), torch.no_grad():
+                    correct += (head.logits(emb.detach()).argmax(1) == labels).sum()
+                trial.optimizer.zero_grad(set_to_none=True)
+                trial.scaler.scale(loss if scale == 1.0 else loss * scale).backward()
+                trial.optimizer_step()
+                if center is not None:
+                    center.update(emb.detach(), labels)
+                detached = loss.detach()
+                bad = ~torch.isfinite(detached)
+                first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+                loss_sum += torch.where(bad, torch.zeros_like(detached), detached) * len(labels)
+                seen += len(labels)
+                if (step + 1) % NONFINITE_CHECK_EVERY == 0 and (
+                        first_bad.item() >= 0 if dist is None else distributed.any_true(first_bad >= 0, dist, device)):
+                    break
             if dist is not None:
-                if len(labels) < dist.world_size:
-                    continue  # every rank drops a final batch too small to split
-                images, labels, scale = distributed.shard_batch(images, labels, dist)
-            loss, emb = train_step(images, labels)
-            with torch.autocast(device.type, enabled=False), torch.no_grad():
-                correct += (head.logits(emb.detach()).argmax(1) == labels).sum()
-            trial.optimizer.zero_grad(set_to_none=True)
-            trial.scaler.scale(loss if scale == 1.0 else loss * scale).backward()
-            trial.optimizer_step()
-            if center is not None:
-                center.update(emb.detach(), labels)
-            detached = loss.detach()
-            bad = ~torch.isfinite(detached)
-            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
-            loss_sum += torch.where(bad, torch.zeros_like(detached), detached) * len(labels)
-            seen += len(labels)
-            if (step + 1) % NONFINITE_CHECK_EVERY == 0 and (
-                    first_bad.item() >= 0 if dist is None else distributed.any_true(first_bad >= 0, dist, device)):
-                break
-        if dist is not None:
-            seen_t = torch.tensor(seen, device=device)
-            distributed.all_sum([loss_sum, correct, seen_t], dist)
-            distributed.first_bad_step(first_bad, dist)
-            seen = int(seen_t.item())
-        _sync(device)
+                seen_t = torch.tensor(seen, device=device)
+                distributed.all_sum([loss_sum, correct, seen_t], dist)
+                distributed.first_bad_step(first_bad, dist)
+                seen = int(seen_t.item())
+            _sync(device)
         stop = trial.end_epoch(epoch, loss_sum, correct, seen, first_bad, time.perf_counter() - t0)
         if hasattr(progress, "set_postfix") and trial.result.history:
             progress.set_postfix({k: round(v, 4) for k, v in trial.result.metrics.items()
@@ -548,6 +572,21 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
     if hasattr(progress, "close"):
         progress.close()
     return trial.finish()
+
+
+def _agreed_trial_state(spec: TrialSpec, options: TrialOptions, device: torch.device, dist: Any) -> TrialState:
+    """`TrialState` under DDP, its errors agreed over the ranks (`bench.distributed.agree`)."""
+    from bench import distributed
+
+    try:
+        trial, error = TrialState(spec, options, device), None
+    except Exception as err:
+        trial, error = None, err
+    distributed.agree(error, False, dist, device)
+    if error is not None:
+        raise error
+    assert trial is not None
+    return trial
 
 
 def _plot_epoch(emb: np.ndarray, labels: np.ndarray, head: nn.Module, spec: TrialSpec, epoch: int,

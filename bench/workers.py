@@ -567,17 +567,26 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
                     outcomes.append(outcome)
                 frozen = storage.get_trial(trial_id)
                 echo(options.prefix + _line(frozen, status, outcome, config.metric, seconds))
+            if dist is not None:
+                from bench.distributed import check_in_step
+
+                check_in_step()  # a failure inside a training step left the other ranks behind: this job stops
     finally:
         if dist is not None:
-            from bench.distributed import broadcast_object
+            from bench.distributed import broadcast_object, in_step
 
-            broadcast_object(("stop",), dist)
+            if in_step():  # else the other ranks wait in the failed trial's collective: torchrun ends them
+                broadcast_object(("stop",), dist)
     return outcomes
 
 
 def follow(dist: Any, options: WorkerOptions) -> None:
-    """Ranks other than 0 of a torchrun worker: train each trial rank 0 sends, until it says stop."""
-    from bench.distributed import broadcast_object
+    """Ranks other than 0 of a torchrun worker: train each trial rank 0 sends, until it says stop.
+
+    Raises:
+        SystemExit: a failure inside a training step left the ranks out of step (`bench.distributed.check_in_step`).
+    """
+    from bench.distributed import broadcast_object, check_in_step
     from bench.spec import TrialSpec
     from bench.trial import run_trial
 
@@ -592,6 +601,7 @@ def follow(dist: Any, options: WorkerOptions) -> None:
                                          progress=False, distributed=dist))
         except Exception:
             log.exception("rank %d: trial %s failed", dist.rank, spec.label)
+            check_in_step()
 
 
 def _recorded_params(trial: Any) -> dict[str, Any]:

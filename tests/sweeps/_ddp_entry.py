@@ -33,8 +33,44 @@ def register_tiny_blobs() -> None:
             return DataBundle("tiny-blobs", 4, 1, (8, 8), make(train_size, 0), make(test_size, 1))
 
 
+def inject_fault(fault: str) -> None:
+    """``$MARGINBENCH_TEST_FAULT``: ``rank0-checkpoint`` (rank 0's first checkpoint write fails) or ``rank1-step``
+    (rank 1's fifth training step fails): a failure on one rank only."""
+    import os
+
+    rank = int(os.environ["RANK"])
+    if fault == "rank0-checkpoint" and rank == 0:
+        import bench.trial
+
+        save, calls = bench.trial._save_checkpoint, []
+
+        def failing_save(path, state):
+            calls.append(path)
+            if len(calls) == 1:
+                raise OSError("No space left on device (injected)")
+            save(path, state)
+
+        bench.trial._save_checkpoint = failing_save
+    elif fault == "rank1-step" and rank == 1:
+        import bench.distributed
+
+        shard, steps = bench.distributed.shard_batch, []
+
+        def failing_shard(*args):
+            steps.append(1)
+            if len(steps) == 5:
+                raise RuntimeError("data error on rank 1 (injected)")
+            return shard(*args)
+
+        bench.distributed.shard_batch = failing_shard
+
+
 if __name__ == "__main__":
+    import os
+
     register_tiny_blobs()
+    if os.environ.get("MARGINBENCH_TEST_FAULT"):
+        inject_fault(os.environ["MARGINBENCH_TEST_FAULT"])
     if sys.argv[1] == "distributed":
         from bench.distributed import main
     else:

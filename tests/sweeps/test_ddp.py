@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from bench.grid import load_grid
+from bench.study import ERROR_ATTR
 from bench.trial import TrialOptions, build_models, load_dataset, run_trial
 from tests.sweeps.conftest import bench_env, mlflow_children, optuna_trials
 
@@ -39,6 +43,40 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                            ENTRY, *args], cwd=cwd, env=bench_env(), capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def torchrun_with_fault(fault: str, *args: str, cwd: Path, timeout: float = 120) -> tuple[int, str]:
+    """``(exit code, stdout + stderr)`` of a 2-process torchrun job with a failure injected on one rank
+    (`_ddp_entry.inject_fault`); a job still running after ``timeout`` seconds is killed, with all its ranks, and
+    fails the test (a hung rank used to wait in a collective for a day)."""
+    env = {**bench_env(), "MARGINBENCH_TEST_FAULT": fault}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             ENTRY, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*_descendants(proc.pid), proc.pid]:  # torchrun starts each rank in a session of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # a rank waiting in a collective does not heed SIGTERM
+        out, _ = proc.communicate()
+        pytest.fail(f"the torchrun job hung after a failure on one rank ({fault}):\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux: from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 @pytest.mark.slow
@@ -93,3 +131,43 @@ def test_batchnorm_backbone_is_refused_under_ddp_off_cuda():
     ctx = DistContext(rank=0, world_size=2, local_rank=0, backend="gloo", device="cpu")
     with pytest.raises(ValueError, match=r"BatchNorm layers \(BatchNorm2d\).*SyncBatchNorm needs CUDA.*one process"):
         wrap(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)), ctx)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_failure_on_rank_zero_at_an_epoch_end_fails_the_trial_on_both_ranks_and_the_worker_goes_on(
+        in_tmp, write_grid, tiny_dataset):
+    # rank 0's checkpoint write fails after epoch 0 of the first trial; rank 1 used to go on into epoch 1 and wait
+    # in DDP's gradient all-reduce forever, while rank 0 sent it the next trial: the worker hung
+    from bench.workers import run_study
+
+    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-fault").replace("epochs: 6", "epochs: 2")
+                                .replace("seeds: [3]", "seeds: [0, 1]")))
+    prepared = run_study(grid, workers=0, echo=lambda s: None)
+    code, out = torchrun_with_fault("rank0-checkpoint", "bench", "worker", "--grid", str(grid.path), "--device",
+                                    "cpu", "--no-progress", cwd=in_tmp)
+    assert code != 0, out  # a trial failed
+    trials = sorted(optuna_trials("ddp-fault", prepared.storage), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], out
+    assert trials[0].user_attrs[ERROR_ATTR] == "OSError: No space left on device (injected)"
+    runs = mlflow_children("ddp-fault", prepared.tracking_uri)
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    # rank 1 learned why its trial ended
+    assert "RankFailed: rank 0 failed: OSError: No space left on device (injected)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_failure_on_rank_one_inside_a_training_step_ends_the_job_with_its_error(in_tmp, write_grid,
+                                                                                 tiny_dataset):
+    # rank 1 fails mid-epoch, where the ranks meet only in DDP's all-reduce: rank 1 used to wait for rank 0's next
+    # trial while rank 0 waited in the all-reduce, both forever. Now rank 1's worker stops, naming its error, and
+    # torchrun ends rank 0.
+    from bench.workers import run_study
+
+    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-step").replace("epochs: 6", "epochs: 2")))
+    run_study(grid, workers=0, echo=lambda s: None)
+    code, out = torchrun_with_fault("rank1-step", "bench", "worker", "--grid", str(grid.path), "--device", "cpu",
+                                    "--no-progress", cwd=in_tmp)
+    assert code != 0, out
+    assert "bench: rank 1 failed in a training step (RuntimeError: data error on rank 1 (injected))" in out, out
