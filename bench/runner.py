@@ -75,7 +75,8 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     A diverged trial closes its run FAILED with a ``diverged`` tag (epoch, step); a pruned one KILLED;
     an exception is logged with its traceback as an artifact and returned as status ``failed``. A trial
     resumed from its checkpoint logs the restored epochs too (tag ``resumed_from_epoch``), so the run
-    holds the whole history. KeyboardInterrupt closes the run as ``interrupted`` and propagates.
+    holds the whole history. KeyboardInterrupt, in training or while the result is recorded, closes the run as
+    ``interrupted`` and propagates.
     """
     options = options or TrialOptions()
     run: TrialRun = tracker.start_trial(spec, device=options.device, trial_number=trial_number, extra_tags=extra_tags)
@@ -90,10 +91,13 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
             tracker.record_failure(run, err)
             return TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: close the run as interrupted; the caller re-queues the trial
-            with interrupts_held():
-                run.finish("interrupted")
+            _close_interrupted([run])
             raise
-        return _finish_or_fail(tracker, run, result, logged)
+        try:
+            return _finish_or_fail(tracker, run, result, logged)
+        except KeyboardInterrupt:  # while the result was recorded: the trial is re-queued all the same
+            _close_interrupted([run])
+            raise
 
 
 def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, options: Sequence[TrialOptions], *,
@@ -124,12 +128,22 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
             return [TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
                     for spec, run in zip(specs, runs, strict=True)]
         except KeyboardInterrupt:
-            with interrupts_held():
-                for run in runs:
-                    run.finish("interrupted")
+            _close_interrupted(runs)
             raise
-        return [_finish_or_fail(tracker, run, result, done)
-                for run, result, done in zip(runs, results, logged, strict=True)]
+        try:
+            return [_finish_or_fail(tracker, run, result, done)
+                    for run, result, done in zip(runs, results, logged, strict=True)]
+        except KeyboardInterrupt:  # every trial of the group is re-queued, those already recorded too
+            _close_interrupted(runs)
+            raise
+
+
+def _close_interrupted(runs: Sequence[TrialRun]) -> None:
+    """Closes runs as ``interrupted`` (MLflow KILLED), signals held (`interrupts_held`); a run already closed
+    by its result is closed again so, as its trial goes back to the queue."""
+    with interrupts_held():
+        for run in runs:
+            run.finish("interrupted")
 
 
 @contextlib.contextmanager

@@ -80,6 +80,35 @@ def test_ctrl_c_after_a_lost_metric_write_stays_an_interrupt_and_closes_the_run(
     assert statuses(tracker) == [("KILLED", "interrupted")]
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_ctrl_c_while_the_result_is_recorded_closes_the_run_as_interrupted(tmp_path, monkeypatch, fused):
+    # Ctrl-C landing after training, while the run's tags and pictures were written, used to leave the run
+    # RUNNING for good (the trial is queued again, as for any interrupt)
+    from bench.tracking import TrialRun
+
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    flush, calls = TrialRun.flush, []
+
+    def interrupted_flush(self):
+        calls.append(self.run_id)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        flush(self)
+
+    monkeypatch.setattr(TrialRun, "flush", interrupted_flush)
+    monkeypatch.setattr(bench.runner, "run_trial", trained)
+    monkeypatch.setattr(bench.fused, "run_fused_trials",
+                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+    with pytest.raises(KeyboardInterrupt):
+        if fused:
+            execute_fused_trials([SPEC, SPEC.replace(seed=1)], tracker, [TrialOptions(progress=False)] * 2,
+                                 trial_numbers=[None, None], extra_tags=[{}, {}], on_epochs=[None, None])
+        else:
+            execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    # every run of the interrupted call is KILLED, like the trials it gives back to the queue
+    assert statuses(tracker) == [("KILLED", "interrupted")] * (2 if fused else 1)
+
+
 def test_a_crash_after_a_lost_metric_write_records_the_crash(tracker, monkeypatch):
     # the trial's own error is the one recorded, and the run is closed as failed
     def crashed(spec, options):
