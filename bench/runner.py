@@ -186,9 +186,10 @@ def _finish_run(run: TrialRun, result: TrialResult, logged: list[int]) -> TrialO
     tags: dict[str, Any] = {"images_per_second": f"{result.images_per_second:.1f}",
                             "train_seconds": f"{result.train_seconds:.2f}", "device": result.device}
     first = min(logged) if logged else len(result.history)
-    if first > 0 and result.history:  # resumed from a checkpoint: this run also gets the epochs before it
+    if first > 0 and result.history:  # resumed from a checkpoint: this run also gets the epochs before it,
+        times = result.epoch_times  # at the time they were trained (now for a checkpoint that did not keep it)
         for epoch, metrics in enumerate(result.history[:first]):
-            run.log_epoch(epoch, metrics)
+            run.log_epoch(epoch, metrics, timestamp=times[epoch] if epoch < len(times) else None)
         tags["resumed_from_epoch"] = str(first)
     if result.diverged is not None:
         tags["diverged"] = f"epoch={result.diverged['epoch']} step={result.diverged['step']}"

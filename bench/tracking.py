@@ -167,11 +167,13 @@ class TrialRun:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
         self._pending: list[Any] = []
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float], *, timestamp: float | None = None) -> None:
+        """Queues an epoch's metrics at step ``epoch``, stamped ``timestamp`` (seconds since the Unix epoch; now
+        when None)."""
         from mlflow.entities import Metric
 
         t0 = time.perf_counter()
-        now = int(time.time() * 1000)
+        now = int((time.time() if timestamp is None else timestamp) * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
         self._pending.append(self._pool.submit(self.client.log_batch, self.run_id, metrics=batch))
         self.log_seconds += time.perf_counter() - t0

@@ -78,6 +78,9 @@ class TrialResult:
         status: ``finished``, ``diverged`` or ``pruned``.
         metrics: the last epoch's metrics (``train_loss``, ``train_acc``, ``test_acc``, ...).
         history: one metrics dict per finished epoch, in order.
+        epoch_times: when each epoch of ``history`` was recorded (seconds since the Unix epoch; kept in the
+            checkpoint, so that a resumed trial logs its restored epochs at the time they were trained; None
+            for epochs restored from a checkpoint that did not keep it).
         diverged: ``{"epoch": e, "step": s, "reason": ...}`` when the loss went NaN or inf.
         skipped: unreadable samples ``{path: reason}`` met while loading.
         artifacts: files written (pictures, ROC curves), to be logged.
@@ -89,6 +92,7 @@ class TrialResult:
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    epoch_times: list[float | None] = field(default_factory=list)
     diverged: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
@@ -353,6 +357,7 @@ class TrialState:
         self.train.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.result.history = state["history"]
+        self.result.epoch_times = state.get("epoch_times") or [None] * len(state["history"])  # older checkpoints
         # a checkpoint of the last epoch (the process died before the trial was recorded; in a fused group a
         # short trial's stays until the whole group ends) trains nothing more: its result is that epoch's
         self.result.metrics = dict(state["history"][-1]) if state["history"] else {}
@@ -449,6 +454,7 @@ class TrialState:
         if options.plots and emb_np is not None:
             self.frames += _plot_epoch(emb_np, lab_np, self.head, spec, epoch, self.artifact_dir)
         result.history.append(metrics)
+        result.epoch_times.append(time.time())
         result.metrics = metrics
         stop = False
         if options.on_epoch is not None:
@@ -467,7 +473,8 @@ class TrialState:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "scaler": self.scaler.state_dict(), "generator": self.train.order_state(),
-                "torch_rng": torch.get_rng_state(), "history": result.history, "train_seconds": result.train_seconds,
+                "torch_rng": torch.get_rng_state(), "history": result.history, "epoch_times": result.epoch_times,
+                "train_seconds": result.train_seconds,
                 "images_seen": self.images_seen, "status": result.status})
         return stop
 

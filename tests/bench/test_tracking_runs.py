@@ -146,6 +146,34 @@ def test_pictures_are_logged_once_and_their_temporary_folder_removed(tmp_path, t
     assert list((tmp_path / "tmp").glob("marginbench-*")) == []
 
 
+def test_a_resumed_trial_logs_its_restored_epochs_at_the_time_they_were_trained(tmp_path, tiny_dataset):
+    # the epochs restored from the checkpoint used to be logged when the resumed trial ended, after the epochs it
+    # trained: MLflow's charts by wall time drew epoch 0 last
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    spec = TrialSpec.from_nested({"dataset": tiny_dataset, "backbone": "lenet++", "embedding_dim": 2, "epochs": 3,
+                                  "batch_size": 16, "loss": "cosface"})
+    options = TrialOptions(device="cpu", progress=False, checkpoint_path=tmp_path / "trial.pt")
+
+    def interrupt_after_epoch_0(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt  # before epoch 1's checkpoint: the retry resumes from epoch 0's
+
+    with pytest.raises(KeyboardInterrupt):
+        execute_trial(spec, tracker, options, on_epoch=interrupt_after_epoch_0)
+    first = tracker.client.get_metric_history(tracker.child_runs()[0].info.run_id, "train_loss")
+    outcome = execute_trial(spec, tracker, options)
+    assert outcome.status == "finished"
+    assert tracker.client.get_run(outcome.run_id).data.tags["resumed_from_epoch"] == "1"
+    history = sorted(tracker.client.get_metric_history(outcome.run_id, "train_loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == [0, 1, 2]
+    # epoch 0 keeps the time it was trained at: with the interrupted run's epoch 0, before the resumed run's epochs
+    (trained_0,) = [m for m in first if m.step == 0]
+    assert history[0].timestamp <= tracker.client.get_run(outcome.run_id).info.start_time
+    assert abs(history[0].timestamp - trained_0.timestamp) < 1000
+    assert history[0].timestamp < history[1].timestamp <= history[2].timestamp
+    assert history[0].value == trained_0.value
+
+
 def test_logged_params_read_back_as_the_spec_and_match_its_grid_cell(tmp_path):
     # floats, None, lists and a mapping param (timm's backbone kwargs) come back from MLflow's text exactly,
     # so reports.matching tables the run; the mapping used to be logged as Python's repr, read back as text,
