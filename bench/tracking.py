@@ -126,10 +126,25 @@ def _git_commit() -> str:
 
 
 def device_name(device: str | torch.device | None = None) -> str:
+    """What trains on ``device`` (None: CUDA when present, else the CPU), for the ``device_name`` tag and
+    `bench perf`: the GPU's name, ``Apple M2 Pro (MPS)``, or ``cpu (arch, N cores)``."""
     device = torch.device(device) if device is not None else None
     if (device is None or device.type == "cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(device if device is not None and device.index is not None else 0)
+    if device is not None and device.type == "mps":  # was described as the CPU
+        return f"{_apple_chip()} (MPS)"
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _apple_chip() -> str:
+    """The Mac's chip (``Apple M2 Pro``), from sysctl; the machine's architecture where it does not say."""
+    try:
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"Apple {platform.machine()}"
 
 
 def environment_tags(device: str | torch.device | None = None) -> dict[str, str]:

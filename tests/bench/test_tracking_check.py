@@ -100,3 +100,29 @@ def test_bench_ui_names_a_server_that_does_not_answer(in_tmp, capsys):
     assert main(["ui", "--tracking-uri", f"http://127.0.0.1:{closed_port()}"]) == 2
     err = capsys.readouterr().err
     assert "does not answer" in err and "Traceback" not in err
+
+
+def test_an_mps_device_is_named_as_the_mac_chip_not_the_cpu(monkeypatch):
+    # --device mps used to be tagged "cpu (arm, 8 cores)", so its runs were tabled as CPU runs
+    import subprocess
+
+    from bench.tracking import device_name, environment_tags
+
+    run = subprocess.run
+
+    def sysctl(args, **kwargs):  # what macOS answers
+        if args[0] != "sysctl":
+            return run(args, **kwargs)  # git, for the commit tag
+        assert args == ["sysctl", "-n", "machdep.cpu.brand_string"]
+        return subprocess.CompletedProcess(args, 0, stdout="Apple M2 Pro\n", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", sysctl)
+    assert device_name("mps") == "Apple M2 Pro (MPS)"
+    assert environment_tags("mps:0")["device_name"] == "Apple M2 Pro (MPS)"
+
+    def no_sysctl(args, **kwargs):
+        raise FileNotFoundError(args[0])
+
+    monkeypatch.setattr(subprocess, "run", no_sysctl)
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    assert device_name("mps") == "Apple arm64 (MPS)"
