@@ -240,8 +240,9 @@ def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
     """``(key, message)`` when the spec's backbone cannot take its dataset's images, else None.
 
     A face net whose ``input_size`` differs from the dataset's image size, or any backbone of `MIN_SIDE` given
-    images smaller than it takes, fails in the first training step; ``timm/...`` models pool globally and are
-    not checked, nor are datasets that do not say their image size (`image_size_of`). ``backbone_at`` and
+    images smaller than it takes, fails in the first training step, as does a ``timm/...`` model of a fixed input
+    size (ViT, Swin: `fixed_input_size`) given another; timm models that pool globally take any size. Datasets
+    that do not say their image size (`image_size_of`) are not checked. ``backbone_at`` and
     ``dataset_at`` are the grid keys that set the two components, for the message.
     """
     from registry.backbones._sizes import MIN_SIDE, parse_input_size
@@ -269,6 +270,20 @@ def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
                     f"backbone {spec.backbone} is built for {want[0]}x{want[1]} inputs (input_size: {given}), but "
                     f"{images}: its last layer is sized by the input, so the first training step would fail. Set "
                     f"input_size: [{h}, {w}] or drop it (it then follows the dataset){resize}")
+    if spec.backbone.startswith("timm/"):
+        from registry.backbones.timm_family import fixed_input_size
+
+        kwargs = spec.backbone_params.get("kwargs") or {}
+        fixed = fixed_input_size(spec.backbone[len("timm/"):], kwargs)
+        if fixed is not None and fixed != size:
+            given = "img_size" in kwargs
+            resize = f", or set {dataset_at}.image_size: {fixed[0]}" if resizable and fixed[0] == fixed[1] else ""
+            return (f"{backbone_at}.kwargs.img_size" if given else backbone_at,
+                    f"backbone {spec.backbone} takes only {fixed[0]}x{fixed[1]} inputs ("
+                    + (f"kwargs.img_size: {kwargs['img_size']}" if given else "timm's fixed_input_size")
+                    + f"), but {images}, so the first training step would fail. Set kwargs: {{img_size: [{h}, {w}]}} "
+                    f"on the backbone (a ViT's patch_size must divide it){resize}, or choose a model that pools "
+                    f"globally (timm/mobilenetv3_large_100, timm/efficientnet_b0)")
     minimum = MIN_SIDE.get(spec.backbone)
     if minimum is not None and min(size) < minimum:
         others = "mini-resnet18 from 4x4, timm/... models" if minimum > 4 else "timm/... models"

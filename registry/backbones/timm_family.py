@@ -18,7 +18,7 @@ from torch import nn
 
 from registry import BACKBONES
 
-__all__ = ["timm_backbone", "GRID_MODELS"]
+__all__ = ["timm_backbone", "GRID_MODELS", "fixed_input_size"]
 
 #: The timm models the shipped grids name (tested on every run).
 GRID_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0")
@@ -105,6 +105,30 @@ def _validate(params: dict[str, Any], model_name: str) -> None:
         extra["drop_path_rate"] = params["drop_path_rate"]
     if extra:
         _check_builds(model_name, extra)
+
+
+def fixed_input_size(model_name: str, kwargs: Mapping[str, Any] | None = None) -> tuple[int, int] | None:
+    """The one (H, W) a timm model takes, or None when it takes any size.
+
+    Models that pool globally (MobileNet, EfficientNet, ResNet) take any size; transformers and MLP-mixers
+    whose pretrained config says ``fixed_input_size`` (ViT, DeiT, Swin, Mixer, LeViT) take only their
+    ``img_size`` (``kwargs.img_size``, else the config's, 224x224 for most) and fail in the first forward
+    otherwise ("Input height (28) doesn't match model (224)"). ``kwargs.dynamic_img_size`` lifts that: None.
+    """
+    from timm.models import get_pretrained_cfg
+
+    kwargs = kwargs or {}
+    if kwargs.get("dynamic_img_size"):
+        return None
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None or not cfg.fixed_input_size:
+        return None
+    size = kwargs.get("img_size", tuple(cfg.input_size[-2:]))
+    if isinstance(size, int) and not isinstance(size, bool):
+        return (size, size)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return (int(size[0]), int(size[1]))
+    return None  # a value timm itself will judge when the model is built
 
 
 def _exists(name: str) -> bool:

@@ -169,7 +169,8 @@ _DATASETS = {"digits 28": ("{name: digits}", (28, 28), 1), "digits 4": ("{name: 
 _BACKBONES = ("lenet++", "mini-resnet18", "{name: sphereface, depth: 4}",
               "{name: sphereface, depth: 4, input_size: 28}",
               "{name: mobilefacenet, blocks: [1, 1, 1, 1], scale: 1, input_size: [32, 24]}",
-              "timm/mobilenetv3_small_100")
+              "timm/mobilenetv3_small_100", "timm/vit_tiny_patch16_224",
+              "{name: timm/vit_tiny_patch16_224, kwargs: {img_size: 28}}")
 
 
 @pytest.mark.parametrize("dataset", list(_DATASETS))
@@ -178,7 +179,7 @@ def test_a_backbone_that_cannot_take_the_datasets_images_is_refused_with_the_gri
     # The reference is the trial itself: the backbone built as a trial builds it, run on a batch of the dataset's
     # image size. Validation refuses exactly the pairs whose first training step would fail (a face net built for
     # another size, images smaller than the net pools), and passes the ones that adapt (lenet++ on faces, the face
-    # nets without input_size, timm models on any size).
+    # nets without input_size, timm models that pool on any size; a ViT only at its img_size).
     import torch
 
     from bench import yamlio
@@ -194,9 +195,10 @@ def test_a_backbone_that_cannot_take_the_datasets_images_is_refused_with_the_gri
     except GridError as err:
         assert str(path) in str(err) and "backbone" in str(err)
         assert "base.dataset.image_size" in str(err) or "base.dataset) gives 28x28 images, a fixed size" in str(err)
-        assert err.key in ("base.backbone.input_size", "base.dataset.image_size", "base.backbone")
+        assert err.key in ("base.backbone.input_size", "base.dataset.image_size", "base.backbone",
+                           "base.backbone.kwargs.img_size")
         spec = TrialSpec.from_nested({"backbone": yamlio.load(backbone), "embedding_dim": 4})  # unvalidated
-        with pytest.raises((ValueError, RuntimeError)):  # noqa: PT012 - building or the first forward fails
+        with pytest.raises((ValueError, RuntimeError, AssertionError)):  # noqa: PT012 - build or 1st forward
             backbone_net = build_models(spec, bundle)[0]
             backbone_net(torch.randn(2, chans, *size))
         return
@@ -214,3 +216,21 @@ def test_a_face_net_built_for_another_size_names_both_keys_and_the_fix(tmp_path)
     assert ("built for 112x96 inputs" in str(err.value) and "gives 112x112 images (base.dataset.image_size: 112)"
             in str(err.value) and "Set input_size: [112, 112] or drop it" in str(err.value)
             and "or set base.dataset.image_size: [112, 96]" in str(err.value))
+
+
+def test_a_timm_model_of_a_fixed_input_size_names_its_size_and_the_kwargs_that_change_it(tmp_path):
+    # timm's ViT asserts "Input height (28) doesn't match model (224)" in its first forward
+    path = write(tmp_path, "name: g\nbase: {dataset: {name: digits}, embedding_dim: 4}\n"
+                           "grid:\n  net:\n    - {label: a, backbone: timm/mobilenetv3_small_100}\n"
+                           "    - {label: b, backbone: timm/vit_tiny_patch16_224}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert err.value.key == "grid.net[1].backbone"
+    assert ("takes only 224x224 inputs (timm's fixed_input_size)" in str(err.value)
+            and "gives 28x28 images (base.dataset.image_size: 28, the default)" in str(err.value)
+            and "Set kwargs: {img_size: [28, 28]}" in str(err.value)
+            and "or set base.dataset.image_size: 224" in str(err.value))
+    ok = write(tmp_path, "name: g\nbase: {dataset: {name: digits}, embedding_dim: 4,\n"
+                         "  backbone: {name: timm/vit_tiny_patch16_224,\n"
+                         "             kwargs: {patch_size: 4, dynamic_img_size: true}}}\n")
+    assert len(load_grid(ok).cells) == 1  # dynamic_img_size: any size the patches divide
