@@ -81,7 +81,8 @@ class TrialResult:
         epoch_times: when each epoch of ``history`` was recorded (seconds since the Unix epoch; kept in the
             checkpoint, so that a resumed trial logs its restored epochs at the time they were trained; None
             for epochs restored from a checkpoint that did not keep it).
-        diverged: ``{"epoch": e, "step": s, "reason": ...}`` when the loss went NaN or inf.
+        diverged: ``{"epoch": e, "step": s, "reason": ...}`` when the loss went NaN or inf, or (``step``
+            ``"eval"``) when the verification pairs' embeddings did.
         skipped: unreadable samples ``{path: reason}`` met while loading.
         artifacts: files written (pictures, ROC curves), to be logged.
         train_seconds: time spent in training steps (device-synchronized).
@@ -231,6 +232,7 @@ def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype
 
 def _verification(backbone: nn.Module, bundle: DataBundle, device: torch.device, dtype: torch.dtype | None,
                   batch_size: int) -> Any:
+    """The pairs' `VerificationResult`, or, when an embedding is NaN or inf, why the trial diverged."""
     from bench.verification import pair_scores, verification_metrics
 
     backbone.eval()
@@ -241,6 +243,9 @@ def _verification(backbone: nn.Module, bundle: DataBundle, device: torch.device,
     pairs = bundle.pairs
     assert pairs is not None
     scores = pair_scores(embed, pairs, batch_size=batch_size, flip=True, device=device)
+    bad = int(np.sum(~np.isfinite(scores)))
+    if bad:  # the model diverged where the loss did not show it (e.g. eval-mode BatchNorm statistics)
+        return f"the embeddings of {bad} of {len(scores)} verification pairs ({pairs.name}) became NaN or inf"
     return verification_metrics(scores, pairs.same.numpy(), pairs.folds.numpy())
 
 
@@ -439,6 +444,11 @@ class TrialState:
             metrics.update({f"test_{k}": v for k, v in split.items()})
         if self.bundle.pairs is not None:
             ver = _verification(self.backbone, self.bundle, device, self.dtype, spec.eval_batch_size)
+            if isinstance(ver, str):  # non-finite embeddings: a diverged trial, as a NaN loss is
+                result.status = "diverged"
+                result.diverged = {"epoch": epoch, "step": "eval",
+                                   "reason": f"{ver} at epoch {epoch}, the training loss being finite"}
+                return True
             metrics.update(ver.as_metrics(self.bundle.pairs.name))
             if epoch == spec.epochs - 1:
                 from bench.verification import plot_roc

@@ -102,3 +102,45 @@ def test_batch_size_one_is_refused_for_a_backbone_with_batchnorm(tiny_dataset, b
     # Every batch would be a single sample: said before training, not skipped in silence.
     with pytest.raises(ValueError, match="batch_size must be at least 2 for backbone 'bn-linear'"):
         run_trial(spec_for(tiny_dataset, backbone=bn_backbone, batch_size=1), TrialOptions(progress=False))
+
+
+def test_nan_verification_embeddings_are_recorded_as_diverged_not_raised(tiny_dataset):
+    # a backbone whose eval-mode output is NaN while training stays finite (as eval-mode BatchNorm statistics can
+    # break): the pair scores are NaN, which the metrics refuse; the trial must end diverged, not raise
+    import numpy as np
+
+    from registry import BACKBONES, DATASETS
+    from registry.datasets import DataBundle, PairSet
+
+    class NanInEval(torch.nn.Module):
+        def __init__(self, embedding_dim: int, in_chans: int) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(in_chans * 64, embedding_dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.linear(x.flatten(1))
+            return y if self.training else y * math.nan
+
+    @BACKBONES.register("nan-in-eval")
+    def nan_in_eval(embedding_dim: int, in_chans: int) -> torch.nn.Module:
+        """Linear in training, NaN in eval (for tests)."""
+        return NanInEval(embedding_dim, in_chans)
+
+    @DATASETS.register("tiny-blobs-pairs")
+    def tiny_blobs_pairs() -> DataBundle:
+        """The tiny blobs' training split, with pairs over their test images (for tests)."""
+        blobs = DATASETS.create(tiny_dataset)
+        n = 20  # pairs of test images 2k, 2k+1; two folds
+        pairs = PairSet(blobs.test.images, torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2),
+                        torch.from_numpy(np.arange(n) % 2 == 0), torch.arange(n) // (n // 2), name="lfw")
+        return DataBundle("tiny-blobs-pairs", 4, 1, (8, 8), blobs.train, None, pairs)
+
+    try:
+        result = run_trial(spec_for("tiny-blobs-pairs", backbone="nan-in-eval", epochs=2),
+                           TrialOptions(progress=False))
+    finally:
+        BACKBONES.unregister("nan-in-eval")
+        DATASETS.unregister("tiny-blobs-pairs")
+    assert result.status == "diverged" and result.history == []
+    assert result.diverged["epoch"] == 0 and result.diverged["step"] == "eval"
+    assert "20 of 20 verification pairs (lfw) became NaN or inf" in result.diverged["reason"]
