@@ -117,13 +117,25 @@ def _image_path(root: Path, name: str, number: int, ext: str) -> Path:
     return root / name / f"{name}_{number:04d}.{ext.lstrip('.')}"
 
 
+def _not_an_image(path: Path) -> str | None:
+    """Why PIL cannot identify ``path`` as an image from its header (an HTML page saved as .jpg, say), or None.
+    Only the header is read: a file truncated further on is still found, naming it, at the first evaluation."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return None
+    except (UnidentifiedImageError, OSError) as err:
+        return f"not an image: {type(err).__name__}"
+
+
 def resolve_pair_images(pairs: Sequence[PairLine], root: str | Path, ext: str = "jpg", *,
                         source: str | Path = "pairs.txt") -> tuple[list[Path], np.ndarray, np.ndarray]:
     """The distinct image paths the pairs name, and each pair's two indices into that list.
 
     Raises:
-        FileNotFoundError: naming the pairs-file line of each missing or empty image (the first three, and
-            how many in all) and the fix.
+        FileNotFoundError: naming the pairs-file line of each missing or empty image, or one whose header
+            is not an image's (the first three, and how many in all) and the fix.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -141,6 +153,8 @@ def resolve_pair_images(pairs: Sequence[PairLine], root: str | Path, ext: str = 
                     missing.append((pair.lineno, path, "missing"))
                 elif path.stat().st_size == 0:
                     missing.append((pair.lineno, path, "empty file"))
+                elif (why := _not_an_image(path)) is not None:
+                    missing.append((pair.lineno, path, why))
                 index[path] = len(index)
             ids.append(index[path])
         left.append(ids[0])
@@ -151,6 +165,7 @@ def resolve_pair_images(pairs: Sequence[PairLine], root: str | Path, ext: str = 
         first = missing[0][1]
         others = sorted(p.name for p in first.parent.glob(first.stem + ".*")) if first.parent.is_dir() else []
         hint = (f"{first.parent} holds {', '.join(others)}: set image_ext" if others and missing[0][2] == "missing"
+                else "replace the file(s), or drop their pairs" if missing[0][2].startswith("not an image")
                 else "fix pairs_root, or the pairs file")
         raise FileNotFoundError(f"{source}: {len(missing)} image(s) named by the pairs cannot be used: {shown}{more}; "
                                 f"{hint}")

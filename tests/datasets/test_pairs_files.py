@@ -155,6 +155,24 @@ def test_empty_pair_image_is_refused_before_training(tmp_path):
         pairs_from_txt(path, root, (12, 10), 3)
 
 
+def test_pair_image_that_is_not_an_image_is_refused_before_training(tmp_path):
+    # an HTML error page saved as a .jpg used to pass validation, and every trial failed at its first evaluation,
+    # after a whole epoch of training
+    root = _image_root(tmp_path, [("A", 1), ("B", 1)])
+    (root / "A" / "A_0002.jpg").write_bytes(b"<html><body>404 Not Found</body></html>")
+    for name in ("X", "Y"):  # two identities: a classification head needs at least 2
+        faces = tmp_path / "faces" / name
+        faces.mkdir(parents=True)
+        (faces / "x.jpg").write_bytes(_jpeg(0))
+    path = tmp_path / "pairs.txt"
+    path.write_text("1 1\nA 1 2\nA 1 B 1\n")
+    with pytest.raises(RegistryError, match=r"line 2: .*A_0002.jpg \(not an image: UnidentifiedImageError\); "
+                                            r"replace the file"):
+        DATASETS.check("imagefolder", {"root": str(tmp_path / "faces"), "pairs": str(path), "pairs_root": str(root)})
+    with pytest.raises(FileNotFoundError, match=r"line 2: .*A_0002.jpg \(not an image"):
+        pairs_from_txt(path, root, (12, 10), 3)
+
+
 # insightface .bin -----------------------------------------------------------------------------------
 def _write_insightface_bin(path, blobs, issame):
     # insightface's packing scripts: pickle.dump((bins, issame_list), f, protocol=pickle.HIGHEST_PROTOCOL)
