@@ -246,7 +246,7 @@ def _check_identity_count(root: Path, split: str, test_fraction: float) -> None:
 def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: float = 0.1, split_seed: int = 0,
                 image_size: int | Sequence[int] | None = None, in_chans: int = 3, flip: bool = True,
                 pairs: str | None = None, pairs_root: str | None = None, image_ext: str = "jpg",
-                bin: str | None = None, pairs_per_fold: int = 300, pairs_name: str = "lfw") -> DataBundle:
+                bin: str | None = None, pairs_per_fold: int = 300, pairs_name: str | None = None) -> DataBundle:
     """Face identities from root/<identity>/<image> (CASIA-WebFace layout), decoded in workers, flip augmented.
 
     Args:
@@ -262,7 +262,8 @@ def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: 
         pairs: an LFW-format ``pairs.txt`` for verification; its images are ``pairs_root/name/name_NNNN.<image_ext>``.
         pairs_root: image root of ``pairs`` (default: ``root``).
         image_ext: file ending of the pairs' images.
-        pairs_name: prefix of the metrics of ``pairs`` (``lfw`` logs ``lfw_acc``, ``lfw_auc``, ...).
+        pairs_name: prefix of the metrics of ``pairs`` or ``bin`` (``lfw`` logs ``lfw_acc``, ``lfw_auc``, ...);
+            default ``lfw`` for ``pairs``, the file's name for ``bin`` (``agedb_30.bin``: ``agedb_30_acc``).
         bin: an insightface verification ``.bin`` (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``) instead of ``pairs``.
         pairs_per_fold: matched (and as many mismatched) pairs per fold, ten folds, drawn from the held-out
             identities with ``split: identities``.
@@ -295,10 +296,10 @@ def imagefolder(root: str = "data/faces", split: str = "images", test_fraction: 
         if held:
             test = FaceImages(held, size, in_chans, flip=False, uint8=True)
     if pairs is not None:
-        pair_set = pairs_from_txt(pairs, pairs_root or root, size, in_chans, ext=image_ext, name=pairs_name)
+        pair_set = pairs_from_txt(pairs, pairs_root or root, size, in_chans, ext=image_ext, name=pairs_name or "lfw")
         info["pairs"] = str(pairs)
     elif bin is not None:
-        pair_set = pairs_from_bin(bin, size, in_chans)
+        pair_set = pairs_from_bin(bin, size, in_chans, name=pairs_name)
         info["bin"] = str(bin)
     info.update(train_size=len(train_samples), test_size=len(test) if test is not None else 0,
                 pairs=len(pair_set.same) if pair_set is not None else 0)

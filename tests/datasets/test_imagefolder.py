@@ -175,6 +175,16 @@ def test_bin_pairs_match_the_pairs_txt(faces):
         assert torch.equal(via_bin.images[int(via_bin.right[k])], via_txt.images[int(via_txt.right[k])])
 
 
+def test_pairs_name_names_the_metrics_of_a_bin_too(faces):
+    # pairs_name was ignored for a .bin (its metrics kept the file's name), so an objective.metric written with
+    # the pairs_name found nothing
+    named = DATASETS.create("imagefolder", root=str(faces["train"]), bin=str(faces["bin"]), pairs_name="agedb").pairs
+    assert named.name == "agedb"
+    txt = DATASETS.create("imagefolder", root=str(faces["train"]), pairs=str(faces["pairs_txt"]),
+                          pairs_root=str(faces["pairs_root"]), image_ext="png").pairs
+    assert txt.name == "lfw"  # the default for a pairs.txt stays lfw
+
+
 def test_pairs_and_bin_together_are_refused(faces):
     with pytest.raises(RegistryError, match="either pairs .* or bin"):
         DATASETS.check("imagefolder", {"root": str(faces["train"]), "pairs": str(faces["pairs_txt"]),
