@@ -82,7 +82,7 @@ class TrialResult:
             checkpoint, so that a resumed trial logs its restored epochs at the time they were trained; None
             for epochs restored from a checkpoint that did not keep it).
         diverged: ``{"epoch": e, "step": s, "reason": ...}`` when the loss went NaN or inf, or (``step``
-            ``"eval"``) when the verification pairs' embeddings did.
+            ``"eval"``) when the test split's or the verification pairs' embeddings did.
         skipped: unreadable samples ``{path: reason}`` met while loading.
         artifacts: files written (pictures, ROC curves), to be logged.
         train_seconds: time spent in training steps (device-synchronized).
@@ -189,8 +189,10 @@ def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype
     """Top-1 accuracy of ``head.logits(emb)`` over a split.
 
     Returns:
-        ``({"acc": ..., "acc.class_<i>": ...}, embeddings, labels)``: per-class accuracies (recall of class i)
-        only when ``0 < num_classes <= PER_CLASS_MAX``; up to ``keep`` embeddings ``(n, D)`` and labels ``(n,)``
+        ``({"acc": ..., "acc.class_<i>": ..., "nonfinite": n}, embeddings, labels)``: per-class accuracies
+        (recall of class i) only when ``0 < num_classes <= PER_CLASS_MAX``; ``nonfinite`` the number of images
+        whose embedding holds a NaN or inf (not a metric: their logits make any argmax, so the accuracy means
+        nothing when it is not 0); up to ``keep`` embeddings ``(n, D)`` and labels ``(n,)``
         as numpy arrays, or None when ``keep`` is 0. Counts stay on the device until the end of the split.
         With ``stop_after_keep`` the split is read only until ``keep`` embeddings are collected (for pictures;
         the accuracy then covers those batches only).
@@ -201,6 +203,7 @@ def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype
     correct = torch.zeros((), dtype=torch.long, device=batches.device)
     hits = torch.zeros(max(num_classes, 1) if per_class else 1, dtype=torch.long, device=batches.device)
     counts = torch.zeros_like(hits)
+    nonfinite = torch.zeros((), dtype=torch.long, device=batches.device)
     total = 0
     kept_emb, kept_lab = [], []
     n_kept = 0
@@ -210,6 +213,7 @@ def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype
             pred = head.logits(emb).argmax(1)
         right = pred == labels
         correct += right.sum()
+        nonfinite += (~torch.isfinite(emb).all(1)).sum()
         if per_class:
             hits.index_add_(0, labels, right.long())
             counts.index_add_(0, labels, torch.ones_like(labels))
@@ -220,7 +224,7 @@ def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype
             n_kept += len(kept_emb[-1])
         if stop_after_keep and n_kept >= keep:
             break
-    out = {"acc": correct.item() / max(total, 1)}
+    out = {"acc": correct.item() / max(total, 1), "nonfinite": nonfinite.item()}
     if per_class:
         for c, (h, n) in enumerate(zip(hits.tolist(), counts.tolist(), strict=True)):
             if n:
@@ -441,6 +445,13 @@ class TrialState:
         if self.test is not None:
             split, emb_np, lab_np = evaluate_split(self.backbone, self.head, self.test, self.dtype, keep=keep,
                                                    num_classes=self.bundle.num_classes)
+            bad = split.pop("nonfinite")
+            if bad:  # the model diverged where the loss did not show it (e.g. eval-mode BatchNorm statistics)
+                result.status = "diverged"
+                result.diverged = {"epoch": epoch, "step": "eval",
+                                   "reason": f"the embeddings of {bad} test images became NaN or inf at epoch "
+                                             f"{epoch}, the training loss being finite"}
+                return True
             metrics.update({f"test_{k}": v for k, v in split.items()})
         if self.bundle.pairs is not None:
             ver = _verification(self.backbone, self.bundle, device, self.dtype, spec.eval_batch_size)

@@ -104,27 +104,38 @@ def test_batch_size_one_is_refused_for_a_backbone_with_batchnorm(tiny_dataset, b
         run_trial(spec_for(tiny_dataset, backbone=bn_backbone, batch_size=1), TrialOptions(progress=False))
 
 
-def test_nan_verification_embeddings_are_recorded_as_diverged_not_raised(tiny_dataset):
-    # a backbone whose eval-mode output is NaN while training stays finite (as eval-mode BatchNorm statistics can
-    # break): the pair scores are NaN, which the metrics refuse; the trial must end diverged, not raise
-    import numpy as np
+class _NanInEval(torch.nn.Module):
+    """Linear in training, NaN in eval: a model broken where the training loss does not show it (as eval-mode
+    BatchNorm statistics can break)."""
 
-    from registry import BACKBONES, DATASETS
-    from registry.datasets import DataBundle, PairSet
+    def __init__(self, embedding_dim: int, in_chans: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(in_chans * 64, embedding_dim)
 
-    class NanInEval(torch.nn.Module):
-        def __init__(self, embedding_dim: int, in_chans: int) -> None:
-            super().__init__()
-            self.linear = torch.nn.Linear(in_chans * 64, embedding_dim)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x.flatten(1))
+        return y if self.training else y * math.nan
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.linear(x.flatten(1))
-            return y if self.training else y * math.nan
+
+@pytest.fixture
+def nan_in_eval():
+    from registry import BACKBONES
 
     @BACKBONES.register("nan-in-eval")
     def nan_in_eval(embedding_dim: int, in_chans: int) -> torch.nn.Module:
         """Linear in training, NaN in eval (for tests)."""
-        return NanInEval(embedding_dim, in_chans)
+        return _NanInEval(embedding_dim, in_chans)
+
+    yield "nan-in-eval"
+    BACKBONES.unregister("nan-in-eval")
+
+
+def test_nan_verification_embeddings_are_recorded_as_diverged_not_raised(tiny_dataset, nan_in_eval):
+    # the pair scores are NaN, which the metrics refuse; the trial must end diverged, not raise
+    import numpy as np
+
+    from registry import DATASETS
+    from registry.datasets import DataBundle, PairSet
 
     @DATASETS.register("tiny-blobs-pairs")
     def tiny_blobs_pairs() -> DataBundle:
@@ -136,11 +147,20 @@ def test_nan_verification_embeddings_are_recorded_as_diverged_not_raised(tiny_da
         return DataBundle("tiny-blobs-pairs", 4, 1, (8, 8), blobs.train, None, pairs)
 
     try:
-        result = run_trial(spec_for("tiny-blobs-pairs", backbone="nan-in-eval", epochs=2),
-                           TrialOptions(progress=False))
+        result = run_trial(spec_for("tiny-blobs-pairs", backbone=nan_in_eval, epochs=2), TrialOptions(progress=False))
     finally:
-        BACKBONES.unregister("nan-in-eval")
         DATASETS.unregister("tiny-blobs-pairs")
     assert result.status == "diverged" and result.history == []
     assert result.diverged["epoch"] == 0 and result.diverged["step"] == "eval"
     assert "20 of 20 verification pairs (lfw) became NaN or inf" in result.diverged["reason"]
+
+
+def test_nan_test_embeddings_are_recorded_as_diverged_not_as_an_accuracy(tiny_dataset, nan_in_eval):
+    # NaN logits argmax to class 0: the old code logged test_acc = the share of class 0 (0.25 here) as finished
+    from registry import DATASETS
+
+    test_size = len(DATASETS.create(tiny_dataset).test.labels)
+    result = run_trial(spec_for(tiny_dataset, backbone=nan_in_eval, epochs=2), TrialOptions(progress=False))
+    assert result.status == "diverged" and result.history == [] and "test_acc" not in result.metrics
+    assert result.diverged["epoch"] == 0 and result.diverged["step"] == "eval"
+    assert f"the embeddings of {test_size} test images became NaN or inf at epoch 0" in result.diverged["reason"]
