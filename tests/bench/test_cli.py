@@ -112,3 +112,21 @@ def test_git_commit_without_git_comes_from_the_environment(monkeypatch, env, exp
         assert tracking._git_commit() == expected
     finally:
         tracking._git_commit.cache_clear()
+
+
+def test_the_default_stores_in_the_checkout_are_ignored_by_git():
+    """`make quickstart` runs in the repository root: the stores it writes there (MLflow's, Optuna's journal and
+    its lock, the checkpoints) must not show up in `git status`."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from bench.study import DEFAULT_STORAGE_NAME
+
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = ["mlflow.db", "mlartifacts/x", DEFAULT_STORAGE_NAME, DEFAULT_STORAGE_NAME + ".lock",
+             ".bench/checkpoints/quickstart/k.pt"]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
+    assert sorted(done.stdout.split()) == sorted(names)
