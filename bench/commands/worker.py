@@ -14,7 +14,7 @@ import signal
 import sys
 
 from bench.commands._common import add_grid_options, add_tracking_option, load_grid_or_exit
-from bench.commands.run import add_storage_option, add_worker_options
+from bench.commands.run import _positive_int, add_storage_option, add_worker_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_tracking_option(p)
     add_storage_option(p)
     add_worker_options(p)
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="worker processes on this machine (this one and N-1 more; default 1)")
     p.add_argument("--gpus", default=None, metavar="IDS",
                    help="comma-separated GPU ids; worker i runs on GPU ids[i %% len(ids)]")

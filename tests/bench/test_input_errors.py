@@ -106,6 +106,18 @@ def test_a_device_this_machine_lacks_exits_2_before_the_study(in_tmp, capsys, mo
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_bench_worker_refuses_a_worker_count_below_one(in_tmp, capsys, value):
+    # before: max(1, N) ran one worker for --workers 0 or -2 without a word (bench run refuses -1)
+    grid = write(in_tmp, BASE)
+    with pytest.raises(SystemExit) as info:
+        main(["worker", "--grid", str(grid), "--workers", value, "--wait", "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --workers: must be an integer >= 1, but got '{value}'" in err and "Traceback" not in err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
+
 @pytest.mark.parametrize("extra, code", [([], 0), (["--export"], 1)])
 def test_report_of_a_grid_never_run_leaves_no_mlflow_db(in_tmp, capsys, extra, code):
     grid = write(in_tmp, BASE)
