@@ -9,6 +9,17 @@ from pathlib import Path
 from bench.commands.run import _positive_int
 
 
+def _non_negative_int(text: str) -> int:
+    """A DataLoader worker count: 0 (decode in the trial's process) or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, but got {text!r}")
+    return value
+
+
 def _at_least_two(text: str) -> int:
     """A class count: a margin head needs two classes or more."""
     value = _positive_int(text)
@@ -35,13 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-classes", type=_at_least_two, default=1_000_000)
     p.add_argument("--jpeg", action="store_true",
                    help="also train the mobilenet workload from a folder of JPEG files vs the same faces on the device")
-    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
+    p.add_argument("--loader-workers", type=_non_negative_int, default=None, metavar="N",
                    help="DataLoader workers for --jpeg (default: as a trial: none on the CPU, else "
                         "torch's threads less one, at most 16)")
     p.add_argument("--fused", type=int, default=None, metavar="K",
                    help="also train K copies of the lenet workload fused into one program vs one trial alone")
     p.add_argument("--grid", default=None, help="also time this whole grid (into a throwaway MLflow store)")
-    p.add_argument("--workers", type=int, default=None, help="workers for --grid")
+    p.add_argument("--workers", type=_positive_int, default=None, help="workers for --grid")
     p.add_argument("--fuse", type=int, default=1, metavar="K", help="--fuse for --grid (trials per fused program)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for --grid")
     p.add_argument("--seeds", type=parse_seeds, default=None, metavar="N|S,S,...",

@@ -209,3 +209,18 @@ def test_bench_perf_head_classes_below_two_exit_2(in_tmp, capsys, value, message
     with pytest.raises(SystemExit) as exit_:
         main(["perf", "--head", "--head-classes", value])
     assert exit_.value.code == 2 and f"--head-classes: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "quickstart", "--workers", "0"], "--workers: must be an integer >= 1, but got '0'"),
+    (["--grid", "quickstart", "--workers", "-1"], "--workers: must be an integer >= 1, but got '-1'"),
+    (["--jpeg", "--loader-workers", "-1"], "--loader-workers: must be an integer >= 0, but got '-1'"),
+])
+def test_bench_perf_rejects_bad_worker_counts_when_parsing(capsys, argv, message):
+    # before: --workers 0 timed a grid that was only enqueued, -1 ran one worker, and --loader-workers -1 ended
+    # in torch's DataLoader ValueError (a traceback) after the resident half of the JPEG comparison had trained
+    from bench.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["perf", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
