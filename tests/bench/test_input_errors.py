@@ -118,6 +118,17 @@ def test_bench_worker_refuses_a_worker_count_below_one(in_tmp, capsys, value):
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
 
 
+@pytest.mark.parametrize("value", ["-5", "70000", "http"])
+def test_bench_ui_refuses_a_port_outside_0_to_65535(in_tmp, capsys, value):
+    # before: -5 and 70000 ended in socket's OverflowError traceback ("bind(): port must be 0-65535")
+    from bench.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["ui", "--port", value])
+    assert info.value.code == 2
+    assert f"argument --port: a port is 0..65535 (0: any free port), but got '{value}'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, code", [([], 0), (["--export"], 1)])
 def test_report_of_a_grid_never_run_leaves_no_mlflow_db(in_tmp, capsys, extra, code):
     grid = write(in_tmp, BASE)
