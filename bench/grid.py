@@ -128,7 +128,10 @@ def find_grid_file(name: str | Path, *, cwd: Path | None = None) -> Path:
             return c
     available = sorted({p.name for f in (cwd / "sweeps", Path(__file__).resolve().parent.parent / "sweeps")
                         if f.is_dir() for p in f.glob("*.yaml")})
-    raise FileNotFoundError(f"grid {str(name)!r} not found (looked in: {', '.join(str(c) for c in candidates)}). "
+    looked = list(dict.fromkeys(str(c.resolve()) for c in candidates))  # ./sweeps is the installed one in the checkout
+    close = difflib.get_close_matches(path.stem, [Path(a).stem for a in available], n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise FileNotFoundError(f"grid {str(name)!r} not found (looked in: {', '.join(looked)}).{hint} "
                             f"Available in sweeps/: {', '.join(available) or 'none'}")
 
 

@@ -234,3 +234,18 @@ def test_a_timm_model_of_a_fixed_input_size_names_its_size_and_the_kwargs_that_c
                          "  backbone: {name: timm/vit_tiny_patch16_224,\n"
                          "             kwargs: {patch_size: 4, dynamic_img_size: true}}}\n")
     assert len(load_grid(ok).cells) == 1  # dynamic_img_size: any size the patches divide
+
+
+def test_a_misspelt_grid_name_suggests_the_grid_and_lists_each_place_once():
+    # before: run from the checkout, ./sweeps and the installed sweeps are one folder, listed twice, and the
+    # error left the researcher to spot 'quickstart' in the list of available grids
+    from bench.grid import find_grid_file
+
+    root = Path(__file__).resolve().parents[2]
+    with pytest.raises(FileNotFoundError) as info:
+        find_grid_file("quickstrat", cwd=root)
+    message = str(info.value)
+    assert "Did you mean 'quickstart'?" in message
+    looked = message.split("(looked in: ")[1].split(")")[0].split(", ")
+    assert looked == [str(root / "quickstrat"), str(root / "sweeps" / "quickstrat.yaml"),
+                      str(root / "sweeps" / "quickstrat.yml"), str(root / "sweeps" / "quickstrat")]
