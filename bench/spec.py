@@ -212,13 +212,15 @@ class TrialSpec:
                 head, sub = key.split(".", 1)
                 group = head if head in PARAM_GROUPS else f"{head}_params"
                 if group not in names:
-                    raise SpecError(f"unknown parameter {key!r}: {head!r} is not a component "
+                    raise SpecError(f"unknown parameter {key!r}: {head!r} is not a component"
+                                    f"{_did_you_mean(head, list(COMPONENTS + PARAM_GROUPS))} "
                                     f"(components: {', '.join(COMPONENTS + PARAM_GROUPS)})")
                 groups.setdefault(group, {})[sub] = value
             elif key in names and key != "labels" and not key.endswith("_params"):
                 kwargs[key] = value
             else:
-                raise SpecError(f"unknown parameter {key!r}; valid: {', '.join(sorted(cls.flat_keys()))}")
+                raise SpecError(f"unknown parameter {key!r}{_did_you_mean(key, cls.nested_keys())}; "
+                                f"valid: {', '.join(sorted(cls.flat_keys()))}")
         for group in [f"{c}_params" for c in COMPONENTS] + list(PARAM_GROUPS):
             if group in groups or group in kwargs:
                 kwargs[group] = groups.get(group, {})
@@ -296,6 +298,14 @@ class TrialSpec:
     def label(self) -> str:
         """All cell labels joined, e.g. ``"CosFace_v1 / dim=2"``; the loss name when there are none."""
         return " / ".join(self.labels.values()) if self.labels else self.loss
+
+
+def _did_you_mean(key: str, valid: list[str]) -> str:
+    """`` (did you mean 'epochs'?)`` for a close key, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def split_component(key: str, value: Any) -> tuple[str, dict[str, Any]]:

@@ -74,6 +74,8 @@ def test_a_typo_in_an_axis_entry_names_that_entry(tmp_path):
     (["epochs=[1"], "--set 'epochs=\\[1': the value is not valid YAML"),
     (["optimizer.lr=abc"], "optimizer.lr must be a number > 0"),
     (["seed=3"], "set `seeds: \\[3\\]`"),
+    (["epoch=1"], "unknown parameter 'epoch' \\(did you mean 'epochs'\\?\\); valid: "),
+    (["los.m=0.2"], "'los' is not a component \\(did you mean 'loss'\\?\\)"),
 ])
 def test_bad_set_exits_2_without_a_traceback(in_tmp, capsys, sets, message):
     grid = write(in_tmp, BASE)
