@@ -42,9 +42,12 @@ def find_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES) -> dic
         else:
             found[key] = hit
     if missing:
+        where = "" if root.is_absolute() else f", relative to the working directory {Path.cwd()}"
         raise FileNotFoundError(
             f"IDX files missing under {root} (looked for {', '.join(s + '[.gz]' for s in missing)} in {root} "
-            f"and {root / 'raw'}); put the files there or set download: true on a machine that is online")
+            f"and {root / 'raw'}{where}); put the files there, point the grid's dataset.root at the folder that holds "
+            f"them (or --set dataset.root=FOLDER on the command line), or set download: true on a machine that is "
+            f"online")
     return found
 
 

@@ -86,6 +86,20 @@ def test_set_dataset_root_supplies_the_files_the_grids_root_lacks(tmp_path):
         load_grid(write(tmp_path, MNIST_GRID), overrides={"dataset.root": "elsewhere"})
 
 
+def test_a_missing_relative_mnist_root_names_the_working_directory_and_the_set_option(tmp_path, monkeypatch):
+    # before: "IDX files missing under ../shared/data/mnist-10k ... put the files there or set download: true",
+    # with neither the folder that relative root was taken from nor the option that moves it
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GridError) as info:
+        load_grid(write(tmp_path, MNIST_GRID))
+    message = str(info.value)
+    assert f"not-here/mnist/raw, relative to the working directory {tmp_path.resolve()})" in message
+    assert "point the grid's dataset.root at the folder that holds them (or --set dataset.root=FOLDER" in message
+    with pytest.raises(GridError) as info:  # an absolute root needs no working directory
+        load_grid(write(tmp_path, MNIST_GRID), overrides={"dataset.root": str(tmp_path / "elsewhere")})
+    assert "working directory" not in str(info.value) and "--set dataset.root=FOLDER" in str(info.value)
+
+
 def test_environment_variables_are_substituted(tmp_path):
     text = GOOD.replace("dataset: digits", 'dataset: {name: mnist, root: "${MNIST_ROOT}"}')
     root = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-10k"
