@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (bench list ... | head): stop quietly, as shell tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not raise again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe stopped
     except SystemExit as err:  # a command's clear error (already printed): the exit status, in process too
         if isinstance(err.code, int) or err.code is None:
             return int(err.code or 0)

@@ -85,6 +85,19 @@ def test_list_backbones_under_the_timm_prefix_lists_the_timm_models_that_match(c
     assert "timm/mobilenetv3_small_100" in out and "timm/mobilenetv3_small_075" not in out
 
 
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly():
+    # `bench list backbones 'timm/*' | head -1`: the reader is gone before bench writes (closed here before the
+    # child has imported torch), as a shell tool bench stops with SIGPIPE's status and no traceback
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "list", "backbones", "timm/*"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and err == ""
+
+
 def test_list_with_a_pattern_nothing_matches_says_so(capsys):
     # The timm family line is not an answer to a pattern that cannot name a timm model.
     main(["list", "backbones", "nothing*"])
