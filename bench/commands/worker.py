@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.commands.run import check_device, check_fuse, parse_gpus
     from bench.grid import GridError
-    from bench.study import StudyConfig, StudyNotReady, resolve_storage
+    from bench.study import StudyConfig, StudyNotReady, is_rdb, resolve_storage
     from bench.tracking import check_tracking_uri, resolve_tracking_uri
     from bench.workers import WorkerOptions, follow, spawn_workers, wait_workers, work
 
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     tracking = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(tracking)
     storage = resolve_storage(args.storage, tracking_uri=tracking)
+    new_journal = None if is_rdb(storage) or Path(storage).exists() else Path(storage)
     from bench import distributed
 
     gpus = parse_gpus(args.gpus)
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             outcomes = work(grid.name, storage, tracking, options, echo=lambda s: print(s, flush=True), dist=dist)
         except StudyNotReady as err:
+            if new_journal is not None and new_journal.is_file() and new_journal.stat().st_size == 0:
+                new_journal.unlink()  # opened to look for the study: not left behind as if one had run here
             print(f"bench worker: {err}", file=sys.stderr)
             return 2
     finally:

@@ -120,6 +120,14 @@ def test_bench_worker_refuses_a_worker_count_below_one(in_tmp, capsys, value):
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
 
 
+def test_bench_worker_before_any_study_exits_2_and_leaves_no_journal(in_tmp, capsys):
+    # before: the default optuna.journal it opened to look for the study stayed behind, empty
+    grid = write(in_tmp, BASE)
+    assert main(["worker", "--grid", str(grid), "--wait", "0"]) == 2
+    assert "no study 'g' in the storage yet; start `bench run --grid ...`" in capsys.readouterr().err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
+
 @pytest.mark.parametrize("value", ["-5", "70000", "http"])
 def test_bench_ui_refuses_a_port_outside_0_to_65535(in_tmp, capsys, value):
     # before: -5 and 70000 ended in socket's OverflowError traceback ("bind(): port must be 0-65535")
