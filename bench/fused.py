@@ -141,8 +141,8 @@ class _FusedGroup:
 
     def __init__(self, specs: Sequence[TrialSpec], options: Sequence[TrialOptions]) -> None:
         self.device = device = pick_device(options[0].device)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        if device.type == "cuda" and device.index is not None:  # as in bench.trial.run_trial: set_device
+            torch.cuda.set_device(device)  # refuses plain "cuda", which is the current device already
         spec0 = specs[0]
         bundle = load_dataset(spec0)
         train_split = _resident(bundle.train, device)

@@ -534,8 +534,8 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
             raise ValueError("center_loss is not supported under DistributedDataParallel (its centres move "
                              "outside the optimizer); run the trial on one process")
     device = pick_device(dist.device if dist is not None else options.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if device.type == "cuda" and device.index is not None:  # plain "cuda" is the current device already, and
+        torch.cuda.set_device(device)  # set_device refuses it (ValueError: a torch.device with an index)
     if dist is None:
         trial = TrialState(spec, options, device)
     else:  # a rank that cannot build the trial (read its checkpoint...) fails every rank, before DDP's collectives

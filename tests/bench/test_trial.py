@@ -164,3 +164,34 @@ def test_nan_test_embeddings_are_recorded_as_diverged_not_as_an_accuracy(tiny_da
     assert result.status == "diverged" and result.history == [] and "test_acc" not in result.metrics
     assert result.diverged["epoch"] == 0 and result.diverged["step"] == "eval"
     assert f"the embeddings of {test_size} test images became NaN or inf at epoch 0" in result.diverged["reason"]
+
+
+class _Reached(Exception):
+    """Raised in place of the first step after choosing the device: the test machine has no GPU to go on with."""
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_a_cuda_device_without_an_index_is_accepted_by_the_trial_and_the_fused_group(tiny_dataset, monkeypatch,
+                                                                                   device):
+    # `pick_device` gives plain "cuda" when no --device is given (every step of bench/gpu_checks.sh), and
+    # torch.cuda.set_device raises ValueError for a device without an index. The calls below reach torch's own
+    # check of set_device's argument (which needs no GPU), not the driver this machine lacks.
+    from torch.cuda._utils import _get_device_index
+
+    import bench.fused
+    import bench.trial
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(_get_device_index(d)))
+
+    def reached(*args, **kwargs):
+        raise _Reached
+
+    monkeypatch.setattr(bench.trial, "TrialState", reached)
+    monkeypatch.setattr(bench.fused, "load_dataset", reached)
+    spec = spec_for(tiny_dataset)
+    with pytest.raises(_Reached):
+        run_trial(spec, TrialOptions(device=device, progress=False))
+    with pytest.raises(_Reached):
+        bench.fused._FusedGroup([spec, spec], [TrialOptions(device=device, progress=False)] * 2)
+    assert chosen == ([] if device == "cuda" else [0, 0])  # "cuda:0" is made the current device, as before
