@@ -351,7 +351,9 @@ class TrialState:
         path = self.options.checkpoint_path
         if path is None or not path.exists():
             return 0
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # on the CPU: its RNG states must be CPU ByteTensors (set_rng_state refuses them on a GPU); load_state_dict
+        # copies the weights to the models' device and the optimizer's state to its parameters'
+        state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("spec_key") != self.spec.key():
             return 0
         self.backbone.load_state_dict(state["backbone"])

@@ -195,3 +195,22 @@ def test_a_cuda_device_without_an_index_is_accepted_by_the_trial_and_the_fused_g
     with pytest.raises(_Reached):
         bench.fused._FusedGroup([spec, spec], [TrialOptions(device=device, progress=False)] * 2)
     assert chosen == ([] if device == "cuda" else [0, 0])  # "cuda:0" is made the current device, as before
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")  # meta weights stay empty
+def test_a_checkpoint_resumes_on_a_device_other_than_the_cpu(tiny_dataset, tmp_path):
+    # The checkpoint's RNG states (torch's and the data order's) are CPU ByteTensors, which set_rng_state and
+    # Generator.set_state accept on the CPU only; read with map_location=<the trial's device> they came back on
+    # the GPU and a resumed trial stopped with TypeError 'RNG state must be a torch.ByteTensor'. The meta device
+    # stands in for the GPU here: no memory, same refusal.
+    from bench.trial import TrialState
+
+    ckpt = tmp_path / "trial.pt"
+    spec = spec_for(tiny_dataset, epochs=2)
+    full = run_trial(spec, TrialOptions(progress=False, checkpoint_path=ckpt))
+    saved = torch.load(ckpt, weights_only=False)
+    state = TrialState(spec, TrialOptions(progress=False, checkpoint_path=ckpt), torch.device("meta"))
+    assert state.start_epoch == 2 and state.result.history == full.history
+    assert torch.equal(torch.get_rng_state(), saved["torch_rng"])
+    assert torch.equal(state.train.generator.get_state(), saved["generator"])
+    assert state.backbone.fc.weight.device.type == "meta"  # the models stay on the trial's device
