@@ -660,6 +660,10 @@ def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, se
     ``index_base + j``; each gets SIGKILL when its parent dies (Linux).
     """
     procs = []
+    # an id is a GPU as this process numbers them (worker 0 trains on cuda:<id>): under CUDA_VISIBLE_DEVICES=4,5,6,7
+    # id 1 is GPU 5, so a child is given that entry, not "1" (another job's GPU, or one outside the allocation)
+    visible = [v.strip() for v in os.environ["CUDA_VISIBLE_DEVICES"].split(",")] if os.environ.get(
+        "CUDA_VISIBLE_DEVICES", "").strip() else None
     for j in range(1, n):
         i = index_base + j
         cmd = [sys.executable, "-m", "bench", "worker", "--grid", str(Path(grid.path).resolve()),
@@ -669,7 +673,8 @@ def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, se
             cmd += ["--set", s]
         env = dict(os.environ, MARGINBENCH_WORKER_PREFIX=f"[worker {i}] ")
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpus[j % len(gpus)])
+            gpu = str(gpus[j % len(gpus)])
+            env["CUDA_VISIBLE_DEVICES"] = visible[int(gpu)] if visible is not None else gpu
             cmd += ["--device", "cuda"]
         elif device:
             cmd += ["--device", device]

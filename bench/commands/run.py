@@ -96,9 +96,11 @@ def check_device(device: str | None, gpus: list[str] | None) -> None:
         if not torch.cuda.is_available():
             raise SystemExit(f"bench: --gpus {','.join(gpus)}, but torch sees no CUDA GPU here (torch "
                              f"{torch.__version__}); leave --gpus out to run on the CPU")
-        count = torch.cuda.device_count()
-        if "CUDA_VISIBLE_DEVICES" not in os.environ and any(int(g) >= count for g in gpus):
-            raise SystemExit(f"bench: --gpus {','.join(gpus)}, but this machine has {count} GPU(s): ids 0..{count - 1}")
+        count = torch.cuda.device_count()  # the GPUs CUDA_VISIBLE_DEVICES leaves; ids count those (bench.workers)
+        if any(int(g) >= count for g in gpus):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            where = f"CUDA_VISIBLE_DEVICES={visible} leaves" if visible is not None else "this machine has"
+            raise SystemExit(f"bench: --gpus {','.join(gpus)}, but {where} {count} GPU(s): ids 0..{count - 1}")
 
 
 def parse_gpus(text: str | None) -> list[str] | None:

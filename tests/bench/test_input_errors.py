@@ -108,6 +108,29 @@ def test_a_device_this_machine_lacks_exits_2_before_the_study(in_tmp, capsys, mo
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
 
 
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_a_gpu_id_beyond_the_visible_gpus_exits_2_before_the_study(in_tmp, capsys, monkeypatch, command):
+    # ids count the GPUs this process sees (worker 0 trains on cuda:<id>); under CUDA_VISIBLE_DEVICES the check
+    # was skipped, and --gpus 3 with two GPUs visible failed in every trial (worker 0: invalid device ordinal)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the study started: no GPU here to train on")
+
+    import bench.workers
+
+    monkeypatch.setattr(bench.workers, "spawn_workers", lambda *a, **k: [])
+    monkeypatch.setattr(bench.workers, "work", trained)
+    grid = write(in_tmp, BASE)
+    assert main([command, "--grid", str(grid), "--gpus", "0,3"]) == 2
+    assert "--gpus 0,3, but CUDA_VISIBLE_DEVICES=4,5 leaves 2 GPU(s): ids 0..1" in capsys.readouterr().err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
 def test_bench_worker_refuses_a_worker_count_below_one(in_tmp, capsys, value):
     # before: max(1, N) ran one worker for --workers 0 or -2 without a word (bench run refuses -1)

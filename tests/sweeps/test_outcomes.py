@@ -154,6 +154,33 @@ def test_gpus_are_spread_round_robin_and_worker_zero_runs_in_this_process(in_tmp
     assert [cmd[cmd.index("--worker-index") + 1] for cmd, _ in started] == ["1", "2", "3", "4"]
 
 
+@pytest.mark.parametrize(("visible", "children"), [("4,5,6,7", ["7", "6", "7", "6"]),
+                                                   ("GPU-a, GPU-b,GPU-c,GPU-d", ["GPU-d", "GPU-c", "GPU-d", "GPU-c"]),
+                                                   ("", ["3", "2", "3", "2"])])
+def test_gpu_ids_count_the_gpus_this_process_sees(in_tmp, tiny_dataset, write_grid, monkeypatch, visible, children):
+    # Under CUDA_VISIBLE_DEVICES=4,5,6,7 (a cluster's allocation) worker 0 trains on cuda:2, which is GPU 6; the
+    # children were given CUDA_VISIBLE_DEVICES=3 and 2, GPUs outside the allocation, instead of 7 and 6.
+    import types
+
+    import bench.workers
+
+    started, ran_here = [], []
+
+    class FakePopen:
+        def __init__(self, cmd, env, preexec_fn=None):
+            started.append(env)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(bench.workers, "subprocess", types.SimpleNamespace(Popen=FakePopen))
+    monkeypatch.setattr(bench.workers, "work", lambda *a, **k: ran_here.append(a[3]) or [])
+    run_study(load_grid(write_grid(GRID)), workers=5, gpus=["2", "3"], echo=lambda s: None)
+    assert ran_here[0].device == "cuda:2"
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == children
+
+
 def test_threads_given_for_a_single_worker_reach_it(in_tmp, tiny_dataset, write_grid):
     # `--threads N` used to be dropped when the study ran in one process (n == 1); the autouse fixture set 1
     import torch
