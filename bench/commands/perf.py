@@ -129,76 +129,95 @@ def run(args: argparse.Namespace) -> int:
     lenet_sections = ["lenet"] if args.logging or args.fused is not None else []
     check_workload_data(names + lenet_sections + (["mobilenet"] if args.jpeg else []), pick_device(args.device),
                         mnist_root=args.mnist_root)
-    if names:
-        print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} "
-              f"{'harness img/s':>14} {'ratio':>6}")
-    for name in names:
-        r = measure(name, device=args.device, batch_size=args.batch_size, precision=args.precision,
-                    epochs=args.epochs, repeats=args.repeats, mnist_root=args.mnist_root)
-        print(f"{r.workload:<10} {r.device[:40]:<40} {r.batch_size:>5} {r.precision:>5} "
-              f"{r.bare_images_per_second:>12,.0f} {r.harness_images_per_second:>14,.0f} {r.ratio:>6.3f}")
-        report["workloads"].append({**r.__dict__, "ratio": r.ratio})
-    if args.logging:
-        lo = logging_overhead(args.logging_epochs, args.device, mnist_root=args.mnist_root)
-        print(f"MLflow logging: {lo['logging_seconds_in_trial']:.3f} s in the trial loop of a {lo['epochs']}-epoch "
-              f"LeNet++ trial of {lo['wall_seconds']:.1f} s ({100 * lo['logging_share_in_trial']:.2f}%); with opening "
-              f"and closing the run {100 * lo['logging_share_total']:.2f}%")
-        report["logging"] = lo
-    if args.head:
-        from bench.perf import head_memory
 
-        h = head_memory(args.head_classes, device=args.device)
-        mem = (f", peak beyond weights+grad {h['plain_peak_extra_gib']:.2f} vs {h['chunked_peak_extra_gib']:.2f} GiB "
-               f"(ratio {h['memory_ratio']:.3f})" if "memory_ratio" in h else " (memory: not measured on this device)")
-        print(f"CosFace head, {h['num_classes']:,} classes, batch {h['batch_size']}, {h['embedding_dim']}-d: plain "
-              f"{h['plain_ms']:.0f} ms, chunked {h['chunked_ms']:.0f} ms{mem}; loss {h['loss']:.4f}, "
-              f"|loss diff| {h['loss_abs_diff']:.2e} (relative {h['loss_rel_diff']:.1e}), "
-              f"max |grad diff| {max(h['grad_w_max_abs_diff'], h['grad_x_max_abs_diff']):.2e}")
-        for name in ("plain", "chunked"):
-            print(f"  {name:<7} float32 vs CosFace in float64: |loss err| {h[f'{name}_loss_err_vs_fp64']:.2e}, "
-                  f"max |grad W err| {h[f'{name}_grad_w_err_vs_fp64']:.2e}, "
-                  f"max |grad x err| {h[f'{name}_grad_x_err_vs_fp64']:.2e}")
-        report["head"] = h
-    if args.jpeg:
-        from bench.perf import jpeg_feed
+    def save() -> None:  # after each section, so that a crash or a kill at a time limit keeps what finished
+        if args.json:
+            tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
+            tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+            tmp.replace(args.json)
 
-        j = jpeg_feed(device=args.device, epochs=args.epochs, repeats=args.repeats, loader_workers=args.loader_workers)
-        print(f"JPEG feed, {j['workload']} (batch {j['batch_size']}, {j['precision']}, {j['images']:,} images of "
-              f"{j['jpeg_bytes_per_image'] / 1024:.1f} KiB): on the device "
-              f"{j['resident_images_per_second']:,.0f} img/s, from JPEG files {j['jpeg_images_per_second']:,.0f} "
-              f"img/s, ratio {j['ratio']:.3f}; the loader alone "
-              f"{j['loader_images_per_second']:,.0f} img/s with {j['loader_workers']} workers")
-        report["jpeg"] = j
-    if args.fused is not None:
-        from bench.perf import fused_throughput
+    try:
+        if names:
+            print(f"{'workload':<10} {'device':<40} {'batch':>5} {'prec':>5} {'bare img/s':>12} "
+                  f"{'harness img/s':>14} {'ratio':>6}")
+        for name in names:
+            r = measure(name, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                        epochs=args.epochs, repeats=args.repeats, mnist_root=args.mnist_root)
+            print(f"{r.workload:<10} {r.device[:40]:<40} {r.batch_size:>5} {r.precision:>5} "
+                  f"{r.bare_images_per_second:>12,.0f} {r.harness_images_per_second:>14,.0f} {r.ratio:>6.3f}")
+            report["workloads"].append({**r.__dict__, "ratio": r.ratio})
+            save()
+        if args.logging:
+            lo = logging_overhead(args.logging_epochs, args.device, mnist_root=args.mnist_root)
+            print(f"MLflow logging: {lo['logging_seconds_in_trial']:.3f} s in the trial loop of a "
+                  f"{lo['epochs']}-epoch LeNet++ trial of {lo['wall_seconds']:.1f} s "
+                  f"({100 * lo['logging_share_in_trial']:.2f}%); with opening and closing the run "
+                  f"{100 * lo['logging_share_total']:.2f}%")
+            report["logging"] = lo
+            save()
+        if args.head:
+            from bench.perf import head_memory
 
-        f = fused_throughput(args.fused, device=args.device, epochs=args.epochs, mnist_root=args.mnist_root)
-        print(f"fused trials, {f['workload']} (batch {f['batch_size']}) on {f['device']}: one trial alone "
-              f"{f['alone_images_per_second']:,.0f} img/s, {f['trials']} fused {f['fused_images_per_second']:,.0f} "
-              f"img/s in all, speedup {f['speedup']:.2f}")
-        report["fused"] = f
-    if args.grid:
-        g = time_grid(grid, device=args.device, workers=args.workers, sets=args.set, fuse=args.fuse,
-                      seeds=args.seeds)
-        counts = ", ".join(f"{n} {state}" for state, n in sorted(g["counts"].items()) if n)
-        fused = f" fusing up to {g['fuse']} trials each" if g["fuse"] > 1 else ""
-        print(f"grid {g['grid']}: {g['trials']} trials with {g['workers']} workers{fused} in "
-              f"{g['wall_seconds']:.1f} s wall "
-              f"({counts})")
-        print(g["tables"])
-        report["grid"] = g
-        if against is not None:
-            from bench.seed_noise import compare_runs, format_comparison
+            h = head_memory(args.head_classes, device=args.device)
+            mem = (f", peak beyond weights+grad {h['plain_peak_extra_gib']:.2f} vs "
+                   f"{h['chunked_peak_extra_gib']:.2f} GiB (ratio {h['memory_ratio']:.3f})"
+                   if "memory_ratio" in h else " (memory: not measured on this device)")
+            print(f"CosFace head, {h['num_classes']:,} classes, batch {h['batch_size']}, {h['embedding_dim']}-d: plain "
+                  f"{h['plain_ms']:.0f} ms, chunked {h['chunked_ms']:.0f} ms{mem}; loss {h['loss']:.4f}, "
+                  f"|loss diff| {h['loss_abs_diff']:.2e} (relative {h['loss_rel_diff']:.1e}), "
+                  f"max |grad diff| {max(h['grad_w_max_abs_diff'], h['grad_x_max_abs_diff']):.2e}")
+            for name in ("plain", "chunked"):
+                print(f"  {name:<7} float32 vs CosFace in float64: |loss err| {h[f'{name}_loss_err_vs_fp64']:.2e}, "
+                      f"max |grad W err| {h[f'{name}_grad_w_err_vs_fp64']:.2e}, "
+                      f"max |grad x err| {h[f'{name}_grad_x_err_vs_fp64']:.2e}")
+            report["head"] = h
+            save()
+        if args.jpeg:
+            from bench.perf import jpeg_feed
 
-            cells = compare_runs(against, g["records"], metric=args.metric)
-            print(f"\nthis run against {args.against}, per cell (Student's t test over seeds):\n")
-            print(format_comparison(cells, metric=args.metric, names=(Path(args.against).name, "this run")))
-            report["against"] = {"file": args.against, "metric": args.metric, "cells": [
-                {"label": c.label, "reference": c.reference, "candidate": c.candidate, "difference": c.difference,
-                 "seed_std": c.seed_std, "detectable": c.detectable, "p_value": c.p_value, "alpha": c.alpha,
-                 "within_noise": c.within_noise}
-                for c in cells]}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2, default=str)
+            j = jpeg_feed(device=args.device, epochs=args.epochs, repeats=args.repeats,
+                          loader_workers=args.loader_workers)
+            print(f"JPEG feed, {j['workload']} (batch {j['batch_size']}, {j['precision']}, {j['images']:,} images of "
+                  f"{j['jpeg_bytes_per_image'] / 1024:.1f} KiB): on the device "
+                  f"{j['resident_images_per_second']:,.0f} img/s, from JPEG files {j['jpeg_images_per_second']:,.0f} "
+                  f"img/s, ratio {j['ratio']:.3f}; the loader alone "
+                  f"{j['loader_images_per_second']:,.0f} img/s with {j['loader_workers']} workers")
+            report["jpeg"] = j
+            save()
+        if args.fused is not None:
+            from bench.perf import fused_throughput
+
+            f = fused_throughput(args.fused, device=args.device, epochs=args.epochs, mnist_root=args.mnist_root)
+            print(f"fused trials, {f['workload']} (batch {f['batch_size']}) on {f['device']}: one trial alone "
+                  f"{f['alone_images_per_second']:,.0f} img/s, {f['trials']} fused {f['fused_images_per_second']:,.0f} "
+                  f"img/s in all, speedup {f['speedup']:.2f}")
+            report["fused"] = f
+            save()
+        if args.grid:
+            g = time_grid(grid, device=args.device, workers=args.workers, sets=args.set, fuse=args.fuse,
+                          seeds=args.seeds)
+            counts = ", ".join(f"{n} {state}" for state, n in sorted(g["counts"].items()) if n)
+            fused = f" fusing up to {g['fuse']} trials each" if g["fuse"] > 1 else ""
+            print(f"grid {g['grid']}: {g['trials']} trials with {g['workers']} workers{fused} in "
+                  f"{g['wall_seconds']:.1f} s wall "
+                  f"({counts})")
+            print(g["tables"])
+            report["grid"] = g
+            save()
+            if against is not None:
+                from bench.seed_noise import compare_runs, format_comparison
+
+                cells = compare_runs(against, g["records"], metric=args.metric)
+                print(f"\nthis run against {args.against}, per cell (Student's t test over seeds):\n")
+                print(format_comparison(cells, metric=args.metric, names=(Path(args.against).name, "this run")))
+                report["against"] = {"file": args.against, "metric": args.metric, "cells": [
+                    {"label": c.label, "reference": c.reference, "candidate": c.candidate, "difference": c.difference,
+                     "seed_std": c.seed_std, "detectable": c.detectable, "p_value": c.p_value, "alpha": c.alpha,
+                     "within_noise": c.within_noise}
+                    for c in cells]}
+    except BaseException as err:  # Ctrl-C too: the JSON says which section did not finish, and why
+        report["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        save()
     return 0

@@ -29,6 +29,24 @@ def test_bench_perf_prints_both_throughputs_and_their_ratio(in_tmp, capsys):
         assert report["head"][f"{name}_grad_x_err_vs_fp64"] < 1e-5
 
 
+def test_a_section_that_fails_leaves_the_json_of_the_sections_before_it_and_the_error(in_tmp, monkeypatch):
+    # a GPU step that runs out of memory (or is killed at the device's time limit) in its second section kept
+    # nothing: the JSON was written only at the end
+    import bench.perf
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (stand-in)")
+
+    monkeypatch.setattr(bench.perf, "head_memory", out_of_memory)
+    out_json = in_tmp / "perf.json"
+    with pytest.raises(RuntimeError, match="stand-in"):
+        main(["perf", "--workload", "lenet", "--epochs", "1", "--head", "--json", str(out_json)])
+    report = json.loads(out_json.read_text())
+    assert [w["workload"] for w in report["workloads"]] == ["lenet"] and report["workloads"][0]["ratio"] > 0
+    assert report["error"] == "RuntimeError: CUDA out of memory (stand-in)" and "head" not in report
+    assert [p.name for p in in_tmp.iterdir() if p.name.startswith("perf.json")] == ["perf.json"]  # no .tmp left
+
+
 def test_bench_perf_jpeg_trains_from_jpeg_files_and_from_the_device(in_tmp, capsys):
     out_json = in_tmp / "perf.json"
     assert main(["perf", "--workload", "lenet", "--epochs", "1", "--jpeg", "--loader-workers", "1",
