@@ -420,6 +420,12 @@ class TrialState:
             self.result.status = "pruned"
         return stop
 
+    def _diverge(self, epoch: int, step: int | str, reason: str) -> bool:
+        """Ends the trial as diverged at ``epoch``, ``step`` the training step or ``"eval"``; True (it stops)."""
+        self.result.status = "diverged"
+        self.result.diverged = {"epoch": epoch, "step": step, "reason": reason}
+        return True
+
     def _end_epoch(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
                    first_bad: torch.Tensor, seconds: float) -> bool:
         """`end_epoch` on this rank alone: no collective, so that a failure here can be agreed."""
@@ -428,10 +434,7 @@ class TrialState:
         self.images_seen += seen
         bad_step = int(first_bad.item())
         if bad_step >= 0:
-            result.status = "diverged"
-            result.diverged = {"epoch": epoch, "step": bad_step,
-                               "reason": f"training loss became NaN or inf at epoch {epoch}, step {bad_step}"}
-            return True
+            return self._diverge(epoch, bad_step, f"training loss became NaN or inf at epoch {epoch}, step {bad_step}")
         if seen == 0:  # else train_acc 0.0 of nothing is logged as a result, and the objective looks missing
             skipped = self.skips.samples
             example = next(iter(skipped.items()), None)
@@ -449,19 +452,13 @@ class TrialState:
                                                    num_classes=self.bundle.num_classes)
             bad = split.pop("nonfinite")
             if bad:  # the model diverged where the loss did not show it (e.g. eval-mode BatchNorm statistics)
-                result.status = "diverged"
-                result.diverged = {"epoch": epoch, "step": "eval",
-                                   "reason": f"the embeddings of {bad} test images became NaN or inf at epoch "
-                                             f"{epoch}, the training loss being finite"}
-                return True
+                return self._diverge(epoch, "eval", f"the embeddings of {bad} test images became NaN or inf at "
+                                                    f"epoch {epoch}, the training loss being finite")
             metrics.update({f"test_{k}": v for k, v in split.items()})
         if self.bundle.pairs is not None:
             ver = _verification(self.backbone, self.bundle, device, self.dtype, spec.eval_batch_size)
             if isinstance(ver, str):  # non-finite embeddings: a diverged trial, as a NaN loss is
-                result.status = "diverged"
-                result.diverged = {"epoch": epoch, "step": "eval",
-                                   "reason": f"{ver} at epoch {epoch}, the training loss being finite"}
-                return True
+                return self._diverge(epoch, "eval", f"{ver} at epoch {epoch}, the training loss being finite")
             metrics.update(ver.as_metrics(self.bundle.pairs.name))
             if epoch == spec.epochs - 1:
                 from bench.verification import plot_roc
