@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -11,7 +12,24 @@ import yaml
 from bench import yamlio
 from bench.grid import Grid, GridError, load_grid
 
-__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets"]
+__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets", "int_arg"]
+
+
+def int_arg(low: int, high: int | None = None, *, message: str | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``low`` (to ``high``), refused when parsing with ``message`` (default
+    "must be an integer >= low") and the value given, before anything runs."""
+    bound = message or (f"must be an integer >= {low}" if high is None else f"must be an integer in {low}..{high}")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{bound}, but got {text!r}")
+        return value
+
+    return parse
 
 
 def add_grid_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

@@ -6,18 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.commands._common import int_arg
 from bench.commands.run import _positive_int
-
-
-def _non_negative_int(text: str) -> int:
-    """A DataLoader worker count: 0 (decode in the trial's process) or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, but got {text!r}")
-    return value
 
 
 def _at_least_two(text: str) -> int:
@@ -46,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-classes", type=_at_least_two, default=1_000_000)
     p.add_argument("--jpeg", action="store_true",
                    help="also train the mobilenet workload from a folder of JPEG files vs the same faces on the device")
-    p.add_argument("--loader-workers", type=_non_negative_int, default=None, metavar="N",
+    p.add_argument("--loader-workers", type=int_arg(0), default=None, metavar="N",
                    help="DataLoader workers for --jpeg (default: as a trial: none on the CPU, else "
                         "torch's threads less one, at most 16)")
     p.add_argument("--fused", type=int, default=None, metavar="K",

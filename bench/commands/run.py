@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.commands._common import add_grid_options, add_tracking_option, load_grid_or_exit
+from bench.commands._common import add_grid_options, add_tracking_option, int_arg, load_grid_or_exit
 
 
 def add_storage_option(parser: argparse.ArgumentParser) -> None:
@@ -25,14 +25,7 @@ def add_storage_option(parser: argparse.ArgumentParser) -> None:
                              "(default: $MARGINBENCH_STORAGE, else optuna.journal beside mlflow.db)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, but got {text!r}")
-    return value
+_positive_int = int_arg(1)
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> None:

@@ -25,17 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.commands._common import add_tracking_option
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: any free port), but got {text!r}")
-    return value
+from bench.commands._common import add_tracking_option, int_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", metavar="NAME", help="select the study (experiment) of this name")
     add_tracking_option(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=_port, default=5000, help="port (default: 5000; 0: any free port)")
+    p.add_argument("--port", type=int_arg(0, 65535, message="a port is 0..65535 (0: any free port)"), default=5000,
+                   help="port (default: 5000; 0: any free port)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default: 1)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to answer")
     p.set_defaults(handler=run)
