@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]
                                 f"root/<identity>/<image>.jpg")
     classes: list[str] = []
     samples: list[tuple[str, int]] = []
-    with os.scandir(root) as entries:
-        identity_dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-    for name in identity_dirs:
-        with os.scandir(root / name) as entries:
-            files = sorted(e.name for e in entries
-                           if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    for name, files in _identity_images(root):
         if not files:
             continue
         label = len(classes)
@@ -84,6 +79,18 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[str, int]
         raise ValueError(f"{root} has no root/<identity>/<image> files (image endings: "
                          f"{', '.join(IMAGE_EXTENSIONS)}); point root at the folder whose sub-folders are identities")
     return classes, samples
+
+
+def _identity_images(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """``(identity, sorted image file names)`` per identity folder of ``root``, in sorted order, one folder
+    listed at a time (so a caller that needs only the first images stops early)."""
+    with os.scandir(root) as entries:
+        identity_dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    for name in identity_dirs:
+        with os.scandir(root / name) as entries:
+            files = sorted(e.name for e in entries
+                           if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        yield name, files
 
 
 def split_samples(samples: list[tuple[str, int]], split: str, test_fraction: float,
@@ -180,12 +187,8 @@ def _image_size(params: dict[str, Any]) -> tuple[int, int] | None:
         return parse_image_size(p["image_size"])
     root, first = Path(p["root"]).expanduser(), []
     try:
-        with os.scandir(root) as entries:
-            identity_dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-        for name in identity_dirs:
-            with os.scandir(root / name) as entries:
-                first += sorted(str(root / name / e.name) for e in entries if e.is_file()
-                                and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        for name, files in _identity_images(root):
+            first += [str(root / name / f) for f in files]
             if len(first) >= 100:
                 break
         return _first_image_size([(path, 0) for path in first[:100]])
