@@ -377,6 +377,11 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             config = _merge(config, update)
             sources.append((where, update))
         labels = {axis: label for axis, (label, _, _) in zip(axes, combo, strict=True)}
+        if "seed" in config:  # Grid.trials() gives each trial a seed from seeds:, so this one would do nothing
+            raise GridError(path, _origin("seed", sources), f"the seed is set per trial from the grid's top-level "
+                                                            f"seeds:, so seed: {config['seed']!r} here would be "
+                                                            f"ignored; write seeds: [{config['seed']}] at the top "
+                                                            f"level instead")
         spec = _cell_spec(path, config, sources, labels)
         if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid's lacks
             try:

@@ -220,7 +220,7 @@ class TrialSpec:
                 kwargs[key] = value
             else:
                 raise SpecError(f"unknown parameter {key!r}{_did_you_mean(key, cls.nested_keys())}; "
-                                f"valid: {', '.join(sorted(cls.flat_keys()))}")
+                                f"valid: {', '.join(sorted(cls.flat_keys(settable=True)))}")
         for group in [f"{c}_params" for c in COMPONENTS] + list(PARAM_GROUPS):
             if group in groups or group in kwargs:
                 kwargs[group] = groups.get(group, {})
@@ -254,7 +254,8 @@ class TrialSpec:
 
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise SpecError(f"unknown trial key {key!r}.{hint} Valid keys: {', '.join(valid)}", key=key)
+                raise SpecError(f"unknown trial key {key!r}.{hint} Valid keys: "
+                                f"{', '.join(cls.nested_keys(settable=True))}", key=key)
         return cls(**kwargs, labels=dict(labels or {}))
 
     def to_nested(self) -> dict[str, Any]:
@@ -273,12 +274,14 @@ class TrialSpec:
         return out
 
     @classmethod
-    def nested_keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.name != "labels" and not f.name.endswith("_params")]
+    def nested_keys(cls, *, settable: bool = False) -> list[str]:
+        """The spec's top-level keys; ``settable=True`` leaves out ``seed``, which a grid sets from ``seeds:``."""
+        return [f.name for f in dataclasses.fields(cls)
+                if f.name != "labels" and not f.name.endswith("_params") and not (settable and f.name == "seed")]
 
     @classmethod
-    def flat_keys(cls) -> list[str]:
-        return cls.nested_keys() + [f"{c}.<param>" for c in COMPONENTS + PARAM_GROUPS]
+    def flat_keys(cls, *, settable: bool = False) -> list[str]:
+        return cls.nested_keys(settable=settable) + [f"{c}.<param>" for c in COMPONENTS + PARAM_GROUPS]
 
     def replace(self, **changes: Any) -> TrialSpec:
         return dataclasses.replace(self, **changes)

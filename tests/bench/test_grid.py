@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,25 @@ def test_override_that_does_not_fit_a_cell_is_an_error(tmp_path):
     # softmax has no scale: --set loss.s=30 cannot apply to its cells.
     with pytest.raises(GridError, match=r"--set\.loss: loss 'softmax' has no parameter 's'"):
         load_grid(write(tmp_path, GOOD), overrides={"loss.s": 30})
+
+
+@pytest.mark.parametrize("where, text", [
+    ("base.seed", GOOD.replace("  epochs: 2\n", "  epochs: 2\n  seed: 3\n")),
+    ("grid.loss[0].seed", GOOD.replace("{label: soft, loss: softmax}", "{label: soft, loss: softmax, seed: 3}")),
+])
+def test_a_seed_in_a_cell_is_refused_because_the_grids_seeds_would_replace_it(tmp_path, where, text):
+    # Grid.trials() sets each trial's seed from seeds: [0, 1]; a cell's seed: 3 would silently never run.
+    with pytest.raises(GridError, match=rf"{re.escape(where)}: .*seed: 3 here would be ignored; "
+                                        r"write seeds: \[3\] at the top level"):
+        load_grid(write(tmp_path, text))
+
+
+def test_the_valid_keys_a_typo_lists_are_keys_a_grid_can_set(tmp_path):
+    for text, overrides in [(GOOD.replace("epochs: 2", "epochz: 2"), None), (GOOD, {"epochz": 1})]:
+        with pytest.raises(GridError) as info:
+            load_grid(write(tmp_path, text), overrides=overrides)
+        listed = str(info.value).split("alid")[-1]
+        assert "epochs" in listed and "seed" not in listed, str(info.value)
 
 
 MNIST_GRID = """
