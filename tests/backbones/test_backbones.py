@@ -66,6 +66,27 @@ def test_backward_reaches_every_trainable_parameter(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_eval_mode_embeds_each_image_on_its_own(name):
+    # Test and verification embeddings are taken in eval mode: there an image's embedding must not depend on
+    # the rest of its batch (BatchNorm on running statistics, dropout off), and two passes agree. A train step
+    # first so the running statistics are not their initial (0, 1).
+    torch.manual_seed(0)
+    net = _build(name, (28, 28), 3).train()
+    net(torch.randn(4, 3, 28, 28) * 2 + 0.5).square().mean().backward()
+    net.eval()
+    images = torch.randn(3, 3, 28, 28)
+    with torch.no_grad():
+        batch, again = net(images), net(images)
+        alone = torch.cat([net(images[i:i + 1]) for i in range(len(images))])
+    assert batch.shape == (3, EMBEDDING_DIM) and torch.isfinite(batch).all()
+    assert torch.equal(batch, again)
+    # Relative to the embeddings' scale: an untrained iresnet50 in eval mode outputs ~1e12, where float32's
+    # reduction order alone moves the last digits.
+    scale = batch.abs().max()
+    torch.testing.assert_close(alone / scale, batch / scale, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_listed_with_parameters_and_summary(name):
     # What `bench list backbones` prints: the name, a one-line summary, the user parameters with defaults.
     entry = BACKBONES.entry(name)
