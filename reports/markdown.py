@@ -6,6 +6,7 @@ CSVs) both go through it, so the two print the same text for the same runs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +14,7 @@ import pandas as pd
 
 from reports.results import ResultsTable, grid_order, results_frame
 from reports.spec import ReportError, TableSpec, default_tables, natural_key, parse_tables
-from reports.tables import aggregate, escape_line, metric_columns, verification_accuracies
+from reports.tables import aggregate, escape_inline, escape_line, metric_columns, verification_accuracies
 
 __all__ = ["render_results", "provenance_line", "grid_tables", "study_results", "default_table"]
 
@@ -32,7 +33,7 @@ def provenance_line(results: ResultsTable) -> str:
     frame = results.frame
     parts = [f"{len(frame)} run{'s' if len(frame) != 1 else ''} of grid {results.grid}"]
     if frame.empty:
-        return f"*{parts[0]}*"
+        return _emphasis(parts[0])
     data = _join(_unique(frame["dataset"]))
     epochs = _unique(frame["epochs"])
     if data or epochs:
@@ -51,7 +52,13 @@ def provenance_line(results: ResultsTable) -> str:
     dates = sorted(_unique(frame["date"]))
     if dates:
         parts.append(dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}")
-    return "*" + " · ".join(parts) + "*"
+    return _emphasis(" · ".join(parts))
+
+
+def _emphasis(text: str) -> str:
+    """``text`` in italics, rendering as itself: what would pair inside is escaped (see `escape_inline`), and so
+    is any ``*`` left, which would close the emphasis early (a device or dataset name such as ``a*b``)."""
+    return "*" + re.sub(r"(?<!\\)\*", r"\\*", escape_inline(text, pipes=False)) + "*"
 
 
 def render_results(results: ResultsTable, *, source: str | None = None) -> str:

@@ -28,7 +28,7 @@ from tabulate import tabulate
 from reports.runs import RUN_COLUMNS, latest_runs
 from reports.spec import ReportError, TableSpec, metric_direction, natural_key
 
-__all__ = ["CellStats", "Table", "aggregate", "label_column", "metric_columns", "missing_metric",
+__all__ = ["CellStats", "Table", "aggregate", "escape_inline", "label_column", "metric_columns", "missing_metric",
            "best_run", "verification_accuracies", "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER",
            "escape_line"]
 
@@ -167,7 +167,7 @@ _NEWLINES = re.compile(r"\s*(?:\r\n|\r|\n)\s*")
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 
 
-def _escape_inline(text: str, *, pipes: bool = True) -> str:
+def escape_inline(text: str, *, pipes: bool = True) -> str:
     """``text`` (a label, header or title: plain text, from the grid YAML) as markdown that renders as that text.
 
     One line: a newline would end a table row, so it reads as a space (as markdown shows a line break inside a
@@ -209,14 +209,14 @@ def _escape_inline(text: str, *, pipes: bool = True) -> str:
 
 
 def _escape(text: str) -> str:
-    """A label or header as the text of a table cell (see `_escape_inline`)."""
-    return _escape_inline(text)
+    """A label or header as the text of a table cell (see `escape_inline`)."""
+    return escape_inline(text)
 
 
 def escape_line(text: str) -> str:
-    """A title as one markdown paragraph that renders as the text (see `_escape_inline`): also a first character
+    """A title as one markdown paragraph that renders as the text (see `escape_inline`): also a first character
     that would start a heading, quote, list, rule or code fence (``# runs``, ``- x``, a code fence) is escaped."""
-    line = _escape_inline(str(text).strip(), pipes=False)
+    line = escape_inline(str(text).strip(), pipes=False)
     ordered = re.match(r"(\d{1,9})([.)])(?=\s|$)", line)
     if ordered:
         return f"{ordered.group(1)}\\{line[ordered.end(1):]}"
@@ -314,8 +314,8 @@ class Table:
         if select_by is None:
             return ""
         highest = "highest" if _select_direction(self.spec, select_by) == "max" else "lowest"
-        return (f"*Each cell shows its finished run with the {highest} {_escape_inline(select_by, pipes=False)}; "
-                f"\"best of k\" counts all the cell's finished runs in study {_escape_inline(study, pipes=False)}, "
+        return (f"*Each cell shows its finished run with the {highest} {escape_inline(select_by, pipes=False)}; "
+                f"\"best of k\" counts all the cell's finished runs in study {escape_inline(study, pipes=False)}, "
                 f"also those of an earlier run of the grid with more n_trials or other search ranges.*")
 
     def summary(self) -> str:

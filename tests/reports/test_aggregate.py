@@ -322,6 +322,18 @@ def test_a_title_renders_as_one_paragraph_of_its_text():
         assert text.split("\n\n")[0] == expected, title
 
 
+def test_the_provenance_line_is_one_emphasis_of_its_text():
+    # the line is *...*: a device or dataset name with a * or a pair of _ must neither end the italics early nor
+    # add its own; what markdown shows is the text itself
+    rows = [run_row({"loss": "a"}, 0, test_acc=0.9, **{"param.dataset": "set_a_*b", "device_name": "GPU *x* _y_"})]
+    spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",))
+    line = render_results(results_frame(frame(rows), spec, grid="g", order={"loss": ["a"]})).split("\n\n")[-1]
+    assert line.startswith("*") and line.endswith("*")
+    text, markup = _unescaped(line[1:-1])
+    assert "set_a_*b" in text and "GPU *x* _y_" in text, text
+    assert "*" not in markup and markup.count("_") <= 1, markup
+
+
 def test_an_export_interrupted_between_the_csv_and_its_meta_is_refused(tmp_path, monkeypatch):
     # write_results replaces the CSV, then the meta: stopped between the two, a new CSV (two metrics, three runs)
     # sits beside the old meta (one metric, two runs); load_results must refuse the pair, not table the new runs
