@@ -314,9 +314,13 @@ class Table:
         if select_by is None:
             return ""
         highest = "highest" if _select_direction(self.spec, select_by) == "max" else "lowest"
+        optimistic = ("" if select_by.startswith("train") else
+                      " Chosen on the held-out data it is measured on (there is no separate validation split), the "
+                      "value is an optimistic estimate; for a fair one, fix the chosen values in a grid without "
+                      "search and run it with new seeds.")
         return (f"*Each cell shows its finished run with the {highest} {escape_inline(select_by, pipes=False)}; "
                 f"\"best of k\" counts all the cell's finished runs in study {escape_inline(study, pipes=False)}, "
-                f"also those of an earlier run of the grid with more n_trials or other search ranges.*")
+                f"also those of an earlier run of the grid with more n_trials or other search ranges.{optimistic}*")
 
     def summary(self) -> str:
         """``"Not in the means: 1 diverged, 2 pruned."``, or empty when every run finished."""
