@@ -106,7 +106,7 @@ NUMERIC_KWARGS: dict[str, dict[str, dict[str, tuple[float, float | None, bool, b
         "random": {"seed": _SEED},
         "qmc": {"seed": _SEED},
         "gp": {"seed": _SEED, "n_startup_trials": (0, None, True, False)},
-        "cmaes": {"seed": _SEED, "n_startup_trials": (0, None, True, False)},
+        "cmaes": {"seed": _SEED, "n_startup_trials": (0, None, True, False), "popsize": (1, None, True, False)},
     },
     "pruner": {
         "median": _STEPS,
