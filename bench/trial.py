@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -285,6 +286,24 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             os.unlink(tmp)
 
 
+def _misfit(state: dict[str, Any], **modules: nn.Module | None) -> str:
+    """Where a checkpoint's weights do not fit the models as built now (``"backbone: 3 unexpected, e.g.
+    'units.0.conv.bias'"``), or ``""``. ``load_state_dict`` would raise only after copying what fits."""
+    problems = []
+    for name, module in modules.items():
+        saved = state.get(name)
+        if module is None or saved is None:
+            continue
+        want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in saved.items()}
+        missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+        reshaped = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
+            if keys:
+                problems.append(f"{name}: {len(keys)} {what}, e.g. {keys[0]!r}")
+    return "; ".join(problems)
+
+
 class TrialState:
     """One trial's models, optimizer, data order and record, and what happens between epochs: evaluation,
     pictures, checkpoint, the pruner's callback. `run_trial` drives one through its training steps;
@@ -355,6 +374,11 @@ class TrialState:
         # copies the weights to the models' device and the optimizer's state to its parameters'
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("spec_key") != self.spec.key():
+            return 0
+        misfit = _misfit(state, backbone=self.backbone, head=self.head, center=self.center)
+        if misfit:  # the same spec under other code (a layer added or dropped): its weights cannot continue here
+            print(f"marginbench: {path} was saved by a model of another shape ({misfit}); the trial starts over",
+                  file=sys.stderr)
             return 0
         self.backbone.load_state_dict(state["backbone"])
         self.head.load_state_dict(state["head"])

@@ -63,6 +63,24 @@ def test_checkpoint_resumes_from_last_epoch(tiny_dataset, tmp_path):
     assert resumed.images_per_second * resumed.train_seconds == pytest.approx(3 * 80)
 
 
+def test_a_checkpoint_of_a_model_of_another_shape_starts_the_trial_over(tiny_dataset, tmp_path, capsys):
+    # The spec key names the configuration, not the code: a checkpoint written before a backbone gained or lost a
+    # layer has the same key. Loading it raised (after copying the tensors that fit) on every resume; it is now
+    # set aside and the trial trains from scratch, as an unbroken run does.
+    ckpt = tmp_path / "trial.pt"
+    spec = spec_for(tiny_dataset, epochs=2)
+    full = run_trial(spec, TrialOptions(progress=False, checkpoint_path=ckpt))
+    state = torch.load(ckpt, weights_only=False)
+    name, tensor = next(iter(state["backbone"].items()))
+    for change in ({"old.conv.bias": torch.zeros(3)}, {name: torch.zeros(*tensor.shape, 2)}):
+        torch.save({**state, "epoch": 0, "history": state["history"][:1],
+                    "backbone": {**state["backbone"], **change}}, ckpt)
+        again = run_trial(spec, TrialOptions(progress=False, checkpoint_path=ckpt))
+        assert again.history == full.history
+        err = capsys.readouterr().err
+        assert str(ckpt) in err and "starts over" in err and next(iter(change)) in err
+
+
 def test_reduced_precision_and_channels_last_run_and_stay_finite(tiny_dataset):
     for precision in ("bf16", "fp16"):
         result = run_trial(spec_for(tiny_dataset, epochs=2, precision=precision, channels_last=True,
