@@ -7,7 +7,9 @@ paper). At 112x96 inputs the map is 7x6 and SphereFace-20 has 22.67 M parameters
 
 Initialisation follows the released Caffe prototxt: Caffe's "xavier" filler for the stride convs and fc5
 (uniform in +-sqrt(3 / fan_in), which is not PyTorch's ``xavier_uniform_``), Gaussian (std 0.01) for the
-convs inside residual units, zero biases.
+convs inside residual units, zero biases. The convs inside residual units have no bias: the prototxt gives
+them a zero-filled bias with ``lr_mult: 0, decay_mult: 0`` (``is_bias=False`` in the authors'
+``make_spherenet.py``), a bias that never leaves zero, so only the four stride convs and fc5 learn one.
 """
 
 from __future__ import annotations
@@ -43,17 +45,16 @@ def _caffe_xavier_(weight: torch.Tensor) -> None:
 
 
 class _Unit(nn.Module):
-    """conv3x3 + PReLU, conv3x3 + PReLU, plus the input."""
+    """conv3x3 + PReLU, conv3x3 + PReLU, plus the input; the convs without bias (frozen at zero in Caffe)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.act1 = nn.PReLU(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.act2 = nn.PReLU(channels)
         for conv in (self.conv1, self.conv2):
             nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.act2(self.conv2(self.act1(self.conv1(x))))

@@ -98,13 +98,31 @@ def test_listed_with_parameters_and_summary(name):
         assert name in BACKBONES.names()
 
 
-def test_sphere20a_has_the_parameter_count_of_sphereface20():
-    # SphereFace-20 at 112x96 with the 512-d fc5: 11.66 M in the 20 convs, 11.01 M in fc5 (512*7*6 -> 512),
-    # 4672 PReLU slopes: 22,670,656, the "about 22.7 M" of the paper's released model.
+def _prototxt_trainable_params(units: tuple[int, int, int, int]) -> int:
+    # The learnable blobs of wy1iu/sphereface's sphereface_model.prototxt (make_spherenet.py for other depths),
+    # counted layer by layer: each stage's stride conv convN_1 (3x3 weights, bias with lr_mult 2) and PReLU
+    # (one slope per channel), then per residual unit two 3x3 convs whose bias has lr_mult 0 (not counted)
+    # and their PReLUs; fc5 (512*7*6 -> 512, bias lr_mult 2). fc6 (MarginInnerProduct) belongs to the head.
+    total, cin = 0, 3
+    for cout, n in zip((64, 128, 256, 512), units, strict=True):
+        total += cin * cout * 9 + cout + cout  # convN_1 weight + bias, reluN_1 slopes
+        total += n * 2 * (cout * cout * 9 + cout)  # unit convs (weights only) + their PReLU slopes
+        cin = cout
+    return total + 512 * 7 * 6 * 512 + 512
+
+
+def test_sphere20a_has_the_trainable_parameters_of_the_sphereface20_prototxt():
+    # SphereFace-20 at 112x96 with the 512-d fc5: 11.65 M in the 20 convs, 11.01 M in fc5 (512*7*6 -> 512),
+    # 4672 PReLU slopes: 22,666,944 learnable values in the prototxt, the "about 22.7 M" of the released model.
+    # The 16 residual-unit convs' biases (3,712 values) are frozen at zero there (lr_mult 0): no bias here.
     net = BACKBONES.create("sphere20a", embedding_dim=512, in_chans=3)
-    assert sum(p.numel() for p in net.parameters()) == 22_670_656
+    assert _prototxt_trainable_params((1, 2, 4, 1)) == 22_666_944
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == 22_666_944
+    assert sum(p.numel() for p in net.parameters()) == 22_666_944
     assert net.fc5.in_features == 512 * 7 * 6
-    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 20
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 20
+    assert [m.stride for m in convs if m.bias is not None] == [(2, 2)] * 4
 
 
 def test_sphereface_stride_convs_and_fc5_use_caffes_xavier_filler():
@@ -122,12 +140,15 @@ def test_sphereface_stride_convs_and_fc5_use_caffes_xavier_filler():
         assert not layer.bias.any()
 
 
-@pytest.mark.parametrize("depth,convs,params", [(4, 4, 12_562_496), (10, 10, 15_219_264), (20, 20, 22_670_656),
-                                                (36, 36, 32_778_816), (64, 64, 48_200_512)])
-def test_sphereface_depths_follow_table_2(depth, convs, params):
-    # Paper Table 2: the depth counts conv layers (4 stride convs + 2 per residual unit) plus fc5.
+@pytest.mark.parametrize("depth,convs,units,params", [
+    (4, 4, (0, 0, 0, 0), 12_562_496), (10, 10, (0, 1, 2, 0), 15_217_984), (20, 20, (1, 2, 4, 1), 22_666_944),
+    (36, 36, (2, 4, 8, 2), 32_771_392), (64, 64, (3, 8, 16, 3), 48_186_816)])
+def test_sphereface_depths_follow_table_2(depth, convs, units, params):
+    # Paper Table 2: the depth counts conv layers (4 stride convs + 2 per residual unit) plus fc5; the
+    # parameters are those make_spherenet.py's prototxt learns (no bias in residual units).
     net = BACKBONES.create("sphereface", embedding_dim=512, in_chans=3, depth=depth)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == convs
+    assert _prototxt_trainable_params(units) == params
     assert sum(p.numel() for p in net.parameters()) == params
 
 
