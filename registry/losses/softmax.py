@@ -42,9 +42,17 @@ class ModifiedSoftmaxHead(MarginHead):
     boundary depends on angles only, so embeddings are compared by cosine. Units: no margin, no parameters.
 
     Shapes: ``emb`` ``(B, D)``, ``weight`` ``(C, D)``, logits ``(B, C)``.
+
+    The rows start at unit norm, as in SphereFace's Caffe layer (``MarginInnerProduct`` type ``SINGLE``, which
+    normalizes ``W`` in place each step): see `registry.losses.sphereface.SphereFaceHead`.
     """
 
     normalized_features = True
+
+    def __init__(self, embedding_dim: int, num_classes: int) -> None:
+        super().__init__(embedding_dim, num_classes)
+        with torch.no_grad():
+            self.weight.copy_(F.normalize(self.weight, dim=1))
 
     def logits(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(emb, F.normalize(self.weight, dim=1))
