@@ -40,6 +40,20 @@ def test_casia_lfw_rows_and_schedules(face_folder):
     assert grid.report["tables"][0]["columns"][0] == "lfw_acc"
 
 
+def test_casia_lfw_a_softmax_rows_anneal_lambda_as_the_sphereface_prototxt(face_folder):
+    # wy1iu/sphereface's MarginInnerProduct (base 1000, gamma 0.12, power 1, lambda_min 5), by hand:
+    # lambda = max(5, 1000 / (1 + 0.12 it)); clcarwin's AngleLoss (1500 / (1 + 0.1 it)) would give 1363.6 at 1.
+    from registry import LOSSES
+
+    grid = load_grid(SWEEPS / "casia-lfw.yaml", env=casia_env(face_folder))
+    by_hand = {1: 1000 / 1.12, 1000: 1000 / 121, 1658: 1000 / 199.96, 1659: 5.0, 28000: 5.0}
+    for cell in grid.cells:
+        if cell.spec.loss != "sphereface":
+            continue
+        head = LOSSES.create(cell.spec.loss, embedding_dim=8, num_classes=4, **cell.spec.loss_params)
+        assert {it: float(head.lambda_at(it)) for it in by_hand} == pytest.approx(by_hand, rel=1e-12)
+
+
 @pytest.mark.parametrize("missing", CASIA_VARS)
 def test_casia_lfw_fails_naming_the_missing_variable(face_folder, missing):
     env = casia_env(face_folder)
