@@ -23,7 +23,9 @@ is agreed at the same points, after the trial is built and at the end of each ep
 raises (the others `RankFailed` with the failed rank's error) and a worker goes on to its next trial. A
 failure inside an epoch's training steps cannot be agreed without a host sync per step: it leaves the other
 ranks waiting in a collective this rank never joins, so the rank notes it (`out_of_step_on_error`) and its
-worker stops (`check_in_step`); its process exits and torchrun ends the others.
+worker stops (`check_in_step`); its process exits and torchrun ends the others. The error goes to torchrun's
+store first, so that the others fail the trial with it (`RankFailed`) rather than take torchrun's SIGTERM for an
+interruption and queue the trial again.
 On CUDA, BatchNorm layers become SyncBatchNorm; off CUDA, where SyncBatchNorm does not run, a backbone with
 BatchNorm is refused. CenterLoss (its centres move outside the optimizer) is not supported under DDP.
 
@@ -35,9 +37,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import logging
 import os
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,8 @@ from torch import nn
 
 __all__ = ["DistContext", "init_from_env", "is_launched", "broadcast_object", "any_true", "agree", "RankFailed",
            "out_of_step_on_error", "in_step", "check_in_step", "shard_batch", "wrap", "main"]
+
+log = logging.getLogger(__name__)
 
 #: How long ranks wait for each other (rank 0 may poll the study for a long time between trials).
 TIMEOUT = datetime.timedelta(hours=float(os.environ.get("MARGINBENCH_DIST_TIMEOUT_HOURS", "24")))
@@ -167,14 +174,76 @@ def out_of_step_on_error(ctx: DistContext | None) -> Iterator[None]:
     """Around a trial's training steps, where ranks meet only in DDP's own collectives: an error there leaves
     the other ranks waiting in a collective this rank never joins, and the process group cannot serve another
     trial. The error is noted (`check_in_step` then stops the worker) and propagates. Nothing with ``ctx`` None
-    (one process)."""
+    (one process).
+
+    The other ranks learn of it when their process is ended (torchrun's SIGTERM, taken as an interruption) or
+    their collective fails ("Connection closed by peer"): their trial would be queued again, to fail the same way
+    on every restart, or fail with that message, the error itself only in this rank's log. So an exception here
+    is also left in torchrun's store (`_share_failure`, before this rank's exit ends the others), and a rank whose
+    steps end with another rank's failure there raises `RankFailed` with it instead, ignoring torchrun's SIGTERM
+    from then on (the job is ending for that failure; it is recorded like one in one process). A KeyboardInterrupt
+    is not told: the whole job stopping goes back in the queue."""
     global _out_of_step
     try:
         yield
     except BaseException as err:  # KeyboardInterrupt too: the others are left in the collective all the same
-        if ctx is not None and _out_of_step is None:
+        if ctx is None or _out_of_step is not None:
+            raise
+        with _sigterm_held() as ignore:  # torchrun's SIGTERM, here before the failure is known, waits for it
             _out_of_step = f"rank {ctx.rank} failed in a training step ({type(err).__name__}: {err})"
+            other = _share_failure(ctx, _out_of_step if isinstance(err, Exception) else None)
+            if other is not None:
+                _out_of_step = other
+                ignore()
+        if other is not None:
+            raise RankFailed(other) from err
         raise
+
+
+def _share_failure(ctx: DistContext, failure: str | None) -> str | None:
+    """Leaves this rank's ``failure`` (None: nothing) in the job's key-value store (torchrun's, at
+    ``MASTER_ADDR:MASTER_PORT``: it outlives any rank and works when the process group does not), and returns
+    what another rank left there (the lowest such rank), or None."""
+    import torch.distributed as dist
+
+    def key(rank: int) -> str:
+        return f"marginbench/step_failure/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{rank}"
+
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=datetime.timedelta(seconds=10))
+        if failure is not None:
+            store.set(key(ctx.rank), failure)
+        for rank in range(ctx.world_size):
+            if rank != ctx.rank and store.check([key(rank)]):
+                return store.get(key(rank)).decode()
+    except Exception:  # then each rank records what it sees, as before
+        log.warning("rank %d could not use torchrun's store to share a failure", ctx.rank, exc_info=True)
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[Callable[[], None]]:
+    """Holds SIGTERM back; yields a function that drops it for good (the signal ignored from then on). Else a
+    SIGTERM that came meanwhile is raised again on the way out. Nothing outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    ignored = False
+
+    def ignore() -> None:
+        nonlocal ignored
+        ignored = True
+
+    try:
+        yield ignore
+    finally:
+        restore = previous if previous is not None else signal.SIG_DFL  # None: a handler not set from Python
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if ignored else restore)
+        if held and not ignored:
+            signal.raise_signal(signal.SIGTERM)
 
 
 def in_step() -> bool:

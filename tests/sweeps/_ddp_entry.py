@@ -35,10 +35,30 @@ def register_tiny_blobs() -> None:
 
 def inject_fault(fault: str) -> None:
     """``$MARGINBENCH_TEST_FAULT``: ``rank0-checkpoint`` (rank 0's first checkpoint write fails) or ``rank1-step``
-    (rank 1's fifth training step fails): a failure on one rank only."""
+    (rank 1's fifth training step fails): a failure on one rank only. ``rank1-step-rank0-busy``: rank 1's fifth step
+    fails while rank 0 is busy in its own fifth step (a sleep, where torchrun's SIGTERM reaches it before a
+    collective could fail). ``pause``: every rank writes ``paused-<rank>`` in the working directory at its fifth
+    step and sleeps there (for a test that interrupts the job)."""
     import os
+    import time
 
     rank = int(os.environ["RANK"])
+    if fault in ("rank1-step-rank0-busy", "pause") and (rank == 0 or fault == "pause"):
+        import bench.distributed
+
+        shard, steps = bench.distributed.shard_batch, []
+
+        def pausing_shard(*args):
+            steps.append(1)
+            if len(steps) == 5:
+                if fault == "pause":
+                    Path(f"paused-{rank}").touch()
+                time.sleep(120)
+            return shard(*args)
+
+        bench.distributed.shard_batch = pausing_shard
+    if fault == "rank1-step-rank0-busy":
+        fault = "rank1-step"
     if fault == "rank0-checkpoint" and rank == 0:
         import bench.trial
 

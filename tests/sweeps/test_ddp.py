@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -45,16 +47,24 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def torchrun_with_fault(fault: str, *args: str, cwd: Path, timeout: float = 120) -> tuple[int, str]:
+def torchrun_with_fault(fault: str, *args: str, cwd: Path, timeout: float = 120,
+                        interrupt_when: Sequence[Path] = ()) -> tuple[int, str]:
     """``(exit code, stdout + stderr)`` of a 2-process torchrun job with a failure injected on one rank
     (`_ddp_entry.inject_fault`); a job still running after ``timeout`` seconds is killed, with all its ranks, and
-    fails the test (a hung rank used to wait in a collective for a day)."""
+    fails the test (a hung rank used to wait in a collective for a day). With ``interrupt_when``, torchrun gets a
+    SIGTERM (as from a scheduler) once those files exist."""
     env = {**bench_env(), "MARGINBENCH_TEST_FAULT": fault}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              ENTRY, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while interrupt_when and proc.poll() is None and time.monotonic() < deadline:
+        if all(p.exists() for p in interrupt_when):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.2)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         for pid in [*_descendants(proc.pid), proc.pid]:  # torchrun starts each rank in a session of its own
             with contextlib.suppress(ProcessLookupError):
@@ -171,3 +181,72 @@ def test_a_failure_on_rank_one_inside_a_training_step_ends_the_job_with_its_erro
                                     "--no-progress", cwd=in_tmp)
     assert code != 0, out
     assert "bench: rank 1 failed in a training step (RuntimeError: data error on rank 1 (injected))" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["rank1-step", "rank1-step-rank0-busy"])
+def test_a_failure_on_rank_one_inside_a_training_step_fails_the_trial_with_its_error_on_rank_zero(
+        fault, in_tmp, write_grid, tiny_dataset):
+    # torchrun ends rank 0 once rank 1's worker stopped: rank 0 either waited in DDP's all-reduce (gloo: "Connection
+    # closed by peer", recorded as the trial's error, rank 1's only in rank 1's log) or was busy in its own step and
+    # took torchrun's SIGTERM as an interruption (the trial queued again, to fail the same way on every restart).
+    # Rank 1's error is the trial's, in Optuna and MLflow, and the trial is not queued again.
+    from bench.workers import run_study
+
+    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-step").replace("epochs: 6", "epochs: 2")))
+    prepared = run_study(grid, workers=0, echo=lambda s: None)
+    code, out = torchrun_with_fault(fault, "bench", "worker", "--grid", str(grid.path), "--device", "cpu",
+                                    "--no-progress", cwd=in_tmp)
+    assert code != 0, out
+    error = "RankFailed: rank 1 failed in a training step (RuntimeError: data error on rank 1 (injected))"
+    trials = optuna_trials("ddp-step", prepared.storage)
+    assert [t.state for t in trials] == [TrialState.FAIL], out  # no WAITING copy
+    assert trials[0].user_attrs[ERROR_ATTR] == error, out
+    runs = mlflow_children("ddp-step", prepared.tracking_uri)
+    assert [(r.info.status, r.data.tags.get("error")) for r in runs] == [("FAILED", error)], out
+    assert "bench: rank 1 failed in a training step (RuntimeError: data error on rank 1 (injected))" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_torchrun_worker_stopped_with_sigterm_mid_step_queues_its_trial_again(in_tmp, write_grid, tiny_dataset):
+    # a whole job stopped (a scheduler's SIGTERM to torchrun, passed on to every rank) with no rank failing: the
+    # trial goes back in the queue, as in one process
+    from bench.workers import run_study
+
+    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-stop").replace("epochs: 6", "epochs: 2")))
+    prepared = run_study(grid, workers=0, echo=lambda s: None)
+    code, out = torchrun_with_fault("pause", "bench", "worker", "--grid", str(grid.path), "--device", "cpu",
+                                    "--no-progress", cwd=in_tmp,
+                                    interrupt_when=[in_tmp / "paused-0", in_tmp / "paused-1"])
+    assert code != 0, out
+    trials = sorted(optuna_trials("ddp-stop", prepared.storage), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING], out
+    assert ERROR_ATTR not in trials[0].user_attrs and trials[1].system_attrs["retry_history"] == [0], out
+    runs = mlflow_children("ddp-stop", prepared.tracking_uri)
+    assert [(r.info.status, r.data.tags.get("marginbench.status")) for r in runs] == [("KILLED", "interrupted")], out
+
+
+def test_a_sigterm_while_a_step_failure_is_shared_waits_for_it_then_is_raised_or_dropped():
+    # torchrun's SIGTERM can reach rank 0 while it reads the other ranks' failures: raised inside, it would be taken
+    # for an interruption (the trial queued again) before the failure was known
+    from bench.distributed import _sigterm_held
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # no failure found: the SIGTERM is an interruption, raised after
+            with _sigterm_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                reached = True
+        assert reached and signal.getsignal(signal.SIGTERM) is on_sigterm
+        with _sigterm_held() as ignore:  # another rank failed: the SIGTERM is torchrun ending the job for it
+            os.kill(os.getpid(), signal.SIGTERM)
+            ignore()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored from then on
+    finally:
+        signal.signal(signal.SIGTERM, before)
