@@ -29,7 +29,7 @@ from torch import nn
 from bench.data import Batches, SkipLog, default_loader_workers
 from bench.spec import TrialSpec
 from registry import BACKBONES, DATASETS, LOSSES
-from registry.datasets import DataBundle
+from registry.datasets import DataBundle, PairSet
 
 __all__ = ["TrialOptions", "TrialResult", "TrialState", "Pruned", "run_trial", "build_models", "load_dataset",
            "pick_device", "autocast_dtype", "at_least_fp32"]
@@ -235,8 +235,8 @@ def evaluate_split(backbone: nn.Module, head: nn.Module, batches: Batches, dtype
     return out, None, None
 
 
-def _verification(backbone: nn.Module, bundle: DataBundle, device: torch.device, dtype: torch.dtype | None,
-                  batch_size: int) -> Any:
+def _verification(backbone: nn.Module, pairs: PairSet, device: torch.device, dtype: torch.dtype | None,
+                  batch_size: int, num_workers: int) -> Any:
     """The pairs' `VerificationResult`, or, when an embedding is NaN or inf, why the trial diverged."""
     from bench.verification import pair_scores, verification_metrics
 
@@ -245,9 +245,7 @@ def _verification(backbone: nn.Module, bundle: DataBundle, device: torch.device,
     def embed(images: torch.Tensor) -> torch.Tensor:
         return _embed(backbone, images.to(device), dtype)
 
-    pairs = bundle.pairs
-    assert pairs is not None
-    scores = pair_scores(embed, pairs, batch_size=batch_size, flip=True, device=device)
+    scores = pair_scores(embed, pairs, batch_size=batch_size, flip=True, device=device, num_workers=num_workers)
     bad = int(np.sum(~np.isfinite(scores)))
     if bad:  # the model diverged where the loss did not show it (e.g. eval-mode BatchNorm statistics)
         return f"the embeddings of {bad} of {len(scores)} verification pairs ({pairs.name}) became NaN or inf"
@@ -364,6 +362,7 @@ class TrialState:
         self.center_weight = float(spec.center_loss.get("weight", 0.0)) if center is not None else 0.0
         self.main = dist is None or dist.is_main
         self._picture_batches: Batches | None = None
+        self._pairs: PairSet | None = None  # bundle.pairs, decoded at the first evaluation (`decoded_pairs`)
 
     def _resume(self) -> int:
         """Loads the checkpoint when it holds this spec; the epoch to start from."""
@@ -480,7 +479,13 @@ class TrialState:
                                                     f"epoch {epoch}, the training loss being finite")
             metrics.update({f"test_{k}": v for k, v in split.items()})
         if self.bundle.pairs is not None:
-            ver = _verification(self.backbone, self.bundle, device, self.dtype, spec.eval_batch_size)
+            if self._pairs is None:  # decoded once: image files are not decoded again at every epoch
+                from bench.verification import decoded_pairs
+
+                self._pairs = decoded_pairs(self.bundle.pairs, batch_size=spec.eval_batch_size,
+                                            num_workers=self.loader_workers)
+            ver = _verification(self.backbone, self._pairs, device, self.dtype, spec.eval_batch_size,
+                                self.loader_workers)
             if isinstance(ver, str):  # non-finite embeddings: a diverged trial, as a NaN loss is
                 return self._diverge(epoch, "eval", f"{ver} at epoch {epoch}, the training loss being finite")
             metrics.update(ver.as_metrics(self.bundle.pairs.name))

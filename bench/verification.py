@@ -15,7 +15,8 @@ ROC AUC and TAR at fixed FAR are computed over all pairs at once (no folds).
 
 Example::
 
-    scores = pair_scores(lambda x: backbone(x.to(device)), bundle.pairs)
+    pairs = decoded_pairs(bundle.pairs)              # once: images from files are decoded here
+    scores = pair_scores(lambda x: backbone(x.to(device)), pairs)   # every epoch
     result = verification_metrics(scores, bundle.pairs.same.numpy(), bundle.pairs.folds.numpy())
     mlflow.log_metrics(result.as_metrics("lfw"))   # lfw_acc, lfw_acc_std, lfw_auc, lfw_tar_far1e-3, ...
     plot_roc(result, "roc_lfw.png")
@@ -23,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +35,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from registry.datasets import PairSet, SkippedSample
+from registry.datasets._images import normalize_uint8
 
-__all__ = ["top1_accuracy", "pair_scores", "verification_metrics", "VerificationResult", "roc_curve",
+__all__ = ["top1_accuracy", "pair_scores", "decoded_pairs", "verification_metrics", "VerificationResult", "roc_curve",
            "best_threshold", "plot_roc", "FARS"]
 
 #: False-accept rates at which the true-accept rate is reported.
 FARS = (1e-3, 1e-4)
+
+#: Most bytes `decoded_pairs` holds: all 13,233 LFW images, as uint8 pixels at 112x112, take 498 MB.
+MAX_DECODED_BYTES = 2**30
 
 
 # ---------------------------------------------------------------------------------------------- closed set
@@ -108,8 +114,9 @@ def pair_scores(embed: Callable[[torch.Tensor], torch.Tensor], pairs: PairSet, *
     Args:
         embed: maps a float batch ``(B, C, H, W)`` to embeddings ``(B, D)``; it is called in ``torch.no_grad``
             and must put the model in eval mode itself (BatchNorm statistics).
-        pairs: `PairSet`; ``pairs.images`` is a float ``(M, C, H, W)`` tensor or a Dataset whose item i is
-            image i (a ``(C, H, W)`` tensor, or a tuple whose first element is one).
+        pairs: `PairSet`; ``pairs.images`` is an ``(M, C, H, W)`` tensor or a Dataset whose item i is
+            image i (a ``(C, H, W)`` tensor, or a tuple whose first element is one): float as ``embed`` takes
+            it, or uint8 pixels, scaled here by ``(pixel - 127.5) / 127.5``.
         batch_size: images per call to ``embed`` (two calls per batch with ``flip``).
         flip: add the mirrored image's embedding.
         device: where batches are moved before ``embed``; None leaves them where they are.
@@ -121,14 +128,7 @@ def pair_scores(embed: Callable[[torch.Tensor], torch.Tensor], pairs: PairSet, *
     Raises:
         ValueError: a pair index out of range, or an unreadable image in a Dataset.
     """
-    left = np.asarray(pairs.left, dtype=np.int64).reshape(-1)
-    right = np.asarray(pairs.right, dtype=np.int64).reshape(-1)
-    if len(left) != len(right):
-        raise ValueError(f"pairs.left and pairs.right differ in length: {len(left)} vs {len(right)}")
-    n_images = len(pairs.images)
-    used = np.unique(np.concatenate([left, right]))
-    if len(used) and (used[0] < 0 or used[-1] >= n_images):
-        raise ValueError(f"pair indices must be in 0..{n_images - 1}, but got {used[0]}..{used[-1]}")
+    left, right, used = _pair_indices(pairs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, but got {batch_size=}")
 
@@ -141,6 +141,8 @@ def pair_scores(embed: Callable[[torch.Tensor], torch.Tensor], pairs: PairSet, *
                                   num_workers=num_workers, collate_fn=_collate))
     feats = []
     for batch in batches:
+        if batch.dtype == torch.uint8:  # pixels, scaled before the move, bit for bit as `decode_image` scales them
+            batch = normalize_uint8(batch)  # (on CUDA, a division by a scalar multiplies by its reciprocal)
         if device is not None:
             batch = batch.to(device, non_blocking=True)
         f = embed(batch).float()
@@ -150,10 +152,69 @@ def pair_scores(embed: Callable[[torch.Tensor], torch.Tensor], pairs: PairSet, *
     if not feats:
         return np.zeros(0, dtype=np.float64)
     feat = torch.nn.functional.normalize(torch.cat(feats).double(), dim=1)
-    row = np.full(n_images, -1, dtype=np.int64)
-    row[used] = np.arange(len(used))
+    row = _rows(len(pairs.images), used)
     a, b = feat[torch.from_numpy(row[left])], feat[torch.from_numpy(row[right])]
     return (a * b).sum(1).clamp(-1.0, 1.0).numpy()
+
+
+def decoded_pairs(pairs: PairSet, *, batch_size: int = 256, num_workers: int = 0,
+                  max_bytes: int = MAX_DECODED_BYTES) -> PairSet:
+    """``pairs`` with the images its pairs use decoded once, into one tensor, for evaluating every epoch.
+
+    A Dataset of image files is otherwise decoded again at each `pair_scores` call. The images are kept as
+    the Dataset gives them (the pairs files' uint8 pixels: all 13,233 LFW images at 112x96 would take
+    427 MB), in the order of their indices, so that `pair_scores` embeds the same batches and gives the
+    same scores, bit for bit.
+
+    Args:
+        pairs: `PairSet`; one whose ``images`` is a tensor already is returned as is.
+        batch_size: images per DataLoader batch.
+        num_workers: DataLoader workers that decode.
+        max_bytes: the most the decoded images may take; a larger set is returned as is, to be streamed
+            by `pair_scores` at every call (its size is known from the first batch, the only one decoded).
+
+    Returns:
+        A `PairSet` whose ``images`` is a ``(M, C, H, W)`` tensor of the M images used (``left``/``right``
+        renumbered), or ``pairs``.
+
+    Raises:
+        ValueError: a pair index out of range, or an unreadable image.
+    """
+    left, right, used = _pair_indices(pairs)
+    if isinstance(pairs.images, torch.Tensor) or not len(used):
+        return pairs
+    images, done = None, 0
+    for batch in DataLoader(_Indexed(pairs.images, used), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=_collate):
+        if images is None:
+            if batch[0].nbytes * len(used) > max_bytes:
+                return pairs
+            images = torch.empty((len(used), *batch.shape[1:]), dtype=batch.dtype)
+        images[done:done + len(batch)] = batch
+        done += len(batch)
+    row = _rows(len(pairs.images), used)
+    return dataclasses.replace(pairs, images=images, left=torch.from_numpy(row[left]),
+                               right=torch.from_numpy(row[right]))
+
+
+def _pair_indices(pairs: PairSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(left, right, used)``: the pairs' image indices and the distinct ones, sorted; checked in range."""
+    left = np.asarray(pairs.left, dtype=np.int64).reshape(-1)
+    right = np.asarray(pairs.right, dtype=np.int64).reshape(-1)
+    if len(left) != len(right):
+        raise ValueError(f"pairs.left and pairs.right differ in length: {len(left)} vs {len(right)}")
+    n_images = len(pairs.images)
+    used = np.unique(np.concatenate([left, right]))
+    if len(used) and (used[0] < 0 or used[-1] >= n_images):
+        raise ValueError(f"pair indices must be in 0..{n_images - 1}, but got {used[0]}..{used[-1]}")
+    return left, right, used
+
+
+def _rows(n_images: int, used: np.ndarray) -> np.ndarray:
+    """Image index -> position in ``used`` (-1 for an image no pair uses)."""
+    row = np.full(n_images, -1, dtype=np.int64)
+    row[used] = np.arange(len(used))
+    return row
 
 
 # ------------------------------------------------------------------------------------------------ metrics

@@ -4,6 +4,8 @@ The insightface convention ``(pixel - 127.5) / 127.5`` is used for every face se
 files, ``.bin`` files, the synthetic faces), so a net trained on one is evaluated on the others unchanged.
 Training splits streamed from disk stay uint8 until they reach the training device (`decode_image_uint8`,
 then `normalize_uint8` there): a quarter of the bytes through worker shared memory, pinning and the copy.
+Verification images (`ImageFiles`, `EncodedImages`) stay uint8 too, a quarter of the memory when a trial
+holds them decoded for its every-epoch evaluation (`bench.verification.decoded_pairs`).
 """
 
 from __future__ import annotations
@@ -107,8 +109,8 @@ def encode_image(image: torch.Tensor | np.ndarray, fmt: str = "png", quality: in
 
 
 class ImageFiles(Dataset):
-    """Item i is image file ``paths[i]`` decoded to ``(in_chans, H, W)``; for verification pairs, where every
-    image must be read (an unreadable one raises ValueError naming the file)."""
+    """Item i is image file ``paths[i]`` decoded to uint8 pixels ``(in_chans, H, W)``; for verification pairs,
+    where every image must be read (an unreadable one raises ValueError naming the file)."""
 
     def __init__(self, paths: Sequence[str | Path], image_size: tuple[int, int], in_chans: int) -> None:
         self.paths = [str(p) for p in paths]
@@ -119,14 +121,15 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         try:
-            return decode_image(self.paths[index], self.image_size, self.in_chans)
+            return decode_image_uint8(self.paths[index], self.image_size, self.in_chans)
         except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the file
             raise ValueError(f"cannot read verification image {self.paths[index]} ({type(err).__name__}: {err}); "
                              f"replace the file or drop its pairs") from err
 
 
 class EncodedImages(Dataset):
-    """Item i is ``blobs[i]`` (JPEG/PNG bytes, as in an insightface ``.bin``) decoded to ``(in_chans, H, W)``."""
+    """Item i is ``blobs[i]`` (JPEG/PNG bytes, as in an insightface ``.bin``) decoded to uint8 pixels
+    ``(in_chans, H, W)``."""
 
     def __init__(self, blobs: Sequence[bytes], image_size: tuple[int, int], in_chans: int, *, source: str = "") -> None:
         self.blobs = blobs
@@ -137,6 +140,6 @@ class EncodedImages(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         try:
-            return decode_image(self.blobs[index], self.image_size, self.in_chans)
+            return decode_image_uint8(self.blobs[index], self.image_size, self.in_chans)
         except Exception as err:  # noqa: BLE001
             raise ValueError(f"{self.source}: image {index} cannot be decoded ({type(err).__name__}: {err})") from err

@@ -53,7 +53,8 @@ class PairSet:
 
     Attributes:
         images: float32 ``(M, C, H, W)`` tensor, every distinct image once, or a Dataset whose item i is
-            image i (a ``(C, H, W)`` tensor) for sets too large to hold.
+            image i (a ``(C, H, W)`` tensor: float32, or uint8 pixels that `bench.verification.pair_scores`
+            scales with ``(pixel - 127.5) / 127.5``), as image files are.
         left, right: int64 ``(P,)`` indices into ``images``.
         same: bool ``(P,)``.
         folds: int64 ``(P,)`` fold of each pair (LFW View 2: 0..9).

@@ -325,7 +325,7 @@ def _held_out_pairs(held: list[tuple[str, int]], size: tuple[int, int], in_chans
                 unreadable[item.path] = item.reason
                 bad.add(int(i))
         if not bad:
-            images = _ImagesOnly(FaceImages(held, size, in_chans))
+            images = _ImagesOnly(FaceImages(held, size, in_chans, uint8=True))
             return (PairSet(images, torch.from_numpy(left), torch.from_numpy(right), torch.from_numpy(same),
                             torch.from_numpy(folds), name="held_out"), unreadable)
         held = [s for i, s in enumerate(held) if i not in bad]

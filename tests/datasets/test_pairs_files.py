@@ -106,7 +106,7 @@ def test_pairs_txt_loads_images_from_the_root(tmp_path):
     ps = pairs_from_txt(path, root, (12, 10), 3)
     assert ps.left.tolist() == [0, 1] and ps.right.tolist() == [1, 2]  # A_0002 is stored once
     assert ps.same.tolist() == [True, False] and ps.folds.tolist() == [0, 0] and ps.name == "lfw"
-    assert ps.images[2].shape == (3, 12, 10) and ps.images[2].dtype == torch.float32
+    assert ps.images[2].shape == (3, 12, 10) and ps.images[2].dtype == torch.uint8  # pair_scores scales them
 
 
 def test_missing_image_fails_validation_with_the_line_number(tmp_path):
@@ -188,8 +188,8 @@ def test_bin_in_insightface_layout_loads(tmp_path):
     assert ps.name == "lfw" and ps.same.tolist() == issame
     assert ps.left.tolist() == list(range(0, 40, 2)) and ps.right.tolist() == list(range(1, 40, 2))
     assert ps.folds.tolist() == [k for k in range(10) for _ in range(2)]  # ten consecutive blocks
-    expected = np.asarray(Image.open(io.BytesIO(blobs[3])).convert("RGB"), dtype=np.float32)
-    np.testing.assert_allclose(ps.images[3].permute(1, 2, 0).numpy(), (expected - 127.5) / 127.5, atol=1e-6)
+    expected = np.asarray(Image.open(io.BytesIO(blobs[3])).convert("RGB"))
+    np.testing.assert_array_equal(ps.images[3].permute(1, 2, 0).numpy(), expected)  # uint8 pixels, as decoded
 
 
 def test_bin_written_by_python2_loads_as_bytes(tmp_path):

@@ -1,15 +1,24 @@
 """pair_scores: the flip test (sum of the image's and its mirror's embeddings), then cosine, for tensors and
-Datasets."""
+Datasets; decoded_pairs: image files decoded once for every epoch's evaluation."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from bench.verification import pair_scores
-from registry.datasets import PairSet, SkippedSample
+from bench.spec import TrialSpec
+from bench.trial import TrialOptions, run_trial
+from bench.verification import decoded_pairs, pair_scores
+from registry import DATASETS
+from registry.datasets import PairSet, SkippedSample, _images
+from registry.datasets._images import decode_image_uint8
+from registry.datasets.pairs import pairs_from_bin, pairs_from_txt
+from registry.datasets.synthetic_faces import write_image_folder
 
 
 def make_pairs(images) -> PairSet:
@@ -111,3 +120,75 @@ def test_out_of_range_pair_index_is_an_error(images):
     pairs = make_pairs(images[:3])
     with pytest.raises(ValueError, match=r"0\.\.2"):
         pair_scores(left_right_embed, pairs)
+
+
+@pytest.fixture(scope="module")
+def face_files(tmp_path_factory):
+    """JPEG faces with an LFW-format pairs.txt over them and an insightface .bin of the same pairs."""
+    return write_image_folder(tmp_path_factory.mktemp("faces") / "faces", identities=2, images_per_identity=4,
+                              image_size=(20, 16), test_identities=4, pairs_per_fold=2, write_bin=True)
+
+
+def _pairs_file(face_files, kind: str) -> PairSet:
+    if kind == "txt":
+        return pairs_from_txt(face_files["pairs_txt"], face_files["pairs_root"], (20, 16), 3)
+    return pairs_from_bin(face_files["bin"], (20, 16), 3)
+
+
+def _pil_reference(pairs: PairSet) -> np.ndarray:
+    """Flip-test cosine of every pair in float64, each image decoded here by PIL and scaled by (p - 127.5) / 127.5."""
+    sources = getattr(pairs.images, "paths", None) or [io.BytesIO(b) for b in pairs.images.blobs]
+
+    def feature(i: int) -> torch.Tensor:
+        if isinstance(sources[i], io.BytesIO):
+            sources[i].seek(0)
+        pixels = np.asarray(Image.open(sources[i]).convert("RGB"), dtype=np.float64)
+        x = torch.from_numpy((pixels - 127.5) / 127.5).permute(2, 0, 1)[None]
+        return (left_right_embed(x) + left_right_embed(x.flip(-1)))[0]
+
+    feats = {i: feature(i) for i in torch.cat([pairs.left, pairs.right]).unique().tolist()}
+    return np.array([float(feats[a] @ feats[b] / (feats[a].norm() * feats[b].norm()))
+                     for a, b in zip(pairs.left.tolist(), pairs.right.tolist(), strict=True)])
+
+
+@pytest.mark.parametrize("kind", ["txt", "bin"])
+def test_decoded_pairs_score_as_the_files_decoded_at_every_call(face_files, kind):
+    # decoded once into a uint8 tensor of the used images: the same scores, bit for bit, as streaming the files,
+    # and both those of the images decoded by PIL here (float64 reference; float32 embeddings)
+    pairs = _pairs_file(face_files, kind)
+    decoded = decoded_pairs(pairs, batch_size=7)
+    used = torch.cat([pairs.left, pairs.right]).unique()
+    assert isinstance(decoded.images, torch.Tensor) and decoded.images.dtype == torch.uint8
+    assert decoded.images.shape == (len(used), 3, 20, 16)
+    assert torch.equal(decoded.same, pairs.same) and torch.equal(decoded.folds, pairs.folds)
+    streamed = pair_scores(left_right_embed, pairs, batch_size=5)
+    np.testing.assert_array_equal(pair_scores(left_right_embed, decoded, batch_size=5), streamed)
+    np.testing.assert_allclose(streamed, _pil_reference(pairs), rtol=0, atol=1e-6)
+
+
+def test_decoded_pairs_larger_than_max_bytes_stay_streamed(face_files):
+    # one 20x16 RGB image is 960 bytes: the pairs' 16 images do not fit in 1000, so the Dataset is kept as it is
+    pairs = _pairs_file(face_files, "txt")
+    assert decoded_pairs(pairs, max_bytes=1000) is pairs
+    assert isinstance(decoded_pairs(pairs, max_bytes=10**6).images, torch.Tensor)
+
+
+def test_a_trial_decodes_each_pair_image_once(face_files, monkeypatch):
+    # three epochs, three evaluations: every image a pair uses is decoded at the first one only (it was decoded
+    # at each); the training folder's images are decoded by imagefolder's own import, not counted here
+    decoded = []
+
+    def counting(source, *args):
+        decoded.append(str(source))
+        return decode_image_uint8(source, *args)
+
+    monkeypatch.setattr(_images, "decode_image_uint8", counting)
+    data = {"root": str(face_files["train"]), "split": "none", "image_size": [20, 16],
+            "pairs": str(face_files["pairs_txt"]), "pairs_root": str(face_files["pairs_root"])}
+    spec = TrialSpec(dataset="imagefolder", dataset_params=data, backbone="lenet++", loss="softmax",
+                     embedding_dim=4, epochs=3, batch_size=8)
+    result = run_trial(spec, TrialOptions(device="cpu", progress=False, num_workers=0))
+    pairs = DATASETS.create("imagefolder", **data).pairs
+    used = {pairs.images.paths[i] for i in torch.cat([pairs.left, pairs.right]).tolist()}
+    assert result.status == "finished" and len(result.history) == 3
+    assert sorted(decoded) == sorted(used)
