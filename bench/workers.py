@@ -339,8 +339,8 @@ def _record(study: Any, claimed: _Claimed, outcome: TrialOutcome, config: StudyC
 
     trial, number = claimed.trial, claimed.number
     status = outcome.status
-    trial.set_user_attr(RUN_ATTR, outcome.run_id)
     try:
+        trial.set_user_attr(RUN_ATTR, outcome.run_id)
         if status == "finished":
             value = _objective_value(outcome.result.metrics if outcome.result else {}, config.metric)
             if value is None:

@@ -87,6 +87,39 @@ def test_exception_is_recorded_with_traceback_and_the_study_goes_on(in_tmp, tiny
     assert "RuntimeError: the disk went away" in open(text).read()
 
 
+def test_a_storage_error_while_recording_a_trained_trial_fails_that_trial_not_the_worker(in_tmp, tiny_dataset,
+                                                                                        write_grid, monkeypatch):
+    # The first write after training (the MLflow run id) raising once, as a storage hiccup would: the trial is
+    # marked failed with the error and the study goes on to the next; it escaped the worker, leaving the trial
+    # RUNNING until the stale-trial reaper re-queued it.
+    import optuna
+
+    from bench.study import RUN_ATTR
+
+    real = optuna.trial.Trial.set_user_attr
+    raised = []
+
+    def flaky(self, key, value):
+        if key == RUN_ATTR and not raised:
+            raised.append(key)
+            raise RuntimeError("storage went away for a moment")
+        return real(self, key, value)
+
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", flaky)
+    grid = load_grid(write_grid("""\
+        name: flaky
+        base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1, batch_size: 16}
+        grid:
+          loss: [softmax, cosface]
+        """))
+    report = run_study(grid, progress=False, echo=lambda s: None)
+    assert raised and report.counts["failed"] == 1 and report.counts["finished"] == 1
+    states = sorted(t.state.name for t in optuna_trials("flaky", report.storage))
+    assert states == ["COMPLETE", "FAIL"]
+    failed = next(t for t in optuna_trials("flaky", report.storage) if t.state == TrialState.FAIL)
+    assert "storage went away for a moment" in failed.user_attrs["marginbench.error"]
+
+
 def test_rerun_trains_nothing_again_and_retries_a_crashed_trial(in_tmp, tiny_dataset, broken_dataset, write_grid):
     path = write_grid("""\
         name: again
