@@ -24,7 +24,9 @@ class AdaFaceHead(MarginHead):
     As the authors' ``head.py``: cosines clamped to ``[-1 + eps, 1 - eps]``, ``theta + g_angle`` clipped to
     ``[eps, pi - eps]``, eps = 1e-3 (before ``acos``, the dtype's epsilon where that is coarser, as in bfloat16).
     A batch of one sample leaves ``sigma`` unchanged (its std is undefined).
-    ``head.logits(emb)`` (no labels) is ``s cos(theta)``, unclamped.
+    ``head.logits(emb)`` (no labels) is ``s cos(theta)``, unclamped. The class rows start at unit norm, as the
+    authors' ``renorm`` init leaves them (the directions are `MarginHead`'s uniform draw, as theirs): ``W`` is
+    normalized inside the graph, so the starting norm sets how far an optimizer step turns a class.
 
     Paper: AdaFace, https://arxiv.org/abs/2204.00964 (Eqs. 9-12 and the authors' ``head.py``).
 
@@ -45,6 +47,8 @@ class AdaFaceHead(MarginHead):
     def __init__(self, embedding_dim: int, num_classes: int, *, s: float = 64.0, m: float = 0.4, h: float = 0.333,
                  t_alpha: float = 0.01) -> None:
         super().__init__(embedding_dim, num_classes)
+        with torch.no_grad():  # the authors' uniform(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5): unit-norm class rows
+            self.weight.copy_(torch.nn.functional.normalize(self.weight, dim=1))
         check_positive(s=s, h=h)
         if not 0 <= t_alpha <= 1:
             raise ValueError(f"t_alpha must be in [0, 1], but got {t_alpha=}")

@@ -18,6 +18,8 @@ class CurricularFaceHead(MarginHead):
 
     ``t`` is a buffer, the running mean of the batch's target cosines: ``t <- 0.01 mean(cos theta_y) + 0.99 t``,
     updated once per training step before the step's logits (as the authors' ``head.py`` does); it starts at 0.
+    The class weights start as theirs, normal with std 0.01 (``W`` is normalized inside the graph, so the
+    starting norm sets how far an optimizer step turns a class).
 
     Paper: CurricularFace, https://arxiv.org/abs/2004.00288 (Eqs. 6-9 and the authors' code).
 
@@ -36,6 +38,7 @@ class CurricularFaceHead(MarginHead):
     def __init__(self, embedding_dim: int, num_classes: int, *, s: float = 64.0, m: float = 0.5,
                  t_alpha: float = 0.01) -> None:
         super().__init__(embedding_dim, num_classes)
+        torch.nn.init.normal_(self.weight, std=0.01)  # the authors' head.py (norm ~0.23 at 512-d, not Glorot's 0.3-1.3)
         check_positive(s=s)
         if not 0 <= m < math.pi:
             raise ValueError(f"m must be in [0, pi) radians, but got {m=}")
