@@ -78,7 +78,7 @@ from bench.trial import Pruned, TrialOptions
 
 __all__ = ["WorkerOptions", "StudyReport", "run_study", "work", "run_study_trial", "run_study_trials",
            "checkpoint_folder",
-           "spawn_workers", "wait_workers", "stop_workers"]
+           "spawn_workers", "wait_workers", "stop_workers", "Terminated"]
 
 log = logging.getLogger(__name__)
 
@@ -686,20 +686,29 @@ def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, se
     return procs
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C (the trial goes back in the queue), but sent to this process alone: a worker it
+    started did not get it, so `stop_workers` passes it on at once instead of waiting for them to stop."""
+
+
 def wait_workers(procs: Sequence[subprocess.Popen]) -> list[int]:
     """Waits for worker processes; on Ctrl-C passes it on and waits for them to give their trials back."""
     try:
         return [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        stop_workers(procs)
+    except KeyboardInterrupt as err:
+        stop_workers(procs, signalled=not isinstance(err, Terminated))
         raise
 
 
-def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0, grace: float = 5.0) -> None:
+def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0, grace: float = 5.0, *,
+                 signalled: bool = True) -> None:
     """SIGINT to each worker still running (each puts its trial back in the queue), then waits for them.
 
-    From a terminal the workers got the Ctrl-C too: they have ``grace`` seconds to stop on their own before the
-    SIGINT that makes sure (a second one interrupts a worker's exit with a traceback)."""
+    From a terminal (``signalled``) the workers got the Ctrl-C too: they have ``grace`` seconds to stop on their
+    own before the SIGINT that makes sure (a second one interrupts a worker's exit with a traceback). A SIGTERM
+    to this process (`Terminated`) reached no worker: they get the SIGINT at once."""
+    if not signalled:
+        grace = 0.0
     deadline = time.monotonic() + grace
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -773,8 +782,8 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
                             fuse=fuse)
     try:
         report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
-    except BaseException:
-        stop_workers(procs)
+    except BaseException as err:
+        stop_workers(procs, signalled=not isinstance(err, Terminated))
         raise
     report.worker_exit_codes = wait_workers(procs)
     report.counts = study_summary(open_study_for_report(grid.name, storage_url), slots)

@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (a preempted node) as Ctrl-C: the worker puts its trial back in the queue on the way out."""
-    raise KeyboardInterrupt
+    from bench.workers import Terminated
+
+    raise Terminated
 
 
 def run(args: argparse.Namespace) -> int:

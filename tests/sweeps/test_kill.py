@@ -97,3 +97,54 @@ def test_sigkill_mid_sweep_then_rerun_finishes_every_trial_exactly_once(tmp_path
     resumed = {r.data.tags["marginbench.trial_key"] for r in runs if r.data.tags.get("resumed_from_epoch")}
     assert resumed == with_checkpoint  # (test_resume checks the resumed history epoch by epoch)
     assert not list(ckpt_dir.glob("*.pt"))  # each deleted when its trial finished
+
+
+class _Worker:
+    """A stand-in for a `bench worker` Popen that is still running: records waits and signals."""
+
+    def __init__(self) -> None:
+        self.waits: list[float | None] = []
+        self.signals: list[int] = []
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.waits.append(timeout)
+        if self.signals:
+            return 0
+        raise subprocess.TimeoutExpired("bench worker", timeout or 0)
+
+    def poll(self) -> int | None:
+        return 0 if self.signals else None
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def kill(self) -> None:
+        raise AssertionError("a worker that took the SIGINT is not killed")
+
+
+@pytest.mark.parametrize("raised, first_wait", [("ctrl-c", 5.0), ("sigterm", 0.0)])
+def test_a_sigterm_to_bench_run_passes_the_interrupt_to_its_workers_at_once(monkeypatch, tmp_path, raised,
+                                                                            first_wait):
+    # Ctrl-C in a terminal reaches every worker, which then gets a few seconds to give its trial back on its
+    # own; a SIGTERM (a scheduler's, `kill`) reaches `bench run` alone, so waiting for the workers to stop by
+    # themselves only delayed the exit by the whole grace period (11.2 s -> 5.7 s measured, 2 workers, loaded CPU)
+    from bench import workers
+    from bench.commands.worker import on_sigterm
+    from bench.grid import load_grid
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text("name: g\n" + DIGITS_BASE)
+    fake = _Worker()
+
+    def interrupted(*args, **kwargs):
+        if raised == "sigterm":
+            on_sigterm(signal.SIGTERM, None)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workers, "spawn_workers", lambda *a, **k: [fake])
+    monkeypatch.setattr(workers, "work", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        workers.run_study(load_grid(grid_file), storage=str(tmp_path / "j.journal"),
+                          tracking_uri=f"sqlite:///{tmp_path}/m.db", workers=2, progress=False, echo=lambda s: None)
+    assert fake.waits[0] == pytest.approx(first_wait, abs=0.05)
+    assert fake.signals == [signal.SIGINT]
