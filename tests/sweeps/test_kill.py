@@ -148,3 +148,45 @@ def test_a_sigterm_to_bench_run_passes_the_interrupt_to_its_workers_at_once(monk
                           tracking_uri=f"sqlite:///{tmp_path}/m.db", workers=2, progress=False, echo=lambda s: None)
     assert fake.waits[0] == pytest.approx(first_wait, abs=0.05)
     assert fake.signals == [signal.SIGINT]
+
+
+@pytest.mark.timeout(300)
+def test_a_sigterm_to_a_bench_worker_group_stops_the_workers_it_started(tmp_path, write_grid):
+    # `bench worker --workers 2` is this process plus one it starts. A SIGTERM to it alone (`kill PID`, a node
+    # being drained) put its own trial back and then waited for the other worker, which went on training the
+    # queue (the trial just given back included) until it was empty: the group never stopped.
+    grid = write_grid("name: drained\n" + DIGITS_BASE + "  epochs: 2000\ngrid:\n  loss: [softmax, cosface, "
+                      "arcface]\nseeds: [0]\n")
+    journal = str(tmp_path / "optuna.journal")
+    bench("run", "--grid", str(grid), "--workers", "0", cwd=tmp_path)
+    log = open(tmp_path / "worker.log", "w")
+    group = subprocess.Popen([sys.executable, "-m", "bench", "worker", "--grid", str(grid), "--workers", "2",
+                              "--no-progress"], cwd=tmp_path, env=bench_env(), stdout=log, stderr=subprocess.STDOUT)
+    owners: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(owners) < 2:
+            time.sleep(0.5)
+            assert group.poll() is None, (tmp_path / "worker.log").read_text()
+            owners = {t.system_attrs["marginbench.owner"]["pid"] for t in optuna_trials("drained", journal)
+                      if t.state == TrialState.RUNNING and "marginbench.owner" in t.system_attrs}
+        assert len(owners) == 2, "both workers never ran a trial:\n" + (tmp_path / "worker.log").read_text()
+        group.send_signal(signal.SIGTERM)
+        try:
+            group.wait(timeout=90)  # a bound against hanging, not a speed target: it takes seconds
+        except subprocess.TimeoutExpired:
+            pytest.fail("`bench worker --workers 2` was still running 90 s after its SIGTERM")
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in owners) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in owners), "the worker it started outlived the SIGTERM"
+    finally:
+        for pid in owners | {group.pid}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
+    trials = optuna_trials("drained", journal)
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.COMPLETE not in states, states
+    waiting = {t.user_attrs["marginbench.key"] for t in trials if t.state == TrialState.WAITING}
+    assert len(waiting) == 3  # the two interrupted trials are queued again, the third was never started
