@@ -43,6 +43,10 @@ class MarginHead(nn.Module):
     normalized_features: bool = False
     #: Above this many weight rows a `chunkable` head computes its loss class-chunk by class-chunk; 0: never.
     chunk_classes: int = 0
+    #: Start every class row at norm 1 (the Glorot draw's directions), where the head's original holds or starts
+    #: them. ``W`` normalized inside the graph turns class j ``1 / ||W_j||^2`` as far per SGD step, so the
+    #: starting norm is part of the recipe (SphereFace's Caffe layer, AdaFace's ``renorm`` init).
+    unit_rows: bool = False
 
     def __init__(self, embedding_dim: int, num_classes: int, *, num_weights: int | None = None) -> None:
         super().__init__()
@@ -52,6 +56,9 @@ class MarginHead(nn.Module):
         self.num_classes = num_classes
         self.weight = nn.Parameter(torch.empty(num_weights or num_classes, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
+        if self.unit_rows:
+            with torch.no_grad():
+                self.weight.copy_(F.normalize(self.weight, dim=1))
 
     # hooks -----------------------------------------------------------------------------------------
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:

@@ -42,13 +42,12 @@ class AdaFaceHead(MarginHead):
     """
 
     normalized_features = True
+    unit_rows = True  # the authors' uniform(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
     eps = 1e-3
 
     def __init__(self, embedding_dim: int, num_classes: int, *, s: float = 64.0, m: float = 0.4, h: float = 0.333,
                  t_alpha: float = 0.01) -> None:
         super().__init__(embedding_dim, num_classes)
-        with torch.no_grad():  # the authors' uniform(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5): unit-norm class rows
-            self.weight.copy_(torch.nn.functional.normalize(self.weight, dim=1))
         check_positive(s=s, h=h)
         if not 0 <= t_alpha <= 1:
             raise ValueError(f"t_alpha must be in [0, 1], but got {t_alpha=}")

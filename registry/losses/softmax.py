@@ -48,11 +48,7 @@ class ModifiedSoftmaxHead(MarginHead):
     """
 
     normalized_features = True
-
-    def __init__(self, embedding_dim: int, num_classes: int) -> None:
-        super().__init__(embedding_dim, num_classes)
-        with torch.no_grad():
-            self.weight.copy_(F.normalize(self.weight, dim=1))
+    unit_rows = True
 
     def logits(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(emb, F.normalize(self.weight, dim=1))

@@ -104,11 +104,7 @@ class SphereFaceHead(LargeMarginSoftmaxHead):
 
     weight_norm = False
     normalized_features = True
-
-    def __init__(self, embedding_dim: int, num_classes: int, **schedule: float) -> None:
-        super().__init__(embedding_dim, num_classes, **schedule)
-        with torch.no_grad():
-            self.weight.copy_(torch.nn.functional.normalize(self.weight, dim=1))
+    unit_rows = True
 
 
 @LOSSES.register("lsoftmax", validate=check_by_building("lsoftmax"))
