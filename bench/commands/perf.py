@@ -120,6 +120,15 @@ def run(args: argparse.Namespace) -> int:
     check_workload_data(names + lenet_sections + (["mobilenet"] if args.jpeg else []), pick_device(args.device),
                         mnist_root=args.mnist_root)
 
+    import signal
+
+    from bench.commands.worker import on_sigterm
+
+    # SIGTERM (`kill PID`, a scheduler's time limit) as Ctrl-C: else the process died on the spot, leaving the
+    # --grid store (checkpoints too) and the --jpeg folder in the temp folder and a JSON that did not say it was
+    # cut short; `Terminated` stops --grid's worker processes at once
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+
     def save() -> None:  # after each section, so that a crash or a kill at a time limit keeps what finished
         if args.json:
             tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
@@ -209,5 +218,6 @@ def run(args: argparse.Namespace) -> int:
         report["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         save()
     return 0

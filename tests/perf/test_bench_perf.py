@@ -242,3 +242,56 @@ def test_bench_perf_rejects_bad_worker_counts_when_parsing(capsys, argv, message
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["perf", *argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_a_sigterm_to_bench_perf_grid_cleans_its_temp_store_and_says_so_in_the_json(tmp_path):
+    # `bench perf --grid` trains into a throwaway store in the temp folder. A SIGTERM (`kill PID`, a scheduler's
+    # time limit) ended the process on the spot: the store, checkpoints and all (11 MB for digits), stayed in
+    # the temp folder for good, and --json was never written to say the grid section was cut short.
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.sweeps.conftest import DIGITS_BASE, bench_env
+
+    (tmp_path / "g.yaml").write_text("name: perf-term\n" + DIGITS_BASE + "  epochs: 2000\n"
+                                     "grid:\n  loss: [softmax, cosface]\nseeds: [0]\n")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**bench_env(), "TMPDIR": str(temp)}
+    log = open(tmp_path / "perf.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "perf", "--grid", "g.yaml", "--workers", "2",
+                             "--json", "perf.json"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        # trials are training once a checkpoint is in the store (the worker process is up by then too)
+        while time.monotonic() < deadline and not list(temp.glob("marginbench-grid-*/.bench/checkpoints/*/*.pt")):
+            assert proc.poll() is None, (tmp_path / "perf.log").read_text()
+            time.sleep(0.5)
+        assert list(temp.glob("marginbench-grid-*")), "no grid store in the temp folder:\n" + \
+            (tmp_path / "perf.log").read_text()
+        children = [int(pid) for f in Path(f"/proc/{proc.pid}/task").glob("*/children")
+                    for pid in f.read_text().split()]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)  # a bound against hanging, not a speed target
+        except subprocess.TimeoutExpired:
+            pytest.fail("`bench perf --grid` was still running 90 s after its SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in children:  # the worker process (it also gets SIGKILL when bench perf dies, on Linux)
+            with contextlib.suppress(OSError):
+                if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+        log.close()
+    assert list(temp.glob("marginbench-grid-*")) == [], (tmp_path / "perf.log").read_text()
+    report = json.loads((tmp_path / "perf.json").read_text())
+    assert report["error"].startswith("Terminated") and "grid" not in report
