@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,22 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _replace(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` then ``tmp`` replaces ``path``: an export stopped midway leaves the old file, never half of a
+    new one (these files are committed beside the README's tables)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_png(fig: Any, path: Path, **kwargs: Any) -> None:
+    _replace(path, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_META, **kwargs))
 
 
 def _row_name(key: tuple[str, ...]) -> str:
@@ -65,8 +82,7 @@ def plot_accuracy(table: Table, path: Path) -> Path:
     if cols:
         ax.legend(fontsize=8, title=spec.header(spec.column_axis) if spec.is_matrix else None)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata=_PNG_META)
+    _save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -118,8 +134,7 @@ def plot_curves(results: ResultsTable, history: pd.DataFrame, path: Path,
     what = f"each cell's best run by {select_by}" if select_by is not None else "mean over seeds (± std)"
     fig.suptitle(f"{results.grid}/{spec.name}: {what}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata=_PNG_META)
+    _save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -135,8 +150,7 @@ def gif_links(results: ResultsTable, artifact_uris: dict[str, str], path: Path, 
         ui = (f" · [run]({ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run['run_id']})"
               if ui_base and experiment_id else "")
         lines.append(f"- {name} ({run['status']}): {link}{ui} · `{run['run_id']}`")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _replace(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8"))
     return path
 
 
@@ -189,8 +203,7 @@ def embedding_montage(results: ResultsTable, client: Any, path: Path, *, files: 
         for ax, image in zip(axes.flat, frames, strict=False):
             ax.imshow(image)
         fig.tight_layout(pad=0.2)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=80, metadata=_PNG_META)
+        _save_png(fig, path, dpi=80)
         plt.close(fig)
     return path
 

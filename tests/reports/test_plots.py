@@ -97,3 +97,25 @@ def test_select_best_curves_draw_the_run_the_table_shows(tmp_path, monkeypatch):
     by_title = {ax.get_title(): ax.lines[0].get_ydata().tolist() for ax in curves.axes}
     assert by_title["test_acc"] == pytest.approx([0.4, 0.5, 0.6])  # lr-b's own epochs, not the mean of three runs
     assert by_title["train_loss"] == pytest.approx([0.5, 0.3, 0.1])
+
+
+def test_an_export_stopped_while_a_png_is_written_leaves_the_old_png_whole(tmp_path, monkeypatch):
+    # the PNGs sit beside the README's tables and are committed; savefig stopped midway (Ctrl-C) wrote half a
+    # file in their place, which `bench report --readme --check` does not look at
+    from matplotlib.figure import Figure
+
+    rows = [run_row({"loss": "softmax"}, s, test_acc=0.9, train_acc=0.95) for s in (0, 1)]
+    results = results_frame(frame(rows), TableSpec(name="t", rows=("loss",)), grid="g", order={"loss": ["softmax"]})
+    written = write_plots(results, _history(rows), tmp_path)
+    before = {p.name: p.read_bytes() for p in written}
+
+    def interrupted(self, fname, *args, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_plots(results, _history(rows), tmp_path)
+    assert {p.name: p.read_bytes() for p in written} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temporary file left
