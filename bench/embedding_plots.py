@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.atomic import replace_file
+
 __all__ = ["plot_embeddings", "make_gif", "MAX_TSNE_IDENTITIES", "MAX_TSNE_PER_IDENTITY"]
 
 #: Identities shown in a t-SNE picture: the most frequent ones, ties broken by the smaller label.
@@ -94,10 +96,8 @@ def plot_embeddings(emb: np.ndarray, labels: np.ndarray, class_weights: np.ndarr
         fig = _plot_tsne(plt, emb, labels, tsne_identities)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", metadata={"Software": None})
+    replace_file(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -227,8 +227,6 @@ def make_gif(frames: list[Path] | list[str], path: str | Path, *, duration_ms: i
         mosaic.paste(im, (0, i * size[1]))
     palette = mosaic.quantize(colors=255, method=Image.Quantize.MEDIANCUT)
     quantized = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
-    tmp = path.with_name(f".{path.name}.tmp")
-    quantized[0].save(tmp, format="GIF", save_all=True, append_images=quantized[1:], duration=int(duration_ms),
-                      loop=0, optimize=False, disposal=1)
-    tmp.replace(path)
-    return path
+    return replace_file(path, lambda tmp: quantized[0].save(
+        tmp, format="GIF", save_all=True, append_images=quantized[1:], duration=int(duration_ms), loop=0,
+        optimize=False, disposal=1))

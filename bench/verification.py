@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bench.atomic import replace_file
 from registry.datasets import PairSet, SkippedSample
 from registry.datasets._images import normalize_uint8
 
@@ -416,8 +417,6 @@ def plot_roc(result: VerificationResult, path: str | Path, *, title: str | None 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
+    replace_file(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return path

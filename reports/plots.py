@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from bench.atomic import replace_file, replace_text
 from reports.results import ResultsTable
 from reports.tables import Table, aggregate, best_run, label_column
 
@@ -32,20 +32,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _replace(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` then ``tmp`` replaces ``path``: an export stopped midway leaves the old file, never half of a
-    new one (these files are committed beside the README's tables)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_png(fig: Any, path: Path, **kwargs: Any) -> None:
-    _replace(path, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_META, **kwargs))
+    """The figure as ``path``, replaced whole: an export stopped midway leaves the old PNG beside the README."""
+    replace_file(path, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_META, **kwargs))
 
 
 def _row_name(key: tuple[str, ...]) -> str:
@@ -150,8 +139,7 @@ def gif_links(results: ResultsTable, artifact_uris: dict[str, str], path: Path, 
         ui = (f" · [run]({ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run['run_id']})"
               if ui_base and experiment_id else "")
         lines.append(f"- {name} ({run['status']}): {link}{ui} · `{run['run_id']}`")
-    _replace(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8"))
-    return path
+    return replace_text(path, "\n".join(lines) + "\n")
 
 
 def _plot_files(client: Any, run_ids: list[str]) -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.atomic import replace_text
 from bench.commands._common import int_arg
 from bench.commands.run import _positive_int
 
@@ -131,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     def save() -> None:  # after each section, so that a crash or a kill at a time limit keeps what finished
         if args.json:
-            tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
-            tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-            tmp.replace(args.json)
+            replace_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
 
     try:
         if names:

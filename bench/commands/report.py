@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.atomic import replace_text
 from bench.commands._common import add_tracking_option, load_grid_or_exit
 
 
@@ -129,9 +130,7 @@ def _readme(args: argparse.Namespace) -> int:
         print(f"{args.readme}: {count} up to date ({names})", file=sys.stderr)
         return 0
     if result.changed:
-        tmp = result.path.with_name(result.path.name + ".tmp")
-        tmp.write_text(result.new, encoding="utf-8")
-        tmp.replace(result.path)
+        replace_text(result.path, result.new)
         print(f"{args.readme}: rebuilt {count} ({names})", file=sys.stderr)
     else:
         print(f"{args.readme}: {count} already up to date ({names})", file=sys.stderr)
