@@ -696,18 +696,18 @@ def wait_workers(procs: Sequence[subprocess.Popen]) -> list[int]:
     try:
         return [p.wait() for p in procs]
     except KeyboardInterrupt as err:
-        stop_workers(procs, signalled=not isinstance(err, Terminated))
+        stop_workers(procs, cause=err)
         raise
 
 
 def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0, grace: float = 5.0, *,
-                 signalled: bool = True) -> None:
+                 cause: BaseException | None = None) -> None:
     """SIGINT to each worker still running (each puts its trial back in the queue), then waits for them.
 
-    From a terminal (``signalled``) the workers got the Ctrl-C too: they have ``grace`` seconds to stop on their
-    own before the SIGINT that makes sure (a second one interrupts a worker's exit with a traceback). A SIGTERM
-    to this process (`Terminated`) reached no worker: they get the SIGINT at once."""
-    if not signalled:
+    From a terminal the workers got the Ctrl-C too: they have ``grace`` seconds to stop on their own before the
+    SIGINT that makes sure (a second one interrupts a worker's exit with a traceback). When the ``cause`` is a
+    SIGTERM to this process (`Terminated`), no worker got it: they get the SIGINT at once."""
+    if isinstance(cause, Terminated):
         grace = 0.0
     deadline = time.monotonic() + grace
     for p in procs:
@@ -783,7 +783,7 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
     try:
         report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
     except BaseException as err:
-        stop_workers(procs, signalled=not isinstance(err, Terminated))
+        stop_workers(procs, cause=err)
         raise
     report.worker_exit_codes = wait_workers(procs)
     report.counts = study_summary(open_study_for_report(grid.name, storage_url), slots)

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.grid import GridError
     from bench.study import StudyConfig, StudyNotReady, is_rdb, resolve_storage
     from bench.tracking import check_tracking_uri, resolve_tracking_uri
-    from bench.workers import Terminated, WorkerOptions, follow, spawn_workers, stop_workers, wait_workers, work
+    from bench.workers import WorkerOptions, follow, spawn_workers, stop_workers, wait_workers, work
 
     grid = load_grid_or_exit(args)
     check_fuse(args.fuse)
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"bench worker: {err}", file=sys.stderr)
             return 2
     except KeyboardInterrupt as err:  # the workers started here stop too, giving their trials back
-        stop_workers(procs, signalled=not isinstance(err, Terminated))
+        stop_workers(procs, cause=err)
         raise
     finally:
         codes = wait_workers(procs)
