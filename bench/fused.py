@@ -169,6 +169,14 @@ class _FusedGroup:
         return functional_call(self.template, (params, buffers), (images,))
 
     def run(self) -> list[TrialResult]:
+        try:
+            return self._run()
+        except BaseException:
+            for trial in self.trials:  # as run_trial does: a failed group's temporary artifact folders go
+                trial.discard_artifacts()
+            raise
+
+    def _run(self) -> list[TrialResult]:
         done: set[int] = set()
         for epoch in self.epochs:
             running = [k for k, t in enumerate(self.trials)

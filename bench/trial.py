@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -50,7 +51,9 @@ class TrialOptions:
         device: ``"cuda:1"``, ``"cpu"``...; None picks CUDA when present.
         plots: write an embedding picture per epoch (2-D/3-D scatter with class directions, GIF at the
             end; t-SNE of ten identities at the end for higher dimensions).
-        artifact_dir: where pictures and curves go (a temporary folder when None).
+        artifact_dir: where pictures and curves go. None: a ``marginbench-*`` temporary folder, made at the
+            first file written (a trial that writes none leaves none), removed when the trial raises; a
+            trial that returns leaves it to the caller, ``result.artifacts`` naming its files.
         checkpoint_path: saved after every epoch and resumed from when it exists for the same spec.
         num_workers: DataLoader workers for on-disk datasets (None: `bench.data.default_loader_workers`).
         progress: show a progress bar over epochs.
@@ -356,13 +359,28 @@ class TrialState:
         self.result = TrialResult(spec=spec, status="finished", device=str(device))
         self.images_seen = 0  # before _resume, which restores it with the training time
         self.start_epoch = self._resume()
-        self.artifact_dir = options.artifact_dir or Path(tempfile.mkdtemp(prefix="marginbench-"))
+        self._own_artifact_dir: Path | None = None  # the temporary folder made by `artifact_dir`, if any
         self.frames: list[Path] = []
         self.grad_clip = float(spec.grad_clip) if spec.grad_clip else None
         self.center_weight = float(spec.center_loss.get("weight", 0.0)) if center is not None else 0.0
         self.main = dist is None or dist.is_main
         self._picture_batches: Batches | None = None
         self._pairs: PairSet | None = None  # bundle.pairs, decoded at the first evaluation (`decoded_pairs`)
+
+    @property
+    def artifact_dir(self) -> Path:
+        """``options.artifact_dir``, else a temporary folder made at the first call (see `TrialOptions`)."""
+        if self.options.artifact_dir is not None:
+            return self.options.artifact_dir
+        if self._own_artifact_dir is None:
+            self._own_artifact_dir = Path(tempfile.mkdtemp(prefix="marginbench-"))
+        return self._own_artifact_dir
+
+    def discard_artifacts(self) -> None:
+        """Removes the temporary folder `artifact_dir` made, if any (the trial raised: nobody will read it)."""
+        if self._own_artifact_dir is not None:
+            shutil.rmtree(self._own_artifact_dir, ignore_errors=True)
+            self._own_artifact_dir = None
 
     def _resume(self) -> int:
         """Loads the checkpoint when it holds this spec; the epoch to start from."""
@@ -551,12 +569,11 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
 
     Raises:
         Whatever building the dataset or models raises (bad parameters should have been caught by the
-        grid's validation before training).
+        grid's validation before training), and whatever an epoch raises (its temporary artifact folder, if
+        it made one, removed first).
     """
     options = options or TrialOptions()
     dist = options.distributed
-    from bench import distributed
-
     if dist is not None:
         if spec.center_loss and float(spec.center_loss.get("weight", 0.0)) > 0:
             raise ValueError("center_loss is not supported under DistributedDataParallel (its centres move "
@@ -568,6 +585,18 @@ def run_trial(spec: TrialSpec, options: TrialOptions | None = None) -> TrialResu
         trial = TrialState(spec, options, device)
     else:  # a rank that cannot build the trial (read its checkpoint...) fails every rank, before DDP's collectives
         trial = _agreed_trial_state(spec, options, device, dist)
+    try:
+        return _train(trial)
+    except BaseException:
+        trial.discard_artifacts()
+        raise
+
+
+def _train(trial: TrialState) -> TrialResult:
+    """`run_trial`'s epochs on a built trial."""
+    from bench import distributed
+
+    spec, options, device, dist = trial.spec, trial.options, trial.device, trial.dist
     head, center, train = trial.head, trial.center, trial.train
     model_fn = torch.compile(trial.backbone) if spec.compile else trial.backbone
     progress = _progress(range(trial.start_epoch, spec.epochs), spec, options.progress and trial.main,

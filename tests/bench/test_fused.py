@@ -295,3 +295,20 @@ def test_fused_trials_skip_a_final_batch_of_one_for_a_backbone_with_batchnorm(ti
     assert [r.status for r in fused] == ["finished", "finished"]
     state = torch.load(tmp_path / "fused0.pt", weights_only=False)["backbone"]
     assert int(state["2.num_batches_tracked"]) == 5
+
+
+def test_a_failed_fused_group_leaves_no_temporary_folder(tiny_dataset, tmp_path, monkeypatch):
+    # as run_trial: the group's pictures, written before a callback raised, went into marginbench-* folders
+    # that nobody removed
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fail(epoch, metrics):
+        raise RuntimeError("callback failed")
+
+    specs = [spec_for(tiny_dataset, epochs=1, seed=s) for s in (0, 1)]
+    options = [TrialOptions(progress=False, plots=True), TrialOptions(progress=False, plots=True, on_epoch=fail)]
+    with pytest.raises(RuntimeError, match="callback failed"):
+        run_fused_trials(specs, options)
+    assert list(tmp_path.glob("marginbench-*")) == []

@@ -232,3 +232,32 @@ def test_a_checkpoint_resumes_on_a_device_other_than_the_cpu(tiny_dataset, tmp_p
     assert torch.equal(torch.get_rng_state(), saved["torch_rng"])
     assert torch.equal(state.train.generator.get_state(), saved["generator"])
     assert state.backbone.fc.weight.device.type == "meta"  # the models stay on the trial's device
+
+
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch):
+    """tempfile's folder, pointed at an empty one for the test: what a trial leaves there shows."""
+    import tempfile
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def test_a_trial_without_an_artifact_folder_leaves_no_temporary_folder(tiny_dataset, temp_root):
+    # bench perf calls run_trial without an artifact folder: every call left an empty marginbench-* folder in
+    # the temp dir, also when the trial raised; a picture written before the error was left there too
+    def fail(epoch, metrics):
+        raise RuntimeError("callback failed")
+
+    run_trial(spec_for(tiny_dataset), TrialOptions(progress=False))
+    with pytest.raises(RuntimeError, match="callback failed"):
+        run_trial(spec_for(tiny_dataset), TrialOptions(progress=False, on_epoch=fail))
+    with pytest.raises(RuntimeError, match="callback failed"):  # 2-D: a picture is written before the callback
+        run_trial(spec_for(tiny_dataset, embedding_dim=2), TrialOptions(progress=False, plots=True, on_epoch=fail))
+    assert [p.name for p in temp_root.glob("marginbench-*")] == []
+    # a trial that returns pictures keeps them, where result.artifacts says, for the caller
+    result = run_trial(spec_for(tiny_dataset, embedding_dim=2), TrialOptions(progress=False, plots=True))
+    assert [p.name for p in result.artifacts] == ["embeddings_epoch000.png"] and result.artifacts[0].is_file()
+    assert [p.name for p in temp_root.glob("marginbench-*")] == [result.artifacts[0].parent.name]
