@@ -30,7 +30,7 @@ from torch import nn
 from bench.data import Batches, SkipLog, default_loader_workers
 from bench.spec import TrialSpec
 from registry import BACKBONES, DATASETS, LOSSES
-from registry.datasets import DataBundle, PairSet
+from registry.datasets import DataBundle, PairSet, check_bundle
 
 __all__ = ["TrialOptions", "TrialResult", "TrialState", "Pruned", "run_trial", "build_models", "load_dataset",
            "pick_device", "autocast_dtype", "at_least_fp32"]
@@ -125,11 +125,15 @@ def seed_everything(seed: int) -> None:
 
 @lru_cache(maxsize=4)
 def _load_dataset_cached(name: str, params_json: str) -> DataBundle:
-    return DATASETS.create(name, **json.loads(params_json))
+    bundle = DATASETS.create(name, **json.loads(params_json))
+    factory = DATASETS.entry(name).factory
+    check_bundle(bundle, name, source=f"{factory.__module__}.{getattr(factory, '__qualname__', factory)}")
+    return bundle
 
 
 def load_dataset(spec: TrialSpec) -> DataBundle:
-    """The spec's dataset; bundles are cached per process so a grid loads MNIST once."""
+    """The spec's dataset, checked (`registry.datasets.check_bundle`: a factory's inconsistent bundle is an
+    error here, not a crash or garbage in training); bundles are cached per process so a grid loads MNIST once."""
     return _load_dataset_cached(spec.dataset, json.dumps(dict(spec.dataset_params), sort_keys=True))
 
 

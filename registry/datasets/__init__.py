@@ -9,7 +9,9 @@ which drops unreadable files and hands them back for the report). Verification p
 from __future__ import annotations
 
 from registry.datasets import digits, fashion_mnist, imagefolder, mnist, synthetic_faces  # noqa: F401
+from registry.datasets._check import check_bundle
 from registry.datasets._collate import collate_skipping
 from registry.datasets._types import DataBundle, PairSet, SkippedSample, TensorSplit, image_size_of
 
-__all__ = ["DataBundle", "PairSet", "SkippedSample", "TensorSplit", "collate_skipping", "image_size_of"]
+__all__ = ["DataBundle", "PairSet", "SkippedSample", "TensorSplit", "check_bundle", "collate_skipping",
+           "image_size_of"]

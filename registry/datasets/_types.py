@@ -71,7 +71,8 @@ class PairSet:
 
 @dataclass
 class DataBundle:
-    """Everything a trial needs from a dataset.
+    """Everything a trial needs from a dataset; a trial checks what its factory returns against this
+    contract before training (`registry.datasets.check_bundle`).
 
     Attributes:
         name: registered name.
