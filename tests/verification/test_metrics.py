@@ -1,5 +1,6 @@
-"""Verification metrics against references computed here: scikit-learn's ROC, a brute-force 10-fold protocol,
-and hand-made pairs whose best threshold is known."""
+"""Verification metrics against references computed here: scikit-learn's ROC, a brute-force 10-fold protocol
+(``search="exact"``), and hand-made pairs whose best threshold is known. insightface's threshold grid, the
+default search, is checked against insightface's formulas in test_insightface_protocol.py."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def test_roc_curve_with_ties_matches_sklearn(quantize):
 @pytest.mark.parametrize("quantize", [None, 20])
 def test_ten_fold_accuracy_matches_brute_force_reference(quantize):
     scores, same, folds = random_pairs(4, per_fold=200, quantize=quantize)
-    result = verification_metrics(scores, same, folds)
+    result = verification_metrics(scores, same, folds, search="exact")
     best_train = reference_best_train_accuracy(scores, same, folds)
     for f, t in enumerate(result.thresholds):
         train, test = folds != f, folds == f
@@ -92,7 +93,7 @@ def test_hand_made_pairs_with_a_known_best_threshold():
     scores = np.tile(same_scores + diff_scores, 10)
     same = np.tile([True] * 4 + [False] * 4, 10)
     folds = np.repeat(np.arange(10), 8)
-    result = verification_metrics(scores, same, folds)
+    result = verification_metrics(scores, same, folds, search="exact")
     assert result.thresholds == pytest.approx([0.55] * 10)
     assert result.fold_accuracies == pytest.approx([7 / 8] * 10)
     assert result.accuracy == pytest.approx(0.875)
@@ -103,7 +104,7 @@ def test_perfectly_separable_pairs_give_full_accuracy_and_auc():
     scores = np.r_[np.linspace(0.5, 1.0, 300), np.linspace(-0.2, 0.3, 300)]
     same = np.r_[np.ones(300, bool), np.zeros(300, bool)]
     folds = np.arange(600) % 10
-    result = verification_metrics(scores, same, folds)
+    result = verification_metrics(scores, same, folds, search="exact")
     assert result.accuracy == 1.0 and result.auc == 1.0
     assert result.tar_at_far == {1e-3: 1.0, 1e-4: 1.0}
     # each threshold sits midway in the training folds' gap (about 0.3 to 0.5)
@@ -189,7 +190,7 @@ def test_threshold_between_adjacent_doubles_separates_them(low):
     same = np.r_[np.ones(10, bool), np.zeros(10, bool)]
     t, acc = best_threshold(scores, same)
     assert acc == 1.0 and np.mean((scores > t) == same) == 1.0
-    result = verification_metrics(scores, same, np.arange(20) % 10)
+    result = verification_metrics(scores, same, np.arange(20) % 10, search="exact")
     assert result.accuracy == 1.0 and result.fold_accuracies == (1.0,) * 10
 
 
