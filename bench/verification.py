@@ -13,9 +13,12 @@ recognition/arcface_torch/eval/verification.py) evaluates it:
    threshold is searched as insightface's ``calculate_roc`` searches it, so that the same scores give
    insightface's accuracy to the pair: on the squared distance between unit features, ``d = 2 - 2 cos``,
    at ``np.arange(0, 4, 0.01)`` (cosine steps of 0.005), "same" when ``d < t``, the first best one on ties.
-   ``search="exact"`` searches every split of the scores instead (up to 0.003 apart at 94 % accuracy).
+   ``search="exact"`` searches every split of the scores instead (up to 0.003 apart at 94 % accuracy);
+4. VAL@FAR as insightface's ``calculate_val`` (FaceNet's "validation rate"): per fold, the distance threshold
+   at which the nine other folds' false-accept rate reaches the target, linearly interpolated on
+   ``np.arange(0, 4, 0.001)``; the true-accept rate on the held-out fold, its mean and std over the folds.
 
-ROC AUC and TAR at fixed FAR are computed over all pairs at once (no folds).
+ROC AUC and TAR at fixed FAR are also computed over all pairs at once (no folds, no interpolation).
 
 Example::
 
@@ -43,14 +46,16 @@ from registry.datasets import PairSet, SkippedSample
 from registry.datasets._images import normalize_uint8
 
 __all__ = ["top1_accuracy", "pair_scores", "decoded_pairs", "verification_metrics", "VerificationResult", "roc_curve",
-           "best_threshold", "grid_threshold", "plot_roc", "FARS"]
+           "best_threshold", "grid_threshold", "val_at_far", "plot_roc", "FARS"]
 
 #: False-accept rates at which the true-accept rate is reported.
 FARS = (1e-3, 1e-4)
 
 #: insightface's thresholds on the squared distance between unit features (``2 - 2 cos``, in ``[0, 4]``):
-#: the accuracy's search grid (arcface_torch eval/verification.py, ``evaluate``).
+#: the accuracy's search grid and the grid VAL@FAR interpolates on (arcface_torch eval/verification.py,
+#: ``evaluate``).
 ACC_DIST_THRESHOLDS = np.arange(0, 4, 0.01)
+VAL_DIST_THRESHOLDS = np.arange(0, 4, 0.001)
 
 #: Most bytes `decoded_pairs` holds: all 13,233 LFW images, as uint8 pixels at 112x112, take 498 MB.
 MAX_DECODED_BYTES = 2**30
@@ -314,8 +319,10 @@ class VerificationResult:
         fold_accuracies: accuracy on each held-out fold, in fold order.
         thresholds: cosine threshold chosen on the other folds for each held-out fold.
         auc: area under the ROC curve over all pairs.
-        tar_at_far: ``{far: tar}`` for each FAR in `FARS`: the highest true-accept rate among thresholds whose
-            false-accept rate is ``<= far`` (no interpolation).
+        tar_at_far: ``{far: tar}`` for each FAR in `FARS`, over all pairs: the highest true-accept rate among
+            thresholds whose false-accept rate is ``<= far`` (no folds, no interpolation).
+        val_at_far: ``{far: (val, val_std, far_mean)}`` for each FAR in `FARS`, per fold as insightface's
+            ``calculate_val`` (see `val_at_far`).
         roc: ``(fpr, tpr)`` arrays over all pairs, from (0, 0) to (1, 1).
         num_pairs: pairs evaluated.
     """
@@ -329,24 +336,28 @@ class VerificationResult:
     roc: tuple[np.ndarray, np.ndarray]
     num_pairs: int = 0
     roc_thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    val_at_far: Mapping[float, tuple[float, float, float]] = field(default_factory=dict)
 
     def as_metrics(self, prefix: str = "lfw") -> dict[str, float]:
         """Flat MLflow metric names (letters, digits, ``_ - .`` only).
 
         Returns:
             ``{prefix}_acc``, ``{prefix}_acc_std``, ``{prefix}_threshold`` (mean chosen threshold),
-            ``{prefix}_auc``, ``{prefix}_tar_far1e-3``, ``{prefix}_tar_far1e-4``.
+            ``{prefix}_auc``, ``{prefix}_tar_far1e-3``, ``{prefix}_tar_far1e-4`` (all pairs), and per fold
+            ``{prefix}_val_far1e-3``, ``{prefix}_val_far1e-3_std`` and the same at 1e-4 (insightface's VAL).
         """
         out = {f"{prefix}_acc": self.accuracy, f"{prefix}_acc_std": self.accuracy_std,
                f"{prefix}_threshold": float(np.mean(self.thresholds)), f"{prefix}_auc": self.auc}
         out.update({f"{prefix}_tar_far{_far_name(far)}": tar for far, tar in self.tar_at_far.items()})
+        for far, (val, val_std, _) in self.val_at_far.items():
+            out.update({f"{prefix}_val_far{_far_name(far)}": val, f"{prefix}_val_far{_far_name(far)}_std": val_std})
         return {k: float(v) for k, v in out.items()}
 
 
 def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray, *,
                          fars: tuple[float, ...] = FARS,
                          search: Literal["insightface", "exact"] = "insightface") -> VerificationResult:
-    """k-fold verification accuracy (LFW View 2 protocol), ROC AUC and TAR at fixed FAR.
+    """k-fold verification accuracy (LFW View 2 protocol), k-fold VAL@FAR, ROC AUC and TAR at fixed FAR.
 
     For each fold f, a threshold is chosen on the pairs of every other fold and applied to fold f; the
     accuracy is the mean over folds. ``search="insightface"``: `grid_threshold` on ``d = 2 - 2 * scores``
@@ -360,7 +371,7 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
         scores: ``(P,)`` similarity per pair (higher = more alike), e.g. from `pair_scores`.
         same: ``(P,)`` bool, True for a pair of the same identity.
         folds: ``(P,)`` integer fold of each pair (LFW: 0..9, 600 pairs each); at least two folds.
-        fars: false-accept rates for ``tar_at_far``.
+        fars: false-accept rates for ``tar_at_far`` and ``val_at_far``.
         search: ``"insightface"`` or ``"exact"`` (see above).
 
     Returns:
@@ -394,9 +405,56 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray
     fpr, tpr, roc_t = roc_curve(scores, same)
     auc = float(_trapezoid(tpr, fpr))
     tar = {float(far): float(tpr[fpr <= far].max()) for far in fars}
+    val = {float(far): val_at_far(dist, same, folds, far) for far in fars}
     return VerificationResult(accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
                               fold_accuracies=tuple(accs), thresholds=tuple(thresholds), auc=auc,
-                              tar_at_far=tar, roc=(fpr, tpr), num_pairs=len(scores), roc_thresholds=roc_t)
+                              tar_at_far=tar, roc=(fpr, tpr), num_pairs=len(scores), roc_thresholds=roc_t,
+                              val_at_far=val)
+
+
+def val_at_far(dist: np.ndarray, same: np.ndarray, folds: np.ndarray, far: float,
+               thresholds: np.ndarray = VAL_DIST_THRESHOLDS) -> tuple[float, float, float]:
+    """insightface's ``calculate_val`` (FaceNet's validation rate at a false-accept rate), per fold.
+
+    For each fold, the false-accept rate of the other folds' pairs is taken at every threshold (``dist < t``
+    accepts); the threshold where it reaches ``far`` is interpolated linearly between the last threshold
+    at or below ``far`` and the next one (what ``interp1d(..., kind="slinear")`` gave before scipy 1.9
+    refused the repeated rates), or is 0 (nothing accepted) when no threshold reaches ``far``. It is
+    applied to the held-out fold.
+
+    Args:
+        dist: ``(P,)`` squared distances between unit features, ``2 - 2 cos``.
+        same: ``(P,)`` bool.
+        folds: ``(P,)`` fold of each pair.
+        far: the target false-accept rate.
+        thresholds: increasing distances, from 0 (insightface: ``np.arange(0, 4, 0.001)``).
+
+    Returns:
+        ``(val, val_std, far_mean)``: the mean and std (``ddof=0``) of the held-out folds' true-accept rates,
+        and the mean of their false-accept rates; NaN where a fold, or the pairs outside it, lack a kind.
+    """
+    vals, fars = [], []
+    for f in np.unique(folds):
+        test = folds == f
+        train_diff = np.sort(dist[~test & ~same])
+        n_test_same, n_test_diff = np.sum(test & same), np.sum(test & ~same)
+        if not len(train_diff) or not n_test_same or not n_test_diff:
+            return float("nan"), float("nan"), float("nan")
+        far_train = np.searchsorted(train_diff, thresholds, side="left") / len(train_diff)
+        if far_train[-1] < far:
+            t = 0.0
+        else:
+            # the last threshold at or below far (none for distances below 0: scores above 1, not cosines)
+            i = int(np.searchsorted(far_train, far, side="right")) - 1
+            if i < 0 or i == len(thresholds) - 1:
+                t = float(thresholds[max(i, 0)])
+            else:
+                lo, hi = far_train[i], far_train[i + 1]
+                t = float(thresholds[i] + (thresholds[i + 1] - thresholds[i]) * (far - lo) / (hi - lo))
+        accepted = dist[test] < t
+        vals.append(np.sum(accepted & same[test]) / n_test_same)
+        fars.append(np.sum(accepted & ~same[test]) / n_test_diff)
+    return float(np.mean(vals)), float(np.std(vals)), float(np.mean(fars))
 
 
 def _check(scores: Any, same: Any, *, both: bool = True) -> tuple[np.ndarray, np.ndarray]:

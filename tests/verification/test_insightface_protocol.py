@@ -76,3 +76,64 @@ def test_the_exact_search_stays_available():
         assert np.mean((scores[train] > t) == same[train]) == pytest.approx(best, abs=1e-12)
     with pytest.raises(ValueError, match="search"):
         verification_metrics(scores, same, folds, search="grid")
+
+
+def slinear(x: np.ndarray, y: np.ndarray, at: float) -> float:
+    """``scipy.interpolate.interp1d(x, y, kind="slinear")(at)`` as scipy < 1.9 computed it, which insightface's
+    ``calculate_val`` relies on: its ``x`` (the training FARs) repeats values, which scipy >= 1.9 refuses
+    ("Expect x to not have duplicates", scipy issue 21550). It sorted ``x`` stably, then built the linear
+    B-spline with knots ``r_[x[0], x, x[-1]]`` and coefficients ``y``."""
+    from scipy.interpolate import BSpline
+
+    order = np.argsort(x, kind="mergesort")
+    x, y = x[order], y[order]
+    return float(BSpline.construct_fast(np.r_[x[0], x, x[-1]], y, 1)(at))
+
+
+def insightface_val(dist: np.ndarray, same: np.ndarray, far_target: float, n_folds: int = 10):
+    """insightface's ``calculate_val`` and ``calculate_val_far``: (val mean, val std, far mean)."""
+    thresholds = np.arange(0, 4, 0.001)
+    vals, fars = [], []
+    for train, test in KFold(n_splits=n_folds, shuffle=False).split(np.arange(len(dist))):
+        far_train = np.array([np.sum((dist[train] < t) & ~same[train]) / np.sum(~same[train]) for t in thresholds])
+        threshold = slinear(far_train, thresholds, far_target) if np.max(far_train) >= far_target else 0.0
+        accepted = dist[test] < threshold
+        vals.append(np.sum(accepted & same[test]) / np.sum(same[test]))
+        fars.append(np.sum(accepted & ~same[test]) / np.sum(~same[test]))
+    return np.mean(vals), np.std(vals), np.mean(fars)
+
+
+@pytest.mark.parametrize(("seed", "noise", "n_pairs"), [(0, 1.0, 6000), (1, 1.3, 6000), (7, 0.6, 6000),
+                                                        (4, 1.3, 2003)])
+def test_val_at_far_equals_insightface_calculate_val(seed, noise, n_pairs):
+    a, b, same = unit_feature_pairs(seed, n_pairs, noise=noise)
+    result = verification_metrics(np.sum(a * b, 1), same, fold_blocks(n_pairs, 10), fars=(1e-3, 1e-4, 1e-2))
+    for far in (1e-3, 1e-4, 1e-2):
+        ref = insightface_val(np.sum(np.square(a - b), 1), same, far)
+        assert result.val_at_far[far] == pytest.approx(ref, abs=1e-12)
+
+
+def test_val_at_far_when_the_training_folds_never_reach_the_target():
+    # every different pair at cosine -1 (distance 4, beyond the grid): the training FAR stays 0 < target,
+    # so insightface's threshold is 0 and nothing is accepted
+    same = np.tile([True, False], 50)
+    scores = np.where(same, 0.5, -1.0)
+    result = verification_metrics(scores, same, np.repeat(np.arange(10), 10))
+    assert result.val_at_far[1e-3] == (0.0, 0.0, 0.0)
+
+
+def test_slinear_reference_is_scipys_interpolation_where_scipy_still_accepts_it():
+    from scipy.interpolate import interp1d
+
+    x, y = np.array([0.0, 0.1, 0.25, 0.7]), np.array([1.0, 2.0, 4.0, 3.0])
+    for at in (0.0, 0.05, 0.1, 0.2, 0.7):
+        assert slinear(x, y, at) == pytest.approx(float(interp1d(x, y, kind="slinear")(at)), abs=1e-15)
+
+
+def test_val_at_far_is_nan_when_a_held_out_fold_has_no_different_pairs():
+    # insightface divides by the fold's count of different pairs; here fold 0 has none
+    a, b, same = unit_feature_pairs(8, 200)
+    folds = np.where(same, np.arange(200) % 10, 1 + np.arange(200) % 9)
+    result = verification_metrics(np.sum(a * b, 1), same, folds)
+    assert all(np.isnan(v) for v in result.val_at_far[1e-3])
+    assert np.isfinite(result.accuracy)

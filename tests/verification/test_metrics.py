@@ -128,7 +128,8 @@ def test_as_metrics_names_are_valid_mlflow_metric_names():
     scores, same, folds = random_pairs(5)
     metrics = verification_metrics(scores, same, folds).as_metrics("lfw")
     assert set(metrics) == {"lfw_acc", "lfw_acc_std", "lfw_threshold", "lfw_auc", "lfw_tar_far1e-3",
-                            "lfw_tar_far1e-4"}
+                            "lfw_tar_far1e-4", "lfw_val_far1e-3", "lfw_val_far1e-3_std", "lfw_val_far1e-4",
+                            "lfw_val_far1e-4_std"}
     import re
 
     assert all(re.fullmatch(r"[\w\-./ ]+", k) for k in metrics)  # MLflow's allowed characters, no '@'
