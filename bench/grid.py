@@ -13,7 +13,8 @@ A grid is YAML::
     report: {tables: [...]}
 
 Validation happens in full before any training: unknown keys, unknown registry names and parameters, bad
-values, missing paths. Every error names the file, the key (``grid.loss[1].loss``) and the fix.
+values, missing paths. Every error names the file, the key (``grid.loss[1].loss``) and the fix; the cells' problems
+are collected, so one `GridError` lists them all.
 ``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
 """
 
@@ -60,11 +61,33 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class GridError(ValueError):
-    """An invalid grid file: the message names the file, the key and the fix."""
+    """An invalid grid file: the message names the file, the key and the fix.
+
+    Attributes:
+        path: the grid file.
+        key: the grid key of the (first) problem, e.g. ``grid.loss[1].loss``; "" for the file as a whole.
+        problems: every ``(key, message)`` found, in grid order; one entry unless built by `GridError.listing`.
+    """
+
+    #: Problems a listing shows before "... and N more".
+    MAX_LISTED = 20
 
     def __init__(self, path: Path | str, key: str, message: str) -> None:
         self.path, self.key = str(path), key
+        self.problems: list[tuple[str, str]] = [(key, message)]
         super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
+    @classmethod
+    def listing(cls, path: Path | str, problems: list[tuple[str, str]]) -> GridError:
+        """One error for all of ``problems`` (``(key, message)``, non-empty), one per line; a single problem reads
+        as ``GridError(path, key, message)``."""
+        err = cls(path, *problems[0])
+        err.problems = list(problems)
+        if len(problems) > 1:
+            shown = [f"  {key}: {message}" if key else f"  {message}" for key, message in problems[:cls.MAX_LISTED]]
+            more = [f"  ... and {len(problems) - cls.MAX_LISTED} more"] if len(problems) > cls.MAX_LISTED else []
+            err.args = (f"{path}: {len(problems)} problems:\n" + "\n".join(shown + more),)
+        return err
 
 
 @dataclass(frozen=True)
@@ -222,20 +245,24 @@ def _cell_spec(path: Path, config: dict[str, Any], sources: list[tuple[str, Mapp
         raise GridError(path, "base", f"bad value: {err}") from err
 
 
-def _check_components(path: Path, spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
-                      checked: set[str]) -> None:
-    """Each component's parameters against its registry entry (a dataset's files too), once per distinct set."""
+def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
+                        checked: dict[str, str | None]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each component whose parameters its registry refuses (a dataset's files too); each
+    distinct set is checked once, its verdict kept in ``checked``."""
+    problems = []
     for component, registry in _REGISTRIES.items():
         name = getattr(spec, component)
         params = dict(getattr(spec, f"{component}_params"))
         memo = json.dumps([component, name, params], sort_keys=True, default=str)
-        if memo in checked:
-            continue
-        try:
-            registry.check(name, params)
-        except RegistryError as err:
-            raise GridError(path, _origin(component, sources), str(err)) from err
-        checked.add(memo)
+        if memo not in checked:
+            try:
+                registry.check(name, params)
+                checked[memo] = None
+            except RegistryError as err:
+                checked[memo] = str(err)
+        if checked[memo] is not None:
+            problems.append((_origin(component, sources), checked[memo]))
+    return problems
 
 
 def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
@@ -369,7 +396,8 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     _check_report(path, raw.get("report"), {axis: [label for label, _, _ in values]
                                             for axis, values in zip(axes, per_axis, strict=True)})
     cells: list[Cell] = []
-    checked: set[str] = set()
+    problems: dict[tuple[str, str], None] = {}  # every distinct (key, message), in grid order: all fixed in one go
+    checked: dict[str, str | None] = {}
     for combo in itertools.product(*per_axis) if per_axis else [()]:
         config = dict(base)
         sources: list[tuple[str, Mapping[str, Any]]] = []
@@ -378,22 +406,29 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             sources.append((where, update))
         labels = {axis: label for axis, (label, _, _) in zip(axes, combo, strict=True)}
         if "seed" in config:  # Grid.trials() gives each trial a seed from seeds:, so this one would do nothing
-            raise GridError(path, _origin("seed", sources), f"the seed is set per trial from the grid's top-level "
-                                                            f"seeds:, so seed: {config['seed']!r} here would be "
-                                                            f"ignored; write seeds: [{config['seed']}] at the top "
-                                                            f"level instead")
-        spec = _cell_spec(path, config, sources, labels)
-        if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid's lacks
-            try:
-                spec = spec.with_flat(overrides)
-            except (SpecError, TypeError) as err:
-                raise GridError(path, "--set", str(err)) from err
-            sources = [*sources, ("--set", {k.split(".")[0]: v for k, v in overrides.items()})]
-            spec = _cell_spec(path, spec.to_nested(), sources, labels)
-        _check_components(path, spec, sources, checked)
-        problem = input_size_problem(spec, _origin("backbone", sources), _origin("dataset", sources))
-        if problem is not None:
-            raise GridError(path, *problem)
+            problems[(_origin("seed", sources), f"the seed is set per trial from the grid's top-level seeds:, so "
+                                                f"seed: {config['seed']!r} here would be ignored; write seeds: "
+                                                f"[{config['seed']}] at the top level instead")] = None
+            config.pop("seed")  # checked on without it, so the cell's other problems show too
+        try:
+            spec = _cell_spec(path, config, sources, labels)
+            if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid lacks
+                try:
+                    spec = spec.with_flat(overrides)
+                except (SpecError, TypeError) as err:
+                    raise GridError(path, "--set", str(err)) from err
+                sources = [*sources, ("--set", {k.split(".")[0]: v for k, v in overrides.items()})]
+                spec = _cell_spec(path, spec.to_nested(), sources, labels)
+        except GridError as err:  # the cell has no spec to check further
+            problems[err.problems[0]] = None
+            continue
+        found = _component_problems(spec, sources, checked)
+        if not found:  # the image-size check needs components that exist
+            problem = input_size_problem(spec, _origin("backbone", sources), _origin("dataset", sources))
+            found = [problem] if problem is not None else []
+        problems.update(dict.fromkeys(found))
         cells.append(Cell(labels, spec))
+    if problems:
+        raise GridError.listing(path, list(problems))
     return Grid(name=name, path=path, cells=cells, seeds=list(seeds), axes=axes,
                 description=str(raw.get("description", "")), raw=raw)

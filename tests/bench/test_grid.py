@@ -283,3 +283,74 @@ def test_a_misspelt_grid_name_suggests_the_grid_and_lists_each_place_once():
     looked = message.split("(looked in: ")[1].split(")")[0].split(", ")
     assert looked == [str(root / "quickstrat"), str(root / "sweeps" / "quickstrat.yaml"),
                       str(root / "sweeps" / "quickstrat.yml"), str(root / "sweeps" / "quickstrat")]
+
+
+THREE_BAD = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: softmax, epochs: 1}
+grid:
+  loss:
+    - {label: soft, loss: softmax}
+    - {label: arc, loss: arcfce}
+    - {label: net, backbone: lenet_pp}
+    - {label: sphere, loss: {name: sphereface, m: 7}}
+  embedding_dim: [2, 3]
+"""
+THREE_KEYS = ["grid.loss[1].loss", "grid.loss[2].backbone", "grid.loss[3].loss"]
+
+
+def test_every_bad_cell_is_reported_in_one_error_in_grid_order(tmp_path):
+    # before: the first bad cell's error only; fixing it and rerunning met the next
+    path = write(tmp_path, THREE_BAD)
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert [key for key, _ in err.value.problems] == THREE_KEYS  # each once, though each axis entry is in 2 cells
+    assert err.value.key == THREE_KEYS[0]
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: 3 problems:"
+    assert lines[1].startswith("  grid.loss[1].loss: Unknown loss 'arcfce'. Did you mean 'arcface'")
+    assert lines[2].startswith("  grid.loss[2].backbone: Unknown backbone 'lenet_pp'. Did you mean 'lenet++'?")
+    assert lines[3] == "  grid.loss[3].loss: loss 'sphereface': m must be an integer in 1..4, but got m=7"
+
+
+def test_a_problem_in_base_is_listed_once_and_hides_no_cell_problem(tmp_path):
+    # base's backbone fails in all 8 cells; before, its error also hid the loss typo of grid.loss[1]
+    text = THREE_BAD.replace("backbone: lenet++", "backbone: lenet+", 1).replace(
+        "{label: net, backbone: lenet_pp}", "{label: net, loss: softmax}").replace("m: 7", "m: 2")
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, text))
+    assert [key for key, _ in err.value.problems] == ["base.backbone", "grid.loss[1].loss"]
+
+
+def test_one_problem_reads_as_a_single_error(tmp_path):
+    # a typo in base fails every cell the same way: one problem, the message as it always was
+    path = write(tmp_path, GOOD.replace("epochs: 2", "epochz: 2"))
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert str(err.value).startswith(f"{path}: base.epochz: unknown trial key 'epochz'. Did you mean 'epochs'?")
+    assert "\n" not in str(err.value) and len(err.value.problems) == 1
+
+
+def test_a_long_list_of_problems_is_cut_at_twenty(tmp_path):
+    names = [f"nope{i}" for i in range(25)]
+    path = write(tmp_path, "name: g\nbase: {dataset: digits, backbone: lenet++}\ngrid:\n  loss: [" + ", ".join(names)
+                 + "]\n")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: 25 problems:" and len(err.value.problems) == 25
+    assert [line.split(":")[0] for line in lines[1:21]] == [f"  grid.loss[{i}].loss" for i in range(20)]
+    assert lines[21:] == ["  ... and 5 more"]
+
+
+@pytest.mark.parametrize("command", [["run", "--no-progress"], ["report"]])
+def test_every_bad_cell_is_printed_by_the_cli_before_any_store_is_made(in_tmp, capsys, command):
+    # three wrong axis values: one exit, all three keys on stderr, no mlflow.db, mlruns/ or optuna journal
+    from bench.cli import main
+
+    grid = write(in_tmp, THREE_BAD)
+    assert main([command[0], "--grid", str(grid), *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: invalid grid: {grid}: 3 problems:\n") and "Traceback" not in err
+    assert [line.split(": ")[0] for line in err.splitlines()[1:]] == [f"  {key}" for key in THREE_KEYS]
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
