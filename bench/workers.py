@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -486,6 +486,52 @@ def _give_back(study: Any, trial_id: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the loop
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Blocks SIGINT and SIGTERM at the OS for the duration: one that arrives meanwhile is delivered (and raises)
+    when they are unblocked, not dropped. Where signals cannot be blocked (another thread, no pthread_sigmask)
+    it does nothing."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _pop(study: Any, popped: list[int]) -> int | None:
+    """`pop_next_trial_id`, its trial noted in ``popped`` before an interrupt can land (None: none waits).
+
+    Inside the pop the storage sets the trial RUNNING and then reads its log back: an interrupt there lost the
+    trial's id, so nothing could give it back; it is held until the id is noted.
+    """
+    with _signals_deferred():
+        trial_id = pop_next_trial_id(study)
+        if trial_id is not None:
+            popped.append(trial_id)
+    return trial_id
+
+
+@contextlib.contextmanager
+def _given_back_if_interrupted(study: Any, popped: list[int]) -> Iterator[None]:
+    """Puts the ``popped`` trials back in the queue when an interrupt lands before they have all been run.
+
+    `run_study_trial` gives back its trial when interrupted while it runs; this covers the rest of the way,
+    from the pop on (the tracker's reopening, the further pops of ``--fuse``, the owner's record), which left
+    the trials RUNNING until a later process reaped them. A trial already told (finished, given back) stays as
+    it is: Optuna refuses to change a finished trial.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        with interrupts_held():
+            for trial_id in popped:
+                _give_back(study, trial_id)
+        raise
+
+
 def _wait_for_study(name: str, storage: Any, options: WorkerOptions, echo: Callable[[str], None]) -> Any:
     deadline = time.monotonic() + options.wait_seconds
     said = False
@@ -537,29 +583,30 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
         ckpt_dir = options.checkpoint_dir or checkpoint_folder(storage_url, study_name)
         while options.max_trials is None or ran < options.max_trials:
             reap_stale_trials(study)
-            trial_id = pop_next_trial_id(study)
-            if trial_id is None:
-                if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    time.sleep(idle)  # one of them may die and come back
-                    idle = min(idle * 2, 30.0)
-                    continue
-                tracker.close(study_summary(study))
-                break
-            if ran == 0:
-                tracker.reopen()
-            idle = options.poll_seconds
-            t0 = time.perf_counter()
-            if options.fuse > 1 and dist is None:
-                trial_ids = [trial_id]
-                room = options.fuse if options.max_trials is None else min(options.fuse, options.max_trials - ran)
-                while len(trial_ids) < room and (more := pop_next_trial_id(study)) is not None:
-                    trial_ids.append(more)
-                done = run_study_trials(study, trial_ids, config, tracker, options, cells=cells,
-                                        checkpoint_dir=ckpt_dir)
-            else:
-                status, outcome = run_study_trial(study, trial_id, config, tracker, options, cells=cells,
-                                                  checkpoint_dir=ckpt_dir, dist=dist)
-                done = [(trial_id, status, outcome)]
+            popped: list[int] = []
+            with _given_back_if_interrupted(study, popped):
+                trial_id = _pop(study, popped)
+                if trial_id is None:
+                    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                        time.sleep(idle)  # one of them may die and come back
+                        idle = min(idle * 2, 30.0)
+                        continue
+                    tracker.close(study_summary(study))
+                    break
+                if ran == 0:
+                    tracker.reopen()
+                idle = options.poll_seconds
+                t0 = time.perf_counter()
+                if options.fuse > 1 and dist is None:
+                    room = options.fuse if options.max_trials is None else min(options.fuse, options.max_trials - ran)
+                    while len(popped) < room and _pop(study, popped) is not None:
+                        pass
+                    done = run_study_trials(study, list(popped), config, tracker, options, cells=cells,
+                                            checkpoint_dir=ckpt_dir)
+                else:
+                    status, outcome = run_study_trial(study, trial_id, config, tracker, options, cells=cells,
+                                                      checkpoint_dir=ckpt_dir, dist=dist)
+                    done = [(trial_id, status, outcome)]
             seconds = time.perf_counter() - t0
             for trial_id, status, outcome in done:
                 ran += 1
