@@ -140,10 +140,16 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
 
 def _close_interrupted(runs: Sequence[TrialRun]) -> None:
     """Closes runs as ``interrupted`` (MLflow KILLED), signals held (`interrupts_held`); a run already closed
-    by its result is closed again so, as its trial goes back to the queue."""
+    by its result is closed again so, as its trial goes back to the queue.
+
+    A store error here is logged, not raised: raised, it replaced the interrupt, and the worker recorded a failed
+    trial and went on training. A run left RUNNING is closed by the next process that claims its trial."""
     with interrupts_held():
         for run in runs:
-            run.finish("interrupted")
+            try:
+                run.finish("interrupted")
+            except Exception:
+                log.exception("run %s: could not be closed as interrupted", run.run_id)
 
 
 @contextlib.contextmanager

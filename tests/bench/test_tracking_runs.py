@@ -217,3 +217,29 @@ def test_a_study_whose_experiment_was_deleted_stops_with_the_two_ways_out(tmp_pa
     with pytest.raises(SystemExit, match=r"study 's' .* was deleted; .*mlflow experiments restore --experiment-id "
                                          r"1.*mlflow gc --backend-store-uri sqlite:///.*--experiment-ids 1"):
         StudyTracker("s", uri)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_store_error_while_an_interrupted_run_closes_keeps_the_interrupt(tmp_path, monkeypatch, fused):
+    # The close's write failing (the store down or locked) used to replace the KeyboardInterrupt with its
+    # error, which the worker then recorded as one more failed trial before popping the next: a SIGTERM'd
+    # worker went on training
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def interrupted(spec, options):
+        raise KeyboardInterrupt
+
+    def store_down(run_id, status):
+        raise MlflowException("database is locked")
+
+    monkeypatch.setattr(bench.runner, "run_trial", interrupted)
+    monkeypatch.setattr(bench.fused, "run_fused_trials", interrupted)
+    monkeypatch.setattr(tracker.client, "set_terminated", store_down)
+    with pytest.raises(KeyboardInterrupt):
+        if fused:
+            execute_fused_trials([SPEC, SPEC.replace(seed=1)], tracker, [TrialOptions(progress=False)] * 2,
+                                 trial_numbers=[None, None], extra_tags=[{}, {}], on_epochs=[None, None])
+        else:
+            execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    # each run got its interrupted tag before the close failed; the next process closes it (bench.workers._claim)
+    assert {r.data.tags["marginbench.status"] for r in tracker.child_runs()} == {"interrupted"}
