@@ -240,6 +240,19 @@ def _check_identity_count(root: Path, split: str, test_fraction: float) -> None:
     if n < 2:
         raise ValueError(f"{root} has {n} identity folder{'s' if n != 1 else ''}; a classification head needs at "
                          f"least 2, laid out as root/<identity>/<image>.jpg")
+    # folders are not identities until they hold images (a root one level too high, root/train/<identity>/...,
+    # has folders of folders); listing stops at the second identity with images
+    with_images = []
+    for name, files in _identity_images(root):
+        if files:
+            with_images.append(name)
+            if len(with_images) == 2:
+                break
+    if len(with_images) < 2:
+        held = f"only {with_images[0]!r} holds" if with_images else "none holds"
+        raise ValueError(f"{root} has {n} identity folders, but {held} image files ({', '.join(IMAGE_EXTENSIONS)}); "
+                         f"a classification head needs at least 2 identities with images. Point root at the folder "
+                         f"whose sub-folders are identities holding images (root/<identity>/<image>.jpg)")
     if split == "identities" and test_fraction > 0 and max(2, int(round(test_fraction * n))) >= n:
         raise ValueError(f"split: identities holds out {max(2, int(round(test_fraction * n)))} of {n} identities, "
                          f"leaving none to train; lower test_fraction or add identities")

@@ -209,7 +209,21 @@ def test_too_few_identity_folders_fail_at_validation(tmp_path, identities, param
 def test_three_identities_validate_for_an_identity_split(tmp_path):
     for i in range(3):
         (tmp_path / f"id{i}").mkdir()
+        (tmp_path / f"id{i}" / "0.jpg").write_bytes(b"")
     DATASETS.check("imagefolder", {"root": str(tmp_path), "split": "identities", "test_fraction": 0.3})
+
+
+@pytest.mark.parametrize(("with_images", "says"), [(0, "none holds image files"), (1, "only 'id0' holds image files")])
+def test_identity_folders_without_images_fail_at_validation(tmp_path, with_images, says):
+    # a root one level too high (root/train, root/test holding identity folders) or folders of other files:
+    # the folders count 2, but a trial would find fewer than 2 identities; refused before any training
+    for i in range(2):
+        (tmp_path / f"id{i}" / "nested").mkdir(parents=True)
+        (tmp_path / f"id{i}" / "notes.txt").write_text("not an image")
+    for i in range(with_images):
+        (tmp_path / f"id{i}" / "0.jpg").write_bytes(b"")
+    with pytest.raises(RegistryError, match=f"has 2 identity folders, but {says}"):
+        DATASETS.check("imagefolder", {"root": str(tmp_path)})
 
 
 @pytest.mark.parametrize("good, size", [(112, (112, 112)), ([112, 96], (112, 96)), ((64, 48), (64, 48))])

@@ -239,6 +239,7 @@ def test_os_system_pickle_is_refused_at_validation(tmp_path):
         pickle.dump(([_System()], [True]), f)
     for name in ("X", "Y"):
         (tmp_path / "faces" / name).mkdir(parents=True)
+        (tmp_path / "faces" / name / "0.jpg").write_bytes(b"")
     with pytest.raises(RegistryError, match=r"refused to load '(posix|os)\.system'"):
         DATASETS.check("imagefolder", {"root": str(tmp_path / "faces"), "bin": str(path)})
 
