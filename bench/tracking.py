@@ -45,12 +45,18 @@ def resolve_tracking_uri(uri: str | None = None, *, cwd: Path | None = None) -> 
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         rel = uri[len("sqlite:///"):]
         uri = "sqlite:///" + str(((cwd or Path.cwd()) / rel).resolve())
+    if uri.startswith(("postgresql://", "postgres://")):  # SQLAlchemy 2.1 reads these as psycopg 3
+        from bench.study import with_driver
+
+        uri = with_driver(uri)
     return uri
 
 
 #: URI schemes MLflow's tracking client takes (``postgresql+psycopg2`` counts as ``postgresql``).
 _TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "databricks-uc",
                      "uc")
+#: Database schemes among them: checked by opening one connection.
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 
 def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> None:
@@ -74,6 +80,9 @@ def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> None:
     if scheme not in _TRACKING_SCHEMES:
         raise SystemExit(f"bench: {option} {uri}: unknown scheme {scheme!r}; give http://HOST:PORT (an MLflow "
                          f"server) or sqlite:///mlflow.db")
+    if scheme in _DATABASE_SCHEMES:
+        _check_database(uri, option, timeout)
+        return
     if scheme not in ("http", "https"):
         return
     url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
@@ -100,6 +109,34 @@ def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> None:
     except (TimeoutError, OSError) as err:
         raise SystemExit(f"bench: the MLflow tracking server {option} {uri} does not answer within {timeout:g} s "
                          f"({err}); start it (`mlflow server ...`, docs/shared-mode.md) or fix the URI") from err
+
+
+def _check_database(uri: str, option: str, timeout: float) -> None:
+    """Opens one connection to a database tracking store (MLflow would retry a refused one for about two
+    minutes, then print a traceback; a missing driver is a bare ModuleNotFoundError)."""
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    from bench.study import hide_password
+
+    shown = hide_password(uri)
+    connect_args = {"connect_timeout": max(1, int(timeout))} if uri.startswith("postgres") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
+        raise SystemExit(f"bench: {option} {shown} needs a database driver that is not installed ({err}); for "
+                         f"PostgreSQL: pip install 'marginbench[postgres]' (psycopg2-binary), or give an MLflow "
+                         f"server: http://HOST:PORT") from err
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.DBAPIError as err:
+        reason = " ".join(str(getattr(err, "orig", None) or err).split()).rstrip(".?")
+        raise SystemExit(f"bench: cannot open the MLflow tracking store {option} {shown}: {reason}. Check the "
+                         f"host, port, user and database name; a new database is made with `createdb -h HOST -U "
+                         f"USER DB` (docs/shared-mode.md)") from err
+    finally:
+        engine.dispose()
 
 
 def artifact_root(tracking_uri: str) -> str | None:

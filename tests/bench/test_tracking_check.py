@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from bench.cli import main
-from bench.tracking import check_tracking_uri
+from bench.tracking import check_tracking_uri, resolve_tracking_uri
 from tests.conftest import TINY_GRID
 
 
@@ -72,10 +72,31 @@ def test_an_answering_server_passes_and_credentials_are_left_to_mlflow(http_serv
     check_tracking_uri(http_server(status, b"{}"))
 
 
-@pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "postgresql+psycopg2://u@h/db", "file:///tmp/mlruns",
-                                 "./mlruns", "databricks"])
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "file:///tmp/mlruns", "./mlruns", "databricks"])
 def test_local_stores_are_not_probed(uri):
     check_tracking_uri(uri)
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2"])
+def test_a_database_store_that_refuses_is_named_with_the_option(scheme):
+    # MLflow retried a refused PostgreSQL store for about two minutes, then printed a traceback; a bare
+    # postgresql:// failed at once on psycopg 3 (SQLAlchemy 2.1's default), which the postgres extra lacks
+    pytest.importorskip("psycopg2")
+    uri = f"{scheme}://postgres@127.0.0.1:{closed_port()}/test"
+    with pytest.raises(SystemExit) as err:
+        check_tracking_uri(resolve_tracking_uri(uri))
+    message = str(err.value.code)
+    assert "cannot open the MLflow tracking store --tracking-uri" in message and "Connection refused" in message
+
+
+def test_bench_run_stops_on_a_refused_database_store_before_the_optuna_storage(in_tmp, tiny_dataset, capsys):
+    pytest.importorskip("psycopg2")
+    (in_tmp / "tiny.yaml").write_text(TINY_GRID)
+    assert main(["run", "--grid", "tiny.yaml", "--no-progress", "--tracking-uri",
+                 f"postgresql://postgres@127.0.0.1:{closed_port()}/test"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the MLflow tracking store" in err and "Traceback" not in err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["tiny.yaml"]  # no optuna.journal, no .bench
 
 
 def test_a_misspelt_scheme():
