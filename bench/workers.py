@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import logging
 import math
 import os
@@ -684,10 +685,15 @@ def _line(frozen: Any, status: str, outcome: TrialOutcome | None, metric: str, s
 
 
 # ------------------------------------------------------------------------------------------ processes
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the worker gets SIGKILL when ``bench run`` dies, so a killed sweep leaves no orphans. SIGINT is
-    reset to its default: a ``bench run`` started in the background (``&``, nohup) has SIGINT ignored, which the
-    worker would inherit, and `stop_workers` relies on SIGINT to make a worker give its trial back."""
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Linux: the worker gets SIGKILL when ``bench run`` (process ``parent``) dies, so a killed sweep leaves no
+    orphans. SIGINT is reset to its default: a ``bench run`` started in the background (``&``, nohup) has SIGINT
+    ignored, which the worker would inherit, and `stop_workers` relies on SIGINT to make a worker give its trial
+    back.
+
+    A parent that died after the fork but before the prctl sends no signal (the death already happened): the
+    worker, adopted by init (or a subreaper), trained on alone. So once the prctl is in place, a worker whose
+    parent is no longer ``parent`` kills itself, as the signal would have."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
@@ -695,6 +701,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        signal.raise_signal(signal.SIGKILL)
 
 
 def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, sets: Sequence[str] = (),
@@ -729,7 +737,8 @@ def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, se
             cmd += ["--threads", str(threads)]
         if fuse > 1:
             cmd += ["--fuse", str(fuse)]
-        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None))
+        die = functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
+        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=die))
     return procs
 
 

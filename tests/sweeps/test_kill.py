@@ -190,3 +190,57 @@ def test_a_sigterm_to_a_bench_worker_group_stops_the_workers_it_started(tmp_path
     assert TrialState.RUNNING not in states and TrialState.COMPLETE not in states, states
     waiting = {t.user_attrs["marginbench.key"] for t in trials if t.state == TrialState.WAITING}
     assert len(waiting) == 3  # the two interrupted trials are queued again, the third was never started
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.timeout(120)
+def test_a_worker_whose_parent_died_before_it_set_its_death_signal_stops_instead_of_training(
+    tmp_path, write_grid, monkeypatch
+):
+    # A `bench run` killed between forking a worker and the worker's prctl(PR_SET_PDEATHSIG) never sends the
+    # signal (it is dead already): the worker, adopted by init, trained the study alone. Here the worker is told a
+    # parent that has exited, as one that died in that window would be: it must die before running `bench worker`.
+    from bench.grid import load_grid
+    from bench.study import StudyConfig, open_storage, prepare_study
+    from bench.workers import spawn_workers
+
+    grid = load_grid(write_grid("name: orphan\n" + DIGITS_BASE + "  epochs: 1\ngrid:\n  loss: [softmax]\n"))
+    journal = str(tmp_path / "optuna.journal")
+    prepare_study(grid, StudyConfig.from_grid(grid), open_storage(journal))  # a live worker would train it
+    dead = _dead_pid()
+    monkeypatch.setattr(os, "getpid", lambda: dead)  # the pid spawn_workers hands its workers as their parent's
+    (worker,) = spawn_workers(
+        grid, 2, storage_url=journal, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", device="cpu", threads=1
+    )
+    monkeypatch.undo()
+    try:
+        code = worker.wait(timeout=90)  # a bound against a worker that trains on, not a speed target
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert code == -signal.SIGKILL
+    assert [t.state for t in optuna_trials("orphan", journal)] == [TrialState.WAITING]  # nothing was trained
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_whose_parent_is_alive_runs():
+    # the check above lets a worker of a live parent through to its command
+    import functools
+
+    from bench.workers import _die_with_parent
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "print('ran')"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+    )
+    assert (proc.returncode, proc.stdout) == (0, "ran\n")
