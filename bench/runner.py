@@ -75,29 +75,27 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     A diverged trial closes its run FAILED with a ``diverged`` tag (epoch, step); a pruned one KILLED;
     an exception is logged with its traceback as an artifact and returned as status ``failed``. A trial
     resumed from its checkpoint logs the restored epochs too (tag ``resumed_from_epoch``), so the run
-    holds the whole history. KeyboardInterrupt, in training or while the result is recorded, closes the run as
-    ``interrupted`` and propagates.
+    holds the whole history. KeyboardInterrupt, from the run's start (its params half written) through training
+    to the recording of the result, closes the run as ``interrupted`` and propagates.
     """
     options = options or TrialOptions()
-    run: TrialRun = tracker.start_trial(spec, device=options.device, trial_number=trial_number, extra_tags=extra_tags)
-
-    logged: list[int] = []
-    with _artifact_dir(options) as artifact_dir:
-        try:
-            result = run_trial(spec, replace(options, artifact_dir=artifact_dir,
-                                             on_epoch=_epoch_logger(run, logged, on_epoch)))
-        except Exception as err:  # one trial's crash must not end the study
-            log.exception("trial %s seed %s failed", spec.label, spec.seed)
-            tracker.record_failure(run, err)
-            return TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: close the run as interrupted; the caller re-queues the trial
-            _close_interrupted([run])
-            raise
-        try:
+    opened: list[TrialRun] = []
+    try:
+        run = tracker.start_trial(spec, device=options.device, trial_number=trial_number, extra_tags=extra_tags,
+                                  opened=opened)
+        logged: list[int] = []
+        with _artifact_dir(options) as artifact_dir:
+            try:
+                result = run_trial(spec, replace(options, artifact_dir=artifact_dir,
+                                                 on_epoch=_epoch_logger(run, logged, on_epoch)))
+            except Exception as err:  # one trial's crash must not end the study
+                log.exception("trial %s seed %s failed", spec.label, spec.seed)
+                tracker.record_failure(run, err)
+                return TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
             return _finish_or_fail(tracker, run, result, logged)
-        except KeyboardInterrupt:  # while the result was recorded: the trial is re-queued all the same
-            _close_interrupted([run])
-            raise
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is closed as interrupted; the caller re-queues the trial
+        _close_interrupted(opened)
+        raise
 
 
 def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, options: Sequence[TrialOptions], *,
@@ -105,37 +103,36 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
                          on_epochs: Sequence[Callable[[int, dict[str, float]], None] | None]) -> list[TrialOutcome]:
     """`execute_trial` for trials trained as one program (`bench.fused.run_fused_trials`): each in its own
     MLflow child run, tagged ``fused_trials`` with the group's size; an exception fails every trial of the
-    group, KeyboardInterrupt closes every run as ``interrupted`` and propagates."""
+    group, KeyboardInterrupt (from the start of the first run to the recording of the last) closes every run
+    opened as ``interrupted`` and propagates."""
     from bench.fused import run_fused_trials
 
     if len(specs) == 1:
         return [execute_trial(specs[0], tracker, options[0], trial_number=trial_numbers[0],
                               extra_tags=extra_tags[0], on_epoch=on_epochs[0])]
-    runs = [tracker.start_trial(spec, device=opt.device, trial_number=number,
-                                extra_tags={**extra, "fused_trials": str(len(specs))})
-            for spec, opt, number, extra in zip(specs, options, trial_numbers, extra_tags, strict=True)]
-    logged: list[list[int]] = [[] for _ in specs]
-    with contextlib.ExitStack() as stack:
-        folders = [stack.enter_context(_artifact_dir(o)) for o in options]
-        try:
-            loggers = [_epoch_logger(run, done, f) for run, done, f in zip(runs, logged, on_epochs, strict=True)]
-            results = run_fused_trials(specs, [replace(o, artifact_dir=d, on_epoch=f)
-                                               for o, d, f in zip(options, folders, loggers, strict=True)])
-        except Exception as err:
-            log.exception("fused trials %s failed", ", ".join(s.label for s in specs))
-            for run in runs:
-                tracker.record_failure(run, err)
-            return [TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
-                    for spec, run in zip(specs, runs, strict=True)]
-        except KeyboardInterrupt:
-            _close_interrupted(runs)
-            raise
-        try:
+    opened: list[TrialRun] = []
+    try:
+        runs = [tracker.start_trial(spec, device=opt.device, trial_number=number,
+                                    extra_tags={**extra, "fused_trials": str(len(specs))}, opened=opened)
+                for spec, opt, number, extra in zip(specs, options, trial_numbers, extra_tags, strict=True)]
+        logged: list[list[int]] = [[] for _ in specs]
+        with contextlib.ExitStack() as stack:
+            folders = [stack.enter_context(_artifact_dir(o)) for o in options]
+            try:
+                loggers = [_epoch_logger(run, done, f) for run, done, f in zip(runs, logged, on_epochs, strict=True)]
+                results = run_fused_trials(specs, [replace(o, artifact_dir=d, on_epoch=f)
+                                                   for o, d, f in zip(options, folders, loggers, strict=True)])
+            except Exception as err:
+                log.exception("fused trials %s failed", ", ".join(s.label for s in specs))
+                for run in runs:
+                    tracker.record_failure(run, err)
+                return [TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
+                        for spec, run in zip(specs, runs, strict=True)]
             return [_finish_or_fail(tracker, run, result, done)
                     for run, result, done in zip(runs, results, logged, strict=True)]
-        except KeyboardInterrupt:  # every trial of the group is re-queued, those already recorded too
-            _close_interrupted(runs)
-            raise
+    except KeyboardInterrupt:  # every trial of the group is re-queued, those already recorded too
+        _close_interrupted(opened)
+        raise
 
 
 def _close_interrupted(runs: Sequence[TrialRun]) -> None:

@@ -367,8 +367,14 @@ class StudyTracker:
         self.client.set_terminated(run_id, _MLFLOW_STATUS["interrupted"])
 
     def start_trial(self, spec: TrialSpec, *, device: str | None = None, trial_number: int | None = None,
-                    extra_tags: dict[str, str] | None = None) -> TrialRun:
-        """Opens a child run with the spec as params and the cell's labels as tags."""
+                    extra_tags: dict[str, str] | None = None, opened: list[TrialRun] | None = None) -> TrialRun:
+        """Opens a child run with the spec as params and the cell's labels as tags.
+
+        Args:
+            opened: the run is appended here as soon as MLflow has made it, before its params are written, so
+                that a caller's KeyboardInterrupt handler can close it (`bench.runner`) even when the interrupt
+                lands inside this call.
+        """
         from mlflow.entities import Param
 
         tags = {"mlflow.parentRunId": self.parent_run_id, ROLE_TAG: "trial", STUDY_TAG: self.study,
@@ -379,11 +385,14 @@ class StudyTracker:
             tags["optuna_trial"] = str(trial_number)
         tags.update(extra_tags or {})
         name = f"{spec.label} seed={spec.seed}"
-        run = self.client.create_run(self.experiment_id, tags={**tags, "mlflow.runName": name}, run_name=name)
+        created = self.client.create_run(self.experiment_id, tags={**tags, "mlflow.runName": name}, run_name=name)
+        run = TrialRun(self.client, created.info.run_id)
+        if opened is not None:
+            opened.append(run)
         params = [Param(k, _param_text(v)) for k, v in spec.to_params().items()]
         for i in range(0, len(params), 100):
-            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
-        return TrialRun(self.client, run.info.run_id)
+            self.client.log_batch(run.run_id, params=params[i:i + 100])
+        return run
 
     def record_failure(self, run: TrialRun, err: BaseException) -> None:
         """Logs an exception's traceback as an artifact and closes the run as failed."""

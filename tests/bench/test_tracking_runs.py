@@ -3,6 +3,8 @@ the tracking store did while the trial trained (training itself is stubbed: thes
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from mlflow.exceptions import MlflowException
 
@@ -243,3 +245,78 @@ def test_a_store_error_while_an_interrupted_run_closes_keeps_the_interrupt(tmp_p
             execute_trial(SPEC, tracker, TrialOptions(progress=False))
     # each run got its interrupted tag before the close failed; the next process closes it (bench.workers._claim)
     assert {r.data.tags["marginbench.status"] for r in tracker.child_runs()} == {"interrupted"}
+
+
+def _interrupted_at(tracker: StudyTracker, monkeypatch, tmp_path, where: str) -> None:
+    """Makes the tracker's store raise KeyboardInterrupt at ``where``, as a Ctrl-C landing there would:
+    ``create_run:2`` the second run's creation (the first run exists), ``params:N`` the N-th params write (the run
+    exists, its params half written), ``folder`` the making of the trial's picture folder (every run exists),
+    ``tags`` the write of the finished trial's tags."""
+    client, counts = tracker.client, {}
+    create_run, log_batch = client.create_run, client.log_batch
+    event, _, nth = where.partition(":")
+
+    def hit(name: str) -> None:
+        counts[name] = counts.get(name, 0) + 1
+        if name == event and counts[name] == int(nth or 1):
+            raise KeyboardInterrupt
+
+    def interrupted_create_run(*args, **kwargs):
+        hit("create_run")
+        return create_run(*args, **kwargs)
+
+    def interrupted_log_batch(run_id, metrics=(), params=(), tags=()):
+        if params:
+            hit("params")
+        if tags and any(t.key == "train_seconds" for t in tags):
+            hit("tags")
+        return log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
+    @contextlib.contextmanager
+    def interrupted_folder(options):
+        hit("folder")
+        yield tmp_path
+
+    monkeypatch.setattr(client, "create_run", interrupted_create_run)
+    monkeypatch.setattr(client, "log_batch", interrupted_log_batch)
+    monkeypatch.setattr(bench.runner, "_artifact_dir", interrupted_folder)
+
+
+@pytest.mark.parametrize(
+    "fused, where",
+    [
+        (False, "params:1"),  # the run exists, its params not yet written
+        (True, "create_run:2"),  # the first of the group's runs exists, the second is being created
+        (True, "params:2"),  # the second run exists, its params not yet written
+        (False, "folder"),  # the run is open, its trial about to train
+        (True, "folder"),
+        (True, "tags"),  # trained: the first run's tags are being written
+        (False, "tags"),
+    ],
+)
+def test_ctrl_c_while_runs_are_started_or_closed_leaves_no_run_running(tmp_path, monkeypatch, fused, where):
+    # A run opened before an interrupt reached the code that closes interrupted runs stayed RUNNING for good:
+    # start_trial had opened it (params still to write), or the fused group had opened some of its runs, and
+    # nothing held them. Every run opened is closed as interrupted, and the interrupt goes on to the worker.
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(bench.runner, "run_trial", trained)
+    monkeypatch.setattr(
+        bench.fused,
+        "run_fused_trials",
+        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)],
+    )
+    _interrupted_at(tracker, monkeypatch, tmp_path, where)
+    with pytest.raises(KeyboardInterrupt):
+        if fused:
+            execute_fused_trials(
+                [SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)],
+                tracker,
+                [TrialOptions(progress=False)] * 3,
+                trial_numbers=[None] * 3,
+                extra_tags=[{}] * 3,
+                on_epochs=[None] * 3,
+            )
+        else:
+            execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    opened = {"params:1": 1, "create_run:2": 1, "params:2": 2}.get(where, 3 if fused else 1)
+    assert statuses(tracker) == [("KILLED", "interrupted")] * opened

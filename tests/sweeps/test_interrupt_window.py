@@ -82,3 +82,33 @@ def test_an_interrupt_while_the_tracker_reopens_gives_the_popped_trial_back(in_t
     with pytest.raises(KeyboardInterrupt):
         work(grid.name, storage, "sqlite:///mlflow.db", WorkerOptions(device="cpu"), echo=lambda s: None)
     assert _states(grid.name, storage) == {"FAIL": 1, "WAITING": 4}
+
+
+def test_an_interrupt_while_a_fused_group_opens_its_runs_closes_them_and_gives_the_trials_back(
+    in_tmp, tiny_dataset, write_grid, monkeypatch
+):
+    # Ctrl-C lands while the third run of a fused group of 3 is created: the two runs opened before it used to
+    # stay RUNNING in MLflow for good (nothing held them yet); each is closed as interrupted now, and the three
+    # popped trials go back to the queue as before.
+    from mlflow.tracking import MlflowClient
+
+    from bench.workers import WorkerOptions, work
+
+    grid, storage = _prepared(write_grid, in_tmp)
+    create_run, created = MlflowClient.create_run, []
+
+    def interrupted_create_run(self, *args, **kwargs):
+        created.append(kwargs.get("run_name"))
+        if len(created) == 3:
+            raise KeyboardInterrupt
+        return create_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_run", interrupted_create_run)
+    with pytest.raises(KeyboardInterrupt):
+        work(grid.name, storage, "sqlite:///mlflow.db", WorkerOptions(device="cpu", fuse=3), echo=lambda s: None)
+    client = MlflowClient("sqlite:///mlflow.db")
+    runs = client.search_runs(
+        [client.get_experiment_by_name(grid.name).experiment_id], filter_string="tags.`marginbench.role` = 'trial'"
+    )
+    assert sorted((r.info.status, r.data.tags["marginbench.status"]) for r in runs) == [("KILLED", "interrupted")] * 2
+    assert _states(grid.name, storage) == {"FAIL": 3, "WAITING": 4}
