@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ from bench.trial import Pruned, TrialOptions
 
 __all__ = ["WorkerOptions", "StudyReport", "run_study", "work", "run_study_trial", "run_study_trials",
            "checkpoint_folder",
-           "spawn_workers", "wait_workers", "stop_workers", "Terminated"]
+           "spawn_workers", "wait_workers", "stop_workers", "sigterm_forwarded", "Terminated"]
 
 log = logging.getLogger(__name__)
 
@@ -744,25 +744,58 @@ def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, se
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, taken as Ctrl-C (the trial goes back in the queue), but sent to this process alone: a worker it
-    started did not get it, so `stop_workers` passes it on at once instead of waiting for them to stop."""
+    started did not get it, so `sigterm_forwarded` or `stop_workers` passes it on at once instead of waiting for
+    them to stop."""
 
 
-def wait_workers(procs: Sequence[subprocess.Popen]) -> list[int]:
-    """Waits for worker processes; on Ctrl-C passes it on and waits for them to give their trials back."""
+@contextlib.contextmanager
+def sigterm_forwarded(procs: Sequence[subprocess.Popen]) -> Iterator[set[subprocess.Popen]]:
+    """While inside, a SIGTERM to this process first sends SIGINT to each worker of ``procs`` still running, then
+    does what it did before (`bench.commands.worker.on_sigterm`: raise `Terminated`).
+
+    The workers used to hear of it from `stop_workers`, after this process had given its own trial back and closed
+    its runs: with a slow or stalled tracking server they trained on all that while, and then took as long again.
+    Yields the workers told, which `stop_workers` does not signal again (a second SIGINT interrupts a worker's
+    cleanup). Where SIGTERM is not handled in Python (its default kills the process; the workers die with it), or
+    outside the main thread, it does nothing."""
+    told: set[subprocess.Popen] = set()
+    previous = signal.getsignal(signal.SIGTERM)
+    if not procs or not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield told
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        for p in procs:
+            if p not in told and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                told.add(p)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        yield told
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def wait_workers(procs: Sequence[subprocess.Popen], *, told: Collection[subprocess.Popen] = ()) -> list[int]:
+    """Waits for worker processes; on Ctrl-C passes it on (except to those ``told``) and waits for them to give
+    their trials back."""
     try:
         return [p.wait() for p in procs]
     except KeyboardInterrupt as err:
-        stop_workers(procs, cause=err)
+        stop_workers(procs, cause=err, told=told)
         raise
 
 
 def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0, grace: float = 5.0, *,
-                 cause: BaseException | None = None) -> None:
+                 cause: BaseException | None = None, told: Collection[subprocess.Popen] = ()) -> None:
     """SIGINT to each worker still running (each puts its trial back in the queue), then waits for them.
 
     From a terminal the workers got the Ctrl-C too: they have ``grace`` seconds to stop on their own before the
     SIGINT that makes sure (a second one interrupts a worker's exit with a traceback). When the ``cause`` is a
-    SIGTERM to this process (`Terminated`), no worker got it: they get the SIGINT at once."""
+    SIGTERM to this process (`Terminated`), no worker got it: they get the SIGINT at once, except those ``told``
+    already (`sigterm_forwarded`)."""
     if isinstance(cause, Terminated):
         grace = 0.0
     deadline = time.monotonic() + grace
@@ -770,7 +803,7 @@ def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0, grace
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=max(0.0, deadline - time.monotonic()))
     for p in procs:
-        if p.poll() is None:
+        if p.poll() is None and p not in told:
             p.send_signal(signal.SIGINT)
     for p in procs:
         try:
@@ -836,12 +869,13 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
     options = WorkerOptions(device=f"cuda:{gpus[0]}" if gpus else device, plots=plots, progress=progress and n == 1,
                             threads=threads if n > 1 or chosen else None, prefix="[worker 0] " if n > 1 else "",
                             fuse=fuse)
-    try:
-        report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
-    except BaseException as err:
-        stop_workers(procs, cause=err)
-        raise
-    report.worker_exit_codes = wait_workers(procs)
+    with sigterm_forwarded(procs) as told:
+        try:
+            report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
+        except BaseException as err:
+            stop_workers(procs, cause=err, told=told)
+            raise
+        report.worker_exit_codes = wait_workers(procs, told=told)
     report.counts = study_summary(open_study_for_report(grid.name, storage_url), slots)
     return report
 

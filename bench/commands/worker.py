@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.grid import GridError
     from bench.study import StudyConfig, StudyNotReady, is_rdb, resolve_storage
     from bench.tracking import check_tracking_uri, resolve_tracking_uri
-    from bench.workers import WorkerOptions, follow, spawn_workers, stop_workers, wait_workers, work
+    from bench.workers import WorkerOptions, follow, sigterm_forwarded, spawn_workers, stop_workers, wait_workers, work
 
     grid = load_grid_or_exit(args)
     check_fuse(args.fuse)
@@ -85,21 +85,22 @@ def run(args: argparse.Namespace) -> int:
                             wait_seconds=args.wait, max_trials=args.max_trials,
                             prefix=os.environ.get("MARGINBENCH_WORKER_PREFIX", ""), fuse=args.fuse,
                             checkpoint_dir=Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else None)
-    try:
-        if dist is not None and not dist.is_main:
-            follow(dist, options)
-            return 0
+    with sigterm_forwarded(procs) as told:  # a SIGTERM reaches the workers started here before our own cleanup
         try:
-            outcomes = work(grid.name, storage, tracking, options, echo=lambda s: print(s, flush=True), dist=dist)
-        except StudyNotReady as err:
-            if new_journal is not None and new_journal.is_file() and new_journal.stat().st_size == 0:
-                new_journal.unlink()  # opened to look for the study: not left behind as if one had run here
-            print(f"bench worker: {err}", file=sys.stderr)
-            return 2
-    except KeyboardInterrupt as err:  # the workers started here stop too, giving their trials back
-        stop_workers(procs, cause=err)
-        raise
-    finally:
-        codes = wait_workers(procs)
-        distributed.shutdown()
+            if dist is not None and not dist.is_main:
+                follow(dist, options)
+                return 0
+            try:
+                outcomes = work(grid.name, storage, tracking, options, echo=lambda s: print(s, flush=True), dist=dist)
+            except StudyNotReady as err:
+                if new_journal is not None and new_journal.is_file() and new_journal.stat().st_size == 0:
+                    new_journal.unlink()  # opened to look for the study: not left behind as if one had run here
+                print(f"bench worker: {err}", file=sys.stderr)
+                return 2
+        except KeyboardInterrupt as err:  # the workers started here stop too, giving their trials back
+            stop_workers(procs, cause=err, told=told)
+            raise
+        finally:
+            codes = wait_workers(procs, told=told)
+            distributed.shutdown()
     return 0 if all(o.status != "failed" for o in outcomes) and not any(codes) else 1

@@ -150,6 +150,53 @@ def test_a_sigterm_to_bench_run_passes_the_interrupt_to_its_workers_at_once(monk
     assert fake.signals == [signal.SIGINT]
 
 
+class _StoppingWorker(_Worker):
+    """A worker that took its SIGINT and is still giving its trial back (a slow tracking server)."""
+
+    def poll(self) -> int | None:
+        return None
+
+
+def test_a_sigterm_to_bench_run_reaches_its_workers_before_its_own_cleanup(monkeypatch, tmp_path):
+    # The workers of `bench run` heard of its SIGTERM only from stop_workers, once worker 0 (this process) had given
+    # its trial back and closed its runs: with a stalled tracking server they trained on all that while. Now the
+    # SIGTERM is passed on first, as a SIGINT, and only once (a second one would interrupt the worker's cleanup).
+    from bench import workers
+    from bench.commands.worker import on_sigterm
+    from bench.grid import load_grid
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text("name: g\n" + DIGITS_BASE)
+    fake = _StoppingWorker()
+    told_at_cleanup = []
+
+    def terminated(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here and raises Terminated
+        except KeyboardInterrupt:  # worker 0's own cleanup (runs closed, trial given back) starts here
+            told_at_cleanup.append(list(fake.signals))
+            raise
+
+    monkeypatch.setattr(workers, "spawn_workers", lambda *a, **k: [fake])
+    monkeypatch.setattr(workers, "work", terminated)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # as `bench run` sets it
+    try:
+        with pytest.raises(workers.Terminated):
+            workers.run_study(
+                load_grid(grid_file),
+                storage=str(tmp_path / "j.journal"),
+                tracking_uri=f"sqlite:///{tmp_path}/m.db",
+                workers=2,
+                progress=False,
+                echo=lambda s: None,
+            )
+        assert signal.getsignal(signal.SIGTERM) is on_sigterm  # put back as it was
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert told_at_cleanup == [[signal.SIGINT]]
+    assert fake.signals == [signal.SIGINT]
+
+
 @pytest.mark.timeout(300)
 def test_a_sigterm_to_a_bench_worker_group_stops_the_workers_it_started(tmp_path, write_grid):
     # `bench worker --workers 2` is this process plus one it starts. A SIGTERM to it alone (`kill PID`, a node
