@@ -929,9 +929,11 @@ def _grid_hash(grid: Grid, config: StudyConfig, slots: Sequence[Slot]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def prepare_study(grid: Grid, config: StudyConfig, storage: Any, *, mlflow: Mapping[str, str] | None = None) -> Any:
+def prepare_study(grid: Grid, config: StudyConfig, storage: Any, *, mlflow: Mapping[str, str] | None = None,
+                  owner: Mapping[str, str | None] | None = None) -> Any:
     """Creates or loads the grid's study and enqueues every slot that nothing settles yet; run by ``bench run``
-    (workers only consume).
+    (workers only consume). ``owner`` is the grid file's record from `bench.study_owner.check_owner`, stored on
+    the study before anything is enqueued (None: the study's record is left as it is).
 
     Trials left running by a dead process on this machine are re-queued first; waiting trials whose slot the
     grid no longer has (a changed grid or ``--set``) are failed with the reason, so the queue is the grid.
@@ -952,6 +954,10 @@ def prepare_study(grid: Grid, config: StudyConfig, storage: Any, *, mlflow: Mapp
         raise GridError(grid.path, "objective.direction",
                         f"the study {grid.name!r} in this storage was made to {existing}, but the grid says "
                         f"{config.direction}; rename the grid (name:) or use another --storage")
+    if owner is not None:
+        from bench.study_owner import record_owner
+
+        record_owner(study, dict(owner))
     study.set_user_attr(STUDY_CONFIG_ATTR, config.as_dict())
     if config.search and config.scope == "grid":
         cells = grid_cells(grid)

@@ -550,7 +550,8 @@ def _wait_for_study(name: str, storage: Any, options: WorkerOptions, echo: Calla
 
 
 def work(study_name: str, storage_url: str, tracking_uri: str | None, options: WorkerOptions | None = None, *,
-         echo: Callable[[str], None] = print, dist: Any = None) -> list[TrialOutcome]:
+         echo: Callable[[str], None] = print, dist: Any = None,
+         check: Callable[[Any], Any] | None = None) -> list[TrialOutcome]:
     """One worker: runs trials of the study until none is waiting or running.
 
     Args:
@@ -561,6 +562,8 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
         echo: where one line per trial goes.
         dist: a `bench.distributed.DistContext` when launched by torchrun: rank 0 runs this loop and
             sends each trial to the other ranks (see `follow`).
+        check: called with the Optuna storage once the study is found, before anything is written; it raises to
+            refuse the study (``bench worker``: `bench.study_owner.check_owner`).
 
     Returns:
         The outcomes of the trials this worker trained.
@@ -578,6 +581,8 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
     try:  # under torchrun the other ranks wait for our "stop", whatever happens here
         storage = open_storage(storage_url)
         study = _wait_for_study(study_name, storage, options, echo)
+        if check is not None:
+            check(storage)
         config = stored_config(study)
         cells = study.user_attrs.get(STUDY_CELLS_ATTR)
         tracker = StudyTracker(study_name, tracking_uri)
@@ -835,8 +840,11 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
         config: the grid's study config (None: validated from the grid).
 
     Raises:
-        GridError: an invalid study key (before anything runs).
+        GridError: an invalid study key, or the study of the grid's name belongs to another grid file
+            (`bench.study_owner`), before anything runs.
     """
+    from bench.study import hide_password
+    from bench.study_owner import check_owner
     from bench.tracking import resolve_tracking_uri
 
     config = config or StudyConfig.from_grid(grid)
@@ -844,8 +852,10 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
     storage_url = resolve_storage(storage, tracking_uri=tracking)
     n = workers if workers is not None else (config.workers or (len(gpus) if gpus else 1))
     optuna_storage = open_storage(storage_url)  # a wrong --storage stops here, before MLflow gets a study run
+    # another grid file's study of the same name stops here too, before a parent run lands in its experiment
+    owner = check_owner(grid, optuna_storage, shown=hide_password(storage_url))
     tracker = StudyTracker(grid.name, tracking, description=grid.description, grid_path=str(grid.path))
-    study = prepare_study(grid, config, optuna_storage,
+    study = prepare_study(grid, config, optuna_storage, owner=owner,
                           mlflow={"tracking_uri": tracking, "parent_run_id": tracker.parent_run_id})
     slots = plan_slots(grid, config)
     before = study_summary(study, slots)

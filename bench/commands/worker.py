@@ -4,6 +4,8 @@ Run it on any machine that reaches the storage (PostgreSQL) and the MLflow serve
 until none is waiting or running, then exits. It waits up to --wait seconds for the study to be prepared.
 Under ``torchrun --nproc_per_node K -m bench worker ...`` each trial uses all K processes
 (DistributedDataParallel; rank 0 talks to the stores). See docs/shared-mode.md.
+A study prepared from another grid file that has the same name: is refused, as ``bench run`` refuses it
+(`bench.study_owner`; the worker records nothing).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.commands.run import check_device, check_fuse, parse_gpus
     from bench.grid import GridError
-    from bench.study import StudyConfig, StudyNotReady, is_rdb, resolve_storage
+    from bench.study import StudyConfig, StudyNotReady, hide_password, is_rdb, resolve_storage
+    from bench.study_owner import check_owner
     from bench.tracking import check_tracking_uri, resolve_tracking_uri
     from bench.workers import WorkerOptions, follow, sigterm_forwarded, spawn_workers, stop_workers, wait_workers, work
 
@@ -91,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
                 follow(dist, options)
                 return 0
             try:
-                outcomes = work(grid.name, storage, tracking, options, echo=lambda s: print(s, flush=True), dist=dist)
+                outcomes = work(grid.name, storage, tracking, options, echo=lambda s: print(s, flush=True), dist=dist,
+                                check=lambda store: check_owner(grid, store, shown=hide_password(storage)))
+            except GridError as err:  # the study belongs to another grid file of the same name (bench.study_owner)
+                print(f"bench worker: {err}", file=sys.stderr)
+                return 2
             except StudyNotReady as err:
                 if new_journal is not None and new_journal.is_file() and new_journal.stat().st_size == 0:
                     new_journal.unlink()  # opened to look for the study: not left behind as if one had run here

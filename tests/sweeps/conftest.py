@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+#: The PostgreSQL server of the `postgres` tests (trust authentication).
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+
+
+def _admin():
+    """A connection to `PG` in autocommit mode; the test is skipped when psycopg2 or the server is missing."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        conn = psycopg2.connect(connect_timeout=3, **PG)
+    except psycopg2.OperationalError as err:
+        pytest.skip(f"no PostgreSQL server answers at {PG['host']}:{PG['port']} ({str(err).strip()}); "
+                    f"the postgres tests need one")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def databases():
+    """Two fresh databases (Optuna's and MLflow's), dropped afterwards."""
+    conn = _admin()
+    names = [f"mb_sweeps_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"CREATE DATABASE {name}")
+    base = f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/"
+    yield [base + n for n in names]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    conn.close()

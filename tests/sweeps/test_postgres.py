@@ -7,14 +7,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 
 import pytest
 from optuna.trial import TrialState
 
 from tests.sweeps.conftest import DIGITS_BASE, bench, bench_env, mlflow_children, optuna_trials
-
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
 
 GRID = "name: shared\n" + DIGITS_BASE + """\
   epochs: 2
@@ -25,33 +22,6 @@ grid:
     - {label: arcface, loss: {name: arcface, s: 10.0, m: 0.2}}
 seeds: [0, 1]
 """
-
-
-def _admin():
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        conn = psycopg2.connect(connect_timeout=3, **PG)
-    except psycopg2.OperationalError as err:
-        pytest.skip(f"no PostgreSQL server answers at {PG['host']}:{PG['port']} ({str(err).strip()}); "
-                    f"the shared-mode test needs one")
-    conn.autocommit = True
-    return conn
-
-
-@pytest.fixture
-def databases():
-    """Two fresh databases (Optuna's and MLflow's), dropped afterwards."""
-    conn = _admin()
-    names = [f"mb_sweeps_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f"CREATE DATABASE {name}")
-    base = f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/"
-    yield [base + n for n in names]
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    conn.close()
 
 
 def _free_port() -> int:
