@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ import yaml
 from bench import yamlio
 from bench.grid import Grid, GridError, load_grid
 
-__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets", "int_arg"]
+__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets", "int_arg", "seconds_arg"]
 
 
 def int_arg(low: int, high: int | None = None, *, message: str | None = None) -> Callable[[str], int]:
@@ -30,6 +31,17 @@ def int_arg(low: int, high: int | None = None, *, message: str | None = None) ->
         return value
 
     return parse
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0, refused when parsing with the value given."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (e.g. 120), but got {text!r}")
+    return value
 
 
 def add_grid_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

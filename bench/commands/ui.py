@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.commands._common import add_tracking_option, int_arg
+from bench.commands._common import add_tracking_option, int_arg, seconds_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int_arg(0, 65535, message="a port is 0..65535 (0: any free port)"), default=5000,
                    help="port (default: 5000; 0: any free port)")
-    p.add_argument("--workers", type=int, default=1, help="server worker processes (default: 1)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to answer")
+    p.add_argument("--workers", type=int_arg(1), default=1, metavar="N", help="server worker processes (default: 1)")
+    p.add_argument("--timeout", type=seconds_arg, default=120.0, metavar="SECONDS",
+                   help="seconds to wait for the server to answer (default: 120)")
     p.set_defaults(handler=run)
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from bench.commands._common import add_grid_options, add_tracking_option, load_grid_or_exit
+from bench.commands._common import add_grid_options, add_tracking_option, int_arg, load_grid_or_exit
 from bench.commands.run import _positive_int, add_storage_option, add_worker_options
 
 
@@ -30,14 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="worker processes on this machine (this one and N-1 more; default 1)")
     p.add_argument("--gpus", default=None, metavar="IDS",
                    help="comma-separated GPU ids; worker i runs on GPU ids[i %% len(ids)]")
-    p.add_argument("--worker-index", type=int, default=0, metavar="I",
+    p.add_argument("--worker-index", type=int_arg(0), default=0, metavar="I",
                    help="this worker's number (offsets a seeded sampler; give each machine its own range)")
     p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
                    help="how long to wait for `bench run` to prepare the study (default 600)")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="per-epoch checkpoints (default: .bench/checkpoints/<study> beside the storage file, or "
                         "here); a shared folder lets a trial resume on another machine")
-    p.add_argument("--max-trials", type=int, default=None, metavar="N", help="stop after N trials")
+    p.add_argument("--max-trials", type=_positive_int, default=None, metavar="N",
+                   help="stop after N trials (default: when none is waiting or running)")
     p.set_defaults(handler=run)
 
 

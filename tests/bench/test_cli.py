@@ -143,3 +143,46 @@ def test_the_default_stores_in_the_checkout_are_ignored_by_git():
              ".bench/checkpoints/quickstart/k.pt"]
     done = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
     assert sorted(done.stdout.split()) == sorted(names)
+
+
+@pytest.mark.parametrize("argv, message", [
+    # before: --workers 0 started an MLflow server anyway; a timeout <= 0 gave up at once with "did not answer
+    # within 0 s"; --max-trials 0 or -1 trained nothing and exited 0; --worker-index -3 ran with that index
+    (["ui", "--workers", "0"], "argument --workers: must be an integer >= 1, but got '0'"),
+    (["ui", "--workers", "two"], "argument --workers: must be an integer >= 1, but got 'two'"),
+    (["ui", "--timeout", "0"], "argument --timeout: must be a number of seconds > 0 (e.g. 120), but got '0'"),
+    (["ui", "--timeout", "-1"], "argument --timeout: must be a number of seconds > 0 (e.g. 120), but got '-1'"),
+    (["ui", "--timeout", "nan"], "argument --timeout: must be a number of seconds > 0 (e.g. 120), but got 'nan'"),
+    (["worker", "--grid", "g.yaml", "--max-trials", "0"],
+     "argument --max-trials: must be an integer >= 1, but got '0'"),
+    (["worker", "--grid", "g.yaml", "--max-trials", "-1"],
+     "argument --max-trials: must be an integer >= 1, but got '-1'"),
+    (["worker", "--grid", "g.yaml", "--worker-index", "-3"],
+     "argument --worker-index: must be an integer >= 0, but got '-3'"),
+])
+def test_counts_and_timeouts_out_of_range_are_refused_when_parsing(capsys, argv, message):
+    from bench.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_lowest_valid_counts_and_timeouts_are_taken():
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["ui", "--workers", "1", "--timeout", "0.5"])
+    assert (args.workers, args.timeout) == (1, 0.5)
+    args = build_parser().parse_args(["worker", "--grid", "g.yaml", "--max-trials", "1", "--worker-index", "0"])
+    assert (args.max_trials, args.worker_index) == (1, 0)
+
+
+def test_bench_ui_help_shows_the_timeouts_default(capsys):
+    from bench.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ui", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines at the terminal's width
+    assert "seconds to wait for the server to answer (default: 120)" in out
+    assert build_parser().parse_args(["ui"]).timeout == 120
