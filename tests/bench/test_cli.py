@@ -186,3 +186,43 @@ def test_bench_ui_help_shows_the_timeouts_default(capsys):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines at the terminal's width
     assert "seconds to wait for the server to answer (default: 120)" in out
     assert build_parser().parse_args(["ui"]).timeout == 120
+
+
+def test_the_readme_describes_the_server_bench_ui_starts(in_tmp, monkeypatch, capsys):
+    # before: the README called it `mlflow ui --backend-store-uri sqlite:///mlflow.db`; it is `mlflow server`
+    # with an absolute store, the artifacts folder beside it, a host, a port and workers
+    import re
+    import sys
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    from bench.commands import ui
+
+    MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}").create_experiment("tiny")
+    started = []
+
+    class Exited:  # a server that exits at once: bench ui reports it and returns
+        pid, returncode = 0, 1
+
+        def poll(self):
+            return 1
+
+        def wait(self, timeout=None):
+            return 1
+
+    monkeypatch.setattr(ui.subprocess, "Popen", lambda cmd, **kwargs: started.append(cmd) or Exited())
+    monkeypatch.setattr(ui, "_port_in_use", lambda host, port: False)
+    assert main(["ui"]) == 1
+    cmd = started[0]
+    artifacts = (in_tmp / "mlartifacts").resolve().as_uri()
+    assert cmd == [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                   f"sqlite:///{(in_tmp / 'mlflow.db').resolve()}", "--default-artifact-root", artifacts,
+                   "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", "5000", "--workers", "1"]
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    described = re.search(r"\(`bench ui` starts an MLflow tracking server, `([^`]*)`", readme)
+    assert described is not None and "mlflow ui" not in readme
+    words = described.group(1).split()
+    assert words[:2] == ["mlflow", "server"]
+    assert [w for w in words if w.startswith("--")] == [c for c in cmd if c.startswith("--")]
+    assert dict(zip(words[2::2], words[3::2], strict=True))["--port"] == "5000"
