@@ -225,12 +225,36 @@ def _short(value: Any) -> str:
 
 
 def _origin(key: str, sources: list[tuple[str, Mapping[str, Any]]]) -> str:
-    """The grid location that last set ``key`` (for error messages)."""
+    """The grid location that last set ``key`` (for error messages): ``grid.loss[1].loss``, or the ``--set``
+    options as typed (``--set loss.m=abc``)."""
     where = "base"
     for name, update in sources:
         if key in update:
             where = name
-    return f"{where}.{key}"
+    return where if where.startswith("--set ") else f"{where}.{key}"
+
+
+def _shown(value: Any) -> str:
+    """A ``--set`` value as it would be typed: scalars as text, mappings and lists in YAML's flow style."""
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip()
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _set_options(overrides: Mapping[str, Any], typed: Mapping[str, str] | None,
+                 keys: list[str] | None = None) -> str:
+    """``--set KEY=VALUE`` for each override (of ``keys``), as the user typed it when ``typed`` has it."""
+    typed = typed or {}
+    return " ".join(f"--set {typed.get(k) or f'{k}={_shown(overrides[k])}'}"
+                    for k in (overrides if keys is None else keys))
+
+
+def _set_error_key(err: Exception, overrides: Mapping[str, Any], typed: Mapping[str, str] | None) -> str:
+    """The ``--set`` options an override error is about: those of the trial key it names, else all."""
+    at = getattr(err, "key", None)
+    keys = [k for k in overrides if at is not None and k.split(".")[0] == at]
+    keys = keys or [k for k in overrides if repr(k) in str(err) or f"{k} " in str(err)]
+    return _set_options(overrides, typed, keys or None)
 
 
 def _cell_spec(path: Path, config: dict[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
@@ -337,13 +361,15 @@ def _check_report(path: Path, report: Any, labels: dict[str, list[str]]) -> None
 
 
 def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
-              overrides: Mapping[str, Any] | None = None) -> Grid:
+              overrides: Mapping[str, Any] | None = None, typed: Mapping[str, str] | None = None) -> Grid:
     """Reads, validates and expands a grid file.
 
     Args:
         source: a path, or a bare name looked up in ``sweeps/``.
         env: environment for ``${VAR}`` substitution (default: ``os.environ``).
         overrides: flat keys applied to every cell after merging (``{"epochs": 1}``), as ``--set`` gives.
+        typed: the ``--set`` argument each override came from, as typed (``{"epochs": "epochs=abc"}``); an error
+            names the option so (default: ``KEY=VALUE`` from the parsed value).
 
     Raises:
         FileNotFoundError: no such grid.
@@ -389,9 +415,10 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     search = raw.get("search")
     searched = sorted(set(overrides or {}) & set(search)) if isinstance(search, dict) else []
     if searched:  # the sampler would replace the value in every trial: the --set would do nothing, silently
-        raise GridError(path, "--set", f"{searched[0]} is searched (search: {searched[0]}), so the sampler sets it in "
-                                       f"every trial; drop --set {searched[0]}=..., or take {searched[0]} out of "
-                                       f"search: to fix it")
+        key = searched[0]
+        raise GridError(path, _set_options(overrides, typed, [key]),
+                        f"{key} is searched (search: {key}), so the sampler sets it in every trial; drop --set "
+                        f"{key}=..., or take {key} out of search: to fix it")
     per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
     _check_report(path, raw.get("report"), {axis: [label for label, _, _ in values]
                                             for axis, values in zip(axes, per_axis, strict=True)})
@@ -416,8 +443,12 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
                 try:
                     spec = spec.with_flat(overrides)
                 except (SpecError, TypeError) as err:
-                    raise GridError(path, "--set", str(err)) from err
-                sources = [*sources, ("--set", {k.split(".")[0]: v for k, v in overrides.items()})]
+                    raise GridError(path, _set_error_key(err, overrides, typed), str(err)) from err
+                by_key: dict[str, list[str]] = {}  # trial key -> the --set options that change it
+                for k in overrides:
+                    by_key.setdefault(k.split(".")[0], []).append(k)
+                sources = [*sources, *((_set_options(overrides, typed, keys), {key: None})
+                                       for key, keys in by_key.items())]
                 spec = _cell_spec(path, spec.to_nested(), sources, labels)
         except GridError as err:  # the cell has no spec to check further
             problems[err.problems[0]] = None

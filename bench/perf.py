@@ -321,7 +321,7 @@ def time_grid(grid: Grid | str | Path, *, device: str | None = None, workers: in
     """
     import yaml
 
-    from bench.commands._common import parse_sets
+    from bench.commands._common import parse_sets, typed_sets
     from bench.grid import load_grid
     from bench.seed_noise import trial_records
     from bench.study import StudyConfig, plan_slots
@@ -329,13 +329,13 @@ def time_grid(grid: Grid | str | Path, *, device: str | None = None, workers: in
     from reports.markdown import default_table
 
     if not isinstance(grid, Grid):
-        grid = load_grid(grid, overrides=parse_sets(list(sets)))
+        grid = load_grid(grid, overrides=parse_sets(list(sets)), typed=typed_sets(list(sets)))
     with tempfile.TemporaryDirectory(prefix="marginbench-grid-") as tmp:
         if seeds is not None and list(seeds) != grid.seeds:
             # worker processes read the grid from its file, so the new seeds go into a copy of it
             copy = Path(tmp) / grid.path.name
             copy.write_text(yaml.safe_dump({**grid.raw, "seeds": list(seeds)}, sort_keys=False))
-            grid = load_grid(copy, overrides=parse_sets(list(sets)))
+            grid = load_grid(copy, overrides=parse_sets(list(sets)), typed=typed_sets(list(sets)))
         tracking_uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         t0 = time.perf_counter()
         report = run_study(grid, storage=str(Path(tmp) / "optuna.journal"), tracking_uri=tracking_uri,

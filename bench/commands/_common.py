@@ -13,7 +13,8 @@ import yaml
 from bench import yamlio
 from bench.grid import Grid, GridError, load_grid
 
-__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets", "int_arg", "seconds_arg"]
+__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets", "typed_sets", "int_arg",
+           "seconds_arg"]
 
 
 def int_arg(low: int, high: int | None = None, *, message: str | None = None) -> Callable[[str], int]:
@@ -75,10 +76,16 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def typed_sets(items: list[str]) -> dict[str, str]:
+    """Each ``--set`` key's argument as typed (``{"epochs": "epochs=abc"}``), for `load_grid`'s messages."""
+    return {item.split("=", 1)[0].strip(): item for item in items if "=" in item}
+
+
 def load_grid_or_exit(args: argparse.Namespace) -> Grid:
     """The validated grid, or exit 2 with the error (file, key, fix) and nothing trained."""
+    sets = list(getattr(args, "set", []))
     try:
-        return load_grid(args.grid, overrides=parse_sets(getattr(args, "set", [])))
+        return load_grid(args.grid, overrides=parse_sets(sets), typed=typed_sets(sets))
     except (GridError, FileNotFoundError) as err:
         print(f"bench: invalid grid: {err}", file=sys.stderr)
         raise SystemExit(2) from err

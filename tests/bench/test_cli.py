@@ -226,3 +226,12 @@ def test_the_readme_describes_the_server_bench_ui_starts(in_tmp, monkeypatch, ca
     assert words[:2] == ["mlflow", "server"]
     assert [w for w in words if w.startswith("--")] == [c for c in cmd if c.startswith("--")]
     assert dict(zip(words[2::2], words[3::2], strict=True))["--port"] == "5000"
+
+
+def test_a_set_error_through_the_cli_names_the_option_as_typed(in_tmp, capsys):
+    # before: "grid.yaml: --set: epochs must be ..." and "grid.yaml: --set.loss: ..."
+    (in_tmp / "g.yaml").write_text("name: g\nbase: {dataset: digits, backbone: lenet++, epochs: 1}\n")
+    for typed, message in (("epochs=abc", "epochs must be a positive integer, but got 'abc'"),
+                           ("loss.m=0.5", "loss 'softmax' has no parameter 'm'")):
+        assert main(["run", "--grid", "g.yaml", "--validate-only", "--set", "epochs=1", "--set", typed]) == 2
+        assert f"g.yaml: --set {typed}: {message}" in capsys.readouterr().err

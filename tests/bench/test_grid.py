@@ -54,16 +54,37 @@ def test_overrides_apply_to_every_cell(tmp_path):
 
 def test_set_on_a_searched_key_is_an_error_not_ignored(tmp_path):
     text = GOOD + "search: {optimizer.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-1}}\nn_trials: 2\n"
-    with pytest.raises(GridError, match=r"--set: optimizer\.lr is searched \(search: optimizer\.lr\).*drop --set "
-                                        r"optimizer\.lr=\.\.\., or take optimizer\.lr out of search:"):
+    with pytest.raises(GridError, match=r"--set optimizer\.lr=0\.05: optimizer\.lr is searched \(search: "
+                                        r"optimizer\.lr\).*drop --set optimizer\.lr=\.\.\., or take optimizer\.lr "
+                                        r"out of search:"):
         load_grid(write(tmp_path, text), overrides={"epochs": 1, "optimizer.lr": 0.05})
     assert {c.spec.epochs for c in load_grid(write(tmp_path, text), overrides={"epochs": 1}).cells} == {1}
 
 
 def test_override_that_does_not_fit_a_cell_is_an_error(tmp_path):
     # softmax has no scale: --set loss.s=30 cannot apply to its cells.
-    with pytest.raises(GridError, match=r"--set\.loss: loss 'softmax' has no parameter 's'"):
+    with pytest.raises(GridError, match=r"--set loss\.s=30: loss 'softmax' has no parameter 's'"):
         load_grid(write(tmp_path, GOOD), overrides={"loss.s": 30})
+
+
+@pytest.mark.parametrize("overrides, where, message", [
+    ({"epochs": 1, "optimizer.lr": "abc"}, "--set optimizer.lr=abc", "optimizer.lr must be a number > 0"),
+    ({"epochs": "abc"}, "--set epochs=abc", "epochs must be a positive integer, but got 'abc'"),
+    ({"epoch": 1}, "--set epoch=1", "unknown parameter 'epoch' (did you mean 'epochs'?)"),
+    ({"precision": "fp8"}, "--set precision=fp8", "precision must be one of fp32, bf16, fp16, but got 'fp8'"),
+    ({"loss.m": 0.3, "loss.s": 30}, "--set loss.m=0.3 --set loss.s=30", "loss 'softmax' has no parameter"),
+])
+def test_a_set_error_names_the_option_as_written_not_an_internal_key(tmp_path, overrides, where, message):
+    # before: "--set: ..." or "--set.loss: ...", which no one typed
+    with pytest.raises(GridError) as info:
+        load_grid(write(tmp_path, GOOD), overrides=overrides)
+    assert info.value.key == where and str(info.value).startswith(f"{tmp_path / 'grid.yaml'}: {where}: {message}")
+
+
+def test_a_set_error_quotes_the_option_exactly_as_typed(tmp_path):
+    with pytest.raises(GridError) as info:
+        load_grid(write(tmp_path, GOOD), overrides={"loss.s": 30.0}, typed={"loss.s": "loss.s=3e1"})
+    assert info.value.key == "--set loss.s=3e1"
 
 
 @pytest.mark.parametrize("where, text", [
@@ -102,7 +123,8 @@ def test_set_dataset_root_supplies_the_files_the_grids_root_lacks(tmp_path):
     assert {c.spec.dataset_params["root"] for c in grid.cells} == {str(tmp_path / "mnist")}
     with pytest.raises(GridError, match=r"base\.dataset: dataset 'mnist': IDX files missing under not-here/mnist"):
         load_grid(write(tmp_path, MNIST_GRID))
-    with pytest.raises(GridError, match=r"--set\.dataset: dataset 'mnist': IDX files missing under elsewhere"):
+    with pytest.raises(GridError, match=r"--set dataset\.root=elsewhere: dataset 'mnist': IDX files missing under "
+                                        r"elsewhere"):
         load_grid(write(tmp_path, MNIST_GRID), overrides={"dataset.root": "elsewhere"})
 
 
