@@ -196,6 +196,27 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _overridden(spec: TrialSpec, overrides: Mapping[str, Any]) -> TrialSpec:
+    """``spec`` with the ``--set`` overrides: a whole component (``loss: arcface``, ``loss: {name: arcface, m: 0.5}``)
+    first, merged as a grid axis merges it (a new name replaces the old component's params, the same name keeps
+    them), then the flat keys (``loss.m``, ``epochs``).
+
+    Raises:
+        SpecError: a component that is not a name or a mapping with ``name``, or a value the spec refuses.
+    """
+    whole = {k: v for k, v in overrides.items() if k in COMPONENTS}
+    for key, value in whole.items():
+        if isinstance(value, Mapping) and "name" not in value:
+            one = next(iter(value), "<param>")
+            raise SpecError(f"a whole {key} is a name or a mapping with 'name' ({key}={{name: ..., ...}}), but got "
+                            f"keys {sorted(map(str, value))}; to change one parameter of the grid's {key}, write "
+                            f"--set {key}.{one}=VALUE", key=key)
+    if whole:
+        spec = TrialSpec.from_nested(_merge(spec.to_nested(), whole), spec.labels)
+    flat = {k: v for k, v in overrides.items() if k not in whole}
+    return spec.with_flat(flat) if flat else spec
+
+
 def _axis_values(path: Path, axis: str, values: Any) -> list[tuple[str, dict[str, Any], str]]:
     """``[(label, update, key_path), ...]`` for one axis."""
     if not isinstance(values, list) or not values:
@@ -441,7 +462,7 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             spec = _cell_spec(path, config, sources, labels)
             if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid lacks
                 try:
-                    spec = spec.with_flat(overrides)
+                    spec = _overridden(spec, overrides)
                 except (SpecError, TypeError) as err:
                     raise GridError(path, _set_error_key(err, overrides, typed), str(err)) from err
                 by_key: dict[str, list[str]] = {}  # trial key -> the --set options that change it

@@ -49,7 +49,8 @@ def add_grid_options(parser: argparse.ArgumentParser, *, required: bool = True) 
     parser.add_argument("--grid", required=required, metavar="FILE",
                         help="grid YAML file; a bare name is looked up in ./sweeps (e.g. quickstart)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a flat trial key in every cell, e.g. --set epochs=1 --set dataset.root=/data")
+                        help="override a flat trial key in every cell, e.g. --set epochs=1 --set dataset.root=/data, "
+                             "or a whole component, --set 'loss={name: arcface, m: 0.5}'")
 
 
 def add_tracking_option(parser: argparse.ArgumentParser) -> None:

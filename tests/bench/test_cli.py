@@ -235,3 +235,14 @@ def test_a_set_error_through_the_cli_names_the_option_as_typed(in_tmp, capsys):
                            ("loss.m=0.5", "loss 'softmax' has no parameter 'm'")):
         assert main(["run", "--grid", "g.yaml", "--validate-only", "--set", "epochs=1", "--set", typed]) == 2
         assert f"g.yaml: --set {typed}: {message}" in capsys.readouterr().err
+
+
+def test_set_takes_a_whole_component_as_a_yaml_mapping(in_tmp, capsys):
+    # before: "--set.loss: Unknown loss \"{'name': 'arcface', 'm': 0.5}\""
+    (in_tmp / "g.yaml").write_text("name: g\nbase: {dataset: digits, backbone: lenet++, epochs: 1}\n")
+    assert main(["run", "--grid", "g.yaml", "--validate-only", "--set", "loss={name: arcface, m: 0.5}"]) == 0
+    from bench.grid import load_grid
+
+    spec = load_grid(in_tmp / "g.yaml", overrides={"loss": {"name": "arcface", "m": 0.5}}).cells[0].spec
+    assert f"arcface seed=0  [{spec.replace(seed=0).key()}]" in capsys.readouterr().out
+    assert (spec.loss, dict(spec.loss_params)) == ("arcface", {"m": 0.5})

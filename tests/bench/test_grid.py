@@ -67,6 +67,46 @@ def test_override_that_does_not_fit_a_cell_is_an_error(tmp_path):
         load_grid(write(tmp_path, GOOD), overrides={"loss.s": 30})
 
 
+COSFACE_BASE = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: 10, m: 0.1}, epochs: 1}
+grid: {embedding_dim: [2, 3]}
+"""
+
+
+@pytest.mark.parametrize("overrides, written", [
+    ({"loss": {"name": "arcface", "m": 0.5}}, "{name: arcface, m: 0.5}"),  # before: Unknown loss "{'name': ..."
+    ({"loss": "softmax"}, "softmax"),  # before: loss 'softmax' has no parameter 'm', 's' (cosface's, kept)
+    ({"loss": "cosface"}, "{name: cosface, s: 10, m: 0.1}"),  # the same name keeps the grid's params
+    ({"loss": {"name": "cosface", "m": 0.3}}, "{name: cosface, s: 10, m: 0.3}"),  # ... and merges new ones
+    ({"loss": "arcface", "loss.m": 0.3}, "{name: arcface, m: 0.3}"),  # the component first, then its keys
+    ({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}, None),  # before: unhashable type: 'dict'
+])
+def test_set_of_a_whole_component_is_the_grid_written_with_it(tmp_path, overrides, written):
+    # --set loss=... replaces or merges the component as a grid axis does: the cells are those of the grid
+    # file written with that component in base
+    if written is None:
+        text = COSFACE_BASE.replace("epochs: 1}", "epochs: 1, optimizer: {name: sgd, lr: 0.1, momentum: 0.9}}")
+    else:
+        text = COSFACE_BASE.replace("loss: {name: cosface, s: 10, m: 0.1}", f"loss: {written}")
+    got = load_grid(write(tmp_path, COSFACE_BASE), overrides=overrides)
+    want = load_grid(write(tmp_path, text, "written.yaml"))
+    assert [c.spec.to_params() for c in got.cells] == [c.spec.to_params() for c in want.cells]
+
+
+@pytest.mark.parametrize("overrides, where, message", [
+    ({"loss": {"m": 0.5}}, "--set loss={m: 0.5}",
+     r"a whole loss is a name or a mapping with 'name' \(loss=\{name: \.\.\., \.\.\.\}\), but got keys \['m'\]; "
+     r"to change one parameter of the grid's loss, write --set loss\.m=VALUE"),
+    ({"loss": [1, 2]}, "--set loss=[1, 2]", r"loss must be a name or a mapping with 'name', but got \[1, 2\]"),
+    ({"loss": {"name": "arcfce"}}, "--set loss={name: arcfce}", r"Unknown loss 'arcfce'\. Did you mean 'arcface'"),
+])
+def test_set_of_a_malformed_whole_component_names_the_option(tmp_path, overrides, where, message):
+    with pytest.raises(GridError, match=message) as info:
+        load_grid(write(tmp_path, COSFACE_BASE), overrides=overrides)
+    assert info.value.key == where
+
+
 @pytest.mark.parametrize("overrides, where, message", [
     ({"epochs": 1, "optimizer.lr": "abc"}, "--set optimizer.lr=abc", "optimizer.lr must be a number > 0"),
     ({"epochs": "abc"}, "--set epochs=abc", "epochs must be a positive integer, but got 'abc'"),
