@@ -13,8 +13,9 @@ A grid is YAML::
     report: {tables: [...]}
 
 Validation happens in full before any training: unknown keys, unknown registry names and parameters, bad
-values, missing paths. Every error names the file, the key (``grid.loss[1].loss``) and the fix; the cells' problems
-are collected, so one `GridError` lists them all.
+values, missing paths, metric names in ``objective`` and ``report:`` that the trials would not log
+(`bench.metric_names`). Every error names the file, the key (``grid.loss[1].loss``) and the fix; the cells'
+problems are collected, so one `GridError` lists them all.
 ``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
 """
 
@@ -370,15 +371,96 @@ def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
     return None
 
 
-def _check_report(path: Path, report: Any, labels: dict[str, list[str]]) -> None:
-    """The ``report:`` section parses against the grid's axes and their labels (so a typo fails now, not after
-    training)."""
+def _check_report(path: Path, report: Any, labels: dict[str, list[str]]) -> list[Any]:
+    """The ``report:`` section's tables (`reports.spec.TableSpec`), parsed against the grid's axes and their labels
+    (so a typo fails now, not after training)."""
     from reports.spec import ReportError, parse_tables
 
     try:
-        parse_tables(report, axes=list(labels), source=str(path), grid_labels=labels)
+        return parse_tables(report, axes=list(labels), source=str(path), grid_labels=labels)
     except ReportError as err:
         raise GridError(path, "", str(err).removeprefix(f"{path}: ")) from err  # the message names report.<key>
+
+
+def _cell_metrics(spec: TrialSpec, checked: dict[str, frozenset[str] | None]) -> frozenset[str] | None:
+    """`bench.metric_names.logged_metrics` of the spec (None: not known), once per distinct dataset."""
+    from bench.metric_names import logged_metrics
+
+    memo = json.dumps([spec.dataset, dict(spec.dataset_params)], sort_keys=True, default=str)
+    if memo not in checked:
+        try:
+            checked[memo] = logged_metrics(spec)
+        except (OSError, ValueError):  # the files changed since their check: the trial will say what is wrong
+            checked[memo] = None
+    return checked[memo]
+
+
+def _pairs_hint(metric: str, have: frozenset[str]) -> str:
+    """For a name shaped as a pair-verification metric (``lfw_acc``) that the trials do not log (``have`` is what they
+    log): what their pairs are named, or that they have none."""
+    from bench.verification import metric_names
+    from reports.tables import verification_accuracies
+
+    prefixes = [metric[: -len(suffix)] for suffix in metric_names("") if metric.endswith(suffix)]
+    if not any(p and not difflib.get_close_matches(p, ["train", "test"], 1) for p in prefixes):
+        return ""  # not a verification metric's name (tst_acc is a typo of test_acc)
+    pairs = [m[: -len("_acc")] for m in verification_accuracies(have)]
+    if pairs:
+        return (f"; pair-verification metrics are named after the pairs, here {', '.join(map(repr, pairs))} "
+                f"({pairs[0]}_acc, {pairs[0]}_auc, ...)")
+    return ("; these trials have no verification pairs: metrics such as lfw_acc come from a dataset with pairs "
+            "(synthetic-faces, or imagefolder with pairs:, bin: or split: identities)")
+
+
+def _metric_problems(raw: Mapping[str, Any], tables: list[Any],
+                     cells: list[tuple[dict[str, str], frozenset[str] | None]]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each metric name in ``objective`` and the ``report:`` tables that the trials would
+    not log (`bench.metric_names`), so that the objective does not fail every trial at its end and a table does
+    not fail after the training. ``cells``: each cell's labels and metric names (None: not known, when its dataset
+    does not say or the cell is invalid).
+
+    The objective must be logged by every cell (``test_acc`` stands for the pairs' accuracy where there is no test
+    split, as `bench.workers.objective_metric` takes it); a table's metric by one of the cells the table shows (a
+    cell of another dataset shows ``n/a``). A table with a cell whose metrics are not known is not checked.
+    """
+    import fnmatch
+
+    from reports.spec import closest_first, unknown_metric
+    from reports.tables import verification_accuracies
+
+    problems = []
+    objective = raw.get("objective")
+    metric = objective.get("metric") if isinstance(objective, Mapping) else objective
+    known = [(labels, names) for labels, names in cells if names is not None]
+    if isinstance(metric, str) and metric and known:
+        lacking = [(" / ".join(labels.values()) or "base", names) for labels, names in known
+                   if metric not in names and not (metric == "test_acc" and verification_accuracies(names))]
+        if lacking:
+            every = frozenset.intersection(*(names for _, names in known))  # what the objective can be
+            shown = ", ".join(repr(c) for c, _ in lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3
+                                                                  else "")
+            of = "the trials of this grid" if len(lacking) == len(cells) else f"the trials of cells {shown}"
+            hint = _pairs_hint(metric, frozenset.union(*(names for _, names in lacking)))
+            problems.append(("objective.metric" if isinstance(objective, Mapping) else "objective",
+                             f"{unknown_metric(metric, every, of)}{hint}. Each of those trials "
+                             f"would be recorded as failed at its end; set the objective to a metric every cell logs"))
+    for i, table in enumerate(tables):
+        shown_cells = [names for labels, names in cells
+                       if all(labels.get(axis) in values for axis, values in table.where.items())]
+        if not shown_cells or any(names is None for names in shown_cells):
+            continue
+        have = frozenset.union(*shown_cells)
+        of = "the trials this table shows" if table.where else "the trials of this grid"
+        for key, name in table.named_metrics():
+            if name not in have:
+                problems.append((f"report.tables[{i}].{key}", f"{unknown_metric(name, have, of)}"
+                                                              f"{_pairs_hint(name, have)}; the table could not be "
+                                                              f"built after the training"))
+        if table.pattern is not None and not any(fnmatch.fnmatchcase(m, table.pattern) for m in have):
+            problems.append((f"report.tables[{i}].columns.pattern",
+                             f"{table.pattern!r} matches no metric of {of}; metrics: "
+                             f"{', '.join(closest_first(table.pattern, have))}"))
+    return problems
 
 
 def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
@@ -441,11 +523,13 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
                         f"{key} is searched (search: {key}), so the sampler sets it in every trial; drop --set "
                         f"{key}=..., or take {key} out of search: to fix it")
     per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
-    _check_report(path, raw.get("report"), {axis: [label for label, _, _ in values]
-                                            for axis, values in zip(axes, per_axis, strict=True)})
+    tables = _check_report(path, raw.get("report"), {axis: [label for label, _, _ in values]
+                                                     for axis, values in zip(axes, per_axis, strict=True)})
     cells: list[Cell] = []
     problems: dict[tuple[str, str], None] = {}  # every distinct (key, message), in grid order: all fixed in one go
     checked: dict[str, str | None] = {}
+    metrics: list[tuple[dict[str, str], frozenset[str] | None]] = []  # each cell's labels and metric names
+    metrics_checked: dict[str, frozenset[str] | None] = {}
     for combo in itertools.product(*per_axis) if per_axis else [()]:
         config = dict(base)
         sources: list[tuple[str, Mapping[str, Any]]] = []
@@ -473,13 +557,17 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
                 spec = _cell_spec(path, spec.to_nested(), sources, labels)
         except GridError as err:  # the cell has no spec to check further
             problems[err.problems[0]] = None
+            metrics.append((labels, None))
             continue
         found = _component_problems(spec, sources, checked)
         if not found:  # the image-size check needs components that exist
             problem = input_size_problem(spec, _origin("backbone", sources), _origin("dataset", sources))
             found = [problem] if problem is not None else []
         problems.update(dict.fromkeys(found))
+        dataset_ok = not any(key == _origin("dataset", sources) for key, _ in found)
+        metrics.append((labels, _cell_metrics(spec, metrics_checked) if dataset_ok else None))
         cells.append(Cell(labels, spec))
+    problems.update(dict.fromkeys(_metric_problems(raw, tables, metrics)))
     if problems:
         raise GridError.listing(path, list(problems))
     return Grid(name=name, path=path, cells=cells, seeds=list(seeds), axes=axes,

@@ -46,7 +46,7 @@ from registry.datasets import PairSet, SkippedSample
 from registry.datasets._images import normalize_uint8
 
 __all__ = ["top1_accuracy", "pair_scores", "decoded_pairs", "verification_metrics", "VerificationResult", "roc_curve",
-           "best_threshold", "grid_threshold", "val_at_far", "plot_roc", "FARS"]
+           "best_threshold", "grid_threshold", "val_at_far", "plot_roc", "FARS", "metric_names"]
 
 #: False-accept rates at which the true-accept rate is reported.
 FARS = (1e-3, 1e-4)
@@ -352,6 +352,16 @@ class VerificationResult:
         for far, (val, val_std, _) in self.val_at_far.items():
             out.update({f"{prefix}_val_far{_far_name(far)}": val, f"{prefix}_val_far{_far_name(far)}_std": val_std})
         return {k: float(v) for k, v in out.items()}
+
+
+def metric_names(prefix: str = "lfw", fars: tuple[float, ...] = FARS) -> list[str]:
+    """The names `VerificationResult.as_metrics` gives a result of `verification_metrics` over ``fars`` (what a
+    trial logs for pairs named ``prefix``), without computing one."""
+    names = [f"{prefix}_acc", f"{prefix}_acc_std", f"{prefix}_threshold", f"{prefix}_auc"]
+    names += [f"{prefix}_tar_far{_far_name(far)}" for far in fars]
+    for far in fars:
+        names += [f"{prefix}_val_far{_far_name(far)}", f"{prefix}_val_far{_far_name(far)}_std"]
+    return names
 
 
 def verification_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray, *,

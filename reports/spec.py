@@ -42,7 +42,9 @@ Options of a table (all but ``name`` and ``rows`` optional):
   the table says so.
 
 An axis that varies inside a table's cells (neither in ``rows``/``columns`` nor fixed by ``where``) is an
-error: its runs would be averaged together as if they were seeds.
+error: its runs would be averaged together as if they were seeds. The metrics a table names (``columns``,
+``metric``, ``select_by``, ``bold`` keys; a ``pattern`` must match one) are checked against those the grid's trials
+log when the grid is loaded (`bench.grid`, `bench.metric_names`), and against the runs' by `bench report`.
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["TableSpec", "ReportError", "parse_tables", "default_tables", "TABLE_KEYS", "natural_key",
-           "metric_direction"]
+           "metric_direction", "closest_first", "unknown_metric"]
 
 #: Keys of one table in ``report.tables`` and what they mean.
 TABLE_KEYS = {
@@ -87,6 +89,36 @@ class ReportError(ValueError):
 def natural_key(text: str) -> list[Any]:
     """Sort key that orders ``class_2`` before ``class_10``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+
+
+def _close(name: str, choices: Sequence[str]) -> list[str]:
+    """The ``choices`` difflib finds close to ``name`` (ratio >= 0.6, as `difflib.get_close_matches`), closest first,
+    ties in natural order."""
+    matcher = difflib.SequenceMatcher(b=name)
+    scored = []
+    for choice in choices:
+        matcher.set_seq1(choice)
+        if matcher.ratio() >= 0.6:
+            scored.append((-matcher.ratio(), natural_key(choice), choice))
+    return [choice for *_, choice in sorted(scored)]
+
+
+def closest_first(name: str, choices: Iterable[str]) -> list[str]:
+    """``choices`` with those close to ``name`` first (closest first, difflib's ratio), then the others in natural
+    order."""
+    ordered = sorted(set(choices), key=natural_key)
+    close = _close(name, ordered)
+    return close + [c for c in ordered if c not in close]
+
+
+def unknown_metric(metric: str, have: Iterable[str], of: str) -> str:
+    """The message for a metric name ``of`` (``"the runs of quickstart"``) never logs: the close names, then all the
+    names, closest first (`closest_first`)."""
+    ordered = sorted(set(have), key=natural_key)
+    close = _close(metric, ordered)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close[:3])}?)" if close else ""
+    listed = close + [c for c in ordered if c not in close]
+    return f"no metric {metric!r} in {of}{hint}; metrics, closest first: {', '.join(listed) or 'none'}"
 
 
 def metric_direction(metric: str) -> str:
@@ -155,6 +187,15 @@ class TableSpec:
         if self.pattern is not None:
             return sorted({m for m in available if fnmatch.fnmatchcase(m, self.pattern)}, key=natural_key)
         return list(self.metrics)
+
+    def named_metrics(self) -> list[tuple[str, str]]:
+        """``(key, metric)`` for each metric the table names, the key below the table's (``columns[1]``, ``metric``,
+        ``select_by``, ``bold.<metric>``); a pattern's matches are not named."""
+        out = [(f"columns[{i}]", m) for i, m in enumerate(self.metrics)]
+        out += [(key, m) for key, m in (("metric", self.metric), ("select_by", self.select_by)) if m]
+        if isinstance(self.bold, Mapping):
+            out += [(f"bold.{m}", m) for m in self.bold]
+        return out
 
     def selection_metric(self, metrics: Sequence[str]) -> str | None:
         """The metric ``select: best`` ranks runs by; None for ``select: all``."""

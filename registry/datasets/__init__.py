@@ -11,7 +11,15 @@ from __future__ import annotations
 from registry.datasets import digits, fashion_mnist, imagefolder, mnist, synthetic_faces  # noqa: F401
 from registry.datasets._check import check_bundle
 from registry.datasets._collate import collate_skipping
-from registry.datasets._types import DataBundle, PairSet, SkippedSample, TensorSplit, image_size_of
+from registry.datasets._types import (
+    DataBundle,
+    Evaluation,
+    PairSet,
+    SkippedSample,
+    TensorSplit,
+    evaluation_of,
+    image_size_of,
+)
 
-__all__ = ["DataBundle", "PairSet", "SkippedSample", "TensorSplit", "check_bundle", "collate_skipping",
-           "image_size_of"]
+__all__ = ["DataBundle", "Evaluation", "PairSet", "SkippedSample", "TensorSplit", "check_bundle", "collate_skipping",
+           "evaluation_of", "image_size_of"]

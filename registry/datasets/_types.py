@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["TensorSplit", "PairSet", "DataBundle", "SkippedSample", "IMAGE_SIZES", "image_size_of"]
+__all__ = ["TensorSplit", "PairSet", "DataBundle", "SkippedSample", "IMAGE_SIZES", "image_size_of", "Evaluation",
+           "EVALUATIONS", "evaluation_of"]
 
 #: How a registered dataset's image size ``(H, W)`` follows from its parameters (as the grid gives them, defaults
 #: not filled in), without loading it; None where it cannot be told cheaply. Grid validation checks the backbone
@@ -21,6 +22,36 @@ def image_size_of(name: str, params: Mapping[str, Any]) -> tuple[int, int] | Non
     """The ``(H, W)`` dataset ``name`` with ``params`` yields, or None when unknown (see `IMAGE_SIZES`)."""
     size = IMAGE_SIZES.get(name)
     return size(dict(params)) if size is not None else None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a trial evaluates on: the parts of a `DataBundle` that name the metrics it logs (``test_acc``,
+    ``test_acc.class_<i>``, ``<pairs>_acc``...), told from the dataset's parameters without loading it.
+
+    Attributes:
+        test: whether the bundle has a closed-set test split.
+        test_classes: the classes holding at least one test image, when the bundle has at most the
+            ``max_classes`` asked for (`evaluation_of`); None when it has more, or no test split.
+        pairs: the verification pairs' name (`PairSet.name`: ``lfw`` logs ``lfw_acc``), None without pairs.
+    """
+
+    test: bool
+    test_classes: tuple[int, ...] | None = None
+    pairs: str | None = None
+
+
+#: How a registered dataset's `Evaluation` follows from its parameters (as the grid gives them, defaults not
+#: filled in) and ``max_classes``; grid validation checks the metric names a grid gives against it, and a dataset
+#: not listed here is not checked. Called only with parameters its registry check accepted.
+EVALUATIONS: dict[str, Callable[[dict[str, Any], int], Evaluation]] = {}
+
+
+def evaluation_of(name: str, params: Mapping[str, Any], max_classes: int) -> Evaluation | None:
+    """The `Evaluation` dataset ``name`` with ``params`` gives (``test_classes`` told up to ``max_classes``
+    classes), or None when unknown (see `EVALUATIONS`)."""
+    evaluation = EVALUATIONS.get(name)
+    return evaluation(dict(params), max_classes) if evaluation is not None else None
 
 
 @dataclass

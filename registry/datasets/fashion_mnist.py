@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from registry import DATASETS
-from registry.datasets._types import IMAGE_SIZES, DataBundle
-from registry.datasets.mnist import MNIST_FILES, check_idx_files, check_limit_repeat, load_idx_pair
+from registry.datasets._types import EVALUATIONS, IMAGE_SIZES, DataBundle
+from registry.datasets.mnist import MNIST_FILES, check_idx_files, check_limit_repeat, idx_evaluation, load_idx_pair
 
 __all__ = ["fashion_mnist", "FASHION_URL", "FASHION_MEAN", "FASHION_STD", "FASHION_CLASSES"]
 
@@ -43,4 +43,6 @@ def fashion_mnist(root: str = "data/fashion-mnist", download: bool = False, limi
 
 
 
+EVALUATIONS["fashion-mnist"] = lambda params, max_classes: idx_evaluation(params.get("root", "data/fashion-mnist"),
+                                                                          params.get("limit"), max_classes)
 IMAGE_SIZES["fashion-mnist"] = lambda params: (28, 28)

@@ -36,9 +36,10 @@ from registry.datasets._images import (
     decode_image_uint8,
     parse_image_size,
 )
-from registry.datasets._types import IMAGE_SIZES, DataBundle, PairSet, SkippedSample
+from registry.datasets._types import EVALUATIONS, IMAGE_SIZES, DataBundle, Evaluation, PairSet, SkippedSample
 from registry.datasets.pairs import (
     PairsFileError,
+    _pairs_name,
     check_bin_first_image,
     check_pairs_name,
     make_pairs,
@@ -109,7 +110,7 @@ def split_samples(samples: list[tuple[str, int]], split: str, test_fraction: flo
         train_idx, test_idx = [], []
         for c in np.unique(labels):
             idx = rng.permutation(np.flatnonzero(labels == c))
-            n_test = min(int(round(test_fraction * len(idx))), len(idx) - 1)
+            n_test = _test_images(test_fraction, len(idx))
             test_idx += idx[:n_test].tolist()
             train_idx += idx[n_test:].tolist()
         return [samples[i] for i in sorted(train_idx)], [samples[i] for i in sorted(test_idx)]
@@ -120,6 +121,11 @@ def split_samples(samples: list[tuple[str, int]], split: str, test_fraction: flo
                          f"lower test_fraction or add identities")
     held = set(ids[:n_held].tolist())
     return ([s for s in samples if s[1] not in held], [s for s in samples if s[1] in held])
+
+
+def _test_images(test_fraction: float, n: int) -> int:
+    """Images of an identity of ``n`` that ``split: images`` holds out for the test split."""
+    return min(int(round(test_fraction * n)), n - 1)
 
 
 class FaceImages(Dataset):
@@ -361,4 +367,34 @@ class _ImagesOnly(Dataset):
         return item[0]
 
 
+def _evaluation(params: dict[str, Any], max_classes: int) -> Evaluation:
+    """The test split of ``split: images`` and the pairs' name (``lfw`` for a pairs.txt, the file's for a .bin,
+    ``held_out`` for pairs drawn with ``split: identities``). Identity folders are listed one at a time until a
+    test image is found and, when there are at most ``max_classes`` identities, all of them (which of them give
+    the test split an image): on a CASIA-sized tree, a few folder reads."""
+    p = _params(params)
+    pairs = None
+    if p["pairs"] is not None:
+        pairs = p["pairs_name"] or "lfw"
+    elif p["bin"] is not None:
+        pairs = _pairs_name(p["pairs_name"], Path(p["bin"]).stem)
+    elif p["split"] == "identities" and p["test_fraction"] > 0 and p["pairs_per_fold"] > 0:
+        pairs = "held_out"
+    if p["split"] != "images" or p["test_fraction"] == 0:
+        return Evaluation(test=False, pairs=pairs)
+    tested: list[int] = []
+    label = 0
+    for _, files in _identity_images(Path(p["root"]).expanduser()):
+        if not files:
+            continue
+        if _test_images(p["test_fraction"], len(files)) > 0:
+            tested.append(label)
+        label += 1
+        if tested and label > max_classes:  # too many identities for per-class metrics
+            return Evaluation(test=True, pairs=pairs)
+    return Evaluation(test=bool(tested), test_classes=tuple(tested) if tested and label <= max_classes else None,
+                      pairs=pairs)
+
+
+EVALUATIONS["imagefolder"] = _evaluation
 IMAGE_SIZES["imagefolder"] = _image_size

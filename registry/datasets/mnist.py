@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from registry import DATASETS
-from registry.datasets._types import IMAGE_SIZES, DataBundle, TensorSplit
+from registry.datasets._types import EVALUATIONS, IMAGE_SIZES, DataBundle, Evaluation, TensorSplit
 from registry.datasets.idx import idx_shape, read_idx
 
-__all__ = ["load_idx_pair", "find_idx_files", "check_idx_files", "check_limit_repeat", "download_idx", "MNIST_FILES"]
+__all__ = ["load_idx_pair", "find_idx_files", "check_idx_files", "check_limit_repeat", "download_idx", "MNIST_FILES",
+           "idx_evaluation"]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -151,4 +152,19 @@ def mnist(root: str = "data/mnist", download: bool = False, repeat: int = 1, lim
                       info={"root": str(Path(root).expanduser()), "train_size": len(train), "test_size": len(test)})
 
 
+def idx_evaluation(root: str | Path, limit: int | None, max_classes: int,
+                   files: dict[str, str] = MNIST_FILES) -> Evaluation:
+    """The test split of the IDX files under ``root`` and the classes of its first ``limit`` labels (a small limit
+    may miss some); all ten while the files are still to be downloaded (their test set holds every class)."""
+    if max_classes < 10:
+        return Evaluation(test=True)
+    try:
+        labels = read_idx(find_idx_files(root, files)["test_labels"])
+    except FileNotFoundError:
+        return Evaluation(test=True, test_classes=tuple(range(10)))
+    return Evaluation(test=True, test_classes=tuple(int(c) for c in np.unique(labels[:limit])))
+
+
+EVALUATIONS["mnist"] = lambda params, max_classes: idx_evaluation(params.get("root", "data/mnist"),
+                                                                  params.get("limit"), max_classes)
 IMAGE_SIZES["mnist"] = lambda params: (28, 28)

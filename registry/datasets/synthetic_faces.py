@@ -32,7 +32,7 @@ import torch
 
 from registry import DATASETS
 from registry.datasets._images import encode_image, parse_image_size
-from registry.datasets._types import IMAGE_SIZES, DataBundle, PairSet, TensorSplit
+from registry.datasets._types import EVALUATIONS, IMAGE_SIZES, DataBundle, Evaluation, PairSet, TensorSplit
 from registry.datasets.pairs import make_pairs, write_pairs_txt, write_verification_bin
 
 __all__ = ["SyntheticFaces", "render_identities", "synthetic_faces", "write_image_folder", "identity_name"]
@@ -216,12 +216,31 @@ def _held_out_pairs(images_per_identity: int, test_identities: int, pairs_per_fo
     return make_pairs(labels, folds=folds, per_fold=pairs_per_fold, rng=np.random.default_rng([seed, 2]))
 
 
-def _validate(params: dict[str, Any]) -> None:
+def _test_images(test_fraction: float, images_per_identity: int) -> int:
+    """Images of each identity in the closed-set test split."""
+    return min(int(round(test_fraction * images_per_identity)), images_per_identity - 1)
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` completed with the factory's defaults."""
     import inspect
 
     bound = inspect.signature(synthetic_faces).bind_partial(**params)
     bound.apply_defaults()
-    p = bound.arguments
+    return dict(bound.arguments)
+
+
+def _evaluation(params: dict[str, Any], max_classes: int) -> Evaluation:
+    """A test split of every identity when test_fraction leaves each one a test image; pairs ``synthetic``."""
+    p = _params(params)
+    test = _test_images(p["test_fraction"], p["images_per_identity"]) > 0
+    classes = tuple(range(p["identities"])) if test and p["identities"] <= max_classes else None
+    return Evaluation(test=test, test_classes=classes,
+                      pairs="synthetic" if p["test_identities"] and p["pairs_per_fold"] else None)
+
+
+def _validate(params: dict[str, Any]) -> None:
+    p = _params(params)
     _check_counts(p["identities"], p["images_per_identity"], p["test_fraction"], p["test_identities"],
                   p["pairs_per_fold"], p["folds"])
     _settings(p["image_size"], p["in_chans"], p["seed"], p["pose"], p["lighting"], p["noise"])
@@ -252,7 +271,7 @@ def synthetic_faces(identities: int = 64, images_per_identity: int = 16, image_s
     _check_counts(identities, images_per_identity, test_fraction, test_identities, pairs_per_fold, folds)
     gen = _settings(image_size, in_chans, seed, pose, lighting, noise)
     images, labels = render_identities(range(identities), images_per_identity, **_as_kwargs(gen))
-    n_test = min(int(round(test_fraction * images_per_identity)), images_per_identity - 1)
+    n_test = _test_images(test_fraction, images_per_identity)
     position = torch.arange(len(labels)) % images_per_identity
     is_test = position >= images_per_identity - n_test
     train = TensorSplit(images[~is_test].contiguous(), labels[~is_test].contiguous())
@@ -352,4 +371,5 @@ def write_image_folder(root: str | Path, *, identities: int = 64, images_per_ide
     return out
 
 
+EVALUATIONS["synthetic-faces"] = _evaluation
 IMAGE_SIZES["synthetic-faces"] = lambda params: parse_image_size(params.get("image_size", (112, 96)))

@@ -223,13 +223,13 @@ def test_report_cli_errors(reported, capsys):
     assert "report.tables[1].rows: 'los' is not an axis of the grid (did you mean 'loss'?)" in capsys.readouterr().err
 
 
-def test_a_metric_the_runs_never_logged_is_an_error_listing_theirs(reported, capsys):
+def test_a_metric_the_trials_never_log_is_an_error_before_reading_the_runs(reported, capsys):
     root, _, _ = reported
     (root / "typo.yaml").write_text(GRID.replace("columns: [test_acc]", "columns: [test_accuracy]"))
     assert main(["report", "--grid", "typo.yaml"]) == 2
-    assert ("no metric 'test_accuracy' in the runs of rep (did you mean 'test_acc'?); metrics: "
-            "test_acc, train_acc, train_loss") in \
-        capsys.readouterr().err
+    assert ("typo.yaml: report.tables[1].columns[0]: no metric 'test_accuracy' in the trials of this grid (did you "
+            "mean 'test_acc' or 'test_acc.class_0' or 'test_acc.class_1'?); metrics, closest first: test_acc, "
+            "test_acc.class_0, ") in capsys.readouterr().err
 
 
 def test_markers_in_code_blocks_stay_text_whatever_the_fence(tmp_path):
