@@ -109,7 +109,7 @@ def results_frame(runs: pd.DataFrame, spec: TableSpec, *, grid: str, order: Mapp
             runs = runs[runs[label_column(axis)].astype(str).isin(labels)]
     metrics = spec.resolve_metrics(metric_columns(runs))
     if spec.pattern is not None and not metrics and not runs.empty:
-        raise ReportError(f"table {spec.name!r}: no metric matches {spec.pattern!r}; metrics: "
+        raise ReportError(f"{spec.at('columns.pattern')}: no metric matches {spec.pattern!r}; metrics: "
                           f"{', '.join(metric_columns(runs)) or 'none'}")
     finished = runs[runs["status"] == "finished"] if not runs.empty else runs
     select_by = spec.selection_metric(metrics)

@@ -150,6 +150,8 @@ class TableSpec:
         transpose: swap rows and columns.
         select: ``all`` or ``best``.
         select_by: the metric ``select: best`` ranks by (None: the first metric).
+        origin: where the table was declared, ``<grid file>: report.tables[1]`` (errors name it; empty for a
+            table not read from a grid).
     """
 
     name: str
@@ -170,6 +172,7 @@ class TableSpec:
     transpose: bool = False
     select: str = "all"
     select_by: str | None = None
+    origin: str = field(default="", compare=False, repr=False)
 
     @property
     def is_matrix(self) -> bool:
@@ -196,6 +199,17 @@ class TableSpec:
         if isinstance(self.bold, Mapping):
             out += [(f"bold.{m}", m) for m in self.bold]
         return out
+
+    def at(self, sub: str = "") -> str:
+        """Where key ``sub`` of the table was declared, for errors: ``<grid file>: report.tables[1].columns``, or
+        ``table 'name'`` for a table not read from a file."""
+        if not self.origin:
+            return f"table {self.name!r}"
+        return f"{self.origin}.{sub}" if sub else self.origin
+
+    def key_of(self, metric: str) -> str:
+        """`at` the key that names ``metric`` (``columns[0]``, ``select_by``...; the table when none does)."""
+        return self.at(next((key for key, m in self.named_metrics() if m == metric), ""))
 
     def selection_metric(self, metrics: Sequence[str]) -> str | None:
         """The metric ``select: best`` ranks runs by; None for ``select: all``."""
@@ -381,7 +395,8 @@ class TableSpec:
         return cls(name=name, rows=rows, metrics=metrics, pattern=pattern, column_axis=column_axis, metric=metric,
                    metric_source=source_, ci=flags["ci"], bold=bold, mean_row=flags["mean_row"], digits=digits,
                    percent=flags["percent"], title=title, headers={str(k): str(v) for k, v in headers.items()},
-                   where=where_, transpose=flags["transpose"], select=select, select_by=select_by)
+                   where=where_, transpose=flags["transpose"], select=select, select_by=select_by,
+                   origin=where if source else "")
 
 
 def parse_tables(report: Mapping[str, Any] | None, *, axes: Sequence[str] | None = None,

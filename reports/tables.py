@@ -26,7 +26,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from reports.runs import RUN_COLUMNS, latest_runs
-from reports.spec import ReportError, TableSpec, metric_direction, natural_key
+from reports.spec import ReportError, TableSpec, metric_direction, natural_key, unknown_metric
 
 __all__ = ["CellStats", "Table", "aggregate", "escape_inline", "label_column", "metric_columns", "missing_metric",
            "best_run", "verification_accuracies", "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER",
@@ -55,11 +55,9 @@ def verification_accuracies(metric_names: Iterable[str]) -> list[str]:
 
 
 def missing_metric(spec: TableSpec, metric: str, runs: pd.DataFrame, of: str = "the runs") -> ReportError:
-    """The error for a table column the runs never logged: the metrics they have, and the close names."""
-    have = metric_columns(runs)
-    close = difflib.get_close_matches(metric, have, 3)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    return ReportError(f"table {spec.name!r}: no metric {metric!r} in {of}{hint}; metrics: {', '.join(have) or 'none'}")
+    """The error for a metric a table names that the runs never logged: where the table names it, the close names,
+    and the metrics they have, closest first."""
+    return ReportError(f"{spec.key_of(metric)}: {unknown_metric(metric, metric_columns(runs), of)}")
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
@@ -368,7 +366,7 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
         runs = runs[runs[label_column(axis)].astype(str).isin(labels)]
     metrics = spec.resolve_metrics(metric_columns(runs))
     if spec.pattern is not None and not metrics and not runs.empty:
-        raise ReportError(f"table {spec.name!r}: no metric matches {spec.pattern!r}; metrics: "
+        raise ReportError(f"{spec.at('columns.pattern')}: no metric matches {spec.pattern!r}; metrics: "
                           f"{', '.join(metric_columns(runs)) or 'none'}")
     finished = runs[runs["status"] == "finished"] if not runs.empty else runs
     select_by = spec.selection_metric(metrics)

@@ -232,6 +232,16 @@ def test_a_metric_the_trials_never_log_is_an_error_before_reading_the_runs(repor
             "test_acc.class_0, ") in capsys.readouterr().err
 
 
+def test_a_metric_the_runs_never_logged_is_an_error_naming_file_key_and_theirs(reported, capsys):
+    # digits trials log lr, but these runs (logged by hand) have none: the same error as the grid check's, from
+    # the runs' metrics, closest first
+    root, _, _ = reported
+    (root / "nolr.yaml").write_text(GRID.replace("columns: [test_acc]", "columns: [lr]"))
+    assert main(["report", "--grid", "nolr.yaml"]) == 2
+    assert ("nolr.yaml: report.tables[1].columns[0]: no metric 'lr' in the runs of rep; metrics, closest first: "
+            "test_acc, train_acc, train_loss") in capsys.readouterr().err
+
+
 def test_markers_in_code_blocks_stay_text_whatever_the_fence(tmp_path):
     # CommonMark: a fence closes only with the same character, at least as many, and no info string. A README
     # that shows the markers in a 4-backtick fence around a ``` one, in a ``` fence with a ```yaml line inside
