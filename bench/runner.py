@@ -77,6 +77,10 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     resumed from its checkpoint logs the restored epochs too (tag ``resumed_from_epoch``), so the run
     holds the whole history. KeyboardInterrupt, from the run's start (its params half written) through training
     to the recording of the result, closes the run as ``interrupted`` and propagates.
+
+    Raises:
+        Exception: the tracking store's error outside training (opening the run, writing its params, recording
+            its failure); the run, when it was made, is closed as ``failed`` with the error first (`_close_failed`).
     """
     options = options or TrialOptions()
     opened: list[TrialRun] = []
@@ -96,6 +100,9 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is closed as interrupted; the caller re-queues the trial
         _close_interrupted(opened)
         raise
+    except Exception as err:  # the store failed: the caller fails the trial, and its run must not stay RUNNING
+        _close_failed(opened, err)
+        raise
 
 
 def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, options: Sequence[TrialOptions], *,
@@ -104,7 +111,8 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
     """`execute_trial` for trials trained as one program (`bench.fused.run_fused_trials`): each in its own
     MLflow child run, tagged ``fused_trials`` with the group's size; an exception fails every trial of the
     group, KeyboardInterrupt (from the start of the first run to the recording of the last) closes every run
-    opened as ``interrupted`` and propagates."""
+    opened as ``interrupted`` and propagates, and so does a tracking store error outside training (the second
+    run's creation, say), after closing every run opened and not yet recorded as ``failed``."""
     from bench.fused import run_fused_trials
 
     if len(specs) == 1:
@@ -133,6 +141,9 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
     except KeyboardInterrupt:  # every trial of the group is re-queued, those already recorded too
         _close_interrupted(opened)
         raise
+    except Exception as err:  # the store failed: the caller fails every trial of the group
+        _close_failed(opened, err)
+        raise
 
 
 def _close_interrupted(runs: Sequence[TrialRun]) -> None:
@@ -147,6 +158,22 @@ def _close_interrupted(runs: Sequence[TrialRun]) -> None:
                 run.finish("interrupted")
             except Exception:
                 log.exception("run %s: could not be closed as interrupted", run.run_id)
+
+
+def _close_failed(runs: Sequence[TrialRun], err: Exception) -> None:
+    """Closes the runs not closed yet as ``failed``, ``err`` (the tracking store's) in their ``error`` tag.
+
+    Best effort: the store may still be failing. A run it cannot close is logged and left RUNNING (the next
+    process that claims its trial closes it as ``interrupted``); ``err`` stays the error the caller raises."""
+    for run in runs:
+        if run.closed_as is not None:  # recorded before the store failed (a fused group's earlier trials)
+            continue
+        try:
+            run.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+            run.finish("failed")
+        except Exception:
+            log.exception("run %s: could not be closed as failed after the tracking store's %s", run.run_id,
+                          type(err).__name__)
 
 
 @contextlib.contextmanager

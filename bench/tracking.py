@@ -207,7 +207,8 @@ class TrialRun:
 
     `log_epoch` hands the epoch's metrics to a background thread and returns at once, so the trial never
     waits on the tracking store; `flush` waits for what is queued; `finish` flushes and closes the run.
-    ``log_seconds`` is the time the caller spent in logging calls (what `bench perf` reports).
+    ``log_seconds`` is the time the caller spent in logging calls (what `bench perf` reports); ``closed_as`` the
+    status `finish` closed it with (None while it is open).
     """
 
     def __init__(self, client: Any, run_id: str) -> None:
@@ -218,6 +219,7 @@ class TrialRun:
         self.log_seconds = 0.0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
         self._pending: list[Any] = []
+        self.closed_as: str | None = None
 
     def log_epoch(self, epoch: int, metrics: dict[str, float], *, timestamp: float | None = None) -> None:
         """Queues an epoch's metrics at step ``epoch``, stamped ``timestamp`` (seconds since the Unix epoch; now
@@ -267,6 +269,7 @@ class TrialRun:
         self._pool.shutdown(wait=True)
         self.set_tags({STATUS_TAG: status})
         self.client.set_terminated(self.run_id, _MLFLOW_STATUS[status])
+        self.closed_as = status
 
 
 class StudyTracker:

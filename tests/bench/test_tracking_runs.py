@@ -320,3 +320,74 @@ def test_ctrl_c_while_runs_are_started_or_closed_leaves_no_run_running(tmp_path,
             execute_trial(SPEC, tracker, TrialOptions(progress=False))
     opened = {"params:1": 1, "create_run:2": 1, "params:2": 2}.get(where, 3 if fused else 1)
     assert statuses(tracker) == [("KILLED", "interrupted")] * opened
+
+
+def _store_fails(tracker: StudyTracker, monkeypatch, method: str, when) -> None:
+    """Makes ``tracker.client.<method>`` raise MlflowException (a tracking server's 500, a locked database) on the
+    calls for which ``when(n, kwargs)`` is true, ``n`` counting the calls from 1."""
+    real, calls = getattr(tracker.client, method), []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if when(len(calls), kwargs):
+            raise MlflowException(f"{method}: API request failed with error code 500 != 200")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, method, failing)
+
+
+def test_a_store_error_while_the_params_are_written_closes_the_run_as_failed(tmp_path, monkeypatch):
+    # start_trial made the run, then its params write failed: the error went on to the worker (which failed the
+    # trial) and the run stayed RUNNING in MLflow for good
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(bench.runner, "run_trial", trained)
+    _store_fails(tracker, monkeypatch, "log_batch", lambda n, kw: bool(kw.get("params")))
+    with pytest.raises(MlflowException, match="log_batch: API request failed"):
+        execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    (run,) = tracker.child_runs()
+    assert (run.info.status, run.data.tags["marginbench.status"]) == ("FAILED", "failed")
+    assert run.data.tags["error"] == "MlflowException: log_batch: API request failed with error code 500 != 200"
+
+
+def test_a_store_error_as_a_fused_group_opens_its_runs_closes_those_opened_as_failed(tmp_path, monkeypatch):
+    # the second of three create_run calls fails: the first run stayed RUNNING, nothing held it
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(bench.fused, "run_fused_trials",
+                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+    _store_fails(tracker, monkeypatch, "create_run", lambda n, kw: n == 2)
+    with pytest.raises(MlflowException, match="create_run: API request failed"):
+        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
+                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
+                             on_epochs=[None] * 3)
+    (run,) = tracker.child_runs()
+    assert (run.info.status, run.data.tags["marginbench.status"], run.data.params["seed"]) == ("FAILED", "failed", "0")
+    assert "create_run: API request failed" in run.data.tags["error"]
+
+
+def test_a_store_that_cannot_close_the_run_either_leaves_the_first_error_raised(tmp_path, monkeypatch):
+    # best effort: the close failing too is logged, and the error that failed the trial is the one the worker gets
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(bench.runner, "run_trial", trained)
+    _store_fails(tracker, monkeypatch, "log_batch", lambda n, kw: True)
+    _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: True)
+    with pytest.raises(MlflowException, match="^log_batch: API request failed"):
+        execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    (run,) = tracker.child_runs()
+    assert run.info.status == "RUNNING"  # the store refused every write; the next claim of its trial closes it
+
+
+def test_a_store_error_recording_a_fused_group_keeps_the_runs_recorded_before_it(tmp_path, monkeypatch):
+    # the second run's close fails twice (with its result, then with its failure): the error goes on to the worker;
+    # the second and third runs used to stay RUNNING. They are closed as failed now, and the first, finished
+    # before the store failed, is not closed again as failed
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(bench.fused, "run_fused_trials",
+                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+    _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
+    with pytest.raises(MlflowException, match="set_terminated: API request failed"):
+        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
+                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
+                             on_epochs=[None] * 3)
+    by_seed = {r.data.params["seed"]: (r.info.status, r.data.tags["marginbench.status"])
+               for r in tracker.child_runs()}
+    assert by_seed == {"0": ("FINISHED", "finished"), "1": ("FAILED", "failed"), "2": ("FAILED", "failed")}
