@@ -23,8 +23,8 @@ import torch
 
 from bench.spec import TrialSpec
 
-__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri", "check_tracking_uri", "environment_tags", "StudyTracker",
-           "TrialRun", "STATUS_TAG", "TRIAL_KEY_TAG", "STUDY_TAG", "ROLE_TAG"]
+__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri", "check_tracking_uri", "store_failed", "environment_tags",
+           "StudyTracker", "TrialRun", "STATUS_TAG", "TRIAL_KEY_TAG", "STUDY_TAG", "ROLE_TAG"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,18 @@ def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> None:
     except (TimeoutError, OSError) as err:
         raise SystemExit(f"bench: the MLflow tracking server {option} {uri} does not answer within {timeout:g} s "
                          f"({err}); start it (`mlflow server ...`, docs/shared-mode.md) or fix the URI") from err
+
+
+def store_failed(uri: str, err: BaseException) -> SystemExit:
+    """The one-line exit of a worker whose tracking store fails again after failing a trial: MLflow's error (a
+    server's 500 after its retries, a locked database) names neither the option nor what to do."""
+    from bench.study import hide_password
+
+    reason = " ".join(f"{type(err).__name__}: {err}".split())
+    reason = reason if len(reason) <= 500 else reason[:500] + " ..."
+    return SystemExit(f"bench: the MLflow tracking store --tracking-uri (or $MLFLOW_TRACKING_URI) "
+                      f"{hide_password(uri)} keeps failing ({reason}); fix it, then run again (`bench run` queues "
+                      f"again the trials it failed)")
 
 
 def _check_database(uri: str, option: str, timeout: float) -> None:
@@ -323,6 +335,10 @@ class StudyTracker:
             tags["grid_path"] = grid_path
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study)
         return run.info.run_id
+
+    def check(self) -> None:
+        """Reads the study's experiment: raises the store's error when the store does not answer."""
+        self.client.get_experiment(self.experiment_id)
 
     def reopen(self) -> None:
         """Marks the study's run RUNNING again (a resumed or extended study is training once more)."""

@@ -20,6 +20,12 @@ trial ends); its epochs are reported to Optuna (the pruner may stop sampled tria
 told to Optuna: finished -> COMPLETE with the objective metric, pruned -> PRUNED, diverged -> FAIL with
 user attributes ``marginbench.diverged`` (epoch and step) and ``marginbench.fail_reason``, an exception
 -> FAIL with ``marginbench.error`` (the traceback is the MLflow run's artifact).
+
+The tracking store failing (an `mlflow.exceptions.MlflowException`: a server's 500 after MLflow's retries, a
+locked database) is a trial's exception too: its runs are closed as failed where the store lets them, its trials
+FAIL with the error (the next ``bench run`` queues them again), and the worker reads the store before it pops
+another trial (`_check_store`): one that does not answer, or fails three trials in a row, stops the worker with a
+line that names it, rather than failing every trial of the queue.
 """
 
 from __future__ import annotations
@@ -85,6 +91,9 @@ log = logging.getLogger(__name__)
 
 #: MLflow status tags of a child run that settles its trial (adopted rather than trained again).
 _SETTLED = ("finished", "diverged", "pruned")
+#: Pops in a row whose trials the tracking store failed that stop a worker even when the store answers
+#: reads (`StudyTracker.check`): its writes keep failing.
+_STORE_FAILURES_IN_A_ROW = 3
 _WARNED_OBJECTIVES: set[str] = set()  # objective metrics already named missing by this process
 ATTR_ADOPTED = "marginbench.adopted_run"
 
@@ -381,8 +390,11 @@ def _trial_options(options: WorkerOptions, claimed: _Claimed, dist: Any = None) 
 
 def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: StudyTracker, options: WorkerOptions,
                     *, cells: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
-                    dist: Any = None) -> tuple[str, TrialOutcome | None]:
+                    dist: Any = None, store_errors: list[Exception] | None = None) -> tuple[str, TrialOutcome | None]:
     """Runs one popped (RUNNING) Optuna trial and tells Optuna its outcome; never raises an ordinary exception.
+
+    Args:
+        store_errors: a tracking store error that failed the trial is appended here (`_check_store`).
 
     Returns:
         ``(status, outcome)``: status ``finished``, ``pruned``, ``diverged``, ``failed`` or ``duplicate``;
@@ -411,15 +423,18 @@ def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: Stu
         except Exception as err:  # a broken trial must not stop the worker
             log.exception("trial id %d failed before or after training", trial_id)
             _fail(study, trial_id, f"{type(err).__name__}: {err}")
+            _note_store_error(err, store_errors)
             return "failed", None
     return _record(study, claimed, outcome, config, options), outcome
 
 
 def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, tracker: StudyTracker,
-                     options: WorkerOptions, *, cells: dict[str, Any] | None = None,
-                     checkpoint_dir: Path | None = None) -> list[tuple[int, str, TrialOutcome | None]]:
+                     options: WorkerOptions, *, cells: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
+                     store_errors: list[Exception] | None = None) -> list[tuple[int, str, TrialOutcome | None]]:
     """`run_study_trial` for several popped trials at once: those that can be fused (`bench.fused`) train as
-    one program, the others one after another; never raises an ordinary exception.
+    one program, the others one after another; never raises an ordinary exception. A group whose training or
+    recording raised (the tracking store failing as its second run is made, say) fails each of its trials with
+    the error, and the next group goes on.
 
     Returns:
         ``(trial_id, status, outcome)`` for each trial, in the order given.
@@ -440,6 +455,7 @@ def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, 
                 except Exception as err:
                     log.exception("trial id %d failed before training", trial_id)
                     _fail(study, trial_id, f"{type(err).__name__}: {err}")
+                    _note_store_error(err, store_errors)
                     status, c = "failed", None
                 if c is None:
                     results[trial_id] = (status, None)
@@ -447,10 +463,19 @@ def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, 
                     claimed.append(c)
             for group in group_fusable([c.spec for c in claimed], max(1, len(claimed))):
                 members = [claimed[i] for i in group]
-                outcomes = execute_fused_trials(
-                    [c.spec for c in members], tracker, [_trial_options(options, c) for c in members],
-                    trial_numbers=[c.number for c in members], extra_tags=[c.tags for c in members],
-                    on_epochs=[c.on_epoch for c in members])
+                try:
+                    outcomes = execute_fused_trials(
+                        [c.spec for c in members], tracker, [_trial_options(options, c) for c in members],
+                        trial_numbers=[c.number for c in members], extra_tags=[c.tags for c in members],
+                        on_epochs=[c.on_epoch for c in members])
+                except Exception as err:  # it closed its runs; their trials fail, and the worker goes on
+                    log.exception("trial ids %s failed before or after training",
+                                  ", ".join(str(c.trial_id) for c in members))
+                    for c in members:
+                        _fail(study, c.trial_id, f"{type(err).__name__}: {err}")
+                        results[c.trial_id] = ("failed", None)
+                    _note_store_error(err, store_errors)
+                    continue
                 for c, outcome in zip(members, outcomes, strict=True):
                     results[c.trial_id] = (_record(study, c, outcome, config, options), outcome)
         except KeyboardInterrupt:
@@ -460,6 +485,29 @@ def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, 
                         _give_back(study, trial_id)
             raise
     return [(trial_id, *results[trial_id]) for trial_id in trial_ids]
+
+
+def _note_store_error(err: Exception, store_errors: list[Exception] | None) -> None:
+    """Appends ``err`` to ``store_errors`` when it is the tracking store's (MLflow's) error."""
+    from mlflow.exceptions import MlflowException
+
+    if store_errors is not None and isinstance(err, MlflowException):
+        store_errors.append(err)
+
+
+def _check_store(tracker: StudyTracker, err: Exception, in_a_row: int) -> None:
+    """After trials the tracking store failed with ``err``: returns when the store answers again (the worker
+    goes on), else raises `bench.tracking.store_failed`, as it does once ``in_a_row`` reaches
+    `_STORE_FAILURES_IN_A_ROW` (the store answers reads but keeps failing trials)."""
+    from bench.tracking import store_failed
+
+    if in_a_row < _STORE_FAILURES_IN_A_ROW:
+        try:
+            tracker.check()
+            return
+        except Exception as again:
+            err = again
+    raise store_failed(tracker.tracking_uri, err) from err
 
 
 def _fail(study: Any, trial_id: int, error: str) -> None:
@@ -567,17 +615,21 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
 
     Returns:
         The outcomes of the trials this worker trained.
+
+    Raises:
+        SystemExit: the tracking store failed trials and does not answer again (`_check_store`); one line,
+            naming the store.
     """
     import torch
-
-    options = options or WorkerOptions()
     from optuna.trial import TrialState
 
+    options = options or WorkerOptions()
     if options.threads:
         torch.set_num_threads(options.threads)
     outcomes: list[TrialOutcome] = []
     ran = 0
     idle = options.poll_seconds
+    store_failures = 0  # pops in a row whose trials the tracking store failed
     try:  # under torchrun the other ranks wait for our "stop", whatever happens here
         storage = open_storage(storage_url)
         study = _wait_for_study(study_name, storage, options, echo)
@@ -590,6 +642,7 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
         while options.max_trials is None or ran < options.max_trials:
             reap_stale_trials(study)
             popped: list[int] = []
+            store_errors: list[Exception] = []
             with _given_back_if_interrupted(study, popped):
                 trial_id = _pop(study, popped)
                 if trial_id is None:
@@ -608,10 +661,10 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
                     while len(popped) < room and _pop(study, popped) is not None:
                         pass
                     done = run_study_trials(study, list(popped), config, tracker, options, cells=cells,
-                                            checkpoint_dir=ckpt_dir)
+                                            checkpoint_dir=ckpt_dir, store_errors=store_errors)
                 else:
                     status, outcome = run_study_trial(study, trial_id, config, tracker, options, cells=cells,
-                                                      checkpoint_dir=ckpt_dir, dist=dist)
+                                                      checkpoint_dir=ckpt_dir, dist=dist, store_errors=store_errors)
                     done = [(trial_id, status, outcome)]
             seconds = time.perf_counter() - t0
             for trial_id, status, outcome in done:
@@ -620,6 +673,9 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
                     outcomes.append(outcome)
                 frozen = storage.get_trial(trial_id)
                 echo(options.prefix + _line(frozen, status, outcome, config.metric, seconds))
+            store_failures = store_failures + 1 if store_errors else 0
+            if store_errors:
+                _check_store(tracker, store_errors[-1], store_failures)
             if dist is not None:
                 from bench.distributed import check_in_step
 
