@@ -112,8 +112,8 @@ def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> None:
 
 
 def store_failed(uri: str, err: BaseException) -> SystemExit:
-    """The one-line exit of a worker whose tracking store fails again after failing a trial: MLflow's error (a
-    server's 500 after its retries, a locked database) names neither the option nor what to do."""
+    """The one-line exit of a worker whose tracking store fails (at its start, or again after failing a trial):
+    MLflow's error (a server's 500 after its retries, a locked database) names neither the option nor what to do."""
     from bench.study import hide_password
 
     reason = " ".join(f"{type(err).__name__}: {err}".split())

@@ -565,20 +565,36 @@ def _pop(study: Any, popped: list[int]) -> int | None:
 
 @contextlib.contextmanager
 def _given_back_if_interrupted(study: Any, popped: list[int]) -> Iterator[None]:
-    """Puts the ``popped`` trials back in the queue when an interrupt lands before they have all been run.
+    """Puts the ``popped`` trials back in the queue when an interrupt lands before they have all been run, or the
+    tracking store fails before they start (the study's run reopened: the worker stops then).
 
     `run_study_trial` gives back its trial when interrupted while it runs; this covers the rest of the way,
     from the pop on (the tracker's reopening, the further pops of ``--fuse``, the owner's record), which left
     the trials RUNNING until a later process reaped them. A trial already told (finished, given back) stays as
     it is: Optuna refuses to change a finished trial.
     """
+    from mlflow.exceptions import MlflowException
+
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, MlflowException):
         with interrupts_held():
             for trial_id in popped:
                 _give_back(study, trial_id)
         raise
+
+
+def _study_tracker(study: str, tracking_uri: str | None, **kwargs: Any) -> StudyTracker:
+    """`StudyTracker`, or `bench.tracking.store_failed` when the store fails as the study's experiment and run are
+    looked up (a server answering 500: `check_tracking_uri` lets it through, and MLflow raised a traceback)."""
+    from mlflow.exceptions import MlflowException
+
+    from bench.tracking import resolve_tracking_uri, store_failed
+
+    try:
+        return StudyTracker(study, tracking_uri, **kwargs)
+    except MlflowException as err:
+        raise store_failed(resolve_tracking_uri(tracking_uri), err) from err
 
 
 def _wait_for_study(name: str, storage: Any, options: WorkerOptions, echo: Callable[[str], None]) -> Any:
@@ -617,10 +633,11 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
         The outcomes of the trials this worker trained.
 
     Raises:
-        SystemExit: the tracking store failed trials and does not answer again (`_check_store`); one line,
-            naming the store.
+        SystemExit: the tracking store fails and does not answer again (`_check_store`), or fails outside a
+            trial (at the start, as the study's run is reopened or closed); one line, naming the store.
     """
     import torch
+    from mlflow.exceptions import MlflowException
     from optuna.trial import TrialState
 
     options = options or WorkerOptions()
@@ -680,6 +697,10 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
                 from bench.distributed import check_in_step
 
                 check_in_step()  # a failure inside a training step left the other ranks behind: this job stops
+    except MlflowException as err:  # the store failed outside a trial: opening the study's run, closing it
+        from bench.tracking import resolve_tracking_uri, store_failed
+
+        raise store_failed(resolve_tracking_uri(tracking_uri), err) from err
     finally:
         if dist is not None:
             from bench.distributed import broadcast_object, in_step
@@ -910,7 +931,7 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
     optuna_storage = open_storage(storage_url)  # a wrong --storage stops here, before MLflow gets a study run
     # another grid file's study of the same name stops here too, before a parent run lands in its experiment
     owner = check_owner(grid, optuna_storage, shown=hide_password(storage_url))
-    tracker = StudyTracker(grid.name, tracking, description=grid.description, grid_path=str(grid.path))
+    tracker = _study_tracker(grid.name, tracking, description=grid.description, grid_path=str(grid.path))
     study = prepare_study(grid, config, optuna_storage, owner=owner,
                           mlflow={"tracking_uri": tracking, "parent_run_id": tracker.parent_run_id})
     slots = plan_slots(grid, config)

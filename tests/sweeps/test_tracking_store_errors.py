@@ -27,8 +27,12 @@ def _prepared(write_grid, in_tmp):
     grid = load_grid(write_grid(GRID))
     storage = str(in_tmp / "optuna.journal")
     tracker = StudyTracker(grid.name, URI)
-    prepare_study(grid, StudyConfig.from_grid(grid), open_storage(storage),
-                  mlflow={"tracking_uri": URI, "parent_run_id": tracker.parent_run_id})
+    prepare_study(
+        grid,
+        StudyConfig.from_grid(grid),
+        open_storage(storage),
+        mlflow={"tracking_uri": URI, "parent_run_id": tracker.parent_run_id},
+    )
     return grid, storage
 
 
@@ -65,8 +69,9 @@ def _runs(name: str) -> list[tuple[str, str]]:
     from bench.tracking import resolve_tracking_uri
 
     client = MlflowClient(resolve_tracking_uri(URI))  # absolute: MLflow keeps a store per URI, across tests
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id],
-                              filter_string="tags.`marginbench.role` = 'trial'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id], filter_string="tags.`marginbench.role` = 'trial'"
+    )
     return sorted((r.info.status, r.data.tags["marginbench.status"]) for r in runs)
 
 
@@ -90,7 +95,8 @@ def test_a_store_error_as_a_fused_group_opens_its_runs_fails_the_group_and_the_w
     trials = _trials(grid.name, storage)
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
     assert {t.user_attrs.get("marginbench.error") for t in trials if t.state.name == "FAIL"} == {
-        f"MlflowException: {ERROR}"}
+        f"MlflowException: {ERROR}"
+    }
     assert _runs(grid.name) == [("FAILED", "failed"), ("FINISHED", "finished")]
     assert sum(f"failed MlflowException: {ERROR}" in line for line in lines) == 3
 
@@ -124,8 +130,10 @@ def test_a_store_that_stays_down_stops_the_worker_with_one_line(in_tmp, tiny_dat
         _work(grid, storage, fuse=fuse)
     message = str(stop.value.code)
     assert "\n" not in message
-    assert message.startswith(f"bench: the MLflow tracking store --tracking-uri (or $MLFLOW_TRACKING_URI) "
-                              f"sqlite:///{in_tmp.resolve() / 'mlflow.db'} keeps failing (MlflowException: {ERROR})")
+    assert message.startswith(
+        f"bench: the MLflow tracking store --tracking-uri (or $MLFLOW_TRACKING_URI) "
+        f"sqlite:///{in_tmp.resolve() / 'mlflow.db'} keeps failing (MlflowException: {ERROR})"
+    )
     assert _states(grid.name, storage) == {"FAIL": fuse, "WAITING": 4 - fuse}
     assert _runs(grid.name) == []
 
@@ -139,3 +147,44 @@ def test_a_store_whose_writes_keep_failing_stops_the_worker_after_three_trials(
     with pytest.raises(SystemExit, match="keeps failing"):
         _work(grid, storage, fuse=1)
     assert _states(grid.name, storage) == {"FAIL": 3, "WAITING": 1}
+
+
+def test_a_store_error_as_the_study_run_reopens_gives_the_trial_back_and_stops(
+    in_tmp, tiny_dataset, write_grid, monkeypatch
+):
+    # after the first pop, before the trial starts: the error ended the worker with a traceback, the popped trial
+    # left RUNNING until a later process reaped it
+    from bench.tracking import StudyTracker
+
+    grid, storage = _prepared(write_grid, in_tmp)
+
+    def store_down(self):
+        raise MlflowException(ERROR)
+
+    monkeypatch.setattr(StudyTracker, "reopen", store_down)
+    with pytest.raises(SystemExit, match="keeps failing"):
+        _work(grid, storage, fuse=1)
+    assert _states(grid.name, storage) == {"FAIL": 1, "WAITING": 4}  # failed and queued again, as interrupted
+
+
+def test_a_store_that_fails_at_the_start_stops_the_worker_with_one_line(in_tmp, tiny_dataset, write_grid, monkeypatch):
+    # check_tracking_uri lets a server answering 500 through; the tracker's first look-up raised a traceback
+    grid, storage = _prepared(write_grid, in_tmp)
+    _fails(monkeypatch, "get_experiment_by_name", lambda n, kw: True)
+    with pytest.raises(SystemExit, match=r"tracking store .*mlflow\.db keeps failing") as stop:
+        _work(grid, storage, fuse=1)
+    assert "\n" not in str(stop.value.code)
+    assert _states(grid.name, storage) == {"WAITING": 4}
+
+
+def test_a_store_that_fails_as_bench_run_starts_stops_it_with_one_line(in_tmp, tiny_dataset, write_grid, monkeypatch):
+    # bench run makes the study's MLflow run before it enqueues anything: MLflow's traceback, before
+    from bench.workers import run_study
+
+    grid = load_grid(write_grid(GRID))
+    _fails(monkeypatch, "get_experiment_by_name", lambda n, kw: True)
+    with pytest.raises(SystemExit, match=r"tracking store .*mlflow\.db keeps failing \(MlflowException: API") as stop:
+        run_study(
+            grid, storage=str(in_tmp / "optuna.journal"), tracking_uri=URI, workers=1, device="cpu", echo=lambda s: None
+        )
+    assert "\n" not in str(stop.value.code)
