@@ -775,8 +775,11 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chi
 
     A parent that died after the fork but before the prctl sends no signal (the death already happened): the
     worker, adopted by init (or a subreaper), trained on alone. So once the prctl is in place, a worker whose
-    parent is no longer ``parent`` kills itself, as the signal would have."""
+    parent is no longer ``parent`` kills itself, as the signal would have. SIGINT and SIGTERM, blocked by
+    `spawn_workers` while it forks (`_signals_deferred`, a mask the worker inherits), are unblocked."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         import ctypes
 
@@ -790,13 +793,19 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chi
 def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, sets: Sequence[str] = (),
                   gpus: Sequence[str] | None = None, device: str | None = None, plots: bool = False,
                   threads: int | None = None, index_base: int = 0, wait: float = 60.0,
-                  fuse: int = 1) -> list[subprocess.Popen]:
+                  fuse: int = 1, procs: list[subprocess.Popen] | None = None) -> list[subprocess.Popen]:
     """Starts workers 1..n-1 of this machine (worker 0 is the caller) as ``bench worker`` processes.
 
     Worker j gets GPU ``gpus[j % len(gpus)]`` as its only visible device and the worker index
     ``index_base + j``; each gets SIGKILL when its parent dies (Linux).
+
+    Args:
+        procs: the caller's list, each worker appended as it starts (returned): an interrupt while they start
+            (a SIGTERM inside `sigterm_forwarded`) leaves the caller those started, to stop and wait for; the
+            returned list was lost with it. On Linux SIGINT and SIGTERM are held from each fork until the worker is
+            in the list.
     """
-    procs = []
+    procs = [] if procs is None else procs
     # an id is a GPU as this process numbers them (worker 0 trains on cuda:<id>): under CUDA_VISIBLE_DEVICES=4,5,6,7
     # id 1 is GPU 5, so a child is given that entry, not "1" (another job's GPU, or one outside the allocation)
     visible = [v.strip() for v in os.environ["CUDA_VISIBLE_DEVICES"].split(",")] if os.environ.get(
@@ -820,7 +829,9 @@ def spawn_workers(grid: Grid, n: int, *, storage_url: str, tracking_uri: str, se
         if fuse > 1:
             cmd += ["--fuse", str(fuse)]
         die = functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
-        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=die))
+        # held only where the worker unblocks them (_die_with_parent): it inherits the mask across exec
+        with _signals_deferred() if die is not None else contextlib.nullcontext():
+            procs.append(subprocess.Popen(cmd, env=env, preexec_fn=die))
     return procs
 
 
@@ -838,11 +849,12 @@ def sigterm_forwarded(procs: Sequence[subprocess.Popen]) -> Iterator[set[subproc
     The workers used to hear of it from `stop_workers`, after this process had given its own trial back and closed
     its runs: with a slow or stalled tracking server they trained on all that while, and then took as long again.
     Yields the workers told, which `stop_workers` does not signal again (a second SIGINT interrupts a worker's
-    cleanup). Where SIGTERM is not handled in Python (its default kills the process; the workers die with it), or
-    outside the main thread, it does nothing."""
+    cleanup). ``procs`` may be filled while inside (`spawn_workers`' ``procs``), so that a SIGTERM while they
+    start reaches those started. Where SIGTERM is not handled in Python (its default kills the process; the workers
+    die with it), or outside the main thread, it does nothing."""
     told: set[subprocess.Popen] = set()
     previous = signal.getsignal(signal.SIGTERM)
-    if not procs or not callable(previous) or threading.current_thread() is not threading.main_thread():
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
         yield told
         return
 
@@ -950,14 +962,16 @@ def run_study(grid: Grid, *, storage: str | None = None, tracking_uri: str | Non
         import torch
 
         threads = max(1, (os.cpu_count() or 1) // n) if n > 1 or not torch.cuda.is_available() else None
-    # Worker 0 is this process; the others are `bench worker` processes that die with it.
-    procs = spawn_workers(grid, n, storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
-                          device=device, plots=plots, threads=threads, fuse=fuse)
     options = WorkerOptions(device=f"cuda:{gpus[0]}" if gpus else device, plots=plots, progress=progress and n == 1,
                             threads=threads if n > 1 or chosen else None, prefix="[worker 0] " if n > 1 else "",
                             fuse=fuse)
+    procs: list[subprocess.Popen] = []
     with sigterm_forwarded(procs) as told:
         try:
+            # Worker 0 is this process; the others are `bench worker` processes that die with it. Started in here,
+            # into our list: a SIGTERM or Ctrl-C while they start stops and waits for those started.
+            spawn_workers(grid, n, storage_url=storage_url, tracking_uri=tracking, sets=sets, gpus=gpus,
+                          device=device, plots=plots, threads=threads, fuse=fuse, procs=procs)
             report.outcomes = work(grid.name, storage_url, tracking, options, echo=echo)
         except BaseException as err:
             stop_workers(procs, cause=err, told=told)

@@ -78,11 +78,7 @@ def run(args: argparse.Namespace) -> int:
     dist = distributed.init_from_env(args.device)
     n = max(1, args.workers)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // n) if n > 1 else None)
-    procs = []
-    if dist is None and (n > 1 or gpus):
-        procs = spawn_workers(grid, n, storage_url=storage, tracking_uri=tracking, sets=args.set, gpus=gpus,
-                              device=args.device, plots=bool(args.plots), threads=threads,
-                              index_base=args.worker_index, wait=args.wait, fuse=args.fuse)
+    procs: list = []
     device = dist.device if dist else (f"cuda:{gpus[0]}" if gpus else args.device)
     options = WorkerOptions(device=device, plots=bool(args.plots),
                             progress=not args.no_progress, worker_index=args.worker_index, threads=threads,
@@ -91,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
                             checkpoint_dir=Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else None)
     with sigterm_forwarded(procs) as told:  # a SIGTERM reaches the workers started here before our own cleanup
         try:
+            if dist is None and (n > 1 or gpus):  # into our list: an interrupt while they start stops those started
+                spawn_workers(grid, n, storage_url=storage, tracking_uri=tracking, sets=args.set, gpus=gpus,
+                              device=args.device, plots=bool(args.plots), threads=threads,
+                              index_base=args.worker_index, wait=args.wait, fuse=args.fuse, procs=procs)
             if dist is not None and not dist.is_main:
                 follow(dist, options)
                 return 0

@@ -141,7 +141,7 @@ def test_a_sigterm_to_bench_run_passes_the_interrupt_to_its_workers_at_once(monk
             on_sigterm(signal.SIGTERM, None)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(workers, "spawn_workers", lambda *a, **k: [fake])
+    monkeypatch.setattr(workers, "spawn_workers", lambda *a, procs, **k: procs.append(fake))
     monkeypatch.setattr(workers, "work", interrupted)
     with pytest.raises(KeyboardInterrupt):
         workers.run_study(load_grid(grid_file), storage=str(tmp_path / "j.journal"),
@@ -177,7 +177,7 @@ def test_a_sigterm_to_bench_run_reaches_its_workers_before_its_own_cleanup(monke
             told_at_cleanup.append(list(fake.signals))
             raise
 
-    monkeypatch.setattr(workers, "spawn_workers", lambda *a, **k: [fake])
+    monkeypatch.setattr(workers, "spawn_workers", lambda *a, procs, **k: procs.append(fake))
     monkeypatch.setattr(workers, "work", terminated)
     previous = signal.signal(signal.SIGTERM, on_sigterm)  # as `bench run` sets it
     try:
@@ -291,3 +291,44 @@ def test_a_worker_whose_parent_is_alive_runs():
         preexec_fn=functools.partial(_die_with_parent, os.getpid()),
     )
     assert (proc.returncode, proc.stdout) == (0, "ran\n")
+
+
+def test_a_sigterm_while_bench_run_starts_its_workers_stops_those_started(monkeypatch, tmp_path):
+    # `bench run --workers 3` gets a SIGTERM as it starts its second `bench worker`: the first one, started, was
+    # lost with spawn_workers' list, so it got no SIGINT and was not waited for (it trained on until the PDEATHSIG
+    # of this process's exit killed it mid-trial). It is told and waited for now, as a worker is once started.
+    from bench import workers
+    from bench.commands.worker import on_sigterm
+    from bench.grid import load_grid
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text("name: g\n" + DIGITS_BASE)
+    popen, started = subprocess.Popen, []
+    # a stand-in worker: exits 3 on the SIGINT (-SIGINT when it lands before Python's handler), else waits a minute
+    worker = "import sys, time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    sys.exit(3)\n"
+
+    def starting(cmd, *args, **kwargs):
+        if cmd[1:4] != ["-m", "bench", "worker"]:
+            return popen(cmd, *args, **kwargs)
+        if started:  # the second worker: the SIGTERM lands as it is started (the handler raises Terminated)
+            signal.raise_signal(signal.SIGTERM)
+        started.append(popen([sys.executable, "-c", worker], preexec_fn=kwargs.get("preexec_fn")))
+        return started[-1]
+
+    monkeypatch.setattr(workers.subprocess, "Popen", starting)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # as `bench run` sets it
+    try:
+        with pytest.raises(workers.Terminated):
+            workers.run_study(load_grid(grid_file), storage=str(tmp_path / "j.journal"),
+                              tracking_uri=f"sqlite:///{tmp_path}/m.db", workers=3, progress=False,
+                              echo=lambda s: None)
+        codes = [p.returncode for p in started]  # set once run_study waited for them
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # the second too, on Linux: the SIGTERM is held from its fork until it is in the list
+    assert len(started) == (2 if sys.platform == "linux" else 1), codes
+    assert all(code in (3, -signal.SIGINT) for code in codes), codes
