@@ -253,6 +253,41 @@ def test_digits_values_fail_validation_before_training(tmp_path, params, message
         load_grid(path)
 
 
+@pytest.mark.parametrize("fraction, message", [
+    (0.004, r"test_fraction 0\.004 holds out ceil\(0\.004 x 1797\) = 8 test images, fewer than the 10 classes.*"
+            r"set test_fraction to at least 0\.00501"),
+    (0.995, r"test_fraction 0\.995 leaves 1797 - 1789 = 8 training images.*set test_fraction to at most 0\.994"),
+])
+def test_a_digits_split_without_every_class_on_both_sides_fails_validation(tmp_path, fraction, message):
+    # the registry check passed any fraction in (0, 1); scikit-learn's stratified split then refused it when the
+    # first trial started ("The test_size = 8 should be greater or equal to the number of classes = 10")
+    path = write(tmp_path, f"name: g\nbase: {{dataset: {{name: digits, test_fraction: {fraction}}}, "
+                           f"backbone: lenet++, loss: softmax}}\n")
+    with pytest.raises(GridError, match=message) as err:
+        load_grid(path)
+    assert err.value.key == "base.dataset"
+
+
+def test_the_digits_test_fraction_bounds_are_scikit_learns():
+    # the bounds the message gives, against scikit-learn's own split of the real digits: they split, and the next
+    # value past each (three significant digits) is refused
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from registry.datasets.digits import _CLASSES, _IMAGES, _fraction_bounds
+
+    target = load_digits().target
+    assert (len(target), len(np.unique(target))) == (_IMAGES, _CLASSES)
+    low, high = _fraction_bounds()
+    for fraction in (low, high):
+        train, test = train_test_split(np.arange(len(target)), test_size=fraction, stratify=target, random_state=0)
+        assert len(np.unique(target[train])) == len(np.unique(target[test])) == 10
+    for fraction in (low - 0.00001, high + 0.001):
+        with pytest.raises(ValueError, match="should be greater or equal to the number of classes"):
+            train_test_split(np.arange(len(target)), test_size=fraction, stratify=target, random_state=0)
+
+
 def test_an_imagefolder_without_image_size_is_checked_against_the_backbone_at_its_first_images_size(tmp_path):
     # image_size unset: the trial sizes images by the first readable file; a face net needs at least 16x16, and
     # before this was found only when the first trial built it, after the grid had been accepted
