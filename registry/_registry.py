@@ -97,11 +97,14 @@ class Registry:
         kind: what the registry holds, singular ("loss"); used in error messages.
         fixed: keyword arguments every factory takes from the harness rather than from the user
             (``("embedding_dim", "num_classes")`` for losses).
+        fixed_from: for some of ``fixed``, where the harness takes the value from, told to a user who sets it
+            (``{"in_chans": "it follows the dataset's images ..."}``).
     """
 
-    def __init__(self, kind: str, *, fixed: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, *, fixed: tuple[str, ...] = (), fixed_from: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.fixed = fixed
+        self.fixed_from = dict(fixed_from or {})
         self._entries: dict[str, Entry] = {}
         self._families: dict[str, Family] = {}
 
@@ -238,6 +241,9 @@ class Registry:
             if unknown:
                 msgs = []
                 for key in unknown:
+                    if key in self.fixed_from:
+                        msgs.append(f"{key!r} ({self.fixed_from[key]})")
+                        continue
                     close = difflib.get_close_matches(key, list(settable), n=1, cutoff=0.5)
                     msgs.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
                 valid = ", ".join(f"{k}={_show(v)}" for k, v in settable.items()) or "none"

@@ -54,11 +54,18 @@ def timm_backbone(model_name: str, embedding_dim: int, in_chans: int, drop_rate:
 _SET_HERE = ("num_classes", "in_chans", "drop_rate", "drop_path_rate", "pretrained")
 
 
+#: Where each of `_SET_HERE` is set instead of in ``kwargs`` (in_chans and num_classes are no backbone parameters).
+_SET_INSTEAD = {"num_classes": "num_classes is the trial's embedding_dim: set embedding_dim (a top-level trial key) "
+                               "instead", "in_chans": BACKBONES.fixed_from["in_chans"]}
+
+
 def _check_clash(model_name: str, extra: Mapping[str, Any]) -> None:
-    clash = sorted(set(extra) & set(_SET_HERE))
+    clash = [k for k in _SET_HERE if k in extra]
     if clash:
-        raise ValueError(f"timm/{model_name}: set {', '.join(clash)} as backbone parameters (or embedding_dim "
-                         f"for num_classes), not inside kwargs")
+        fixes = [_SET_INSTEAD.get(k, f"set {k} as a backbone parameter ({{name: timm/{model_name}, {k}: ...}})")
+                 for k in clash]
+        raise ValueError(f"timm/{model_name}: kwargs may not set {', '.join(clash)}, which the harness passes "
+                         f"to timm itself: {'; '.join(fixes)}")
 
 
 def _check_builds(model_name: str, extra: dict[str, Any]) -> None:

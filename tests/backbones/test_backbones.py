@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from registry import BACKBONES, RegistryError
+from registry import BACKBONES, DATASETS, RegistryError
 from registry.backbones import SUPPORTED_SIZES
 from registry.backbones.timm_family import GRID_MODELS
 
@@ -213,8 +213,42 @@ def test_timm_family_builds_with_num_classes_and_in_chans():
 
 
 def test_timm_kwargs_may_not_override_the_fixed_arguments():
-    with pytest.raises(ValueError, match="not inside kwargs"):
+    with pytest.raises(ValueError, match="kwargs may not set num_classes"):
         BACKBONES.create("timm/mobilenetv3_small_100", embedding_dim=7, in_chans=1, kwargs={"num_classes": 3})
+
+
+@pytest.mark.parametrize("backbone, key", [("timm/mobilenetv3_small_100", "in_chans"), ("lenet++", "in_chans")])
+def test_the_backbones_channels_follow_the_dataset_and_a_grid_setting_them_is_told_where(tmp_path, backbone, key):
+    # a backbone is built with the dataset's in_chans (bench.trial.build_models), so RGB images on lenet++ or grey
+    # ones on a timm model never reach a convolution of the other width: here 3-channel image files on lenet++
+    import numpy as np
+    from PIL import Image
+
+    from bench.grid import GridError, load_grid
+    from bench.trial import build_models
+
+    for c in range(2):
+        (tmp_path / "faces" / f"id{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((20, 20, 3), 40 * i + c, np.uint8)).save(tmp_path / "faces" / f"id{c}" / f"{i}.png")
+    dataset = f"{{name: imagefolder, root: {tmp_path / 'faces'}, split: none}}"
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"name: g\nbase: {{dataset: {dataset}, backbone: {backbone}, loss: softmax, embedding_dim: 2}}\n")
+    spec = load_grid(grid).cells[0].spec
+    bundle = DATASETS.create("imagefolder", **spec.dataset_params)
+    net, _, _ = build_models(spec, bundle)
+    image = bundle.train[0][0].float()[None]
+    assert image.shape[1] == bundle.in_chans == 3
+    assert net.eval()(image).shape == (1, 2)  # eval: batch norm takes one image
+    # setting the channels on the backbone is refused with the key that does set them (before: timm's message said
+    # "set in_chans as backbone parameters", which the registry then refused as no parameter of the backbone)
+    at = "kwargs: {in_chans: 1}" if backbone.startswith("timm/") else "in_chans: 1"
+    grid.write_text(f"name: g\nbase: {{dataset: {dataset}, backbone: {{name: {backbone}, {at}}}, loss: softmax, "
+                    f"embedding_dim: 2}}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(grid)
+    assert err.value.key == "base.backbone"
+    assert "set the dataset's in_chans" in str(err.value)
 
 
 @pytest.mark.parametrize("params,says", [({"drop_rate": 1.5}, "drop_rate must be a number in"),
@@ -232,7 +266,7 @@ def test_timm_drop_rates_and_kwargs_are_validated_before_building(params, says):
     ({"bogus_key": 1}, r"cannot be built with kwargs.bogus_key: timm says .*unexpected keyword argument 'bogus_key'"
                        r".* Valid kwargs keys: .*global_pool"),
     ({"se_layer": 3}, r"kwargs.se_layer: timm says .*multiple values for keyword argument 'se_layer'"),
-    ({"num_classes": 3}, "set num_classes as backbone parameters"),
+    ({"num_classes": 3}, "kwargs may not set num_classes.* set embedding_dim"),
     ({"global_pool": "avg"}, None),
 ])
 def test_timm_kwargs_the_model_does_not_take_are_refused_by_check_as_the_build_would(kwargs, says):

@@ -146,3 +146,14 @@ def test_project_registries_hold_the_first_entries():
     assert {"softmax", "cosface"} <= set(LOSSES.names())
     assert {"lenet++", "mini-resnet18"} <= set(BACKBONES.names())
     assert {"digits", "mnist"} <= set(DATASETS.names())
+
+
+@pytest.mark.parametrize("reg, name, key, says", [
+    (LOSSES, "cosface", "num_classes", "num_classes follows the dataset's classes"),
+    (LOSSES, "cosface", "embedding_dim", "set embedding_dim, a top-level trial key"),
+    (BACKBONES, "lenet++", "in_chans", "set the dataset's in_chans"),
+])
+def test_a_parameter_the_harness_passes_is_refused_saying_where_it_comes_from(reg, name, key, says):
+    # before: "has no parameter 'num_classes'" and the factory's other parameters, as if it did not exist at all
+    with pytest.raises(RegistryError, match=rf"has no parameter '{key}' \(.*{says}"):
+        reg.check(name, {key: 3})
