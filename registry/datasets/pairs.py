@@ -247,6 +247,35 @@ class _SafeUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: persistent ids are not part of a verification .bin; refused")
 
 
+#: pickletools' words when an opcode's argument runs past the end: the bytes it declares and those left.
+_SHORT_ARG = re.compile(r"expected (\d+) bytes in a \w+, but only (\d+) remain")
+
+
+def _truncated_size(path: Path) -> int | None:
+    """When ``path`` is a pickle cut short, the least size (bytes) the complete file has, else None (a pickle that
+    reaches its STOP, or no pickle at all: the first opcode is unknown). Reads the opcodes only, calls nothing.
+
+    The bound is what the opcodes read so far declare: the length of the string or frame cut off, else one byte
+    more than the file (a pickle that ends between two opcodes, before STOP). Only pickletools' end-of-data errors
+    count: a byte that is no opcode, or text that does not decode, is damage, not truncation."""
+    import pickletools
+
+    size = path.stat().st_size
+    need = size + 1
+    with open(path, "rb") as f:
+        try:
+            for op, arg, pos in pickletools.genops(f):
+                if op.name == "FRAME":  # protocol 4+: the frame's length follows its 9 header bytes
+                    need = max(need, pos + 9 + int(arg))
+        except ValueError as err:  # UnicodeDecodeError, an unknown opcode...: damaged, not cut short
+            short = _SHORT_ARG.search(str(err))
+            if short is not None:
+                return max(need, size - int(short.group(2)) + int(short.group(1)))
+            cut = str(err).startswith(("not enough data in stream", "pickle exhausted before seeing STOP"))
+            return need if cut else None
+    return None  # complete: the error was another
+
+
 def read_verification_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     """Loads an insightface ``.bin`` with the restricted unpickler.
 
@@ -270,6 +299,15 @@ def read_verification_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
         except UnsafePickleError:
             raise
         except Exception as err:  # noqa: BLE001 - truncated or not a pickle at all
+            size = path.stat().st_size
+            if size == 0:
+                raise PairsFileError(f"{path}: the file is empty (0 bytes): download it again, or point bin: at "
+                                     f"a complete copy") from err
+            expected = _truncated_size(path)
+            if expected is not None:
+                raise PairsFileError(f"{path}: the file is truncated ({size} bytes read, at least {expected} "
+                                     f"expected by the pickle inside): download it again, or point bin: at a "
+                                     f"complete copy") from err
             raise PairsFileError(f"{path}: not a readable pickle ({type(err).__name__}: {err}); an insightface "
                                  f".bin is a pickle of (bins, issame_list)") from err
     if not (isinstance(data, (tuple, list)) and len(data) == 2):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -202,6 +203,46 @@ def test_bin_written_by_python2_loads_as_bytes(tmp_path):
     (tmp_path / "py2.bin").write_bytes(data)
     got, same = read_verification_bin(tmp_path / "py2.bin")
     assert got == blobs and same.tolist() == [True]
+
+
+def test_a_truncated_bin_says_so_with_its_sizes_and_the_fix(tmp_path):
+    # a download cut short read as "not a readable pickle (UnpicklingError: pickle data was truncated)", with
+    # nothing to do about it; the layout is Python 2's, written byte by byte, so the full size is known here
+    blobs = [_jpeg(1), _jpeg(2)]
+    head = b"\x80\x02]q\x00("
+    entries = [b"T" + struct.pack("<I", len(b)) + b for b in blobs]  # BINSTRING: 4-byte length, then the bytes
+    full = head + b"".join(entries) + b"e]q\x01\x88a\x86q\x02."
+    path = tmp_path / "lfw.bin"
+    cut = len(head) + len(entries[0]) + 5 + len(blobs[1]) // 2  # halfway through the second image
+    path.write_bytes(full[:cut])
+    end_of_second = len(head) + len(entries[0]) + len(entries[1])  # what the second image's length says
+    truncated = rf"{re.escape(str(path))}: the file is truncated \({cut} bytes read, at least {end_of_second} expected"
+    with pytest.raises(PairsFileError, match=truncated + r".*\): download it again"):
+        read_verification_bin(path)
+    path.write_bytes(full[:-1])  # only STOP missing
+    with pytest.raises(PairsFileError, match=rf"truncated \({len(full) - 1} bytes read, at least {len(full)} "):
+        read_verification_bin(path)
+    path.write_bytes(b"")
+    with pytest.raises(PairsFileError, match=r"the file is empty \(0 bytes\): download it again"):
+        read_verification_bin(path)
+    damaged = full[:len(head)] + b"\xff" + full[len(head) + 1:]  # an unknown opcode: damage, not a short file
+    path.write_bytes(damaged)
+    with pytest.raises(PairsFileError, match=r"not a readable pickle") as err:
+        read_verification_bin(path)
+    assert "the file is truncated" not in str(err.value)
+    path.write_bytes(full)
+    assert read_verification_bin(path)[0] == blobs
+
+
+def test_a_truncated_bin_fails_validation_naming_the_file(tmp_path):
+    path = tmp_path / "agedb_30.bin"
+    _write_insightface_bin(path, [_jpeg(i) for i in range(4)], [True, False])
+    path.write_bytes(path.read_bytes()[:-200])
+    for name in ("X", "Y"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        (tmp_path / "faces" / name / "0.jpg").write_bytes(_jpeg(0))
+    with pytest.raises(RegistryError, match=rf"{re.escape(str(path))}: the file is truncated .*download it again"):
+        DATASETS.check("imagefolder", {"root": str(tmp_path / "faces"), "bin": str(path)})
 
 
 def test_bin_with_numpy_issame_loads(tmp_path):
