@@ -687,28 +687,77 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         if heartbeat:
             kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
                           heartbeat_stale_trial_callback=requeue_trial)
-        import sqlalchemy.exc
-
-        shown = hide_password(url)
-        scheme = url.split("://", 1)[0]
         try:
             return _rdb_storage(with_driver(url), engine_kwargs, kwargs)
-        except sqlalchemy.exc.NoSuchModuleError as err:
-            raise SystemExit(f"bench: --storage (or $MARGINBENCH_STORAGE) {shown}: unknown database scheme {scheme!r}; "
-                             f"write postgresql://USER@HOST[:PORT]/DB, sqlite:///FILE, or the path of a journal "
-                             f"file") from err
-        except ImportError as err:  # Optuna's "Failed to import DB access module" is an ImportError too
-            raise SystemExit(f"bench: storage {scheme} needs a driver: {str(err).rstrip('.')}. For PostgreSQL: "
-                             f"pip install 'marginbench[postgres]' (psycopg2-binary)") from err
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError) as err:
-            reason = " ".join(str(getattr(err, "orig", None) or err).split()).rstrip(".?")
-            raise SystemExit(f"bench: cannot open the Optuna storage --storage (or $MARGINBENCH_STORAGE) {shown}: "
-                             f"{reason}. Check the host, port, user and database name; a new database is made with "
-                             f"`createdb -h HOST -U USER DB` (docs/shared-mode.md)") from err
+        except Exception as err:  # noqa: BLE001 - the ones a user can fix become one line; the rest pass on
+            _exit_unopened(url, err)
+            raise
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
+
+
+def _exit_unopened(url: str, err: Exception) -> None:
+    """Raises `SystemExit` with the fix when ``err`` (opening the database ``url``) is a wrong scheme, a missing
+    driver, or a database that does not answer or refuses; returns for any other error."""
+    import sqlalchemy.exc
+
+    shown = hide_password(url)
+    scheme = url.split("://", 1)[0]
+    if isinstance(err, sqlalchemy.exc.NoSuchModuleError):
+        raise SystemExit(f"bench: --storage (or $MARGINBENCH_STORAGE) {shown}: unknown database scheme {scheme!r}; "
+                         f"write postgresql://USER@HOST[:PORT]/DB, sqlite:///FILE, or the path of a journal "
+                         f"file") from err
+    if isinstance(err, ImportError):  # Optuna's "Failed to import DB access module" is an ImportError too
+        raise SystemExit(f"bench: storage {scheme} needs a driver: {str(err).rstrip('.')}. For PostgreSQL: "
+                         f"pip install 'marginbench[postgres]' (psycopg2-binary)") from err
+    if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError)):
+        reason = " ".join(str(getattr(err, "orig", None) or err).split()).rstrip(".?")
+        raise SystemExit(f"bench: cannot open the Optuna storage --storage (or $MARGINBENCH_STORAGE) {shown}: "
+                         f"{reason}. Check the host, port, user and database name; a new database is made with "
+                         f"`createdb -h HOST -U USER DB` (docs/shared-mode.md)") from err
+
+
+def read_storage(url: str) -> Any:
+    """The Optuna storage of a `resolve_storage` value opened to read, or None when it holds no study yet: no
+    journal or SQLite file, or a database without Optuna's tables. Creates nothing: no file, no folder, no table,
+    no version row (``bench run --validate-only`` reads the study's owner through it).
+
+    Raises:
+        SystemExit: as `open_storage`, for a database that cannot be opened.
+    """
+    if not is_rdb(url):
+        if not Path(url).is_file():
+            return None
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url))  # reads the log; a backend writes only when appending
+    if url.startswith("sqlite:"):
+        file = url.split("://", 1)[1].split("?", 1)[0].removeprefix("/")
+        if not file or file == ":memory:" or not Path(file).is_file():  # connecting would create the file
+            return None
+    import optuna
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(with_driver(url))
+        try:
+            with engine.connect() as conn:
+                # RDBStorage writes its version row and alembic's stamp when they are missing, and its tables
+                # unless told not to: open it only where all of them are there
+                ready = all(sqlalchemy.inspect(conn).has_table(t) for t in ("studies", "version_info",
+                                                                             "alembic_version"))
+                ready = ready and all(conn.execute(sqlalchemy.text(f"SELECT COUNT(*) FROM {t}")).scalar()
+                                      for t in ("version_info", "alembic_version"))
+        finally:
+            engine.dispose()
+    except Exception as err:  # noqa: BLE001
+        _exit_unopened(url, err)
+        raise
+    if not ready:
+        return None
+    return optuna.storages.RDBStorage(with_driver(url), skip_table_creation=True, skip_compatibility_check=True)
 
 
 # ------------------------------------------------------------------------------------------- who runs it

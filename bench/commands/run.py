@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from bench.commands._common import add_grid_options, add_tracking_option, int_arg, load_grid_or_exit
 
@@ -52,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", default=None, metavar="IDS",
                    help="comma-separated GPU ids; worker i runs on GPU ids[i %% len(ids)]")
     add_worker_options(p)
-    p.add_argument("--validate-only", action="store_true", help="check the grid and list its trials, train nothing")
+    p.add_argument("--validate-only", action="store_true",
+                   help="check the grid (and, when the storage exists, that its study is this grid file's) and list "
+                        "its trials; train nothing, create nothing")
     p.set_defaults(handler=run)
 
 
@@ -105,6 +108,25 @@ def parse_gpus(text: str | None) -> list[str] | None:
     return ids
 
 
+def _owner_problem(grid: Any, args: argparse.Namespace) -> Exception | None:
+    """The `bench.study_owner` refusal ``bench run`` would meet (the study of the grid's name made from another grid
+    file), read from the storage when it exists; the storage is only read, never created."""
+    from bench.grid import GridError
+    from bench.study import hide_password, read_storage, resolve_storage
+    from bench.study_owner import check_owner
+    from bench.tracking import resolve_tracking_uri
+
+    url = resolve_storage(args.storage, tracking_uri=resolve_tracking_uri(args.tracking_uri))
+    storage = read_storage(url)
+    if storage is None:
+        return None  # no study yet: this grid's run makes it
+    try:
+        check_owner(grid, storage, shown=hide_password(url))
+    except GridError as err:
+        return err
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from bench.grid import GridError
     from bench.study import StudyConfig, plan_slots
@@ -132,6 +154,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"grid {grid.name} ({grid.path}): {len(grid.cells)} cells x {len(grid.seeds)} seeds = "
               f"{len(slots)} trials")
     if args.validate_only:
+        problem = _owner_problem(grid, args)
+        if problem is not None:
+            print(f"bench: {problem}", file=sys.stderr)
+            return 2
         if config.search:
             for key, param in config.search.items():
                 print(f"  search {key}: {param.as_dict()}")

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from bench.grid import GridError, load_grid
 from bench.study import StudyConfig, hide_password, open_storage, prepare_study
 from bench.study_owner import OWNER_ATTR, check_owner
-from tests.sweeps.conftest import DIGITS_BASE, bench
+from tests.sweeps.conftest import DIGITS_BASE, bench, optuna_trials
 
 A = "name: same\n" + DIGITS_BASE + "  epochs: 1\ngrid:\n  loss: [softmax, cosface]\n"
 B = "name: same\n" + DIGITS_BASE + "  epochs: 2\ngrid:\n  loss: [arcface]\n"
@@ -160,3 +160,62 @@ def test_bench_run_and_bench_worker_of_another_grid_exit_2_and_write_nothing(wri
     assert len(client.search_runs([experiment])) == 1  # no parent run of b in a's experiment
     trials = optuna.load_study(study_name="same", storage=open_storage(str(tmp_path / "optuna.journal"))).trials
     assert [t.state for t in trials] == [TrialState.WAITING, TrialState.WAITING]
+
+
+def _validate_only(grid, storage, tmp_path, monkeypatch, capsys):
+    """``bench run --validate-only`` in ``tmp_path``, in this process: ``(exit code, stderr)``."""
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    argv = ["run", "--grid", str(grid), "--validate-only"] + (["--storage", storage] if storage else [])
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_validate_only_refuses_another_grid_files_study_and_leaves_the_storage_as_it_was(
+    write_grid, storage_url, tmp_path, monkeypatch, capsys
+):
+    # --validate-only said the grid was fine, and the real run was then refused by the owner check
+    a, b = write_grid(A, "a.yaml"), write_grid(B, "b.yaml")
+    prepare(a, storage_url)
+    before = (
+        recorded(storage_url),
+        len(optuna_trials("same", storage_url)),
+        (tmp_path / "optuna.journal").read_bytes() if "://" not in storage_url else None,
+    )
+    code, err = _validate_only(b, storage_url, tmp_path, monkeypatch, capsys)
+    assert code == 2
+    assert (
+        f"the study 'same' in the storage {hide_password(storage_url)} belongs to another grid file, {a.resolve()}"
+        in err
+        and "Traceback" not in err
+    )
+    assert _validate_only(a, storage_url, tmp_path, monkeypatch, capsys)[0] == 0  # its own grid file passes
+    after = (
+        recorded(storage_url),
+        len(optuna_trials("same", storage_url)),
+        (tmp_path / "optuna.journal").read_bytes() if "://" not in storage_url else None,
+    )
+    assert after == before  # only read: no record moved to b, no trial, not a byte appended to the journal
+
+
+@pytest.mark.parametrize("storage", [None, "optuna.journal", "stores/optuna.journal", "sqlite:///optuna.db"])
+def test_validate_only_without_a_storage_creates_none(write_grid, tmp_path, monkeypatch, capsys, storage):
+    grid = write_grid(A, "a.yaml")
+    assert _validate_only(grid, storage, tmp_path, monkeypatch, capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml"]  # no journal, no SQLite file, no folder
+
+
+@pytest.mark.postgres
+def test_validate_only_on_an_empty_database_creates_no_table(write_grid, databases, tmp_path, monkeypatch, capsys):
+    import sqlalchemy
+
+    from bench.study import with_driver
+
+    grid = write_grid(A, "a.yaml")
+    assert _validate_only(grid, databases[0], tmp_path, monkeypatch, capsys)[0] == 0
+    engine = sqlalchemy.create_engine(with_driver(databases[0]))
+    with engine.connect() as conn:
+        assert sqlalchemy.inspect(conn).get_table_names() == []  # Optuna's tables would be made by opening it
+    engine.dispose()
