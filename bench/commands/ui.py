@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             _stop(proc)
             log.seek(0)
             tail = log.read().decode(errors="replace")[-4000:]
-            print(f"bench ui: the MLflow server did not answer on {base} within {args.timeout:.0f} s:\n{tail}",
+            print(f"bench ui: the MLflow server did not answer on {base} within {args.timeout:g} s:\n{tail}",
                   file=sys.stderr)
             return 1
         print(f"MLflow UI: {experiment_url(base, experiment_id)} ({note}; store {db}; Ctrl-C to stop)", flush=True)

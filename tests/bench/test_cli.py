@@ -246,3 +246,22 @@ def test_set_takes_a_whole_component_as_a_yaml_mapping(in_tmp, capsys):
     spec = load_grid(in_tmp / "g.yaml", overrides={"loss": {"name": "arcface", "m": 0.5}}).cells[0].spec
     assert f"arcface seed=0  [{spec.replace(seed=0).key()}]" in capsys.readouterr().out
     assert (spec.loss, dict(spec.loss_params)) == ("arcface", {"m": 0.5})
+
+
+def test_bench_ui_says_a_fractional_timeout_as_given(in_tmp, monkeypatch, capsys):
+    # before: "{timeout:.0f}" printed --timeout 0.5 as "within 0 s"
+    import subprocess
+    import sys
+
+    import bench.commands.ui as ui
+    import bench.tracking
+    from bench.cli import main
+
+    (in_tmp / "mlflow.db").write_bytes(b"")
+    popen = subprocess.Popen
+    monkeypatch.setattr(ui, "_experiment", lambda uri, study: ("0", "experiment 0"))
+    monkeypatch.setattr(bench.tracking, "artifact_root", lambda uri: None)
+    monkeypatch.setattr(ui, "_wait_ready", lambda url, proc, timeout: False)  # a server that never answers
+    monkeypatch.setattr(ui.subprocess, "Popen", lambda cmd, **kw: popen([sys.executable, "-c", "pass"], **kw))
+    assert main(["ui", "--port", "0", "--timeout", "0.5"]) == 1
+    assert " within 0.5 s:" in capsys.readouterr().err
