@@ -107,11 +107,27 @@ def init_from_env(device: str | None = None) -> DistContext | None:
     return DistContext(rank, world, local_rank, backend, dev)
 
 
-def shutdown() -> None:
+def shutdown(*, ended_together: bool = False) -> None:
+    """Leaves the process group (nothing when not in one).
+
+    Args:
+        ended_together: every rank reaches this call at the same point (the job ends normally): they meet in a barrier
+            first. A gloo worker thread may still be releasing the last collective's tensors, which Python has
+            already dropped, and that needs the GIL; if the interpreter is finalizing by then, the thread exits
+            inside a destructor and the rank aborts ("terminate called without an active exception"), failing a
+            torchrun job whose trial had finished. destroy_process_group does not stop those threads once DDP
+            has held the group (it keeps a reference), so they must be done before the exit: the barrier
+            releases the GIL while it waits, and gloo's barrier waits for the collectives queued before it.
+            False after an error, when another rank may never arrive (the barrier is also skipped once a
+            training step failed, `in_step`).
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if ended_together and in_step():
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:
@@ -347,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // (ctx.world_size if ctx else 1)))
     spec = grid.cells[args.cell].spec.replace(seed=grid.seeds[0] if args.seed is None else args.seed)
     options = TrialOptions(device=device, checkpoint_path=args.checkpoint, progress=False, distributed=ctx)
+    status = None
     try:
         if args.tracking and (ctx is None or ctx.is_main):
             from bench.runner import execute_trial
@@ -361,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ctx is None or ctx.is_main:
             print(f"{spec.label} seed={spec.seed}: {status}")
     finally:
-        shutdown()
+        shutdown(ended_together=status is not None)  # a trial that returned ended on every rank (agreed errors)
     return 0 if status != "failed" else 1
 
 

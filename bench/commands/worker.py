@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     n = max(1, args.workers)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // n) if n > 1 else None)
     procs: list = []
+    ended_together = False  # every rank left its loop at rank 0's stop (bench.distributed.shutdown)
     device = dist.device if dist else (f"cuda:{gpus[0]}" if gpus else args.device)
     options = WorkerOptions(device=device, plots=bool(args.plots),
                             progress=not args.no_progress, worker_index=args.worker_index, threads=threads,
@@ -93,14 +94,18 @@ def run(args: argparse.Namespace) -> int:
                               index_base=args.worker_index, wait=args.wait, fuse=args.fuse, procs=procs)
             if dist is not None and not dist.is_main:
                 follow(dist, options)
+                ended_together = True
                 return 0
             try:
                 outcomes = work(grid.name, storage, tracking, options, echo=lambda s: print(s, flush=True), dist=dist,
                                 check=lambda store: check_owner(grid, store, shown=hide_password(storage)))
+                ended_together = True
             except GridError as err:  # the study belongs to another grid file of the same name (bench.study_owner)
+                ended_together = True  # work told the other ranks to stop
                 print(f"bench worker: {err}", file=sys.stderr)
                 return 2
             except StudyNotReady as err:
+                ended_together = True
                 if new_journal is not None and new_journal.is_file() and new_journal.stat().st_size == 0:
                     new_journal.unlink()  # opened to look for the study: not left behind as if one had run here
                 print(f"bench worker: {err}", file=sys.stderr)
@@ -110,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
             raise
         finally:
             codes = wait_workers(procs, told=told)
-            distributed.shutdown()
+            distributed.shutdown(ended_together=ended_together)
     return 0 if all(o.status != "failed" for o in outcomes) and not any(codes) else 1
