@@ -305,9 +305,9 @@ def read_verification_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
                                      f"a complete copy") from err
             expected = _truncated_size(path)
             if expected is not None:
-                raise PairsFileError(f"{path}: the file is truncated ({size} bytes read, at least {expected} "
-                                     f"expected by the pickle inside): download it again, or point bin: at a "
-                                     f"complete copy") from err
+                raise PairsFileError(f"{path}: the file is truncated ({size} byte{'s' if size != 1 else ''} read, at "
+                                     f"least {expected} expected by the pickle inside): download it again, or point "
+                                     f"bin: at a complete copy") from err
             raise PairsFileError(f"{path}: not a readable pickle ({type(err).__name__}: {err}); an insightface "
                                  f".bin is a pickle of (bins, issame_list)") from err
     if not (isinstance(data, (tuple, list)) and len(data) == 2):

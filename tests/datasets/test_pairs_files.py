@@ -331,3 +331,11 @@ def test_a_pair_sets_default_name_from_its_folder_is_made_safe_for_metric_keys(t
     name = pairs_from_txt(path, root, (12, 10), 3).name
     assert name == "lfw _aligned_"
     _validate_metric_name(f"{name}_acc")  # MLflow's own check: raises on what it refuses
+
+
+def test_a_one_byte_bin_says_byte_not_bytes(tmp_path):
+    # b"\x80" is the PROTO opcode without its one-byte argument: 1 byte read, 2 expected ("1 bytes read" before)
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(b"\x80")
+    with pytest.raises(PairsFileError, match=r"the file is truncated \(1 byte read, at least 2 expected by"):
+        read_verification_bin(path)
