@@ -637,6 +637,41 @@ def with_driver(url: str) -> str:
     return url
 
 
+#: Seconds a PostgreSQL storage may take to answer a new connection (libpq's ``connect_timeout``, per address the
+#: host name resolves to), unless ``$MARGINBENCH_STORAGE_CONNECT_TIMEOUT`` or the URL's ``?connect_timeout=`` says.
+#: Without it, a server behind a firewall that drops packets kept `bench run` waiting for minutes, saying nothing.
+DEFAULT_CONNECT_TIMEOUT = 20
+CONNECT_TIMEOUT_ENV = "MARGINBENCH_STORAGE_CONNECT_TIMEOUT"
+
+
+def storage_connect_timeout() -> int:
+    """``$MARGINBENCH_STORAGE_CONNECT_TIMEOUT`` in seconds (an integer >= 2), else `DEFAULT_CONNECT_TIMEOUT`.
+
+    Raises:
+        SystemExit: a value that is not an integer >= 2 (libpq waits at least 2 s whatever it is told).
+    """
+    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_CONNECT_TIMEOUT
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if seconds < 2:
+        raise SystemExit(f"bench: ${CONNECT_TIMEOUT_ENV} must be a whole number of seconds >= 2 (how long a "
+                         f"PostgreSQL storage may take to answer; libpq waits at least 2), but got {text!r}; set it "
+                         f"to e.g. 60, or unset it for the default {DEFAULT_CONNECT_TIMEOUT}")
+    return seconds
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    """The driver's connection arguments for the database ``url``: ``connect_timeout`` for PostgreSQL, unless the
+    URL sets its own; none for other databases."""
+    if not url.split("://", 1)[0].lower().startswith("postgres") or re.search(r"[?&]connect_timeout=", url):
+        return {}
+    return {"connect_timeout": storage_connect_timeout()}
+
+
 #: SQLSTATEs of two processes creating Optuna's tables in a new database at once: a unique violation (of
 #: ``pg_type``'s index, or of a row both insert), a table or type that the other one created meanwhile.
 _CREATE_RACE_CODES = ("23505", "42P07", "42710")
@@ -675,7 +710,8 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
     """An Optuna storage for a `resolve_storage` value.
 
     RDB storages get a heartbeat (a trial whose process stops beating for `HEARTBEAT_GRACE` s is failed and
-    re-queued by the next worker that looks); SQLite waits up to 60 s for a lock.
+    re-queued by the next worker that looks); SQLite waits up to 60 s for a lock; PostgreSQL gives up a connection
+    that gets no answer after `storage_connect_timeout` s.
     """
     if is_rdb(url):
         engine_kwargs: dict[str, Any] = {}
@@ -683,6 +719,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
             engine_kwargs["connect_args"] = {"timeout": 60}
         else:
             engine_kwargs["pool_pre_ping"] = True
+            engine_kwargs["connect_args"] = _connect_args(url)
         kwargs: dict[str, Any] = {}
         if heartbeat:
             kwargs = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
@@ -714,6 +751,9 @@ def _exit_unopened(url: str, err: Exception) -> None:
                          f"pip install 'marginbench[postgres]' (psycopg2-binary)") from err
     if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError)):
         reason = " ".join(str(getattr(err, "orig", None) or err).split()).rstrip(".?")
+        if "timeout expired" in reason and _connect_args(url):
+            reason += (f" (no answer within {_connect_args(url)['connect_timeout']} s; "
+                       f"${CONNECT_TIMEOUT_ENV} sets the wait)")
         raise SystemExit(f"bench: cannot open the Optuna storage --storage (or $MARGINBENCH_STORAGE) {shown}: "
                          f"{reason}. Check the host, port, user and database name; a new database is made with "
                          f"`createdb -h HOST -U USER DB` (docs/shared-mode.md)") from err
@@ -741,7 +781,7 @@ def read_storage(url: str) -> Any:
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(with_driver(url))
+        engine = sqlalchemy.create_engine(with_driver(url), connect_args=_connect_args(url))
         try:
             with engine.connect() as conn:
                 # RDBStorage writes its version row and alembic's stamp when they are missing, and its tables
