@@ -9,7 +9,10 @@ accuracy, images of another size than declared as a valid run (the grid's backbo
 Cost: O(N) over the labels; over the pixels of in-memory splits one sum (20 ms for 48000 MNIST images on two
 CPU cores), and only when that is not finite an ``isfinite`` pass, in pieces so that it allocates little.
 Dataset splits (read from disk by workers) are checked for emptiness only: reading their items here would
-decode files in the parent process before the loader's workers start.
+decode files in the parent process before the loader's workers start. Verification pairs are checked too (their
+images crashed the first evaluation, at the end of the first epoch, or made it a "diverged" trial): a tensor of
+pair images whole, like a split; a Dataset of them by the first image a pair uses (one decode, of the images the
+trial decodes at its first evaluation anyway).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def check_bundle(bundle: DataBundle, name: str, *, source: str = "") -> None:
 
     Checked: ``num_classes``, ``in_chans`` and ``image_size`` positive; each `TensorSplit` non-empty, its
     images float ``(N, in_chans, *image_size)`` and finite, its labels int64 in ``0..num_classes-1``; a
-    Dataset split non-empty; the pairs' index tensors of one length and within the pair images.
+    Dataset split non-empty; the pairs' index tensors of one length and within the pair images, the pair images
+    float (finite) or uint8 ``(M, in_chans, *image_size)`` (of a Dataset, the first image a pair uses).
 
     Args:
         bundle: what the factory returned.
@@ -45,7 +49,7 @@ def check_bundle(bundle: DataBundle, name: str, *, source: str = "") -> None:
         problems += _split_problems(bundle.train, "train", bundle, optional=False)
         problems += _split_problems(bundle.test, "test", bundle, optional=True)
         if bundle.pairs is not None:
-            problems += _pair_problems(bundle.pairs)
+            problems += _pair_problems(bundle.pairs, bundle)
     if problems:
         where = f" (returned by {source})" if source else ""
         raise ValueError(f"dataset {name!r}{where} is inconsistent, fix its factory: " + "; ".join(problems))
@@ -117,7 +121,7 @@ def _first_nonfinite(images: torch.Tensor) -> int | None:
     return None
 
 
-def _pair_problems(pairs: PairSet) -> list[str]:
+def _pair_problems(pairs: PairSet, bundle: DataBundle) -> list[str]:
     lengths = {k: len(getattr(pairs, k)) for k in ("left", "right", "same", "folds")}
     if len(set(lengths.values())) > 1:
         return [f"pairs {pairs.name!r}: left, right, same and folds have lengths {lengths}: give one entry per pair "
@@ -132,4 +136,41 @@ def _pair_problems(pairs: PairSet) -> list[str]:
         if low < 0 or high >= n:
             problems.append(f"pairs {pairs.name!r}: {side} indices span {low}..{high}, outside the {n} pair images "
                             f"0..{n - 1}: index into pairs.images")
+    if problems:
+        return problems
+    return _pair_image_problems(pairs, bundle)
+
+
+def _pair_image_problems(pairs: PairSet, bundle: DataBundle) -> list[str]:
+    """The pair images against the bundle's header: all of a tensor, the first one used of a Dataset."""
+    if isinstance(pairs.images, torch.Tensor):
+        images, what, are, lead = pairs.images, f"pairs {pairs.name!r}: the pair images", "are", "M, "
+    else:
+        first = int(torch.cat([pairs.left, pairs.right]).min())
+        what, are, lead = f"pairs {pairs.name!r}: pair image {first} (pairs.images[{first}])", "is", ""
+        try:
+            item = pairs.images[first]
+        except Exception as err:  # noqa: BLE001 - reported with the bundle's other problems
+            return [f"{what} cannot be read ({type(err).__name__}: {err}): replace the file or drop its pairs"]
+        if isinstance(item, (tuple, list)) and item:  # (image, label) datasets, as pair_scores takes them
+            item = item[0]
+        if not isinstance(item, torch.Tensor):
+            return [f"{what} is a {type(item).__name__}: return a (C, H, W) tensor, float32 or uint8 pixels"]
+        images = item
+    want = (bundle.in_chans, *bundle.image_size)
+    problems = []
+    if images.ndim != (4 if lead else 3) or tuple(images.shape[-3:]) != want:
+        problems.append(f"{what} {are} {tuple(images.shape)} ({lead}C, H, W) but the bundle declares in_chans="
+                        f"{bundle.in_chans}, image_size={tuple(bundle.image_size)}, i.e. ({lead}"
+                        f"{', '.join(map(str, want))}): give the pair images the training images' channels and size "
+                        f"(the model embeds both)")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        problems.append(f"{what} {are} {images.dtype}: give float images as the model sees them, or uint8 pixels "
+                        f"(scaled by (pixel - 127.5) / 127.5)")
+    elif images.is_floating_point():
+        bad = _first_nonfinite(images if lead else images[None])
+        if bad is not None:
+            which = f"pairs {pairs.name!r}: pair image {bad} (and maybe others)" if lead else what
+            problems.append(f"{which} holds NaN or inf pixels: replace or drop them (else the trial is recorded as "
+                            f"diverged at its first evaluation)")
     return problems

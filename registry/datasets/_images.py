@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = ["IMAGE_EXTENSIONS", "decode_image", "decode_image_uint8", "normalize_uint8", "to_tensor", "to_uint8",
-           "encode_image", "ImageFiles", "EncodedImages", "parse_image_size", "check_in_chans"]
+           "encode_image", "ImageFiles", "EncodedImages", "parse_image_size", "check_in_chans", "ImageHeader",
+           "image_header", "is_grey"]
 
 #: File endings treated as images when scanning a folder (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -42,6 +43,27 @@ def parse_image_size(image_size: int | Sequence[int], *, name: str = "image_size
 def check_in_chans(in_chans: int) -> None:
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 (grayscale) or 3 (RGB) for image files, but got {in_chans=}")
+
+
+#: ``((height, width), mode)`` of an image file as its header states them; mode is PIL's (``"L"``, ``"RGB"``, ...).
+ImageHeader = tuple[tuple[int, int], str]
+
+
+def image_header(source: str | Path | bytes) -> ImageHeader:
+    """An image's ``((height, width), PIL mode)`` from its header alone (no pixel is decoded).
+
+    Raises:
+        Whatever PIL raises for a file it cannot identify (``UnidentifiedImageError``, ``OSError``).
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
+        return (im.size[1], im.size[0]), im.mode
+
+
+def is_grey(mode: str) -> bool:
+    """Whether PIL's ``mode`` holds one grey channel (``1``, ``L``, ``LA``, ``I``, ``I;16``, ``F``), not colour."""
+    return mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;")
 
 
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -31,22 +31,25 @@ from torch.utils.data import Dataset
 from registry import DATASETS
 from registry.datasets._images import (
     IMAGE_EXTENSIONS,
+    ImageHeader,
     check_in_chans,
     decode_image,
     decode_image_uint8,
+    image_header,
     parse_image_size,
 )
+from registry.datasets._pair_match import check_like_training
 from registry.datasets._types import EVALUATIONS, IMAGE_SIZES, DataBundle, Evaluation, PairSet, SkippedSample
 from registry.datasets.pairs import (
     PairsFileError,
     _pairs_name,
-    check_bin_first_image,
+    check_bin_images,
     check_pairs_name,
     make_pairs,
+    pair_image_headers,
     pairs_from_bin,
     pairs_from_txt,
     read_pairs_txt,
-    resolve_pair_images,
 )
 
 __all__ = ["FaceImages", "scan_image_folder", "split_samples", "imagefolder", "SPLITS"]
@@ -229,13 +232,32 @@ def _validate(params: dict[str, Any]) -> None:
     _check_identity_count(root, p["split"], p["test_fraction"])
     if p["pairs"] is not None:
         lines = read_pairs_txt(p["pairs"])
-        resolve_pair_images(lines, p["pairs_root"] or root, p["image_ext"], source=p["pairs"])
+        paths, _, _, headers = pair_image_headers(lines, p["pairs_root"] or root, p["image_ext"], source=p["pairs"])
+        check_like_training(headers, [str(path) for path in paths], _training_headers(root),
+                            source=str(p["pairs"]), key="pairs_root", root=root, in_chans=p["in_chans"])
         folds = len({pair.fold for pair in lines})
         if folds < 2:  # the protocol chooses each fold's threshold on the others: one fold fails at the first epoch
             raise PairsFileError(f"{p['pairs']} holds {folds} fold of pairs; verification needs at least two (LFW "
                                  f"View 2's pairs.txt, header '10 300'; View 1's pairsDevTest.txt is one fold)")
     if p["bin"] is not None:
-        check_bin_first_image(p["bin"])
+        headers = check_bin_images(p["bin"])
+        check_like_training(headers, [f"image {i}" for i in range(len(headers))], _training_headers(root),
+                            source=str(p["bin"]), key="bin", root=root, in_chans=p["in_chans"])
+
+
+def _training_headers(root: Path, count: int = 100) -> list[ImageHeader]:
+    """Headers of the first ``count`` readable images of `scan_image_folder`'s order (folders listed one at a
+    time until ``count`` files are seen)."""
+    headers: list[ImageHeader] = []
+    for name, files in _identity_images(root):
+        for file in files:
+            try:
+                headers.append(image_header(root / name / file))
+            except Exception:  # noqa: BLE001 - an unreadable file is skipped in training too
+                continue
+            if len(headers) == count:
+                return headers
+    return headers
 
 
 def _check_identity_count(root: Path, split: str, test_fraction: float) -> None:

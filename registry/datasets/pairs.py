@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from registry.datasets._images import EncodedImages, ImageFiles, decode_image
+from registry.datasets._images import EncodedImages, ImageFiles, ImageHeader, image_header
 from registry.datasets._types import PairSet
 
 __all__ = ["PairLine", "PairsFileError", "UnsafePickleError", "read_pairs_txt", "write_pairs_txt",
            "resolve_pair_images", "pairs_from_txt", "read_verification_bin", "write_verification_bin",
-           "pairs_from_bin", "check_bin_first_image", "make_pairs", "fold_blocks"]
+           "pairs_from_bin", "check_bin_images", "pair_image_headers", "make_pairs", "fold_blocks"]
 
 
 class PairsFileError(ValueError):
@@ -117,14 +117,14 @@ def _image_path(root: Path, name: str, number: int, ext: str) -> Path:
     return root / name / f"{name}_{number:04d}.{ext.lstrip('.')}"
 
 
-def _not_an_image(path: Path) -> str | None:
-    """Why PIL cannot identify ``path`` as an image from its header (an HTML page saved as .jpg, say), or None.
-    Only the header is read: a file truncated further on is still found, naming it, at the first evaluation."""
-    from PIL import Image, UnidentifiedImageError
+def _header_or_why(path: Path) -> ImageHeader | str:
+    """``path``'s `image_header`, or why PIL cannot identify it as an image from its header (an HTML page saved as
+    .jpg, say). Only the header is read: a file truncated further on is still found, naming it, at the first
+    evaluation."""
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path):
-            return None
+        return image_header(path)
     except (UnidentifiedImageError, OSError) as err:
         return f"not an image: {type(err).__name__}"
 
@@ -137,11 +137,24 @@ def resolve_pair_images(pairs: Sequence[PairLine], root: str | Path, ext: str = 
         FileNotFoundError: naming the pairs-file line of each missing or empty image, or one whose header
             is not an image's (the first three, and how many in all) and the fix.
     """
+    paths, left, right, _ = pair_image_headers(pairs, root, ext, source=source)
+    return paths, left, right
+
+
+def pair_image_headers(pairs: Sequence[PairLine], root: str | Path, ext: str = "jpg", *,
+                       source: str | Path = "pairs.txt",
+                       ) -> tuple[list[Path], np.ndarray, np.ndarray, list[ImageHeader]]:
+    """As `resolve_pair_images`, with each image's ``((height, width), mode)`` header (read there anyway) last.
+
+    Raises:
+        FileNotFoundError: as `resolve_pair_images`.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"pairs image root {root} does not exist; set pairs_root to the folder holding "
                                 f"<name>/<name>_0001.{ext.lstrip('.')}")
     index: dict[Path, int] = {}
+    headers: list[ImageHeader] = []
     missing: list[tuple[int, Path, str]] = []
     left, right = [], []
     for pair in pairs:
@@ -153,8 +166,10 @@ def resolve_pair_images(pairs: Sequence[PairLine], root: str | Path, ext: str = 
                     missing.append((pair.lineno, path, "missing"))
                 elif path.stat().st_size == 0:
                     missing.append((pair.lineno, path, "empty file"))
-                elif (why := _not_an_image(path)) is not None:
-                    missing.append((pair.lineno, path, why))
+                elif isinstance(header := _header_or_why(path), str):
+                    missing.append((pair.lineno, path, header))
+                else:
+                    headers.append(header)
                 index[path] = len(index)
             ids.append(index[path])
         left.append(ids[0])
@@ -169,7 +184,7 @@ def resolve_pair_images(pairs: Sequence[PairLine], root: str | Path, ext: str = 
                 else "fix pairs_root, or the pairs file")
         raise FileNotFoundError(f"{source}: {len(missing)} image(s) named by the pairs cannot be used: {shown}{more}; "
                                 f"{hint}")
-    return list(index), np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    return list(index), np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64), headers
 
 
 _METRIC_KEY = re.compile(r"[\w.\- /]+")  # what MLflow takes in a metric key; the name prefixes the pairs' metrics
@@ -356,14 +371,29 @@ def pairs_from_bin(path: str | Path, image_size: tuple[int, int], in_chans: int,
                    folds=torch.from_numpy(fold_blocks(n, folds)), name=_pairs_name(name, Path(path).stem))
 
 
-def check_bin_first_image(path: str | Path) -> None:
-    """Validation: the file loads safely and its first image decodes."""
+def check_bin_images(path: str | Path) -> list[ImageHeader]:
+    """Validation: the file loads safely and every image's header is a JPEG's or PNG's (no pixel is decoded: a
+    blob damaged further on is still found, naming it, at the first evaluation).
+
+    Returns:
+        Each image's ``((height, width), PIL mode)``, in the file's order.
+
+    Raises:
+        PairsFileError: as `read_verification_bin`, or naming the images that are no image (the first three, and
+            how many in all).
+    """
     blobs, _ = read_verification_bin(path)
-    if blobs:
+    headers, bad = [], []
+    for i, blob in enumerate(blobs):
         try:
-            decode_image(blobs[0], (8, 8), 1)
-        except Exception as err:  # noqa: BLE001
-            raise PairsFileError(f"{path}: image 0 is not a JPEG/PNG ({type(err).__name__}: {err})") from err
+            headers.append(image_header(blob))
+        except Exception as err:  # noqa: BLE001 - whatever PIL says, the blob is no image
+            bad.append(f"image {i} ({type(err).__name__}: {err})")
+    if bad:
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise PairsFileError(f"{path}: {len(bad)} of {len(blobs)} images are not a JPEG/PNG: {'; '.join(bad[:3])}"
+                             f"{more}; get the file again, or point bin: at a complete copy")
+    return headers
 
 
 # generated pairs -------------------------------------------------------------------------------------

@@ -30,6 +30,31 @@ def relabel(split: TensorSplit, labels: torch.Tensor) -> TensorSplit:
     return TensorSplit(split.images, labels)
 
 
+def pair_set(images) -> PairSet:
+    """20 pairs over images 2..41 of ``images`` (image 2 the first one used), two folds."""
+    return PairSet(images, left=torch.arange(2, 42, 2), right=torch.arange(3, 42, 2), same=torch.arange(20) % 2 == 0,
+                   folds=torch.arange(20) % 2, name="mine")
+
+
+class _PairImages(Dataset):
+    """Pair images from a Dataset, as image files are: item i is ``images[i]``, or ``(images[i], 0)``."""
+
+    def __init__(self, images: torch.Tensor, *, labelled: bool = False) -> None:
+        self.images, self.labelled = images, labelled
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return (self.images[i], 0) if self.labelled else self.images[i]
+
+
+def nan_at(images: torch.Tensor, index: int) -> torch.Tensor:
+    images = images.clone()
+    images[index, 0, 3, 1] = float("nan")
+    return images
+
+
 # (bundle, what the message must say): numbers counted by hand from the construction
 BROKEN = {
     # arange(80) % 5: the 16 labels equal to 4 are past classes 0..3
@@ -61,6 +86,24 @@ BROKEN = {
     "empty-test": (lambda: DataBundle("x", 4, 1, (8, 8), blobs(80), blobs(0)),
                    ["the test split is empty (0 images)", "test=None"]),
     "empty-train": (lambda: DataBundle("x", 4, 1, (8, 8), blobs(0), blobs(40)), ["the train split is empty"]),
+    # pair images the first evaluation, at the end of the first epoch, crashed on (a channel count the first
+    # convolution refuses, int64 pixels) or recorded as a diverged trial (NaN); another size was evaluated as is
+    "pairs-channels": (lambda: DataBundle("x", 4, 1, (8, 8), blobs(80), None, pair_set(torch.randn(44, 3, 8, 8))),
+                       ["pairs 'mine': the pair images are (44, 3, 8, 8) (M, C, H, W)", "in_chans=1, image_size=(8, 8)",
+                        "i.e. (M, 1, 8, 8): give the pair images the training images' channels and size"]),
+    "pairs-size": (lambda: DataBundle("x", 4, 1, (8, 8), blobs(80), None, pair_set(torch.randn(44, 1, 16, 12))),
+                   ["the pair images are (44, 1, 16, 12) (M, C, H, W)", "i.e. (M, 1, 8, 8)"]),
+    "pairs-int64": (lambda: DataBundle("x", 4, 1, (8, 8), blobs(80), None,
+                                       pair_set(torch.zeros(44, 1, 8, 8, dtype=torch.int64))),
+                    ["the pair images are torch.int64", "or uint8 pixels"]),
+    "pairs-nan": (lambda: DataBundle("x", 4, 1, (8, 8), blobs(80), None, pair_set(nan_at(torch.randn(44, 1, 8, 8), 9))),
+                  ["pairs 'mine': pair image 9 (and maybe others) holds NaN or inf pixels", "diverged"]),
+    "pairs-dataset-channels": (lambda: DataBundle("x", 4, 1, (8, 8), blobs(80), None,
+                                                  pair_set(_PairImages(torch.randn(44, 3, 8, 8)))),
+                               ["pair image 2 (pairs.images[2]) is (3, 8, 8) (C, H, W)", "i.e. (1, 8, 8)"]),
+    "pairs-dataset-nan": (lambda: DataBundle("x", 4, 1, (8, 8), blobs(80), None,
+                                             pair_set(_PairImages(nan_at(torch.randn(44, 1, 8, 8), 2), labelled=True))),
+                          ["pair image 2 (pairs.images[2]) holds NaN or inf pixels"]),
 }
 
 
@@ -121,3 +164,11 @@ def test_pairs_that_index_past_their_images_are_refused():
     short = PairSet(pairs.images, pairs.left, pairs.left, pairs.same[:2], pairs.folds, name="mine")
     with pytest.raises(ValueError, match=r"lengths \{'left': 3, 'right': 3, 'same': 2, 'folds': 3\}"):
         check_bundle(DataBundle("x", 4, 1, (8, 8), blobs(80), None, short), "with-pairs")
+
+
+@pytest.mark.parametrize("images", [torch.randn(44, 1, 8, 8), torch.zeros(44, 1, 8, 8, dtype=torch.uint8),
+                                    _PairImages(torch.randn(44, 1, 8, 8), labelled=True),
+                                    _PairImages(torch.zeros(44, 1, 8, 8, dtype=torch.uint8))])
+def test_pair_images_of_the_declared_shape_pass(images):
+    # float or uint8 pixels, a tensor or a Dataset (bare images or (image, label) items), as pair_scores takes them
+    check_bundle(DataBundle("x", 4, 1, (8, 8), blobs(80), None, pair_set(images)), "with-pairs")

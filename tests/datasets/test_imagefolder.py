@@ -240,3 +240,111 @@ def test_image_size_is_refused_rather_than_guessed(bad):
 
     with pytest.raises(ValueError, match=r"image_size must be \[height, width\] or one int"):
         parse_image_size(bad)
+
+
+def _converted_pairs(faces, tmp_path, convert) -> str:
+    """A copy of the faces' pair images, each passed through ``convert`` (a PIL image -> PIL image)."""
+    import shutil
+
+    from PIL import Image
+
+    copy = tmp_path / "pairs"
+    shutil.copytree(faces["pairs_root"], copy)
+    for path in copy.rglob("*.png"):
+        with Image.open(path) as im:
+            converted = convert(im)
+        converted.save(path)
+    return str(copy)
+
+
+def _named_images(pairs_txt) -> list[str]:
+    """``name/name_NNNN`` of each distinct image a pairs.txt names, in the order they first appear."""
+    named: dict[str, None] = {}
+    for line in open(pairs_txt).read().splitlines()[1:]:
+        f = line.split()
+        for name, n in ((f[0], f[1]), (f[0], f[2])) if len(f) == 3 else ((f[0], f[1]), (f[2], f[3])):
+            named.setdefault(f"{name}/{name}_{int(n):04d}")
+    return list(named)
+
+
+def test_pair_images_of_another_size_are_refused_before_training(faces, tmp_path):
+    # 20x16 training faces, pair images resized to 60x48 (unaligned photos, say): they were resized back at each
+    # evaluation without a word, so the model was evaluated on another crop than it trained on
+    pairs_root = _converted_pairs(faces, tmp_path, lambda im: im.resize((48, 60)))
+    with pytest.raises(RegistryError) as err:
+        DATASETS.create("imagefolder", root=str(faces["train"]), pairs=str(faces["pairs_txt"]), pairs_root=pairs_root,
+                        image_ext="png")
+    message = str(err.value)
+    named = _named_images(faces["pairs_txt"])
+    assert f"{faces['pairs_txt']}: {len(named)} of {len(named)} pair images are not 20x16 (height x width)" in message
+    assert f"like the training images under {faces['train']} (the first 40 read)" in message
+    assert f"{pairs_root}/{named[0]}.png is 60x48; {pairs_root}/{named[1]}.png is 60x48" in message
+    assert f"and {len(named) - 3} more" in message and "set pairs_root to the aligned copy" in message
+
+
+def test_greyscale_pair_images_for_colour_training_images_are_refused(faces, tmp_path):
+    pairs_root = _converted_pairs(faces, tmp_path, lambda im: im.convert("L"))
+    params = dict(root=str(faces["train"]), pairs=str(faces["pairs_txt"]), pairs_root=pairs_root, image_ext="png")
+    with pytest.raises(RegistryError) as err:
+        DATASETS.check("imagefolder", params)
+    message = str(err.value)
+    named = _named_images(faces["pairs_txt"])
+    assert f"{len(named)} of {len(named)} pair images are greyscale but the training images under" in message
+    assert "are colour and in_chans is 3" in message and f"{pairs_root}/{named[0]}.png is L" in message
+    assert "use colour copies of them (set pairs_root to those), or train and evaluate in greyscale" in message
+    # in greyscale both become grey: nothing to refuse
+    assert DATASETS.create("imagefolder", in_chans=1, **params).pairs.images[0].shape == (1, 20, 16)
+
+
+def test_a_bin_of_another_size_is_refused_before_training(faces, tmp_path):
+    # the .bin's 80 images (two per pair) re-encoded at 24x24, against 20x16 training faces
+    import io
+
+    from PIL import Image
+
+    from registry.datasets.pairs import read_verification_bin, write_verification_bin
+
+    blobs, same = read_verification_bin(faces["bin"])
+    resized = []
+    for blob in blobs:
+        out = io.BytesIO()
+        Image.open(io.BytesIO(blob)).resize((24, 24)).save(out, format="PNG")
+        resized.append(out.getvalue())
+    path = tmp_path / "other.bin"
+    write_verification_bin(path, resized, same.tolist())
+    with pytest.raises(RegistryError) as err:
+        DATASETS.check("imagefolder", {"root": str(faces["train"]), "bin": str(path)})
+    message = str(err.value)
+    assert f"{path}: 80 of 80 pair images are not 20x16" in message
+    assert "image 0 is 24x24; image 1 is 24x24; image 2 is 24x24; and 77 more" in message
+    assert "set bin to the aligned copy" in message
+
+
+def test_a_bin_image_that_is_no_image_is_named(faces, tmp_path):
+    # only image 0 was decoded before: image 5 (an HTML page) failed at the first evaluation
+    from registry.datasets.pairs import read_verification_bin, write_verification_bin
+
+    blobs, same = read_verification_bin(faces["bin"])
+    blobs[5] = b"<html>not found</html>"
+    path = tmp_path / "damaged.bin"
+    write_verification_bin(path, blobs, same.tolist())
+    with pytest.raises(RegistryError, match=rf"{path}: 1 of 80 images are not a JPEG/PNG: image 5 "
+                                            rf"\(UnidentifiedImageError"):
+        DATASETS.check("imagefolder", {"root": str(faces["train"]), "bin": str(path)})
+
+
+def test_training_images_of_several_sizes_are_compared_with_nothing(faces, tmp_path):
+    # a training folder of unaligned photos of any size: no size the pairs should have, so none is asked
+    import shutil
+
+    from PIL import Image
+
+    train = tmp_path / "train"
+    shutil.copytree(faces["train"], train)
+    first = sorted(train.rglob("*.png"))[0]
+    with Image.open(first) as im:
+        im.resize((30, 30)).save(first)
+    pairs_root = _converted_pairs(faces, tmp_path, lambda im: im.resize((48, 60)))
+    bundle = DATASETS.create("imagefolder", root=str(train), image_size=[20, 16], pairs=str(faces["pairs_txt"]),
+                             pairs_root=pairs_root, image_ext="png")
+    assert bundle.pairs.images[0].shape == (3, 20, 16)

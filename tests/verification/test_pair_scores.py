@@ -175,7 +175,8 @@ def test_decoded_pairs_larger_than_max_bytes_stay_streamed(face_files):
 
 def test_a_trial_decodes_each_pair_image_once(face_files, monkeypatch):
     # three epochs, three evaluations: every image a pair uses is decoded at the first one only (it was decoded
-    # at each); the training folder's images are decoded by imagefolder's own import, not counted here
+    # at each), and the first of them once more before training, where check_bundle checks its shape and pixels;
+    # the training folder's images are decoded by imagefolder's own import, not counted here
     decoded = []
 
     def counting(source, *args):
@@ -189,6 +190,7 @@ def test_a_trial_decodes_each_pair_image_once(face_files, monkeypatch):
                      embedding_dim=4, epochs=3, batch_size=8)
     result = run_trial(spec, TrialOptions(device="cpu", progress=False, num_workers=0))
     pairs = DATASETS.create("imagefolder", **data).pairs
-    used = {pairs.images.paths[i] for i in torch.cat([pairs.left, pairs.right]).tolist()}
+    indices = torch.cat([pairs.left, pairs.right])
+    used = {pairs.images.paths[i] for i in indices.tolist()}
     assert result.status == "finished" and len(result.history) == 3
-    assert sorted(decoded) == sorted(used)
+    assert sorted(decoded) == sorted([*used, pairs.images.paths[int(indices.min())]])
