@@ -382,16 +382,24 @@ def _check_report(path: Path, report: Any, labels: dict[str, list[str]]) -> list
         raise GridError(path, "", str(err).removeprefix(f"{path}: ")) from err  # the message names report.<key>
 
 
-def _cell_metrics(spec: TrialSpec, checked: dict[str, frozenset[str] | None]) -> frozenset[str] | None:
-    """`bench.metric_names.logged_metrics` of the spec (None: not known), once per distinct dataset."""
+def _cell_metrics(spec: TrialSpec, checked: dict[str, tuple[frozenset[str] | None, str | None]],
+                  ) -> tuple[frozenset[str] | None, str | None]:
+    """``(names, problem)``: `bench.metric_names.logged_metrics` of the spec (None: not known), and what is wrong
+    with the dataset's files when reading them for it failed (None: nothing), once per distinct dataset.
+
+    The registry's check does not read every file (with ``download: true`` an IDX dataset is not checked, as its
+    files may be still to come), so a damaged file met here is a problem of the grid: every trial would fail
+    loading it.
+    """
     from bench.metric_names import logged_metrics
 
     memo = json.dumps([spec.dataset, dict(spec.dataset_params)], sort_keys=True, default=str)
     if memo not in checked:
         try:
-            checked[memo] = logged_metrics(spec)
-        except (OSError, ValueError):  # the files changed since their check: the trial will say what is wrong
-            checked[memo] = None
+            checked[memo] = (logged_metrics(spec), None)
+        except (OSError, ValueError) as err:
+            checked[memo] = (None, f"dataset {spec.dataset!r} cannot be read, so every trial would fail loading "
+                                   f"it: {err}")
     return checked[memo]
 
 
@@ -529,7 +537,7 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     problems: dict[tuple[str, str], None] = {}  # every distinct (key, message), in grid order: all fixed in one go
     checked: dict[str, str | None] = {}
     metrics: list[tuple[dict[str, str], frozenset[str] | None]] = []  # each cell's labels and metric names
-    metrics_checked: dict[str, frozenset[str] | None] = {}
+    metrics_checked: dict[str, tuple[frozenset[str] | None, str | None]] = {}
     for combo in itertools.product(*per_axis) if per_axis else [()]:
         config = dict(base)
         sources: list[tuple[str, Mapping[str, Any]]] = []
@@ -565,7 +573,10 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             found = [problem] if problem is not None else []
         problems.update(dict.fromkeys(found))
         dataset_ok = not any(key == _origin("dataset", sources) for key, _ in found)
-        metrics.append((labels, _cell_metrics(spec, metrics_checked) if dataset_ok else None))
+        names, unreadable = _cell_metrics(spec, metrics_checked) if dataset_ok else (None, None)
+        if unreadable is not None:
+            problems[(_origin("dataset", sources), unreadable)] = None
+        metrics.append((labels, names))
         cells.append(Cell(labels, spec))
     problems.update(dict.fromkeys(_metric_problems(raw, tables, metrics)))
     if problems:

@@ -310,3 +310,35 @@ def test_an_imagefolder_without_image_size_is_checked_against_the_backbone_at_it
     assert "takes images of at least 16x16, but dataset imagefolder gives 12x10 images" in str(err.value)
     load_grid(write(tmp_path, f"name: g\nbase: {{dataset: {{name: imagefolder, root: {root}, split: none}}, "
                               f"backbone: lenet++}}\n"))  # lenet++ takes 12x10
+
+
+def test_a_truncated_idx_file_with_download_true_fails_validation_not_the_trials(tmp_path):
+    # before: download: true skipped the registry's file check and the metric-name probe swallowed the IDXError,
+    # so the grid validated and every trial failed reading t10k-labels-idx1-ubyte
+    from tests.conftest import write_tiny_mnist
+
+    write_tiny_mnist(tmp_path / "mnist", test=20)
+    labels = tmp_path / "mnist" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-3])  # 20 labels promised, 17 left
+    path = write(tmp_path, f"name: g\nbase: {{dataset: {{name: mnist, root: {tmp_path / 'mnist'}, download: true}}, "
+                           f"epochs: 1}}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert err.value.key == "base.dataset" and len(err.value.problems) == 1
+    assert str(labels) in str(err.value) and "(20 data bytes), the file has 17" in str(err.value)
+
+
+def test_a_dataset_that_fails_while_its_metrics_are_told_is_a_grid_problem(tmp_path, monkeypatch):
+    # a dataset whose files pass the registry's check but fail when read for the metric names: listed with the
+    # key that set the dataset, not dropped (the trials would all fail on it)
+    from registry.datasets._types import EVALUATIONS
+
+    def unreadable(params, max_classes):
+        raise ValueError("data/x.bin: truncated")
+
+    monkeypatch.setitem(EVALUATIONS, "digits", unreadable)
+    path = write(tmp_path, BASE + "grid:\n  dataset:\n    - {label: a, dataset: {name: digits, test_fraction: 0.5}}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert err.value.problems == [("grid.dataset[0].dataset", "dataset 'digits' cannot be read, so every trial "
+                                                              "would fail loading it: data/x.bin: truncated")]
