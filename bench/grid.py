@@ -471,6 +471,32 @@ def _metric_problems(raw: Mapping[str, Any], tables: list[Any],
     return problems
 
 
+def _header_problems(tables: list[Any], labels: Mapping[str, list[str]],
+                     cells: list[tuple[dict[str, str], frozenset[str] | None]]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each key of a table's ``headers:`` that names nothing the table shows
+    (`reports.spec.TableSpec.header_keys`): its display name would be dropped without a word. ``labels``: each axis's
+    labels and ``label`` the joined ones; ``cells``: each cell's labels and metric names (None: not known), for the
+    metrics a ``pattern`` matches (where some are not known, any name it matches is taken)."""
+    import fnmatch
+
+    problems = []
+    for i, table in enumerate(tables):
+        shown = [names for cell_labels, names in cells
+                 if all(cell_labels.get(axis) in values for axis, values in table.where.items())]
+        unknown = any(names is None for names in shown)
+        keys = table.header_keys(frozenset().union(*(n for n in shown if n is not None)), labels)
+        for key in table.headers:
+            if key in keys or (table.pattern is not None and unknown and fnmatch.fnmatchcase(key, table.pattern)):
+                continue
+            close = difflib.get_close_matches(key, keys, 1)
+            matching = f", or a metric matching {table.pattern!r}" if table.pattern is not None and unknown else ""
+            problems.append((f"report.tables[{i}].headers.{key}",
+                             f"{key!r} is not a column or axis of table {table.name!r}, so its display name would "
+                             f"never show" + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; keys it has: {', '.join(keys) or 'none'}{matching}"))
+    return problems
+
+
 def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
               overrides: Mapping[str, Any] | None = None, typed: Mapping[str, str] | None = None) -> Grid:
     """Reads, validates and expands a grid file.
@@ -531,8 +557,8 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
                         f"{key} is searched (search: {key}), so the sampler sets it in every trial; drop --set "
                         f"{key}=..., or take {key} out of search: to fix it")
     per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
-    tables = _check_report(path, raw.get("report"), {axis: [label for label, _, _ in values]
-                                                     for axis, values in zip(axes, per_axis, strict=True)})
+    axis_labels = {axis: [label for label, _, _ in values] for axis, values in zip(axes, per_axis, strict=True)}
+    tables = _check_report(path, raw.get("report"), axis_labels)
     cells: list[Cell] = []
     problems: dict[tuple[str, str], None] = {}  # every distinct (key, message), in grid order: all fixed in one go
     checked: dict[str, str | None] = {}
@@ -579,6 +605,8 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         metrics.append((labels, names))
         cells.append(Cell(labels, spec))
     problems.update(dict.fromkeys(_metric_problems(raw, tables, metrics)))
+    joined = [" / ".join(labels.values()) for labels, _ in metrics] if axes else [c.spec.label for c in cells]
+    problems.update(dict.fromkeys(_header_problems(tables, {**axis_labels, "label": joined}, metrics)))
     if problems:
         raise GridError.listing(path, list(problems))
     return Grid(name=name, path=path, cells=cells, seeds=list(seeds), axes=axes,

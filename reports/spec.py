@@ -44,7 +44,8 @@ Options of a table (all but ``name`` and ``rows`` optional):
 An axis that varies inside a table's cells (neither in ``rows``/``columns`` nor fixed by ``where``) is an
 error: its runs would be averaged together as if they were seeds. The metrics a table names (``columns``,
 ``metric``, ``select_by``, ``bold`` keys; a ``pattern`` must match one) are checked against those the grid's trials
-log when the grid is loaded (`bench.grid`, `bench.metric_names`), and against the runs' by `bench report`.
+log when the grid is loaded (`bench.grid`, `bench.metric_names`), and against the runs' by `bench report`; the
+``headers`` keys, against what the table shows (`TableSpec.header_keys`), when the grid is loaded.
 """
 
 from __future__ import annotations
@@ -230,6 +231,26 @@ class TableSpec:
 
     def header(self, key: str) -> str:
         return str(self.headers.get(key, key))
+
+    def header_keys(self, metrics: Iterable[str] = (),
+                    labels: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+        """The keys ``headers`` can rename, each shown somewhere in the table: the row axes; the metric columns
+        (for a pattern, those of ``metrics`` it matches); for a matrix its column axis and that axis's labels
+        (from ``labels``, each axis's labels, ``label`` the joined ones); ``metric``, the corner of a transposed
+        table of metric columns. A key outside them would never show.
+
+        Example:
+            >>> TableSpec(name="t", rows=("loss",), metrics=("test_acc",)).header_keys()
+            ['loss', 'test_acc']
+        """
+        keys = list(self.rows)
+        if self.is_matrix:
+            keys += [str(self.column_axis), *(labels or {}).get(str(self.column_axis), ())]
+        else:
+            keys += self.resolve_metrics(list(metrics))
+            if self.transpose:
+                keys.append("metric")
+        return list(dict.fromkeys(keys))
 
     def direction(self, metric: str) -> str:
         """``max``, ``min`` or ``none`` for the bold mark of ``metric``."""

@@ -416,3 +416,50 @@ def test_every_bad_cell_is_printed_by_the_cli_before_any_store_is_made(in_tmp, c
     assert err.startswith(f"bench: invalid grid: {grid}: 3 problems:\n") and "Traceback" not in err
     assert [line.split(": ")[0] for line in err.splitlines()[1:]] == [f"  {key}" for key in THREE_KEYS]
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
+
+HEADERS = """
+name: g
+base: {dataset: digits, backbone: lenet++, epochs: 1}
+grid:
+  loss: [softmax, cosface]
+  embedding_dim: [2, 3]
+report:
+  tables:
+"""
+
+
+@pytest.mark.parametrize("table, bad, keys", [
+    # metric columns: the axes in rows and the metrics listed; 'tset_acc' and 'los' used to be ignored silently
+    ("{name: t, rows: [loss, embedding_dim], columns: [train_acc, test_acc], "
+     "headers: {tset_acc: Test, los: Loss, test_acc: Test acc., embedding_dim: Dim}}",
+     ["tset_acc", "los"], "loss, embedding_dim, train_acc, test_acc"),
+    # a matrix: its column axis and that axis's labels, not the metric in its cells
+    ("{name: t, rows: loss, columns: embedding_dim, metric: test_acc, headers: {embedding_dim: Dim, '2': two, "
+     "test_acc: Acc, '4': four}}", ["test_acc", "4"], "loss, embedding_dim, 2, 3"),
+    # a pattern: the metrics it matches among those the trials log (digits: classes 0..9); 'metric' only names the
+    # corner of a transposed table
+    ("{name: t, rows: [loss, embedding_dim], columns: {pattern: 'test_acc.class_*'}, headers: "
+     "{test_acc.class_3: three, test_acc.class_12: twelve, metric: Class}}", ["test_acc.class_12", "metric"],
+     "loss, embedding_dim, " + ", ".join(f"test_acc.class_{c}" for c in range(10))),
+])
+def test_a_header_key_that_names_no_column_of_its_table_is_listed_with_the_valid_keys(tmp_path, table, bad, keys):
+    path = write(tmp_path, HEADERS + f"    - {table}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert [key for key, _ in err.value.problems] == [f"report.tables[0].headers.{k}" for k in bad]
+    for _, message in err.value.problems:
+        assert message.endswith(f"; keys it has: {keys}"), message
+
+
+def test_header_keys_that_each_show_somewhere_validate(tmp_path):
+    # the corner of a transposed table is 'metric'; the joined labels of rows: label are axis-free keys
+    tables = ("    - {name: a, rows: [loss, embedding_dim], columns: [test_acc], transpose: true, "
+              "headers: {metric: Metric, test_acc: Acc, loss: Loss}}\n"
+              "    - {name: b, rows: loss, columns: embedding_dim, metric: test_acc, headers: {'3': three}}\n"
+              "    - {name: c, rows: embedding_dim, columns: label, metric: test_acc, "
+              "headers: {label: Cell, softmax / 2: plain}}\n")
+    grid = load_grid(write(tmp_path, HEADERS + tables))
+    assert [t["headers"] for t in grid.report["tables"]] == [
+        {"metric": "Metric", "test_acc": "Acc", "loss": "Loss"}, {"3": "three"},
+        {"label": "Cell", "softmax / 2": "plain"}]
