@@ -214,69 +214,100 @@ class StudyConfig:
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any], *, grid: Grid | None = None, path: str | Path = "<study>") -> StudyConfig:
+        """Validates the study keys of ``raw`` (a grid's parsed file, or the config a study stores), and with
+        ``grid`` checks them against its cells.
+
+        Raises:
+            GridError: listing every problem (`GridError.listing`), each naming its key and the fix.
+        """
         path = grid.path if grid is not None else path
-        search = _parse_search(path, raw.get("search"))
+        problems: list[tuple[str, str]] = []
+
+        def attempt(check: Any, *args: Any, **kwargs: Any) -> tuple[Any, bool]:
+            """``(check(*args, **kwargs), True)``, or ``(None, False)`` with its GridError's problems kept."""
+            try:
+                return check(*args, **kwargs), True
+            except GridError as err:
+                problems.extend(err.problems)
+                return None, False
+
+        search = _parse_search(path, raw.get("search"), problems)
+        searching = bool(search) or bool(raw.get("search"))  # a search: with bad ranges still asks for n_trials
         n_trials = raw.get("n_trials")
-        if search:
+        if searching:
             if n_trials is None:
-                raise GridError(path, "n_trials", "a grid with search: needs n_trials (sampled trials per cell, or "
-                                                  "overall with search_scope: grid), e.g. n_trials: 20")
-            if not _is_int(n_trials) or n_trials < 1:
-                raise GridError(path, "n_trials", f"must be a positive integer, but got {n_trials!r}")
+                problems.append(("n_trials", "a grid with search: needs n_trials (sampled trials per cell, or "
+                                             "overall with search_scope: grid), e.g. n_trials: 20"))
+            elif not _is_int(n_trials) or n_trials < 1:
+                problems.append(("n_trials", f"must be a positive integer, but got {n_trials!r}"))
+                n_trials = None
         elif n_trials is not None:
-            raise GridError(path, "n_trials", "n_trials counts sampled trials, but the grid has no search: ranges; "
-                                              "remove it or add search:")
+            problems.append(("n_trials", "n_trials counts sampled trials, but the grid has no search: ranges; "
+                                         "remove it or add search:"))
         scope = raw.get("search_scope", "cell")
         if scope not in SCOPES:
-            raise GridError(path, "search_scope", f"must be one of {', '.join(SCOPES)}, but got {scope!r}")
-        if "search_scope" in raw and not search:
-            raise GridError(path, "search_scope", "search_scope needs search: ranges")
-        sampler = _parse_choice(path, "sampler", raw.get("sampler"), SAMPLERS, {}, default="tpe")
-        if "sampler" in raw and not search:
-            raise GridError(path, "sampler", "a sampler draws search: ranges, but the grid has none; "
-                                             "grid cells are enqueued as they are")
-        _check_numeric_kwargs(path, "sampler", sampler)
+            problems.append(("search_scope", f"must be one of {', '.join(SCOPES)}, but got {scope!r}"))
+            scope = "cell"
+        elif "search_scope" in raw and not searching:
+            problems.append(("search_scope", "search_scope needs search: ranges"))
+        # a sampler or pruner with a problem is not built by _problems_against (its error would show twice)
+        sampler, sampler_ok = attempt(_parse_choice, path, "sampler", raw.get("sampler"), SAMPLERS, {}, default="tpe")
+        sampler_ok = sampler_ok and attempt(_check_numeric_kwargs, path, "sampler", sampler)[1]
+        if "sampler" in raw and not searching:
+            problems.append(("sampler", "a sampler draws search: ranges, but the grid has none; grid cells are "
+                                        "enqueued as they are"))
         pruner = None
+        pruner_ok = True
         if raw.get("pruner") is not None:
-            pruner = _parse_choice(path, "pruner", raw.get("pruner"), PRUNERS, _PRUNER_ALIASES, default=None)
-            if not search:
-                raise GridError(path, "pruner", "a pruner stops sampled trials early, but the grid has no search: "
-                                                "ranges (grid cells always run to the end)")
-            _check_numeric_kwargs(path, "pruner", pruner)
+            pruner, pruner_ok = attempt(_parse_choice, path, "pruner", raw.get("pruner"), PRUNERS, _PRUNER_ALIASES,
+                                        default=None)
+            if not searching:
+                problems.append(("pruner", "a pruner stops sampled trials early, but the grid has no search: ranges "
+                                           "(grid cells always run to the end)"))
+            pruner_ok = pruner_ok and attempt(_check_numeric_kwargs, path, "pruner", pruner)[1]
+        metric, direction = "test_acc", "maximize"
         objective = raw.get("objective", {}) or {}
         if isinstance(objective, str):
             objective = {"metric": objective}
         if not isinstance(objective, Mapping):
-            raise GridError(path, "objective", f"must be a mapping like {{metric: test_acc, direction: maximize}}, "
-                                               f"but got {objective!r}")
-        unknown = set(objective) - {"metric", "direction"}
-        if unknown:
-            raise GridError(path, "objective", f"takes metric and direction, not {', '.join(sorted(unknown))}")
-        metric = objective.get("metric", "test_acc")
-        if not isinstance(metric, str) or not metric:
-            raise GridError(path, "objective.metric", f"must be a metric name like test_acc or lfw_acc, but got "
-                                                      f"{metric!r}")
-        direction = objective.get("direction", "maximize")
-        if direction not in DIRECTIONS:
-            raise GridError(path, "objective.direction", f"must be maximize or minimize, but got {direction!r}")
+            problems.append(("objective", f"must be a mapping like {{metric: test_acc, direction: maximize}}, "
+                                          f"but got {objective!r}"))
+        else:
+            unknown = set(objective) - {"metric", "direction"}
+            if unknown:
+                problems.append(("objective", f"takes metric and direction, not {', '.join(sorted(unknown))}"))
+            metric = objective.get("metric", "test_acc")
+            if not isinstance(metric, str) or not metric:
+                problems.append(("objective.metric", f"must be a metric name like test_acc or lfw_acc, but got "
+                                                     f"{metric!r}"))
+                metric = "test_acc"
+            direction = objective.get("direction", "maximize")
+            if direction not in DIRECTIONS:
+                problems.append(("objective.direction", f"must be maximize or minimize, but got {direction!r}"))
+                direction = "maximize"
         workers = raw.get("workers")
         if workers is not None and (not _is_int(workers) or workers < 1):
-            raise GridError(path, "workers", f"must be a positive integer, but got {workers!r}")
-        config = cls(search=search, n_trials=int(n_trials or 0), scope=scope, sampler=sampler, pruner=pruner,
-                     metric=metric, direction=direction, workers=workers)
+            problems.append(("workers", f"must be a positive integer, but got {workers!r}"))
+            workers = None
+        config = cls(search=search, n_trials=int(n_trials or 0), scope=scope, sampler=sampler or {"type": "tpe"},
+                     pruner=pruner, metric=metric, direction=direction, workers=workers)
         if grid is not None:
-            config._check_against(grid)
+            problems += config._problems_against(grid, sampler=sampler_ok, pruner=pruner_ok)
+        if problems:
+            raise GridError.listing(path, list(dict.fromkeys(problems)))
         return config
 
-    def _check_against(self, grid: Grid) -> None:
-        path = grid.path
+    def _problems_against(self, grid: Grid, *, sampler: bool = True, pruner: bool = True) -> list[tuple[str, str]]:
+        """``(key, message)`` for each way the config does not fit ``grid``'s cells; the sampler and the pruner
+        are built (to check their arguments) when ``sampler`` and ``pruner`` say so."""
+        problems: list[tuple[str, str]] = []
         if self.search and len(grid.seeds) > 1:
-            raise GridError(path, "seeds", f"a search: grid samples hyperparameters with one seed, but got seeds "
-                                           f"{grid.seeds}; keep one seed and rerun the best configuration over "
-                                           f"seeds in a plain grid")
+            problems.append(("seeds", f"a search: grid samples hyperparameters with one seed, but got seeds "
+                                      f"{grid.seeds}; keep one seed and rerun the best configuration over seeds in a "
+                                      f"plain grid"))
         labels = [c.spec.label for c in grid.cells]
         if self.search and self.scope == "grid" and len(set(labels)) != len(labels):
-            raise GridError(path, "grid", "search_scope: grid needs distinct cell labels")
+            problems.append(("grid", "search_scope: grid needs distinct cell labels"))
         if self.search:  # the sampler replaces searched keys in every cell: cells that differ only there are one
             seen: dict[str, Any] = {}
             for cell in grid.cells:
@@ -286,41 +317,24 @@ class StudyConfig:
                 if rest in seen:
                     other = seen[rest]
                     keys = [k for k in self.search if other.spec.to_params().get(k) != params.get(k)]
-                    raise GridError(path, f"search.{keys[0]}" if keys else "grid",
-                                    f"cells {other.spec.label!r} and {cell.spec.label!r} differ only in "
-                                    f"{', '.join(keys) or 'their labels'}, which the search draws anew in every "
-                                    f"cell, so the axis would compare nothing; keep the key in the grid axis or in "
-                                    f"search:, not both")
+                    problems.append((f"search.{keys[0]}" if keys else "grid",
+                                     f"cells {other.spec.label!r} and {cell.spec.label!r} differ only in "
+                                     f"{', '.join(keys) or 'their labels'}, which the search draws anew in every "
+                                     f"cell, so the axis would compare nothing; keep the key in the grid axis or in "
+                                     f"search:, not both"))
+                    break  # one pair says it; the others of the axis would repeat it
                 seen[rest] = cell
-        from registry import BACKBONES, DATASETS, LOSSES, RegistryError
-
-        registries = {"dataset": DATASETS, "backbone": BACKBONES, "loss": LOSSES}
         for key, param in self.search.items():
-            for cell in grid.cells:
-                for value in param.examples():
-                    try:
-                        spec = cell.spec.with_flat({key: value})
-                    except (SpecError, TypeError, ValueError) as err:
-                        raise GridError(path, f"search.{key}",
-                                        f"{err} (cell {cell.spec.label}, value {value!r})") from err
-                    component = key.split(".", 1)[0]
-                    if component in registries:  # a searched name (loss: [cosface, arcface]) keeps the cell's params
-                        try:
-                            registries[component].check(getattr(spec, component),
-                                                        dict(getattr(spec, f"{component}_params")))
-                        except RegistryError as err:
-                            raise GridError(path, f"search.{key}",
-                                            f"{err} (cell {cell.spec.label}, value {value!r})") from err
-                        problem = input_size_problem(spec)  # a searched image_size or input_size the backbone fails
-                        if problem is not None:
-                            raise GridError(path, f"search.{key}",
-                                            f"{problem[1]} (cell {cell.spec.label}, value {value!r})")
-        for name, conf in (("sampler", self.sampler), ("pruner", self.pruner)):
-            if conf is not None:
+            problem = _search_key_problem(grid, key, param)
+            if problem is not None:
+                problems.append((f"search.{key}", problem))
+        for name, conf, build in (("sampler", self.sampler, sampler), ("pruner", self.pruner, pruner)):
+            if conf is not None and build:
                 try:
                     (self.make_sampler if name == "sampler" else self.make_pruner)()
                 except (TypeError, ValueError, ImportError) as err:
-                    raise GridError(path, name, str(err)) from err
+                    problems.append((name, str(err)))
+        return problems
 
     # objects ------------------------------------------------------------------------------------------
     def make_sampler(self, *, worker_index: int = 0, drawn: int = 0) -> Any:
@@ -420,6 +434,31 @@ def _check_kwargs(cls: Any, kwargs: Mapping[str, Any], what: str) -> None:
         raise TypeError(f"{what} takes {', '.join(valid)}, not {', '.join(unknown)}")
 
 
+def _search_key_problem(grid: Grid, key: str, param: SearchParam) -> str | None:
+    """What is wrong with searching ``key`` over ``param``'s values (`SearchParam.examples`) in ``grid``'s cells:
+    a value the spec refuses, a searched component (``loss: [cosface, arcface]``, keeping the cell's params) its
+    registry refuses, or an image size the backbone cannot take; None when nothing is. The first such value only."""
+    from registry import BACKBONES, DATASETS, LOSSES, RegistryError
+
+    registries = {"dataset": DATASETS, "backbone": BACKBONES, "loss": LOSSES}
+    for cell in grid.cells:
+        for value in param.examples():
+            try:
+                spec = cell.spec.with_flat({key: value})
+            except (SpecError, TypeError, ValueError) as err:
+                return f"{err} (cell {cell.spec.label}, value {value!r})"
+            component = key.split(".", 1)[0]
+            if component in registries:
+                try:
+                    registries[component].check(getattr(spec, component), dict(getattr(spec, f"{component}_params")))
+                except RegistryError as err:
+                    return f"{err} (cell {cell.spec.label}, value {value!r})"
+                problem = input_size_problem(spec)  # a searched image_size or input_size the backbone fails
+                if problem is not None:
+                    return f"{problem[1]} (cell {cell.spec.label}, value {value!r})"
+    return None
+
+
 def _parse_choice(path: Any, key: str, value: Any, table: Mapping[str, str], aliases: Mapping[str, str],
                   *, default: str | None) -> dict[str, Any]:
     if value is None:
@@ -438,72 +477,85 @@ def _parse_choice(path: Any, key: str, value: Any, table: Mapping[str, str], ali
     return {**{k: v for k, v in value.items() if k != "type"}, "type": name}
 
 
-def _parse_search(path: Any, raw: Any) -> dict[str, SearchParam]:
+def _parse_search(path: Any, raw: Any, problems: list[tuple[str, str]]) -> dict[str, SearchParam]:
+    """The ``search:`` ranges that are valid; a ``(key, message)`` for each one that is not goes to ``problems``."""
     if raw is None or raw == {}:
         return {}
     if not isinstance(raw, Mapping):
-        raise GridError(path, "search", "must map flat keys to ranges, e.g. search: {loss.m: {type: uniform, "
-                                        "low: 0.1, high: 0.5}}")
+        problems.append(("search", "must map flat keys to ranges, e.g. search: {loss.m: {type: uniform, low: 0.1, "
+                                   "high: 0.5}}"))
+        return {}
     out: dict[str, SearchParam] = {}
     for key, entry in raw.items():
-        where = f"search.{key}"
-        if key == "cell":
-            raise GridError(path, where, "'cell' is reserved (the cell parameter of search_scope: grid)")
-        if isinstance(entry, list):
-            entry = {"type": "categorical", "choices": entry}
-        if not isinstance(entry, Mapping) or "type" not in entry:
-            raise GridError(path, where, f"needs a type ({', '.join(SEARCH_TYPES)}), e.g. {{type: uniform, low: 0.1, "
-                                         f"high: 0.5}}; got {entry!r}")
-        kind = str(entry["type"]).lower()
-        kind = _TYPE_ALIASES.get(kind, kind)
-        if kind not in SEARCH_TYPES:
-            close = difflib.get_close_matches(kind, SEARCH_TYPES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise GridError(path, f"{where}.type", f"unknown type {entry['type']!r}.{hint} Available: "
-                                                   f"{', '.join(SEARCH_TYPES)}")
-        allowed = {"categorical": {"type", "choices"}, "int": {"type", "low", "high", "step", "log"},
-                   "uniform": {"type", "low", "high", "step"}, "loguniform": {"type", "low", "high"}}[kind]
-        unknown = set(entry) - allowed
-        if unknown:
-            raise GridError(path, where, f"a {kind} range takes {', '.join(sorted(allowed))}, not "
-                                         f"{', '.join(sorted(unknown))}")
-        if kind == "categorical":
-            choices = entry.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise GridError(path, f"{where}.choices", f"a non-empty list is required, but got {choices!r}")
-            if not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices):
-                raise GridError(path, f"{where}.choices",
-                                f"choices must be scalars (Optuna stores them), got {choices!r}")
-            out[key] = SearchParam(key, kind, choices=tuple(choices))
-            continue
-        low, high = entry.get("low"), entry.get("high")
-        numeric = (lambda v: _is_int(v)) if kind == "int" else (lambda v: isinstance(v, (int, float))
-                                                                 and not isinstance(v, bool))
-        for name, v in (("low", low), ("high", high)):
-            if not numeric(v) or (isinstance(v, float) and not math.isfinite(v)):
-                want = "an integer" if kind == "int" else "a number"
-                raise GridError(path, f"{where}.{name}", f"{want} is required, but got {v!r}")
-        if not low < high:
-            raise GridError(path, where, f"low must be < high, but got low={low!r}, high={high!r}")
-        log_scale = kind == "loguniform" or bool(entry.get("log", False))
-        if log_scale and low <= 0:
-            raise GridError(path, f"{where}.low", f"a log scale needs low > 0, but got low={low!r}")
-        step = entry.get("step")
-        if step is not None and (not numeric(step) or step <= 0):
-            raise GridError(path, f"{where}.step", f"must be {'an integer ' if kind == 'int' else ''}> 0, but got "
-                                                   f"{step!r}")
-        if step is not None:
-            # Optuna would lower high to the last step below it, with a warning lost in the log
-            span, d_step = Decimal(str(high)) - Decimal(str(low)), Decimal(str(step))
-            if span % d_step:
-                span, last = (f"{d.normalize():f}" for d in (span, Decimal(str(low)) + (span // d_step) * d_step))
-                raise GridError(path, f"{where}.step", f"step {step!r} does not divide high - low = {span}: the values "
-                                                       f"would stop at {last}, not high={high!r}; set high: {last} "
-                                                       f"or a step that divides {span}")
-        if kind == "int" and log_scale and step not in (None, 1):
-            raise GridError(path, f"{where}.step", "a log-scale int range takes no step")
-        out[key] = SearchParam(key, kind, low=low, high=high, step=step, log=kind == "int" and log_scale)
+        try:
+            out[key] = _parse_range(path, key, entry)
+        except GridError as err:
+            problems.extend(err.problems)
     return out
+
+
+def _parse_range(path: Any, key: str, entry: Any) -> SearchParam:
+    """One ``search:`` entry, ``key: {type: uniform, low: 0.1, high: 0.5}`` (a list: the choices of a categorical).
+
+    Raises:
+        GridError: naming ``search.<key>`` (or one of its fields) and the fix.
+    """
+    where = f"search.{key}"
+    if key == "cell":
+        raise GridError(path, where, "'cell' is reserved (the cell parameter of search_scope: grid)")
+    if isinstance(entry, list):
+        entry = {"type": "categorical", "choices": entry}
+    if not isinstance(entry, Mapping) or "type" not in entry:
+        raise GridError(path, where, f"needs a type ({', '.join(SEARCH_TYPES)}), e.g. {{type: uniform, low: 0.1, "
+                                     f"high: 0.5}}; got {entry!r}")
+    kind = str(entry["type"]).lower()
+    kind = _TYPE_ALIASES.get(kind, kind)
+    if kind not in SEARCH_TYPES:
+        close = difflib.get_close_matches(kind, SEARCH_TYPES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise GridError(path, f"{where}.type", f"unknown type {entry['type']!r}.{hint} Available: "
+                                               f"{', '.join(SEARCH_TYPES)}")
+    allowed = {"categorical": {"type", "choices"}, "int": {"type", "low", "high", "step", "log"},
+               "uniform": {"type", "low", "high", "step"}, "loguniform": {"type", "low", "high"}}[kind]
+    unknown = set(entry) - allowed
+    if unknown:
+        raise GridError(path, where, f"a {kind} range takes {', '.join(sorted(allowed))}, not "
+                                     f"{', '.join(sorted(unknown))}")
+    if kind == "categorical":
+        choices = entry.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise GridError(path, f"{where}.choices", f"a non-empty list is required, but got {choices!r}")
+        if not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices):
+            raise GridError(path, f"{where}.choices",
+                            f"choices must be scalars (Optuna stores them), got {choices!r}")
+        return SearchParam(key, kind, choices=tuple(choices))
+    low, high = entry.get("low"), entry.get("high")
+    numeric = (lambda v: _is_int(v)) if kind == "int" else (lambda v: isinstance(v, (int, float))
+                                                             and not isinstance(v, bool))
+    for name, v in (("low", low), ("high", high)):
+        if not numeric(v) or (isinstance(v, float) and not math.isfinite(v)):
+            want = "an integer" if kind == "int" else "a number"
+            raise GridError(path, f"{where}.{name}", f"{want} is required, but got {v!r}")
+    if not low < high:
+        raise GridError(path, where, f"low must be < high, but got low={low!r}, high={high!r}")
+    log_scale = kind == "loguniform" or bool(entry.get("log", False))
+    if log_scale and low <= 0:
+        raise GridError(path, f"{where}.low", f"a log scale needs low > 0, but got low={low!r}")
+    step = entry.get("step")
+    if step is not None and (not numeric(step) or step <= 0):
+        raise GridError(path, f"{where}.step", f"must be {'an integer ' if kind == 'int' else ''}> 0, but got "
+                                               f"{step!r}")
+    if step is not None:
+        # Optuna would lower high to the last step below it, with a warning lost in the log
+        span, d_step = Decimal(str(high)) - Decimal(str(low)), Decimal(str(step))
+        if span % d_step:
+            span, last = (f"{d.normalize():f}" for d in (span, Decimal(str(low)) + (span // d_step) * d_step))
+            raise GridError(path, f"{where}.step", f"step {step!r} does not divide high - low = {span}: the values "
+                                                   f"would stop at {last}, not high={high!r}; set high: {last} "
+                                                   f"or a step that divides {span}")
+    if kind == "int" and log_scale and step not in (None, 1):
+        raise GridError(path, f"{where}.step", "a log-scale int range takes no step")
+    return SearchParam(key, kind, low=low, high=high, step=step, log=kind == "int" and log_scale)
 
 
 # ------------------------------------------------------------------------------------------------- slots

@@ -273,3 +273,31 @@ def test_a_seeded_sampler_continues_its_draws_after_a_rerun_instead_of_repeating
     assert draw(open_storage(str(tmp_path / "b.journal")), 2, 2) == first  # reproducible from scratch
     more = draw(open_storage(str(tmp_path / "a.journal")), 4, 2)  # the rerun with n_trials raised to 4
     assert not set(more) & set(first), (first, more)
+
+
+def test_every_invalid_study_key_is_listed_in_one_error(write_grid):
+    # before: StudyConfig stopped at the first problem (n_trials), so each rerun met the next one
+    from bench.grid import GridError
+    from bench.study import StudyConfig
+
+    path = write_grid("name: bad\nbase: {dataset: digits, loss: {name: cosface, s: 10.0, m: 0.1}}\n"
+                      "search: {loss.m: {type: uniform, low: 0.5, high: 0.1}, loss.s: {type: uniformm}, "
+                      "optimizer.lr: {type: loguniform, low: 1.0e-3, high: 1.0e-1}}\n"
+                      "n_trials: 0\nsampler: {type: tpe, n_startup_trials: -3}\npruner: medain\n"
+                      "objective: {metric: test_acc, direction: up}\nworkers: 0\nseeds: [0, 1]\n")
+    with pytest.raises(GridError) as err:
+        StudyConfig.from_grid(load_grid(path))
+    assert [key for key, _ in err.value.problems] == [
+        "search.loss.m", "search.loss.s.type", "n_trials", "sampler.n_startup_trials", "pruner.type",
+        "objective.direction", "workers", "seeds"]  # seeds: the valid range (optimizer.lr) still makes a search
+    assert str(err.value).startswith(f"{path}: 8 problems:\n  search.loss.m: low must be < high")
+
+
+def test_a_single_invalid_study_key_reads_as_before(write_grid):
+    from bench.grid import GridError
+    from bench.study import StudyConfig
+
+    path = write_grid("name: bad\nbase: {dataset: digits}\nworkers: 0\n")
+    with pytest.raises(GridError) as err:
+        StudyConfig.from_grid(load_grid(path))
+    assert str(err.value) == f"{path}: workers: must be a positive integer, but got 0"
