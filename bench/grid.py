@@ -90,6 +90,19 @@ class GridError(ValueError):
             err.args = (f"{path}: {len(problems)} problems:\n" + "\n".join(shown + more),)
         return err
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException pickles as cls(*args), which __init__'s (path, key, message) refuses: an error raised in a
+        # ProcessPool or multiprocessing worker broke the pool instead of reaching the parent. Rebuilt without
+        # __init__, from its message and attributes (path, key, problems), it round-trips as it was.
+        return (_rebuilt_grid_error, (type(self), self.args), dict(self.__dict__))
+
+
+def _rebuilt_grid_error(cls: type[GridError], args: tuple[Any, ...]) -> GridError:
+    """A `GridError` (or subclass) with ``args`` and no attributes yet (pickle sets them from its state)."""
+    err = cls.__new__(cls)
+    err.args = args
+    return err
+
 
 @dataclass(frozen=True)
 class Cell:

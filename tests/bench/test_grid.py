@@ -463,3 +463,35 @@ def test_header_keys_that_each_show_somewhere_validate(tmp_path):
     assert [t["headers"] for t in grid.report["tables"]] == [
         {"metric": "Metric", "test_acc": "Acc", "loss": "Loss"}, {"3": "three"},
         {"label": "Cell", "softmax / 2": "plain"}]
+
+
+@pytest.mark.parametrize("err", [
+    GridError("g.yaml", "base.loss", "Unknown loss 'arcfce'"),
+    GridError("g.yaml", "", "not valid YAML"),
+    GridError.listing("g.yaml", [("grid.loss[1].loss", "Unknown loss 'x'"), ("seeds", "seeds repeat: [0, 0]")]),
+])
+def test_a_grid_error_survives_pickle_and_deepcopy(err):
+    # before: pickle rebuilt it as GridError(message) and failed (missing key and message), so an error raised in
+    # a ProcessPool worker broke the pool instead of reaching the parent
+    import copy
+    import pickle
+
+    for twin in (pickle.loads(pickle.dumps(err)), copy.deepcopy(err)):
+        assert type(twin) is GridError and twin is not err
+        assert (str(twin), twin.path, twin.key, twin.problems) == (str(err), err.path, err.key, err.problems)
+
+
+def _raise_grid_error(_: int) -> None:
+    raise GridError.listing("g.yaml", [("base.epochz", "unknown trial key"), ("seeds", "seeds repeat")])
+
+
+def test_a_grid_error_raised_in_a_process_pool_worker_reaches_the_parent():
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        with pytest.raises(GridError) as err:
+            pool.submit(_raise_grid_error, 0).result()
+    assert err.value.problems == [("base.epochz", "unknown trial key"), ("seeds", "seeds repeat")]
+    assert str(err.value) == "g.yaml: 2 problems:\n  base.epochz: unknown trial key\n  seeds: seeds repeat"
