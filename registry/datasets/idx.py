@@ -17,6 +17,10 @@ __all__ = ["read_idx", "idx_shape", "write_idx", "IDXError"]
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
            0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
+#: The fix for a damaged file: `download_idx` skips a file that exists, damaged or not.
+_REFETCH = ("delete it and download it again (download: true fetches only the files that are missing, so it keeps "
+            "a damaged one)")
+
 
 class IDXError(ValueError):
     """A file that is not a valid IDX file; the message names the file and what is wrong."""
@@ -50,12 +54,12 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:  # a truncated .gz raises EOFError
-        raise IDXError(f"{path}: cannot read ({err}); the file is damaged or truncated, download it again") from err
+        raise IDXError(f"{path}: cannot read ({err}); the file is damaged or truncated: {_REFETCH}") from err
     shape, dtype, header = _parse_header(path, raw)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
         raise IDXError(f"{path}: truncated or padded: header says shape {shape} ({expected} data bytes), "
-                       f"the file has {len(raw) - header}; download it again")
+                       f"the file has {len(raw) - header}; {_REFETCH}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -81,7 +85,7 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
                 head = f.read(4 + 4 * 255)
             size = path.stat().st_size
     except (OSError, EOFError) as err:
-        raise IDXError(f"{path}: cannot read ({err}); the file is damaged or truncated, download it again") from err
+        raise IDXError(f"{path}: cannot read ({err}); the file is damaged or truncated: {_REFETCH}") from err
     shape, dtype, header = _parse_header(path, head)
     total = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size != (total if path.suffix != ".gz" else total % 2**32):

@@ -92,3 +92,23 @@ def test_mnist_layout_loads_normalized_tensors(tmp_path):
 def test_limit_and_repeat_below_one_fail_validation(tmp_path, name, params, message):
     with pytest.raises(RegistryError, match=message):
         DATASETS.check(name, {"root": str(tmp_path), "download": True, **params})
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_damaged_file_says_to_delete_it_as_download_keeps_a_file_that_exists(tmp_path, gz):
+    # before: "download it again", but download: true skips a file that is there, damaged or not
+    from registry.datasets.idx import idx_shape
+    from registry.datasets.mnist import MNIST_FILES, download_idx
+
+    labels = np.arange(10, dtype=np.uint8)
+    for stem in MNIST_FILES.values():
+        data = _idx_bytes(labels)[:-3]  # 10 labels promised, 7 there
+        (tmp_path / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(data) if gz else data)
+    damaged = tmp_path / ("t10k-labels-idx1-ubyte" + (".gz" if gz else ""))
+    before = damaged.read_bytes()
+    for read in (read_idx, idx_shape):
+        with pytest.raises(IDXError, match=r"delete it and download it again \(download: true fetches only the "
+                                           r"files that are missing"):
+            read(damaged)
+    download_idx(tmp_path, url="http://127.0.0.1:9/")  # a closed port: it would fail if it fetched anything
+    assert damaged.read_bytes() == before
