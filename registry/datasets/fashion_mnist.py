@@ -19,9 +19,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 def _validate_root(params: dict) -> None:
     check_limit_repeat(params.get("limit"))
-    if params.get("download"):
-        return
-    check_idx_files(params.get("root", "data/fashion-mnist"))
+    check_idx_files(params.get("root", "data/fashion-mnist"), missing_ok=bool(params.get("download")))
 
 
 @DATASETS.register("fashion-mnist", validate=_validate_root)

@@ -27,13 +27,9 @@ MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-def find_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES) -> dict[str, Path]:
-    """Locates each IDX file under ``root`` (or ``root/raw``), raw or ``.gz``.
-
-    Raises:
-        FileNotFoundError: naming every file looked for and where.
-    """
-    root = Path(root).expanduser()
+def _locate(root: Path, files: dict[str, str]) -> tuple[dict[str, Path], list[str]]:
+    """``(found, missing)``: the path of each of ``files`` under ``root`` (or ``root/raw``), raw or ``.gz``, by key,
+    and the file names not found."""
     found, missing = {}, []
     for key, stem in files.items():
         candidates = [d / (stem + ext) for d in (root, root / "raw") for ext in ("", ".gz")]
@@ -42,6 +38,17 @@ def find_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES) -> dic
             missing.append(stem)
         else:
             found[key] = hit
+    return found, missing
+
+
+def find_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES) -> dict[str, Path]:
+    """Locates each IDX file under ``root`` (or ``root/raw``), raw or ``.gz``.
+
+    Raises:
+        FileNotFoundError: naming every file looked for and where.
+    """
+    root = Path(root).expanduser()
+    found, missing = _locate(root, files)
     if missing:
         where = "" if root.is_absolute() else f", relative to the working directory {Path.cwd()}"
         raise FileNotFoundError(
@@ -97,24 +104,28 @@ def load_idx_pair(root: str | Path, *, download: bool = False, url: str = MNIST_
     return splits[0], splits[1]
 
 
-def check_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES) -> None:
+def check_idx_files(root: str | Path, files: dict[str, str] = MNIST_FILES, *, missing_ok: bool = False) -> None:
     """The four IDX files under ``root`` are there, readable, and pair up: (N, H, W) images, N labels.
 
+    With ``missing_ok`` (``download: true``: `download_idx` fetches the missing files) only the files that are there
+    are checked, and paired when both of a split are: the download keeps a damaged one.
+
     Raises:
-        FileNotFoundError: a file is missing (`find_idx_files`).
+        FileNotFoundError: a file is missing (`find_idx_files`), unless ``missing_ok``.
         ValueError: a damaged file, or images and labels that do not match, naming the files.
     """
-    paths = find_idx_files(root, files)
+    paths = _locate(Path(root).expanduser(), files)[0] if missing_ok else find_idx_files(root, files)
     for split in ("train", "test"):
-        images, labels = paths[f"{split}_images"], paths[f"{split}_labels"]
-        image_shape, label_shape = idx_shape(images), idx_shape(labels)
-        if len(image_shape) != 3:
+        images, labels = paths.get(f"{split}_images"), paths.get(f"{split}_labels")
+        image_shape = idx_shape(images) if images is not None else None
+        label_shape = idx_shape(labels) if labels is not None else None
+        if image_shape is not None and len(image_shape) != 3:
             raise ValueError(f"{images} holds an array of shape {image_shape}, not images (N, H, W); is it a "
                              f"labels file under an images name?")
-        if len(label_shape) != 1:
+        if label_shape is not None and len(label_shape) != 1:
             raise ValueError(f"{labels} holds an array of shape {label_shape}, not labels (N,); is it an "
                              f"images file under a labels name?")
-        if image_shape[0] != label_shape[0]:
+        if image_shape is not None and label_shape is not None and image_shape[0] != label_shape[0]:
             raise ValueError(f"{images} has {image_shape[0]} images but {labels} has {label_shape[0]} labels")
 
 
@@ -129,9 +140,7 @@ def check_limit_repeat(limit: int | None = None, repeat: int = 1) -> None:
 
 def _validate_root(params: dict) -> None:
     check_limit_repeat(params.get("limit"), params.get("repeat", 1))
-    if params.get("download"):
-        return
-    check_idx_files(params.get("root", "data/mnist"))
+    check_idx_files(params.get("root", "data/mnist"), missing_ok=bool(params.get("download")))
 
 
 @DATASETS.register("mnist", validate=_validate_root)

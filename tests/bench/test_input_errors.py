@@ -342,3 +342,29 @@ def test_a_dataset_that_fails_while_its_metrics_are_told_is_a_grid_problem(tmp_p
         load_grid(path)
     assert err.value.problems == [("grid.dataset[0].dataset", "dataset 'digits' cannot be read, so every trial "
                                                               "would fail loading it: data/x.bin: truncated")]
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("damaged, missing", [
+    ("train-images-idx3-ubyte", None),
+    ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"),  # files still to download are no problem
+])
+def test_a_damaged_train_idx_file_with_download_true_fails_validation(tmp_path, dataset, damaged, missing):
+    # before: download: true skipped the registry's check; only t10k-labels was read (for the metric names), so a
+    # truncated train file validated, was kept by the download, and failed every trial
+    from registry import DATASETS
+    from tests.conftest import write_tiny_mnist
+
+    write_tiny_mnist(tmp_path / "data", train=40)
+    path = tmp_path / "data" / damaged
+    path.write_bytes(path.read_bytes()[:-5])
+    if missing:
+        (tmp_path / "data" / missing).unlink()
+    grid = write(tmp_path, f"name: g\nbase: {{dataset: {{name: {dataset}, root: {tmp_path / 'data'}, "
+                           f"download: true}}, epochs: 1}}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(grid)
+    assert err.value.key == "base.dataset" and len(err.value.problems) == 1
+    assert f"{path}: truncated or padded" in str(err.value) and "delete it and download it again" in str(err.value)
+    path.unlink()  # the same folder with that file missing too: all to download, nothing wrong
+    DATASETS.check(dataset, {"root": str(tmp_path / "data"), "download": True})
