@@ -15,15 +15,21 @@ grid:
 """
 
 
+def _uri(in_tmp) -> str:
+    """The test's own MLflow store, absolute: MLflow keeps one store per URI string for the whole session, so a
+    relative ``sqlite:///mlflow.db`` reads the database of the first test that opened it, in its folder."""
+    return f"sqlite:///{in_tmp / 'mlflow.db'}"
+
+
 def _prepared(write_grid, in_tmp):
     from bench.study import StudyConfig, open_storage, prepare_study
     from bench.tracking import StudyTracker
 
     grid = load_grid(write_grid(GRID))
     storage = str(in_tmp / "optuna.journal")
-    tracker = StudyTracker(grid.name, "sqlite:///mlflow.db")
+    tracker = StudyTracker(grid.name, _uri(in_tmp))
     prepare_study(grid, StudyConfig.from_grid(grid), open_storage(storage),
-                  mlflow={"tracking_uri": "sqlite:///mlflow.db", "parent_run_id": tracker.parent_run_id})
+                  mlflow={"tracking_uri": _uri(in_tmp), "parent_run_id": tracker.parent_run_id})
     return grid, storage
 
 
@@ -60,7 +66,7 @@ def test_an_interrupt_between_popping_and_starting_gives_the_popped_trials_back(
 
     monkeypatch.setattr(bench.workers, "pop_next_trial_id", pop_then_interrupted)
     with pytest.raises(KeyboardInterrupt):
-        work(grid.name, storage, "sqlite:///mlflow.db", WorkerOptions(device="cpu", fuse=fuse), echo=lambda s: None)
+        work(grid.name, storage, _uri(in_tmp), WorkerOptions(device="cpu", fuse=fuse), echo=lambda s: None)
     states = _states(grid.name, storage)
     assert "RUNNING" not in states, states
     # each popped trial failed and queued again (Optuna keeps the failed attempt); the others never left the queue
@@ -80,7 +86,7 @@ def test_an_interrupt_while_the_tracker_reopens_gives_the_popped_trial_back(in_t
 
     monkeypatch.setattr(StudyTracker, "reopen", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        work(grid.name, storage, "sqlite:///mlflow.db", WorkerOptions(device="cpu"), echo=lambda s: None)
+        work(grid.name, storage, _uri(in_tmp), WorkerOptions(device="cpu"), echo=lambda s: None)
     assert _states(grid.name, storage) == {"FAIL": 1, "WAITING": 4}
 
 
@@ -105,8 +111,8 @@ def test_an_interrupt_while_a_fused_group_opens_its_runs_closes_them_and_gives_t
 
     monkeypatch.setattr(MlflowClient, "create_run", interrupted_create_run)
     with pytest.raises(KeyboardInterrupt):
-        work(grid.name, storage, "sqlite:///mlflow.db", WorkerOptions(device="cpu", fuse=3), echo=lambda s: None)
-    client = MlflowClient("sqlite:///mlflow.db")
+        work(grid.name, storage, _uri(in_tmp), WorkerOptions(device="cpu", fuse=3), echo=lambda s: None)
+    client = MlflowClient(_uri(in_tmp))
     runs = client.search_runs(
         [client.get_experiment_by_name(grid.name).experiment_id], filter_string="tags.`marginbench.role` = 'trial'"
     )
