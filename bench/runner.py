@@ -22,7 +22,7 @@ from bench.spec import TrialSpec
 from bench.tracking import StudyTracker, TrialRun
 from bench.trial import TrialOptions, TrialResult, run_trial
 
-__all__ = ["execute_trial", "execute_fused_trials", "run_grid", "TrialOutcome", "interrupts_held"]
+__all__ = ["execute_trial", "execute_fused_trials", "run_grid", "TrialOutcome", "RecordingFailed", "interrupts_held"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,39 @@ class TrialOutcome:
     error: str | None = None
 
 
+class RecordingFailed(Exception):
+    """The tracking store failed while trials' outcomes were recorded (a crash's traceback and error tag, a
+    result's tags, a run's close), after the runs were closed as far as the store let them be.
+
+    Raised by `execute_trial` and `execute_fused_trials` instead of the store's error, which used to replace the
+    trial's own (a ``RuntimeError`` in training was recorded as the store's ``MlflowException``).
+
+    Attributes:
+        outcomes: one per trial of the call, in order, each ``failed``, its ``error`` naming the trial's own error
+            and the store's.
+        store_error: the store's exception (a worker reads the store before it pops more trials).
+    """
+
+    def __init__(self, outcomes: list[TrialOutcome], store_error: Exception) -> None:
+        failed = [o.error for o in outcomes if o.status == "failed" and o.error]
+        super().__init__(failed[0] if failed else f"{type(store_error).__name__}: {store_error}")
+        self.outcomes = outcomes
+        self.store_error = store_error
+
+
+class _StoreFailed(Exception):
+    """`_record_failure`: the store failed (``store_error``) as a trial's ``error`` (text) was recorded."""
+
+    def __init__(self, error: str, store_error: Exception) -> None:
+        super().__init__(error)
+        self.error, self.store_error = error, store_error
+
+
+def _with_store_error(error: str, store_error: BaseException) -> str:
+    """``"RuntimeError: ... (and the tracking store failed as it was recorded: MlflowException: ...)"``."""
+    return f"{error} (and the tracking store failed as it was recorded: {type(store_error).__name__}: {store_error})"
+
+
 def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions | None = None, *,
                   trial_number: int | None = None, extra_tags: dict[str, str] | None = None,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrialOutcome:
@@ -79,8 +112,10 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     to the recording of the result, closes the run as ``interrupted`` and propagates.
 
     Raises:
-        Exception: the tracking store's error outside training (opening the run, writing its params, recording
-            its failure); the run, when it was made, is closed as ``failed`` with the error first (`_close_failed`).
+        RecordingFailed: the tracking store failed as the trial's failure was recorded (a crash, or an error
+            recording its result); its outcome is ``failed`` with both errors, kept on the run where it can be.
+        Exception: the tracking store's error as the run is opened (made, its params written); the run, when it
+            was made, is closed as ``failed`` with the error first (`_close_failed`).
     """
     options = options or TrialOptions()
     opened: list[TrialRun] = []
@@ -94,12 +129,16 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
                                                  on_epoch=_epoch_logger(run, logged, on_epoch)))
             except Exception as err:  # one trial's crash must not end the study
                 log.exception("trial %s seed %s failed", spec.label, spec.seed)
-                tracker.record_failure(run, err)
-                return TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
+                return _record_failure(tracker, run, spec, err)
             return _finish_or_fail(tracker, run, result, logged)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is closed as interrupted; the caller re-queues the trial
         _close_interrupted(opened)
         raise
+    except _StoreFailed as failed:
+        (run,) = opened
+        _close_as_failed(run, failed.error)
+        raise RecordingFailed([TrialOutcome(spec, run.run_id, "failed", None, failed.error)],
+                              failed.store_error) from failed.store_error
     except Exception as err:  # the store failed: the caller fails the trial, and its run must not stay RUNNING
         _close_failed(opened, err)
         raise
@@ -111,8 +150,13 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
     """`execute_trial` for trials trained as one program (`bench.fused.run_fused_trials`): each in its own
     MLflow child run, tagged ``fused_trials`` with the group's size; an exception fails every trial of the
     group, KeyboardInterrupt (from the start of the first run to the recording of the last) closes every run
-    opened as ``interrupted`` and propagates, and so does a tracking store error outside training (the second
-    run's creation, say), after closing every run opened and not yet recorded as ``failed``."""
+    opened as ``interrupted`` and propagates, and so does a tracking store error as the runs are opened (the second
+    run's creation, say), after closing every run opened as ``failed``.
+
+    Raises:
+        RecordingFailed: the store failed as a trial's failure was recorded: every trial of the group is
+            ``failed`` with both errors, its run closed as failed where the store lets it be.
+    """
     from bench.fused import run_fused_trials
 
     if len(specs) == 1:
@@ -132,18 +176,37 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
                                                    for o, d, f in zip(options, folders, loggers, strict=True)])
             except Exception as err:
                 log.exception("fused trials %s failed", ", ".join(s.label for s in specs))
-                for run in runs:
-                    tracker.record_failure(run, err)
-                return [TrialOutcome(spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
-                        for spec, run in zip(specs, runs, strict=True)]
+                return [_record_failure(tracker, run, spec, err) for spec, run in zip(specs, runs, strict=True)]
             return [_finish_or_fail(tracker, run, result, done)
                     for run, result, done in zip(runs, results, logged, strict=True)]
     except KeyboardInterrupt:  # every trial of the group is re-queued, those already recorded too
         _close_interrupted(opened)
         raise
+    except _StoreFailed as failed:  # every trial of the group fails with the error and the store's
+        for run in opened:
+            _close_as_failed(run, failed.error)
+        raise RecordingFailed([TrialOutcome(spec, run.run_id, "failed", None, failed.error)
+                               for spec, run in zip(specs, opened, strict=True)],
+                              failed.store_error) from failed.store_error
     except Exception as err:  # the store failed: the caller fails every trial of the group
         _close_failed(opened, err)
         raise
+
+
+def _record_failure(tracker: StudyTracker, run: TrialRun, spec: TrialSpec, err: Exception) -> TrialOutcome:
+    """`StudyTracker.record_failure` of a trial's ``err``: its ``failed`` outcome.
+
+    Raises:
+        _StoreFailed: the store failed as it was recorded; its ``error`` names both errors.
+    """
+    error = f"{type(err).__name__}: {err}"
+    try:
+        tracker.record_failure(run, err)
+    except Exception as store_error:
+        log.exception("run %s: the tracking store failed as the trial's %s was recorded", run.run_id,
+                      type(err).__name__)
+        raise _StoreFailed(_with_store_error(error, store_error), store_error) from store_error
+    return TrialOutcome(spec, run.run_id, "failed", None, error)
 
 
 def _close_interrupted(runs: Sequence[TrialRun]) -> None:
@@ -166,14 +229,18 @@ def _close_failed(runs: Sequence[TrialRun], err: Exception) -> None:
     Best effort: the store may still be failing. A run it cannot close is logged and left RUNNING (the next
     process that claims its trial closes it as ``interrupted``); ``err`` stays the error the caller raises."""
     for run in runs:
-        if run.closed_as is not None:  # recorded before the store failed (a fused group's earlier trials)
-            continue
-        try:
-            run.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
-            run.finish("failed")
-        except Exception:
-            log.exception("run %s: could not be closed as failed after the tracking store's %s", run.run_id,
-                          type(err).__name__)
+        _close_as_failed(run, f"{type(err).__name__}: {err}")
+
+
+def _close_as_failed(run: TrialRun, error: str) -> None:
+    """Closes a run not closed yet as ``failed``, ``error`` in its ``error`` tag; best effort (`_close_failed`)."""
+    if run.closed_as is not None:  # recorded before the store failed (a fused group's earlier trials)
+        return
+    try:
+        run.set_tags({"error": error[:5000]})
+        run.finish("failed")
+    except Exception:
+        log.exception("run %s: could not be closed as failed (%s)", run.run_id, error[:200])
 
 
 @contextlib.contextmanager
@@ -201,13 +268,16 @@ def _epoch_logger(run: TrialRun, logged: list[int], on_epoch: Callable[[int, dic
 def _finish_or_fail(tracker: StudyTracker, run: TrialRun, result: TrialResult, logged: list[int]) -> TrialOutcome:
     """`_finish_run`, or, when recording the result raises (an epoch's metric write that failed in the
     background surfaces at its flush), the run closed as ``failed`` with the error: a run whose history lost
-    an epoch is no result, and it must not stay RUNNING."""
+    an epoch is no result, and it must not stay RUNNING.
+
+    Raises:
+        _StoreFailed: recording that failure failed too (`_record_failure`).
+    """
     try:
         return _finish_run(run, result, logged)
     except Exception as err:
         log.exception("trial %s seed %s: recording its result failed", result.spec.label, result.spec.seed)
-        tracker.record_failure(run, err)
-        return TrialOutcome(result.spec, run.run_id, "failed", None, f"{type(err).__name__}: {err}")
+        return _record_failure(tracker, run, result.spec, err)
 
 
 def _finish_run(run: TrialRun, result: TrialResult, logged: list[int]) -> TrialOutcome:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.grid import Grid
-from bench.runner import TrialOutcome, execute_fused_trials, execute_trial, interrupts_held
+from bench.runner import RecordingFailed, TrialOutcome, execute_fused_trials, execute_trial, interrupts_held
 from bench.study import (
     CELL_ATTR,
     DIVERGED_ATTR,
@@ -420,6 +420,10 @@ def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: Stu
             with interrupts_held():
                 _give_back(study, trial_id)
             raise
+        except RecordingFailed as err:  # failed with the trial's own error and the store's (`_record` tells it)
+            log.error("trial id %d: %s", trial_id, err)
+            _note_store_error(err.store_error, store_errors)
+            (outcome,) = err.outcomes
         except Exception as err:  # a broken trial must not stop the worker
             log.exception("trial id %d failed before or after training", trial_id)
             _fail(study, trial_id, f"{type(err).__name__}: {err}")
@@ -434,7 +438,7 @@ def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, 
     """`run_study_trial` for several popped trials at once: those that can be fused (`bench.fused`) train as
     one program, the others one after another; never raises an ordinary exception. A group whose training or
     recording raised (the tracking store failing as its second run is made, say) fails each of its trials with
-    the error, and the next group goes on.
+    the error (`bench.runner.RecordingFailed`: the trial's own and the store's), and the next group goes on.
 
     Returns:
         ``(trial_id, status, outcome)`` for each trial, in the order given.
@@ -468,6 +472,10 @@ def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, 
                         [c.spec for c in members], tracker, [_trial_options(options, c) for c in members],
                         trial_numbers=[c.number for c in members], extra_tags=[c.tags for c in members],
                         on_epochs=[c.on_epoch for c in members])
+                except RecordingFailed as err:  # failed with the trials' own error and the store's
+                    log.error("trial ids %s: %s", ", ".join(str(c.trial_id) for c in members), err)
+                    _note_store_error(err.store_error, store_errors)
+                    outcomes = err.outcomes
                 except Exception as err:  # it closed its runs; their trials fail, and the worker goes on
                     log.exception("trial ids %s failed before or after training",
                                   ", ".join(str(c.trial_id) for c in members))

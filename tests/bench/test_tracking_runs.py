@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 
 import bench.fused
 import bench.runner
-from bench.runner import execute_fused_trials, execute_trial
+from bench.runner import RecordingFailed, execute_fused_trials, execute_trial
 from bench.spec import TrialSpec
 from bench.tracking import StudyTracker
 from bench.trial import TrialOptions, TrialResult
@@ -376,6 +376,9 @@ def test_a_store_that_cannot_close_the_run_either_leaves_the_first_error_raised(
     assert run.info.status == "RUNNING"  # the store refused every write; the next claim of its trial closes it
 
 
+STORE_DOWN = "MlflowException: set_terminated: API request failed with error code 500 != 200"
+
+
 def test_a_store_error_recording_a_fused_group_keeps_the_runs_recorded_before_it(tmp_path, monkeypatch):
     # the second run's close fails twice (with its result, then with its failure): the error goes on to the worker;
     # the second and third runs used to stay RUNNING. They are closed as failed now, and the first, finished
@@ -384,10 +387,29 @@ def test_a_store_error_recording_a_fused_group_keeps_the_runs_recorded_before_it
     monkeypatch.setattr(bench.fused, "run_fused_trials",
                         lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
     _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
-    with pytest.raises(MlflowException, match="set_terminated: API request failed"):
+    with pytest.raises(RecordingFailed, match="set_terminated: API request failed"):
         execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
                              [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
                              on_epochs=[None] * 3)
     by_seed = {r.data.params["seed"]: (r.info.status, r.data.tags["marginbench.status"])
                for r in tracker.child_runs()}
     assert by_seed == {"0": ("FINISHED", "finished"), "1": ("FAILED", "failed"), "2": ("FAILED", "failed")}
+
+
+def test_a_crash_whose_recording_the_store_fails_keeps_both_errors(tmp_path, monkeypatch):
+    # the store failing as the crash was recorded (its close) replaced the crash: the run's error tag and the
+    # error the worker told Optuna said only "MlflowException: ...", the RuntimeError was gone
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def crashed(spec, options):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(bench.runner, "run_trial", crashed)
+    _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n == 1)
+    with pytest.raises(RecordingFailed) as failed:
+        execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    both = f"RuntimeError: CUDA out of memory (and the tracking store failed as it was recorded: {STORE_DOWN})"
+    assert str(failed.value) == both
+    assert [(o.status, o.error) for o in failed.value.outcomes] == [("failed", both)]
+    (run,) = tracker.child_runs()
+    assert (run.info.status, run.data.tags["marginbench.status"], run.data.tags["error"]) == ("FAILED", "failed", both)

@@ -20,18 +20,18 @@ URI = "sqlite:///mlflow.db"
 ERROR = "API request failed with error code 500 != 200"
 
 
-def _prepared(write_grid, in_tmp):
+def _prepared(write_grid, in_tmp, uri: str = URI):
     from bench.study import StudyConfig, open_storage, prepare_study
     from bench.tracking import StudyTracker
 
     grid = load_grid(write_grid(GRID))
     storage = str(in_tmp / "optuna.journal")
-    tracker = StudyTracker(grid.name, URI)
+    tracker = StudyTracker(grid.name, uri)
     prepare_study(
         grid,
         StudyConfig.from_grid(grid),
         open_storage(storage),
-        mlflow={"tracking_uri": URI, "parent_run_id": tracker.parent_run_id},
+        mlflow={"tracking_uri": uri, "parent_run_id": tracker.parent_run_id},
     )
     return grid, storage
 
@@ -75,11 +75,11 @@ def _runs(name: str) -> list[tuple[str, str]]:
     return sorted((r.info.status, r.data.tags["marginbench.status"]) for r in runs)
 
 
-def _work(grid, storage, fuse: int) -> list[str]:
+def _work(grid, storage, fuse: int, uri: str = URI) -> list[str]:
     from bench.workers import WorkerOptions, work
 
     lines: list[str] = []
-    work(grid.name, storage, URI, WorkerOptions(device="cpu", fuse=fuse, poll_seconds=0.1), echo=lines.append)
+    work(grid.name, storage, uri, WorkerOptions(device="cpu", fuse=fuse, poll_seconds=0.1), echo=lines.append)
     return lines
 
 
@@ -188,3 +188,41 @@ def test_a_store_that_fails_as_bench_run_starts_stops_it_with_one_line(in_tmp, t
             grid, storage=str(in_tmp / "optuna.journal"), tracking_uri=URI, workers=1, device="cpu", echo=lambda s: None
         )
     assert "\n" not in str(stop.value.code)
+
+
+def _crashing(monkeypatch, loss: str, crashed: list[str]) -> None:
+    """Training the trial of ``loss`` raises RuntimeError (noted in ``crashed``); the others train for real."""
+    import bench.runner
+
+    real = bench.runner.run_trial
+
+    def run_trial(spec, options):
+        if spec.labels.get("loss") == loss:
+            crashed.append(loss)
+            raise RuntimeError("CUDA out of memory")
+        return real(spec, options)
+
+    monkeypatch.setattr(bench.runner, "run_trial", run_trial)
+
+
+def test_a_store_error_as_a_crash_is_recorded_fails_the_trial_with_both_errors(
+    in_tmp, tiny_dataset, write_grid, monkeypatch
+):
+    # the cosface trial crashes and its run's close fails once: Optuna was told only the store's MlflowException,
+    # the RuntimeError lost. It is told both now, the run keeps both in its error tag, and the worker goes on
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    grid, storage = _prepared(write_grid, in_tmp, uri)
+    crashed: list[str] = []
+    _crashing(monkeypatch, "cosface", crashed)
+    _fails(monkeypatch, "set_terminated", lambda n, kw: bool(crashed) and crashed.pop() == "cosface")
+    lines = _work(grid, storage, fuse=1, uri=uri)
+    both = (f"RuntimeError: CUDA out of memory (and the tracking store failed as it was recorded: "
+            f"MlflowException: {ERROR})")
+    trials = {t.user_attrs["marginbench.labels"]["loss"]: t for t in _trials(grid.name, storage)}
+    assert {label: t.state.name for label, t in trials.items()} == {
+        "softmax": "COMPLETE", "cosface": "FAIL", "arcface": "COMPLETE", "norm-softmax": "COMPLETE"}
+    assert trials["cosface"].user_attrs["marginbench.error"] == both
+    client = MlflowClient(uri)
+    run = client.get_run(trials["cosface"].user_attrs["marginbench.mlflow_run_id"])
+    assert (run.info.status, run.data.tags["error"]) == ("FAILED", both)
+    assert sum(f"cosface seed=0: failed {both}" in line for line in lines) == 1
