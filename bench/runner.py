@@ -72,11 +72,12 @@ class RecordingFailed(Exception):
     result's tags, a run's close), after the runs were closed as far as the store let them be.
 
     Raised by `execute_trial` and `execute_fused_trials` instead of the store's error, which used to replace the
-    trial's own (a ``RuntimeError`` in training was recorded as the store's ``MlflowException``).
+    trial's own (a ``RuntimeError`` in training was recorded as the store's ``MlflowException``) and fail a fused
+    group's trials recorded before it.
 
     Attributes:
-        outcomes: one per trial of the call, in order, each ``failed``, its ``error`` naming the trial's own error
-            and the store's.
+        outcomes: one per trial of the call, in order: those recorded before the store failed as recorded, the
+            others ``failed``, their ``error`` naming the trial's own error and the store's.
         store_error: the store's exception (a worker reads the store before it pops more trials).
     """
 
@@ -154,8 +155,9 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
     run's creation, say), after closing every run opened as ``failed``.
 
     Raises:
-        RecordingFailed: the store failed as a trial's failure was recorded: every trial of the group is
-            ``failed`` with both errors, its run closed as failed where the store lets it be.
+        RecordingFailed: the store failed as trial k's outcome was recorded (its result, or a failure): the
+            trials before k keep the outcomes recorded, k and the later ones are ``failed`` with the reason, their
+            runs closed as failed where the store lets them be.
     """
     from bench.fused import run_fused_trials
 
@@ -170,27 +172,51 @@ def execute_fused_trials(specs: Sequence[TrialSpec], tracker: StudyTracker, opti
         logged: list[list[int]] = [[] for _ in specs]
         with contextlib.ExitStack() as stack:
             folders = [stack.enter_context(_artifact_dir(o)) for o in options]
+            crash: Exception | None = None
             try:
                 loggers = [_epoch_logger(run, done, f) for run, done, f in zip(runs, logged, on_epochs, strict=True)]
                 results = run_fused_trials(specs, [replace(o, artifact_dir=d, on_epoch=f)
                                                    for o, d, f in zip(options, folders, loggers, strict=True)])
             except Exception as err:
                 log.exception("fused trials %s failed", ", ".join(s.label for s in specs))
-                return [_record_failure(tracker, run, spec, err) for spec, run in zip(specs, runs, strict=True)]
-            return [_finish_or_fail(tracker, run, result, done)
-                    for run, result, done in zip(runs, results, logged, strict=True)]
+                crash = err
+            outcomes: list[TrialOutcome] = []
+            for k, (spec, run) in enumerate(zip(specs, runs, strict=True)):
+                try:
+                    outcomes.append(_record_failure(tracker, run, spec, crash) if crash is not None
+                                    else _finish_or_fail(tracker, run, results[k], logged[k]))
+                except _StoreFailed as failed:
+                    raise _group_not_recorded(specs, runs, outcomes, failed, crash) from failed.store_error
+            return outcomes
     except KeyboardInterrupt:  # every trial of the group is re-queued, those already recorded too
         _close_interrupted(opened)
         raise
-    except _StoreFailed as failed:  # every trial of the group fails with the error and the store's
-        for run in opened:
-            _close_as_failed(run, failed.error)
-        raise RecordingFailed([TrialOutcome(spec, run.run_id, "failed", None, failed.error)
-                               for spec, run in zip(specs, opened, strict=True)],
-                              failed.store_error) from failed.store_error
+    except RecordingFailed:
+        raise
     except Exception as err:  # the store failed: the caller fails every trial of the group
         _close_failed(opened, err)
         raise
+
+
+def _group_not_recorded(specs: Sequence[TrialSpec], runs: Sequence[TrialRun], recorded: list[TrialOutcome],
+                        failed: _StoreFailed, crash: Exception | None) -> RecordingFailed:
+    """The `RecordingFailed` of a fused group whose store failed as trial k = ``len(recorded)`` was recorded: the
+    outcomes ``recorded`` before it stay; k fails with its error and the store's, each later trial with its crash
+    and the store's error, or, trained, with the reason it was not recorded; their runs closed as failed."""
+    k = len(recorded)
+    store = f"{type(failed.store_error).__name__}: {failed.store_error}"
+    outcomes = list(recorded)
+    for i in range(k, len(specs)):
+        if i == k:
+            error = failed.error
+        elif crash is not None:
+            error = _with_store_error(f"{type(crash).__name__}: {crash}", failed.store_error)
+        else:
+            error = (f"not recorded: the tracking store failed as {specs[k].label} seed={specs[k].seed}, trained "
+                     f"with this trial, was recorded ({store})")
+        _close_as_failed(runs[i], error)
+        outcomes.append(TrialOutcome(specs[i], runs[i].run_id, "failed", None, error))
+    return RecordingFailed(outcomes, failed.store_error)
 
 
 def _record_failure(tracker: StudyTracker, run: TrialRun, spec: TrialSpec, err: Exception) -> TrialOutcome:

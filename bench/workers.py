@@ -436,9 +436,10 @@ def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, 
                      options: WorkerOptions, *, cells: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
                      store_errors: list[Exception] | None = None) -> list[tuple[int, str, TrialOutcome | None]]:
     """`run_study_trial` for several popped trials at once: those that can be fused (`bench.fused`) train as
-    one program, the others one after another; never raises an ordinary exception. A group whose training or
-    recording raised (the tracking store failing as its second run is made, say) fails each of its trials with
-    the error (`bench.runner.RecordingFailed`: the trial's own and the store's), and the next group goes on.
+    one program, the others one after another; never raises an ordinary exception. A group whose runs could not
+    be opened (the tracking store failing as its second run is made, say) fails each of its trials with the error;
+    one whose store failed as trial k was recorded (`bench.runner.RecordingFailed`) keeps the outcomes of the
+    trials before k and fails k and the later ones with the reason; the next group goes on.
 
     Returns:
         ``(trial_id, status, outcome)`` for each trial, in the order given.
@@ -472,7 +473,7 @@ def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, 
                         [c.spec for c in members], tracker, [_trial_options(options, c) for c in members],
                         trial_numbers=[c.number for c in members], extra_tags=[c.tags for c in members],
                         on_epochs=[c.on_epoch for c in members])
-                except RecordingFailed as err:  # failed with the trials' own error and the store's
+                except RecordingFailed as err:  # those recorded before the store failed keep their outcome
                     log.error("trial ids %s: %s", ", ".join(str(c.trial_id) for c in members), err)
                     _note_store_error(err.store_error, store_errors)
                     outcomes = err.outcomes

@@ -380,20 +380,28 @@ STORE_DOWN = "MlflowException: set_terminated: API request failed with error cod
 
 
 def test_a_store_error_recording_a_fused_group_keeps_the_runs_recorded_before_it(tmp_path, monkeypatch):
-    # the second run's close fails twice (with its result, then with its failure): the error goes on to the worker;
-    # the second and third runs used to stay RUNNING. They are closed as failed now, and the first, finished
-    # before the store failed, is not closed again as failed
+    # the second run's close fails twice (with its result, then with its failure): the second and third runs used
+    # to stay RUNNING, and the store's error, raised, failed the first trial too. The first keeps its finished
+    # outcome (and run); the second fails with both store errors, the third with why it was not recorded
     tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(bench.fused, "run_fused_trials",
                         lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
     _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
-    with pytest.raises(RecordingFailed, match="set_terminated: API request failed"):
+    with pytest.raises(RecordingFailed) as failed:
         execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
                              [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
                              on_epochs=[None] * 3)
-    by_seed = {r.data.params["seed"]: (r.info.status, r.data.tags["marginbench.status"])
+    both = f"{STORE_DOWN} (and the tracking store failed as it was recorded: {STORE_DOWN})"
+    unrecorded = (f"not recorded: the tracking store failed as {SPEC.label} seed=1, trained with this trial, was "
+                  f"recorded ({STORE_DOWN})")
+    outcomes = failed.value.outcomes
+    assert [(o.spec.seed, o.status, o.error) for o in outcomes] == [
+        (0, "finished", None), (1, "failed", both), (2, "failed", unrecorded)]
+    assert f"{type(failed.value.store_error).__name__}: {failed.value.store_error}" == STORE_DOWN
+    by_seed = {r.data.params["seed"]: (r.info.status, r.data.tags["marginbench.status"], r.data.tags.get("error"))
                for r in tracker.child_runs()}
-    assert by_seed == {"0": ("FINISHED", "finished"), "1": ("FAILED", "failed"), "2": ("FAILED", "failed")}
+    assert by_seed == {"0": ("FINISHED", "finished", None), "1": ("FAILED", "failed", both),
+                       "2": ("FAILED", "failed", unrecorded)}
 
 
 def test_a_crash_whose_recording_the_store_fails_keeps_both_errors(tmp_path, monkeypatch):
@@ -413,3 +421,25 @@ def test_a_crash_whose_recording_the_store_fails_keeps_both_errors(tmp_path, mon
     assert [(o.status, o.error) for o in failed.value.outcomes] == [("failed", both)]
     (run,) = tracker.child_runs()
     assert (run.info.status, run.data.tags["marginbench.status"], run.data.tags["error"]) == ("FAILED", "failed", both)
+
+
+def test_a_fused_crash_whose_recording_the_store_fails_keeps_both_errors(tmp_path, monkeypatch):
+    # the group crashed; the second run's failure could not be closed: the store's error replaced the crash for
+    # all three trials. The first keeps the crash alone, the second and third carry both errors
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def crashed(specs, options):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(bench.fused, "run_fused_trials", crashed)
+    _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n == 2)
+    with pytest.raises(RecordingFailed) as failed:
+        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
+                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
+                             on_epochs=[None] * 3)
+    crash = "RuntimeError: CUDA out of memory"
+    both = f"{crash} (and the tracking store failed as it was recorded: {STORE_DOWN})"
+    assert [(o.spec.seed, o.status, o.error) for o in failed.value.outcomes] == [
+        (0, "failed", crash), (1, "failed", both), (2, "failed", both)]
+    by_seed = {r.data.params["seed"]: (r.info.status, r.data.tags["error"]) for r in tracker.child_runs()}
+    assert by_seed == {"0": ("FAILED", crash), "1": ("FAILED", both), "2": ("FAILED", both)}

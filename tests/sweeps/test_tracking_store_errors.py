@@ -226,3 +226,27 @@ def test_a_store_error_as_a_crash_is_recorded_fails_the_trial_with_both_errors(
     run = client.get_run(trials["cosface"].user_attrs["marginbench.mlflow_run_id"])
     assert (run.info.status, run.data.tags["error"]) == ("FAILED", both)
     assert sum(f"cosface seed=0: failed {both}" in line for line in lines) == 1
+
+
+def test_a_store_error_recording_a_fused_group_keeps_the_trials_recorded_before_it(
+    in_tmp, tiny_dataset, write_grid, monkeypatch
+):
+    # the second run of a fused group of 4 cannot be closed, with its result or with its failure: all four trials
+    # were told FAIL with the store's error, the first one's finished result too. The first stays
+    # COMPLETE; the second fails with both store errors, the third and fourth with why they were not recorded
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    grid, storage = _prepared(write_grid, in_tmp, uri)
+    _fails(monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
+    _work(grid, storage, fuse=4, uri=uri)
+    trials = sorted(_trials(grid.name, storage), key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
+    assert trials[0].value is not None
+    store = f"MlflowException: {ERROR}"
+    second = trials[1].user_attrs["marginbench.labels"]["loss"]
+    assert [t.user_attrs.get("marginbench.error") for t in trials] == [
+        None,
+        f"{store} (and the tracking store failed as it was recorded: {store})",
+        *[f"not recorded: the tracking store failed as {second} seed=0, trained with this trial, was recorded "
+          f"({store})"] * 2,
+    ]
+    assert _runs(grid.name) == [("FAILED", "failed")] * 3 + [("FINISHED", "finished")]
