@@ -6,16 +6,19 @@ The embedded default is ``sqlite:///mlflow.db`` in the working directory with ar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import platform
+import signal
 import socket
 import subprocess
+import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +211,52 @@ def environment_tags(device: str | torch.device | None = None) -> dict[str, str]
     }
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Defers SIGINT and SIGTERM to the end of the block: the first one that lands inside is handled as before
+    (KeyboardInterrupt, `bench.workers.Terminated`) once the block is done; a second one is handled at once, so a
+    block that hangs can still be stopped (an OS signal mask would merge it with the first and swallow it).
+    Outside the main thread (where Python delivers no signal) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held: list[tuple[int, Any]] = []
+    raised: list[bool] = []
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    def hold(signum: int, frame: Any) -> None:
+        if not held:
+            held.append((signum, frame))
+            return
+        restore()  # pressed again: the hold ends, and this one is handled where it landed
+        try:
+            _handle(signum, frame, previous[signum])
+        except BaseException:
+            raised.append(True)  # it stands for the first one too
+            raise
+
+    for s in previous:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        restore()
+        if held and not raised:
+            _handle(*held[0], previous[held[0][0]])
+
+
+def _handle(signum: int, frame: Any, handler: Any) -> None:
+    """Does what ``handler`` (a `signal.getsignal` value, restored already) does with signal ``signum``."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler != signal.SIG_IGN:  # SIG_DFL, or a handler not installed from Python: the default action
+        signal.raise_signal(signum)
+
+
 def _param_text(value: Any) -> str:
     """A flat param as MLflow keeps it: ``str``, except a mapping (timm's ``backbone.kwargs``) as JSON, which
     `bench.spec.parse_param` reads back (``str`` wrote Python's repr, which it cannot)."""
@@ -392,7 +441,8 @@ class StudyTracker:
         Args:
             opened: the run is appended here as soon as MLflow has made it, before its params are written, so
                 that a caller's KeyboardInterrupt handler can close it (`bench.runner`) even when the interrupt
-                lands inside this call.
+                lands inside this call; SIGINT and SIGTERM are deferred from the run's creation until it is
+                appended (`_interrupts_deferred`).
         """
         from mlflow.entities import Param
 
@@ -404,10 +454,13 @@ class StudyTracker:
             tags["optuna_trial"] = str(trial_number)
         tags.update(extra_tags or {})
         name = f"{spec.label} seed={spec.seed}"
-        created = self.client.create_run(self.experiment_id, tags={**tags, "mlflow.runName": name}, run_name=name)
-        run = TrialRun(self.client, created.info.run_id)
-        if opened is not None:
-            opened.append(run)
+        # an interrupt between MLflow's insert and the note in `opened` left the run RUNNING for good: nothing
+        # held it to close; it is raised once the run is noted
+        with _interrupts_deferred():
+            created = self.client.create_run(self.experiment_id, tags={**tags, "mlflow.runName": name}, run_name=name)
+            run = TrialRun(self.client, created.info.run_id)
+            if opened is not None:
+                opened.append(run)
         params = [Param(k, _param_text(v)) for k, v in spec.to_params().items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.run_id, params=params[i:i + 100])

@@ -443,3 +443,61 @@ def test_a_fused_crash_whose_recording_the_store_fails_keeps_both_errors(tmp_pat
         (0, "failed", crash), (1, "failed", both), (2, "failed", both)]
     by_seed = {r.data.params["seed"]: (r.info.status, r.data.tags["error"]) for r in tracker.child_runs()}
     assert by_seed == {"0": ("FAILED", crash), "1": ("FAILED", both), "2": ("FAILED", both)}
+
+
+def _signalled_after_create_run(tracker: StudyTracker, monkeypatch, signals: list[int], after: list[str]) -> None:
+    """The tracker's ``create_run`` makes the run, then this process gets ``signals``, as an interrupt landing
+    between MLflow's insert and `start_trial` noting the run would; ``after`` notes that create_run went on past
+    them (the signals were held)."""
+    import signal
+
+    create_run = tracker.client.create_run
+
+    def signalled_create_run(*args, **kwargs):
+        created = create_run(*args, **kwargs)
+        for signum in signals:
+            signal.raise_signal(signum)  # Python runs the handler before raise_signal returns
+        after.append("create_run returned")
+        return created
+
+    monkeypatch.setattr(tracker.client, "create_run", signalled_create_run)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_as_start_trial_makes_the_run_closes_it_as_interrupted(tmp_path, monkeypatch, signame):
+    # the interrupt raised between create_run and the run's note in `opened`: nothing closed the run, which stayed
+    # RUNNING for good. It is held until the run is noted, then raised there, and the run is closed as interrupted
+    import signal
+
+    from bench.workers import Terminated
+
+    def on_sigterm(signum, frame):  # what `bench worker` installs
+        raise Terminated
+
+    monkeypatch.setattr(bench.runner, "run_trial", trained)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    after: list[str] = []
+    _signalled_after_create_run(tracker, monkeypatch, [getattr(signal, signame)], after)
+    try:
+        with pytest.raises(Terminated if signame == "SIGTERM" else KeyboardInterrupt):
+            execute_trial(SPEC, tracker, TrialOptions(progress=False))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert statuses(tracker) == [("KILLED", "interrupted")]
+    assert after == ["create_run returned"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the hold is gone
+
+
+def test_a_second_interrupt_while_start_trial_holds_one_passes_at_once(tmp_path, monkeypatch):
+    # Ctrl-C pressed again while the first is held (a create_run that hangs on a locked database): it is not
+    # swallowed, as the OS's signal mask would merge it with the first, but raised where it lands
+    import signal
+
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    after: list[str] = []
+    _signalled_after_create_run(tracker, monkeypatch, [signal.SIGINT, signal.SIGINT], after)
+    with pytest.raises(KeyboardInterrupt):
+        tracker.start_trial(SPEC, opened=[])
+    assert after == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
