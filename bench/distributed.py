@@ -4,7 +4,8 @@ Two ways in:
 
 - ``torchrun --nproc_per_node 4 -m bench worker --grid FILE --storage URL ...``: a worker whose trials each
   use all four processes (GPUs). Rank 0 pops trials from the study, logs to MLflow and tells Optuna; it
-  sends each trial's spec to the other ranks, which train alongside it and log nothing.
+  sends each trial's spec to the other ranks once the trial's MLflow run is open (a run that fails to open fails
+  the trial on rank 0 alone), and they train alongside it and log nothing.
 - ``torchrun --nproc_per_node 2 -m bench.distributed --grid FILE --cell 0 --seed 0``: one grid trial, outside
   any study (``--checkpoint PATH`` keeps its final weights; ``--tracking`` logs it as a child run of the
   grid's study).

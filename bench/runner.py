@@ -103,7 +103,8 @@ def _with_store_error(error: str, store_error: BaseException) -> str:
 
 def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions | None = None, *,
                   trial_number: int | None = None, extra_tags: dict[str, str] | None = None,
-                  on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrialOutcome:
+                  on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                  on_start: Callable[[TrialRun], None] | None = None) -> TrialOutcome:
     """Runs one trial inside its own MLflow child run.
 
     A diverged trial closes its run FAILED with a ``diverged`` tag (epoch, step); a pruned one KILLED;
@@ -111,6 +112,11 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
     resumed from its checkpoint logs the restored epochs too (tag ``resumed_from_epoch``), so the run
     holds the whole history. KeyboardInterrupt, from the run's start (its params half written) through training
     to the recording of the result, closes the run as ``interrupted`` and propagates.
+
+    Args:
+        on_start: called with the open run just before training starts (not when the run cannot be opened):
+            under torchrun, rank 0 sends the trial to the other ranks there, so that they never train a trial
+            whose run failed to open while rank 0 goes on to the next (`bench.workers.run_study_trial`).
 
     Raises:
         RecordingFailed: the tracking store failed as the trial's failure was recorded (a crash, or an error
@@ -126,6 +132,8 @@ def execute_trial(spec: TrialSpec, tracker: StudyTracker, options: TrialOptions 
         logged: list[int] = []
         with _artifact_dir(options) as artifact_dir:
             try:
+                if on_start is not None:
+                    on_start(run)
                 result = run_trial(spec, replace(options, artifact_dir=artifact_dir,
                                                  on_epoch=_epoch_logger(run, logged, on_epoch)))
             except Exception as err:  # one trial's crash must not end the study

@@ -407,15 +407,13 @@ def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: Stu
             status, claimed = _claim(study, trial_id, config, tracker, cells, checkpoint_dir)
             if claimed is None:
                 return status, None
+            on_start = None
             if dist is not None:
-                from bench.distributed import broadcast_object
-
-                ckpt = claimed.checkpoint
-                broadcast_object(("trial", claimed.spec.to_params(), dict(claimed.spec.labels),
-                                  str(ckpt) if ckpt else None), dist)
                 claimed.tags["world_size"] = str(dist.world_size)
+                on_start = functools.partial(_send_trial, claimed, dist)
             outcome = execute_trial(claimed.spec, tracker, _trial_options(options, claimed, dist),
-                                    trial_number=claimed.number, extra_tags=claimed.tags, on_epoch=claimed.on_epoch)
+                                    trial_number=claimed.number, extra_tags=claimed.tags, on_epoch=claimed.on_epoch,
+                                    on_start=on_start)
         except KeyboardInterrupt:
             with interrupts_held():
                 _give_back(study, trial_id)
@@ -430,6 +428,16 @@ def run_study_trial(study: Any, trial_id: int, config: StudyConfig, tracker: Stu
             _note_store_error(err, store_errors)
             return "failed", None
     return _record(study, claimed, outcome, config, options), outcome
+
+
+def _send_trial(claimed: _Claimed, dist: Any, run: Any = None) -> None:
+    """Rank 0 of a torchrun worker sends the trial to the other ranks (`follow`), once its MLflow run is open: sent
+    before, a run that failed to open left them training it alone, waiting in a collective rank 0 never joined."""
+    from bench.distributed import broadcast_object
+
+    ckpt = claimed.checkpoint
+    broadcast_object(("trial", claimed.spec.to_params(), dict(claimed.spec.labels), str(ckpt) if ckpt else None),
+                     dist)
 
 
 def run_study_trials(study: Any, trial_ids: Sequence[int], config: StudyConfig, tracker: StudyTracker,

@@ -38,7 +38,8 @@ def inject_fault(fault: str) -> None:
     (rank 1's fifth training step fails): a failure on one rank only. ``rank1-step-rank0-busy``: rank 1's fifth step
     fails while rank 0 is busy in its own fifth step (a sleep, where torchrun's SIGTERM reaches it before a
     collective could fail). ``pause``: every rank writes ``paused-<rank>`` in the working directory at its fifth
-    step and sleeps there (for a test that interrupts the job)."""
+    step and sleeps there (for a test that interrupts the job). ``rank0-start-trial``: rank 0's first MLflow trial
+    run cannot be opened (the tracking store fails there)."""
     import os
     import time
 
@@ -59,7 +60,21 @@ def inject_fault(fault: str) -> None:
         bench.distributed.shard_batch = pausing_shard
     if fault == "rank1-step-rank0-busy":
         fault = "rank1-step"
-    if fault == "rank0-checkpoint" and rank == 0:
+    if fault == "rank0-start-trial" and rank == 0:
+        from mlflow.exceptions import MlflowException
+
+        from bench.tracking import StudyTracker
+
+        start, starts = StudyTracker.start_trial, []
+
+        def failing_start(self, *args, **kwargs):
+            starts.append(1)
+            if len(starts) == 1:
+                raise MlflowException("the tracking store is locked (injected)")
+            return start(self, *args, **kwargs)
+
+        StudyTracker.start_trial = failing_start
+    elif fault == "rank0-checkpoint" and rank == 0:
         import bench.trial
 
         save, calls = bench.trial._save_checkpoint, []

@@ -168,6 +168,27 @@ def test_a_failure_on_rank_zero_at_an_epoch_end_fails_the_trial_on_both_ranks_an
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_rank_zero_failing_to_open_a_trials_run_fails_that_trial_and_the_other_ranks_go_on(in_tmp, write_grid,
+                                                                                         tiny_dataset):
+    # rank 0 sent the trial to rank 1, then could not open its MLflow run: rank 1 trained alone and waited in a
+    # collective rank 0 never joined, while rank 0 sent the next trial; the job hung. Now rank 1 gets the trial only
+    # once its run is open, and goes on to the next one.
+    from bench.workers import run_study
+
+    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-start").replace("epochs: 6", "epochs: 1")
+                                .replace("seeds: [3]", "seeds: [0, 1]")))
+    prepared = run_study(grid, workers=0, echo=lambda s: None)
+    code, out = torchrun_with_fault("rank0-start-trial", "bench", "worker", "--grid", str(grid.path), "--device",
+                                    "cpu", "--no-progress", cwd=in_tmp, timeout=90)
+    trials = sorted(optuna_trials("ddp-start", prepared.storage), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], out
+    assert trials[0].user_attrs[ERROR_ATTR] == "MlflowException: the tracking store is locked (injected)", out
+    runs = mlflow_children("ddp-start", prepared.tracking_uri)
+    assert [r.info.status for r in runs] == ["FINISHED"], out  # the failed trial's run was never made
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_failure_on_rank_one_inside_a_training_step_ends_the_job_with_its_error(in_tmp, write_grid,
                                                                                  tiny_dataset):
     # rank 1 fails mid-epoch, where the ranks meet only in DDP's all-reduce: rank 1 used to wait for rank 0's next
