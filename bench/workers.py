@@ -632,7 +632,7 @@ def _wait_for_study(name: str, storage: Any, options: WorkerOptions, echo: Calla
 
 def work(study_name: str, storage_url: str, tracking_uri: str | None, options: WorkerOptions | None = None, *,
          echo: Callable[[str], None] = print, dist: Any = None,
-         check: Callable[[Any], Any] | None = None) -> list[TrialOutcome]:
+         check: Callable[[Any], Any] | None = None, statuses: list[str] | None = None) -> list[TrialOutcome]:
     """One worker: runs trials of the study until none is waiting or running.
 
     Args:
@@ -645,6 +645,8 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
             sends each trial to the other ranks (see `follow`).
         check: called with the Optuna storage once the study is found, before anything is written; it raises to
             refuse the study (``bench worker``: `bench.study_owner.check_owner`).
+        statuses: each popped trial's status (``finished``, ``failed``, ``duplicate``...) is appended here as it
+            ends, those that failed before training too (no outcome: their MLflow run never opened, say).
 
     Returns:
         The outcomes of the trials this worker trained.
@@ -703,6 +705,8 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
             seconds = time.perf_counter() - t0
             for trial_id, status, outcome in done:
                 ran += 1
+                if statuses is not None:
+                    statuses.append(status)
                 if outcome is not None:
                     outcomes.append(outcome)
                 frozen = storage.get_trial(trial_id)

@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
                 follow(dist, options)
                 ended_together = True
                 return 0
+            statuses: list[str] = []  # of every trial, those that failed before training too (no outcome)
             try:
-                outcomes = work(grid.name, storage, tracking, options, echo=lambda s: print(s, flush=True), dist=dist,
-                                check=lambda store: check_owner(grid, store, shown=hide_password(storage)))
+                work(grid.name, storage, tracking, options, echo=lambda s: print(s, flush=True), dist=dist,
+                     check=lambda store: check_owner(grid, store, shown=hide_password(storage)), statuses=statuses)
                 ended_together = True
             except GridError as err:  # the study belongs to another grid file of the same name (bench.study_owner)
                 ended_together = True  # work told the other ranks to stop
@@ -116,4 +117,4 @@ def run(args: argparse.Namespace) -> int:
         finally:
             codes = wait_workers(procs, told=told)
             distributed.shutdown(ended_together=ended_together)
-    return 0 if all(o.status != "failed" for o in outcomes) and not any(codes) else 1
+    return 0 if "failed" not in statuses and not any(codes) else 1

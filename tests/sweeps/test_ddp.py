@@ -185,6 +185,7 @@ def test_rank_zero_failing_to_open_a_trials_run_fails_that_trial_and_the_other_r
     assert trials[0].user_attrs[ERROR_ATTR] == "MlflowException: the tracking store is locked (injected)", out
     runs = mlflow_children("ddp-start", prepared.tracking_uri)
     assert [r.info.status for r in runs] == ["FINISHED"], out  # the failed trial's run was never made
+    assert code != 0, out  # a trial failed (before training: it used to exit 0)
 
 
 @pytest.mark.slow

@@ -250,3 +250,24 @@ def test_a_store_error_recording_a_fused_group_keeps_the_trials_recorded_before_
           f"({store})"] * 2,
     ]
     assert _runs(grid.name) == [("FAILED", "failed")] * 3 + [("FINISHED", "finished")]
+
+
+def test_bench_worker_exits_1_when_a_trial_failed_before_its_training_started(
+    in_tmp, tiny_dataset, write_grid, monkeypatch
+):
+    # the tracking store failed as the first trial's run was made: the trial FAILed, but `bench worker` exited 0,
+    # as only trained trials' outcomes counted
+    import signal
+
+    from bench.cli import main
+
+    grid, storage = _prepared(write_grid, in_tmp)
+    _fails(monkeypatch, "create_run", lambda n, kw: n == 1)
+    before = signal.getsignal(signal.SIGTERM)  # bench worker takes SIGTERM as Ctrl-C
+    try:
+        code = main(["worker", "--grid", str(grid.path), "--storage", storage, "--tracking-uri", URI, "--device",
+                     "cpu", "--no-progress", "--max-trials", "2"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert _states(grid.name, storage) == {"FAIL": 1, "COMPLETE": 1, "WAITING": 2}
+    assert code == 1
