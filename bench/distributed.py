@@ -17,7 +17,8 @@ backbone's. Every rank draws the same permutation of the training set; each glob
 scaled by ``n_local * world / n_global`` so the averaged gradient is the gradient of the global batch's
 mean loss, also when the last batch does not divide evenly. A final batch smaller than the world size is
 dropped. Epoch metrics, the non-finite-loss check and a pruner's decision are agreed across ranks.
-Evaluation runs on every rank (the weights are the same); only rank 0 writes checkpoints and logs.
+The closed-set test split is evaluated on every rank (the weights are the same), the verification pairs on rank 0
+alone; only rank 0's metrics are kept, and only rank 0 writes checkpoints and logs.
 
 A failure on one rank (rank 0's checkpoint write, pictures or pruner, a rank that cannot build the trial)
 is agreed at the same points, after the trial is built and at the end of each epoch (`agree`): every rank

@@ -500,7 +500,9 @@ class TrialState:
                 return self._diverge(epoch, "eval", f"the embeddings of {bad} test images became NaN or inf at "
                                                     f"epoch {epoch}, the training loss being finite")
             metrics.update({f"test_{k}": v for k, v in split.items()})
-        if self.bundle.pairs is not None:
+        # under DDP only rank 0's metrics are kept (the weights are the same on every rank): the others skip the pairs,
+        # which cost them more than their training steps on a face grid
+        if self.bundle.pairs is not None and self.main:
             if self._pairs is None:  # decoded once: image files are not decoded again at every epoch
                 from bench.verification import decoded_pairs
 

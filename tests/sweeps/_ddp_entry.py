@@ -39,7 +39,8 @@ def inject_fault(fault: str) -> None:
     fails while rank 0 is busy in its own fifth step (a sleep, where torchrun's SIGTERM reaches it before a
     collective could fail). ``pause``: every rank writes ``paused-<rank>`` in the working directory at its fifth
     step and sleeps there (for a test that interrupts the job). ``rank0-start-trial``: rank 0's first MLflow trial
-    run cannot be opened (the tracking store fails there)."""
+    run cannot be opened (the tracking store fails there). ``rank1-pairs``: rank 1 raises if it evaluates the
+    verification pairs (only rank 0 should)."""
     import os
     import time
 
@@ -60,7 +61,14 @@ def inject_fault(fault: str) -> None:
         bench.distributed.shard_batch = pausing_shard
     if fault == "rank1-step-rank0-busy":
         fault = "rank1-step"
-    if fault == "rank0-start-trial" and rank == 0:
+    if fault == "rank1-pairs" and rank == 1:
+        import bench.trial
+
+        def no_pairs(*args, **kwargs):
+            raise AssertionError("rank 1 evaluated the verification pairs (injected check)")
+
+        bench.trial._verification = no_pairs
+    elif fault == "rank0-start-trial" and rank == 0:
         from mlflow.exceptions import MlflowException
 
         from bench.tracking import StudyTracker

@@ -114,6 +114,38 @@ def test_two_process_gloo_trial_matches_one_process_on_the_same_global_batch(tmp
     assert ddp["history"][-1]["test_acc"] == single.history[-1]["test_acc"]
 
 
+#: Generated faces with a closed-set test split and verification pairs (``synthetic_*`` metrics).
+FACES_GRID = """\
+name: ddp-faces
+base:
+  dataset: {name: synthetic-faces, identities: 4, images_per_identity: 8, image_size: 8, in_chans: 1,
+            test_identities: 4, pairs_per_fold: 4, folds: 2}
+  backbone: {name: lenet++, feature_prelu: false}
+  loss: {name: cosface, s: 10.0, m: 0.1}
+  embedding_dim: 16
+  epochs: 2
+  batch_size: 6
+  eval_batch_size: 64
+  optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+seeds: [3]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_only_rank_zero_evaluates_the_verification_pairs(tmp_path, write_grid):
+    # every rank embedded and scored the pairs each epoch, and the other ranks' metrics were thrown away (rank 1
+    # spent most of its time there on a face grid); rank 1 now raises if it evaluates them (rank1-pairs)
+    path = write_grid(FACES_GRID)
+    code, out = torchrun_with_fault("rank1-pairs", "distributed", "--grid", str(path), "--device", "cpu",
+                                    "--checkpoint", str(tmp_path / "ddp.pt"), cwd=tmp_path)
+    assert code == 0, out
+    history = torch.load(tmp_path / "ddp.pt", weights_only=False)["history"]
+    assert len(history) == 2
+    assert all(0.0 <= epoch["synthetic_acc"] <= 1.0 and 0.0 <= epoch["synthetic_auc"] <= 1.0 for epoch in history)
+    assert all("test_acc" in epoch for epoch in history)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchrun_worker_trains_each_trial_on_both_ranks_and_rank_zero_logs(in_tmp, write_grid, tiny_dataset):
