@@ -8,7 +8,7 @@ Two ways in:
   the trial on rank 0 alone), and they train alongside it and log nothing.
 - ``torchrun --nproc_per_node 2 -m bench.distributed --grid FILE --cell 0 --seed 0``: one grid trial, outside
   any study (``--checkpoint PATH`` keeps its final weights; ``--tracking`` logs it as a child run of the
-  grid's study).
+  grid's study; without it the trial's pictures are not kept).
 
 What changes in a trial (see `bench.trial.run_trial`): backbone and margin head are wrapped together in
 one DDP module, so the head's class weights are replicated and their gradients averaged like the
@@ -43,9 +43,10 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -375,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = execute_trial(spec, tracker, options,
                                     extra_tags={"world_size": str(ctx.world_size if ctx else 1)})
             status = outcome.status
-        else:
-            status = run_trial(spec, options).status
+        else:  # its pictures (the ROC curve) are logged by nobody: in a temporary folder, removed
+            with tempfile.TemporaryDirectory(prefix="marginbench-", ignore_cleanup_errors=True) as folder:
+                status = run_trial(spec, replace(options, artifact_dir=Path(folder))).status
         if ctx is None or ctx.is_main:
             print(f"{spec.label} seed={spec.seed}: {status}")
     finally:

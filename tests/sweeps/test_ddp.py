@@ -146,6 +146,21 @@ def test_only_rank_zero_evaluates_the_verification_pairs(tmp_path, write_grid):
     assert all("test_acc" in epoch for epoch in history)
 
 
+def test_bench_distributed_without_tracking_leaves_no_temporary_folder(tmp_path, write_grid, monkeypatch, capsys):
+    # the ROC curve of the last epoch went to a marginbench-* temporary folder that nobody logged or removed: one
+    # left behind per run (per rank before the pairs were evaluated on rank 0 alone)
+    import tempfile
+
+    from bench.distributed import main
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    assert main(["--grid", str(write_grid(FACES_GRID)), "--device", "cpu", "--seed", "0"]) == 0
+    assert "cosface seed=0: finished" in capsys.readouterr().out
+    assert list(temp.glob("marginbench-*")) == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchrun_worker_trains_each_trial_on_both_ranks_and_rank_zero_logs(in_tmp, write_grid, tiny_dataset):
