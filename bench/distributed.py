@@ -17,8 +17,8 @@ backbone's. Every rank draws the same permutation of the training set; each glob
 scaled by ``n_local * world / n_global`` so the averaged gradient is the gradient of the global batch's
 mean loss, also when the last batch does not divide evenly. A final batch smaller than the world size is
 dropped. Epoch metrics, the non-finite-loss check and a pruner's decision are agreed across ranks.
-The closed-set test split is evaluated on every rank (the weights are the same), the verification pairs on rank 0
-alone; only rank 0's metrics are kept, and only rank 0 writes checkpoints and logs.
+Evaluation (test split, verification pairs, pictures) runs on rank 0 alone (the weights are the same on every rank);
+only rank 0 writes checkpoints and logs, and the other ranks' results hold the training metrics only.
 
 A failure on one rank (rank 0's checkpoint write, pictures or pruner, a rank that cannot build the trial)
 is agreed at the same points, after the trial is built and at the end of each epoch (`agree`): every rank

@@ -492,7 +492,9 @@ class TrialState:
             self.scheduler.step()
         keep = 2000 if options.plots else 0
         emb_np = lab_np = None
-        if self.test is not None:
+        # under DDP only rank 0 evaluates: its metrics are the ones kept (the weights are the same on every rank); a
+        # divergence it finds stops every rank at the agreement that follows (`end_epoch`)
+        if self.test is not None and self.main:
             split, emb_np, lab_np = evaluate_split(self.backbone, self.head, self.test, self.dtype, keep=keep,
                                                    num_classes=self.bundle.num_classes)
             bad = split.pop("nonfinite")
@@ -500,9 +502,7 @@ class TrialState:
                 return self._diverge(epoch, "eval", f"the embeddings of {bad} test images became NaN or inf at "
                                                     f"epoch {epoch}, the training loss being finite")
             metrics.update({f"test_{k}": v for k, v in split.items()})
-        # under DDP only rank 0's metrics are kept (the weights are the same on every rank): the others skip the pairs,
-        # which cost them more than their training steps on a face grid
-        if self.bundle.pairs is not None and self.main:
+        if self.bundle.pairs is not None and self.main:  # they cost more than the training steps on a face grid
             if self._pairs is None:  # decoded once: image files are not decoded again at every epoch
                 from bench.verification import decoded_pairs
 
@@ -517,7 +517,7 @@ class TrialState:
                 from bench.verification import plot_roc
 
                 result.artifacts.append(plot_roc(ver, self.artifact_dir / f"roc_{self.bundle.pairs.name}.png"))
-        if options.plots and emb_np is None and (spec.embedding_dim <= 3 or epoch == spec.epochs - 1):
+        if options.plots and self.main and emb_np is None and (spec.embedding_dim <= 3 or epoch == spec.epochs - 1):
             # no closed-set test split (a face grid tested on pairs): picture the training identities
             if self._picture_batches is None:
                 self._picture_batches = Batches(self.bundle.train, spec.eval_batch_size, device,

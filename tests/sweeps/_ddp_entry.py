@@ -40,7 +40,7 @@ def inject_fault(fault: str) -> None:
     collective could fail). ``pause``: every rank writes ``paused-<rank>`` in the working directory at its fifth
     step and sleeps there (for a test that interrupts the job). ``rank0-start-trial``: rank 0's first MLflow trial
     run cannot be opened (the tracking store fails there). ``rank1-pairs``: rank 1 raises if it evaluates the
-    verification pairs (only rank 0 should)."""
+    verification pairs (only rank 0 should); ``rank1-test-split``: if it evaluates the closed-set test split."""
     import os
     import time
 
@@ -68,6 +68,13 @@ def inject_fault(fault: str) -> None:
             raise AssertionError("rank 1 evaluated the verification pairs (injected check)")
 
         bench.trial._verification = no_pairs
+    elif fault == "rank1-test-split" and rank == 1:
+        import bench.trial
+
+        def no_test_split(*args, **kwargs):
+            raise AssertionError("rank 1 evaluated the test split (injected check)")
+
+        bench.trial.evaluate_split = no_test_split
     elif fault == "rank0-start-trial" and rank == 0:
         from mlflow.exceptions import MlflowException
 

@@ -133,11 +133,12 @@ seeds: [3]
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_only_rank_zero_evaluates_the_verification_pairs(tmp_path, write_grid):
-    # every rank embedded and scored the pairs each epoch, and the other ranks' metrics were thrown away (rank 1
-    # spent most of its time there on a face grid); rank 1 now raises if it evaluates them (rank1-pairs)
+@pytest.mark.parametrize("fault", ["rank1-pairs", "rank1-test-split"])
+def test_only_rank_zero_evaluates_the_verification_pairs_and_the_test_split(fault, tmp_path, write_grid):
+    # every rank embedded and scored the pairs and the test split each epoch, and the other ranks' metrics were
+    # thrown away (rank 1 spent most of its time there on a face grid); rank 1 now raises if it evaluates them
     path = write_grid(FACES_GRID)
-    code, out = torchrun_with_fault("rank1-pairs", "distributed", "--grid", str(path), "--device", "cpu",
+    code, out = torchrun_with_fault(fault, "distributed", "--grid", str(path), "--device", "cpu",
                                     "--checkpoint", str(tmp_path / "ddp.pt"), cwd=tmp_path)
     assert code == 0, out
     history = torch.load(tmp_path / "ddp.pt", weights_only=False)["history"]
