@@ -23,6 +23,18 @@ seeds: [0]
 """
 
 
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """Python's own SIGINT handler for every test: a shell without job control starts a background command
+    (``.ci/run &``, nohup) with SIGINT ignored, Python keeps it ignored, and the tests that send themselves a
+    SIGINT to check what Ctrl-C does would see nothing happen."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Runs the test inside an empty working directory (mlflow.db and friends land there)."""
