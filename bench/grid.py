@@ -15,7 +15,8 @@ A grid is YAML::
 Validation happens in full before any training: unknown keys, unknown registry names and parameters, bad
 values, missing paths, metric names in ``objective`` and ``report:`` that the trials would not log
 (`bench.metric_names`). Every error names the file, the key (``grid.loss[1].loss``) and the fix; the cells'
-problems are collected, so one `GridError` lists them all.
+problems are collected, so one `GridError` lists them all (`check_grid` returns them, so that
+`bench.study.load_grid_and_config` lists the study keys' problems in the same error).
 ``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
 """
 
@@ -30,7 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -38,7 +39,8 @@ from bench import yamlio
 from bench.spec import COMPONENTS, SpecError, TrialSpec, split_component
 from registry import BACKBONES, DATASETS, LOSSES, RegistryError
 
-__all__ = ["Grid", "Cell", "GridError", "load_grid", "find_grid_file", "TOP_LEVEL_KEYS", "input_size_problem"]
+__all__ = ["Grid", "Cell", "GridCheck", "GridError", "load_grid", "check_grid", "find_grid_file", "TOP_LEVEL_KEYS",
+           "input_size_problem"]
 
 #: Top-level keys of a grid file and what they hold.
 TOP_LEVEL_KEYS = {
@@ -510,37 +512,25 @@ def _header_problems(tables: list[Any], labels: Mapping[str, list[str]],
     return problems
 
 
-def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
-              overrides: Mapping[str, Any] | None = None, typed: Mapping[str, str] | None = None) -> Grid:
-    """Reads, validates and expands a grid file.
+class _Layout(NamedTuple):
+    """A grid file's layout (`_layout`): what its cells are built from."""
 
-    Args:
-        source: a path, or a bare name looked up in ``sweeps/``.
-        env: environment for ``${VAR}`` substitution (default: ``os.environ``).
-        overrides: flat keys applied to every cell after merging (``{"epochs": 1}``), as ``--set`` gives.
-        typed: the ``--set`` argument each override came from, as typed (``{"epochs": "epochs=abc"}``); an error
-            names the option so (default: ``KEY=VALUE`` from the parsed value).
+    name: str
+    base: dict[str, Any]
+    seeds: list[int]
+    axes: list[str]
+    per_axis: list[list[tuple[str, dict[str, Any], str]]]  # each axis's (label, update, key), `_axis_values`
+    axis_labels: dict[str, list[str]]
+    tables: list[Any]  # the report's `reports.spec.TableSpec`s
+
+
+def _layout(path: Path, raw: dict[str, Any], overrides: Mapping[str, Any] | None,
+            typed: Mapping[str, str] | None) -> _Layout:
+    """The file's layout (name, base, seeds, axes, report), checked.
 
     Raises:
-        FileNotFoundError: no such grid.
-        GridError: anything invalid, before any training.
+        GridError: the first problem of the layout (the cells are built from all of it).
     """
-    path = find_grid_file(source)
-    try:
-        raw = yamlio.load(path.read_text())
-    except yaml.YAMLError as err:
-        hint = (" (inside {...} or [...], quote environment references: root: \"${CASIA_ROOT}\")"
-                if "${" in path.read_text() else "")
-        raise GridError(path, "", f"not valid YAML{hint}: {err}") from err
-    if not isinstance(raw, dict):
-        raise GridError(path, "", "a grid file must be a mapping with at least 'name' and 'base'")
-    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
-    if unknown:
-        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, TOP_LEVEL_KEYS, 1))
-                             else "") for k in unknown]
-        raise GridError(path, unknown[0], f"unknown top-level key {', '.join(hints)}; valid keys: "
-                                          f"{', '.join(TOP_LEVEL_KEYS)}")
-    raw = _substitute(raw, path, "", os.environ if env is None else env)
     name = raw.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name or ""):
         raise GridError(path, "name", f"a name of letters, digits, '_', '-', '.' is required, but got {name!r}")
@@ -572,7 +562,82 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
     axis_labels = {axis: [label for label, _, _ in values] for axis, values in zip(axes, per_axis, strict=True)}
     tables = _check_report(path, raw.get("report"), axis_labels)
+    return _Layout(name, base, list(seeds), axes, per_axis, axis_labels, tables)
+
+
+def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
+              overrides: Mapping[str, Any] | None = None, typed: Mapping[str, str] | None = None) -> Grid:
+    """Reads, validates and expands a grid file.
+
+    Args:
+        source: a path, or a bare name looked up in ``sweeps/``.
+        env: environment for ``${VAR}`` substitution (default: ``os.environ``).
+        overrides: flat keys applied to every cell after merging (``{"epochs": 1}``), as ``--set`` gives.
+        typed: the ``--set`` argument each override came from, as typed (``{"epochs": "epochs=abc"}``); an error
+            names the option so (default: ``KEY=VALUE`` from the parsed value).
+
+    Raises:
+        FileNotFoundError: no such grid.
+        GridError: anything invalid, before any training.
+    """
+    check = check_grid(source, env=env, overrides=overrides, typed=typed)
+    if check.problems:
+        raise GridError.listing(check.path, check.problems)
+    assert check.grid is not None  # a check without problems has its grid
+    return check.grid
+
+
+@dataclass(frozen=True)
+class GridCheck:
+    """What `check_grid` found in a grid file, so that a caller can add the problems of its own checks (the study
+    keys, `bench.study.load_grid_and_config`) and list them all in one `GridError`.
+
+    Attributes:
+        path: the grid file.
+        raw: the parsed file with environment variables substituted.
+        grid: the grid of the cells that have no problem of their own (every cell when ``problems`` is empty);
+            None when a problem of the file's layout (name, base, seeds, axes, report) stopped before the cells.
+        problems: every distinct ``(key, message)``, in grid order; empty for a valid grid.
+    """
+
+    path: Path
+    raw: dict[str, Any]
+    grid: Grid | None
+    problems: list[tuple[str, str]]
+
+
+def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
+               overrides: Mapping[str, Any] | None = None, typed: Mapping[str, str] | None = None) -> GridCheck:
+    """`load_grid`'s validation, its problems returned instead of raised (arguments as `load_grid`'s).
+
+    Raises:
+        FileNotFoundError: no such grid.
+        GridError: a file that cannot be read as a grid (not YAML, not a mapping, an unknown top-level key, an
+            unset environment variable): nothing else can be checked.
+    """
+    path = find_grid_file(source)
+    try:
+        raw = yamlio.load(path.read_text())
+    except yaml.YAMLError as err:
+        hint = (" (inside {...} or [...], quote environment references: root: \"${CASIA_ROOT}\")"
+                if "${" in path.read_text() else "")
+        raise GridError(path, "", f"not valid YAML{hint}: {err}") from err
+    if not isinstance(raw, dict):
+        raise GridError(path, "", "a grid file must be a mapping with at least 'name' and 'base'")
+    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, TOP_LEVEL_KEYS, 1))
+                             else "") for k in unknown]
+        raise GridError(path, unknown[0], f"unknown top-level key {', '.join(hints)}; valid keys: "
+                                          f"{', '.join(TOP_LEVEL_KEYS)}")
+    raw = _substitute(raw, path, "", os.environ if env is None else env)
+    try:
+        layout = _layout(path, raw, overrides, typed)
+    except GridError as err:  # the cells cannot be built; the caller's own checks of raw may still run
+        return GridCheck(path, raw, None, list(err.problems))
+    name, base, seeds, axes, per_axis, axis_labels, tables = layout
     cells: list[Cell] = []
+    clean: list[Cell] = []  # the cells without a problem of their own, for the caller's checks against cells
     problems: dict[tuple[str, str], None] = {}  # every distinct (key, message), in grid order: all fixed in one go
     checked: dict[str, str | None] = {}
     metrics: list[tuple[dict[str, str], frozenset[str] | None]] = []  # each cell's labels and metric names
@@ -584,6 +649,7 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             config = _merge(config, update)
             sources.append((where, update))
         labels = {axis: label for axis, (label, _, _) in zip(axes, combo, strict=True)}
+        own = "seed" in config
         if "seed" in config:  # Grid.trials() gives each trial a seed from seeds:, so this one would do nothing
             problems[(_origin("seed", sources), f"the seed is set per trial from the grid's top-level seeds:, so "
                                                 f"seed: {config['seed']!r} here would be ignored; write seeds: "
@@ -617,10 +683,11 @@ def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             problems[(_origin("dataset", sources), unreadable)] = None
         metrics.append((labels, names))
         cells.append(Cell(labels, spec))
+        if not (own or found or unreadable is not None):
+            clean.append(cells[-1])
     problems.update(dict.fromkeys(_metric_problems(raw, tables, metrics)))
     joined = [" / ".join(labels.values()) for labels, _ in metrics] if axes else [c.spec.label for c in cells]
     problems.update(dict.fromkeys(_header_problems(tables, {**axis_labels, "label": joined}, metrics)))
-    if problems:
-        raise GridError.listing(path, list(problems))
-    return Grid(name=name, path=path, cells=cells, seeds=list(seeds), axes=axes,
+    grid = Grid(name=name, path=path, cells=clean, seeds=seeds, axes=axes,
                 description=str(raw.get("description", "")), raw=raw)
+    return GridCheck(path, raw, grid, list(problems))

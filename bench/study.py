@@ -47,13 +47,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bench.grid import Grid, GridError, input_size_problem
+from bench.grid import Grid, GridError, check_grid, input_size_problem
 from bench.spec import SpecError, TrialSpec
 
 __all__ = ["run_study", "StudyConfig", "SearchParam", "Slot", "plan_slots", "resolve_storage", "open_storage",
            "prepare_study", "load_study", "reap_stale_trials", "study_summary", "CellStudy", "worker_identity",
            "trial_spec", "slot_trials", "DEFAULT_STORAGE_NAME", "HEARTBEAT_INTERVAL", "HEARTBEAT_GRACE",
-           "StudyNotReady", "pop_next_trial_id", "requeue_trial"]
+           "StudyNotReady", "pop_next_trial_id", "requeue_trial", "load_grid_and_config"]
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +380,34 @@ class StudyConfig:
                        search_scope=self.scope, sampler=dict(self.sampler),
                        pruner=dict(self.pruner) if self.pruner else None)
         return out
+
+
+def load_grid_and_config(source: str | Path, *, env: Mapping[str, str] | None = None,
+                         overrides: Mapping[str, Any] | None = None,
+                         typed: Mapping[str, str] | None = None) -> tuple[Grid, StudyConfig]:
+    """`bench.grid.load_grid` and `StudyConfig.from_grid` in one round: the problems of both in one `GridError`, so
+    that the user fixes them all at once instead of meeting the study keys' list only after fixing the grid's
+    (arguments as `load_grid`'s).
+
+    Where the grid has problems, its study keys are checked against the cells without a problem of their own (none
+    when the file's layout stopped the grid's check: the keys alone then), so a cell's problem is not listed again
+    under a search key.
+
+    Raises:
+        FileNotFoundError: no such grid.
+        GridError: every problem of the grid and of its study keys, each naming its key and the fix.
+    """
+    check = check_grid(source, env=env, overrides=overrides, typed=typed)
+    problems = list(check.problems)
+    config = None
+    try:
+        config = StudyConfig.from_raw(check.raw, grid=check.grid, path=check.path)
+    except GridError as err:
+        problems += [p for p in err.problems if p not in problems]
+    if problems:
+        raise GridError.listing(check.path, problems)
+    assert check.grid is not None and config is not None  # no problem: both were built
+    return check.grid, config
 
 
 def _is_int(value: Any) -> bool:

@@ -6,15 +6,18 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from bench import yamlio
 from bench.grid import Grid, GridError, load_grid
 
-__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "parse_sets", "typed_sets", "int_arg",
-           "seconds_arg"]
+if TYPE_CHECKING:
+    from bench.study import StudyConfig
+
+__all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "load_grid_and_config_or_exit",
+           "parse_sets", "typed_sets", "int_arg", "seconds_arg"]
 
 
 def int_arg(low: int, high: int | None = None, *, message: str | None = None) -> Callable[[str], int]:
@@ -87,6 +90,19 @@ def load_grid_or_exit(args: argparse.Namespace) -> Grid:
     sets = list(getattr(args, "set", []))
     try:
         return load_grid(args.grid, overrides=parse_sets(sets), typed=typed_sets(sets))
+    except (GridError, FileNotFoundError) as err:
+        print(f"bench: invalid grid: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+def load_grid_and_config_or_exit(args: argparse.Namespace) -> tuple[Grid, StudyConfig]:
+    """The validated grid and its study config (`bench.study.load_grid_and_config`: the problems of both listed in
+    one error), or exit 2 with the error (file, key, fix) and nothing trained or written."""
+    from bench.study import load_grid_and_config
+
+    sets = list(getattr(args, "set", []))
+    try:
+        return load_grid_and_config(args.grid, overrides=parse_sets(sets), typed=typed_sets(sets))
     except (GridError, FileNotFoundError) as err:
         print(f"bench: invalid grid: {err}", file=sys.stderr)
         raise SystemExit(2) from err

@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Any
 
-from bench.commands._common import add_grid_options, add_tracking_option, int_arg, load_grid_or_exit
+from bench.commands._common import add_grid_options, add_tracking_option, int_arg, load_grid_and_config_or_exit
 
 
 def add_storage_option(parser: argparse.ArgumentParser) -> None:
@@ -129,14 +129,9 @@ def _owner_problem(grid: Any, args: argparse.Namespace) -> Exception | None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.grid import GridError
-    from bench.study import StudyConfig, plan_slots
+    from bench.study import plan_slots
 
-    grid = load_grid_or_exit(args)
-    try:
-        config = StudyConfig.from_grid(grid)
-    except GridError as err:
-        print(f"bench: invalid grid: {err}", file=sys.stderr)
-        return 2
+    grid, config = load_grid_and_config_or_exit(args)  # the grid's problems and its study keys' in one listing
     gpus = parse_gpus(args.gpus)
     if args.workers is not None and args.workers < 0:
         raise SystemExit(f"bench: --workers must be >= 0, but got {args.workers}")

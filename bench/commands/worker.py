@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from bench.commands._common import add_grid_options, add_tracking_option, int_arg, load_grid_or_exit
+from bench.commands._common import add_grid_options, add_tracking_option, int_arg, load_grid_and_config_or_exit
 from bench.commands.run import _positive_int, add_storage_option, add_worker_options
 
 
@@ -54,18 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.commands.run import check_device, check_fuse, parse_gpus
     from bench.grid import GridError
-    from bench.study import StudyConfig, StudyNotReady, hide_password, is_rdb, resolve_storage
+    from bench.study import StudyNotReady, hide_password, is_rdb, resolve_storage
     from bench.study_owner import check_owner
     from bench.tracking import check_tracking_uri, resolve_tracking_uri
     from bench.workers import WorkerOptions, follow, sigterm_forwarded, spawn_workers, stop_workers, wait_workers, work
 
-    grid = load_grid_or_exit(args)
+    grid, _ = load_grid_and_config_or_exit(args)  # the grid's problems and its study keys' in one listing
     check_fuse(args.fuse)
-    try:
-        StudyConfig.from_grid(grid)
-    except GridError as err:
-        print(f"bench: invalid grid: {err}", file=sys.stderr)
-        return 2
     check_device(args.device, parse_gpus(args.gpus))
     signal.signal(signal.SIGTERM, on_sigterm)
     tracking = resolve_tracking_uri(args.tracking_uri)

@@ -418,6 +418,92 @@ def test_every_bad_cell_is_printed_by_the_cli_before_any_store_is_made(in_tmp, c
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
 
 
+# a wrong axis value (the grid's check) and two wrong study keys (StudyConfig's check), in one file
+BOTH_STAGES = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: softmax, epochs: 1}
+grid:
+  loss: [softmax, arcfce]
+objective: {metric: test_acc, direction: up}
+workers: 0
+"""
+BOTH_KEYS = ["grid.loss[1].loss", "objective.direction", "workers"]
+
+
+def test_the_grids_problems_and_its_study_keys_problems_are_listed_in_one_error(tmp_path):
+    # before: load_grid raised the axis value alone; the study keys' list came only on the run after fixing it
+    from bench.study import load_grid_and_config
+
+    path = write(tmp_path, BOTH_STAGES)
+    with pytest.raises(GridError) as err:
+        load_grid_and_config(path)
+    assert [key for key, _ in err.value.problems] == BOTH_KEYS and err.value.key == BOTH_KEYS[0]
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: 3 problems:"
+    assert lines[1].startswith("  grid.loss[1].loss: Unknown loss 'arcfce'. Did you mean 'arcface'")
+    assert lines[2:] == ["  objective.direction: must be maximize or minimize, but got 'up'",
+                         "  workers: must be a positive integer, but got 0"]
+
+
+def test_a_layout_problem_and_a_study_key_problem_are_listed_in_one_error(tmp_path):
+    # repeated seeds stop the grid's check before its cells; the study keys are still checked on their own
+    from bench.study import load_grid_and_config
+
+    path = write(tmp_path, "name: g\nbase: {dataset: digits, backbone: lenet++}\nseeds: [0, 0]\nworkers: 0\n")
+    with pytest.raises(GridError) as err:
+        load_grid_and_config(path)
+    assert err.value.problems == [("seeds", "seeds repeat: [0, 0]"),
+                                  ("workers", "must be a positive integer, but got 0")]
+
+
+def test_a_search_key_is_checked_against_the_sound_cells_only_beside_a_bad_cell(tmp_path):
+    # the cell of the unknown loss is listed once, under its axis entry, not again under search.loss.m; the sound
+    # cell still shows the searched image size that lenet++ cannot take (it pools three times: at least 8x8)
+    from bench.study import load_grid_and_config
+
+    text = ("name: g\nbase: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: 10, m: 0.1}}\n"
+            "grid:\n  loss: [cosface, arcfce]\n"
+            "search: {loss.m: [0.1, 0.2], dataset.image_size: {type: int, low: 4, high: 28}}\nn_trials: 2\n")
+    with pytest.raises(GridError) as err:
+        load_grid_and_config(write(tmp_path, text))
+    assert [key for key, _ in err.value.problems] == ["grid.loss[1].loss", "search.dataset.image_size"]
+    assert "at least 8x8" in err.value.problems[1][1] and "cell cosface" in err.value.problems[1][1]
+
+
+def test_a_single_problem_of_either_stage_reads_as_before(tmp_path):
+    from bench.study import load_grid_and_config
+
+    path = write(tmp_path, BOTH_STAGES.replace("arcfce", "arcface").replace("direction: up", "direction: maximize"))
+    with pytest.raises(GridError) as err:
+        load_grid_and_config(path)
+    assert str(err.value) == f"{path}: workers: must be a positive integer, but got 0"
+    path = write(tmp_path, BOTH_STAGES.replace("direction: up", "direction: maximize").replace("workers: 0", ""))
+    with pytest.raises(GridError) as err:
+        load_grid_and_config(path)
+    assert str(err.value).startswith(f"{path}: grid.loss[1].loss: Unknown loss 'arcfce'.")
+
+
+def test_a_valid_grid_gives_the_grid_and_its_config():
+    from bench.study import StudyConfig, load_grid_and_config
+
+    grid, config = load_grid_and_config("quickstart")
+    assert [c.spec for c in grid.cells] == [c.spec for c in load_grid("quickstart").cells]
+    assert config == StudyConfig.from_grid(grid)
+
+
+@pytest.mark.parametrize("command", [["run", "--no-progress"], ["run", "--validate-only"], ["worker", "--wait", "1"]])
+def test_the_cli_prints_both_stages_problems_in_one_error_before_any_store_is_made(in_tmp, capsys, command):
+    # one exit 2 with the three keys on stderr; no mlflow.db, mlruns/, optuna.journal or .bench/ left behind
+    from bench.cli import main
+
+    grid = write(in_tmp, BOTH_STAGES)
+    assert main([command[0], "--grid", str(grid), *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: invalid grid: {grid}: 3 problems:\n") and "Traceback" not in err
+    assert [line.split(": ")[0] for line in err.splitlines()[1:]] == [f"  {key}" for key in BOTH_KEYS]
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
+
 HEADERS = """
 name: g
 base: {dataset: digits, backbone: lenet++, epochs: 1}
