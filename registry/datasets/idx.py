@@ -21,18 +21,46 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(
 _REFETCH = ("delete it and download it again (download: true fetches only the files that are missing, so it keeps "
             "a damaged one)")
 
+#: The fix for a file that is not IDX at all, after `_REFETCH`: the files read are found by name, so the real ones
+#: may be in another folder.
+_ELSEWHERE = "or, if the real IDX files are in another folder, point the dataset's root at that folder"
+
 
 class IDXError(ValueError):
-    """A file that is not a valid IDX file; the message names the file and what is wrong."""
+    """A file that is not a valid IDX file; the message names the file, what is wrong and the fix."""
+
+
+def _not_idx(path: Path, head: bytes) -> str:
+    """The message for a file whose first bytes are not an IDX header's (two zero bytes): what it looks like (a
+    gzip without ``.gz``, an HTML or text page a failed download saved, an empty file) and the fix."""
+    magic = head[:4].hex() or "missing"
+    if head[:2] == b"\x1f\x8b" and path.suffix == ".gz":  # gzip's magic inside the gzip
+        return (f"{path}: not an IDX file (magic bytes {magic}): it is gzip-compressed twice; gunzip it once "
+                f"(gunzip {path.name} leaves {path.stem}, compressed once) and rename the result to {path.name}, "
+                f"or {_REFETCH}")
+    if head[:2] == b"\x1f\x8b":  # read as raw IDX because the name lacks .gz
+        return (f"{path}: not an IDX file as named (magic bytes {magic}): it is gzip-compressed but its name does "
+                f"not end in .gz; rename it to {path.name}.gz, so that it is read through gzip")
+    if not head:
+        kind = "the file is empty (an interrupted download or copy)"
+    elif len(head) < 4:
+        kind = f"the file ends within the 4 bytes that start an IDX header ({len(head)} bytes): it is truncated"
+    elif head.lstrip()[:1] == b"<":
+        kind = "it looks like an HTML or XML page, such as the error page of a failed download saved under this name"
+    else:
+        kind = "an MNIST-format IDX file starts with two zero bytes; this one is damaged or another kind of file"
+    return f"{path}: not an IDX file (magic bytes {magic}): {kind}; {_REFETCH}, {_ELSEWHERE}"
 
 
 def _parse_header(path: Path, head: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
     """``(shape, dtype, header bytes)`` from the first bytes of an IDX file (magic, type code, dimensions)."""
     if len(head) < 4 or head[0] != 0 or head[1] != 0:
-        raise IDXError(f"{path}: not an IDX file (magic bytes {head[:4].hex() or 'missing'})")
+        raise IDXError(_not_idx(path, head))
     code, ndim = head[2], head[3]
     if code not in _DTYPES:
-        raise IDXError(f"{path}: unknown IDX type code 0x{code:02x}; valid: {', '.join(f'0x{c:02x}' for c in _DTYPES)}")
+        raise IDXError(f"{path}: unknown IDX type code 0x{code:02x} (valid: {', '.join(f'0x{c:02x}' for c in _DTYPES)}"
+                       f"; MNIST's files use 0x08, unsigned bytes): the file is damaged or not an MNIST-format IDX "
+                       f"file; {_REFETCH}, {_ELSEWHERE}")
     header = 4 + 4 * ndim
     if len(head) < header:
         raise IDXError(f"{path}: truncated header ({len(head)} bytes, {header} needed)")

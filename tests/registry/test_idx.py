@@ -63,6 +63,96 @@ def test_bad_magic_is_refused(tmp_path):
         read_idx(path)
 
 
+HTML_404 = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n"
+REFETCH = "delete it and download it again (download: true fetches only the files that are missing"
+ELSEWHERE = "if the real IDX files are in another folder, point the dataset's root at that folder"
+
+
+@pytest.mark.parametrize("name, content, what", [
+    # a failed download saved its error page under the file's name
+    ("t10k-labels-idx1-ubyte", HTML_404, "(magic bytes 3c21444f): it looks like an HTML or XML page"),
+    ("t10k-labels-idx1-ubyte.gz", gzip.compress(HTML_404), "(magic bytes 3c21444f): it looks like an HTML"),
+    ("t10k-labels-idx1-ubyte", b"", "(magic bytes missing): the file is empty"),
+    ("t10k-labels-idx1-ubyte", b"\x00\x00", "(magic bytes 0000): the file ends within the 4 bytes"),
+    ("t10k-labels-idx1-ubyte", b"PK\x03\x04zip", "(magic bytes 504b0304): an MNIST-format IDX file starts with two "
+                                                  "zero bytes; this one is damaged or another kind of file"),
+])
+@pytest.mark.parametrize("reader", ["read_idx", "idx_shape"])
+def test_a_file_that_is_not_idx_names_the_file_and_the_fix(tmp_path, name, content, what, reader):
+    # before: "<path>: not an IDX file (magic bytes 3c21444f)", with nothing on what to do
+    from registry.datasets import idx
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(IDXError) as err:
+        getattr(idx, reader)(path)
+    assert str(err.value).startswith(f"{path}: not an IDX file {what}")
+    assert str(err.value).endswith(f"; {REFETCH}, so it keeps a damaged one), or, {ELSEWHERE}")
+
+
+@pytest.mark.parametrize("reader", ["read_idx", "idx_shape"])
+def test_a_gzip_saved_without_gz_says_to_rename_it_and_the_rename_reads(tmp_path, reader):
+    from registry.datasets import idx
+
+    labels = np.arange(10, dtype=np.uint8)
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(gzip.compress(_idx_bytes(labels)))
+    with pytest.raises(IDXError) as err:
+        getattr(idx, reader)(path)
+    assert str(err.value) == (f"{path}: not an IDX file as named (magic bytes 1f8b0800): it is gzip-compressed but "
+                              f"its name does not end in .gz; rename it to t10k-labels-idx1-ubyte.gz, so that it is "
+                              f"read through gzip")
+    path.rename(tmp_path / "t10k-labels-idx1-ubyte.gz")  # the fix, as the message says it
+    np.testing.assert_array_equal(read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz"), labels)
+
+
+@pytest.mark.parametrize("reader", ["read_idx", "idx_shape"])
+def test_a_gz_compressed_twice_says_to_gunzip_it_once_and_that_reads(tmp_path, reader):
+    from registry.datasets import idx
+
+    labels = np.arange(10, dtype=np.uint8)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(gzip.compress(_idx_bytes(labels))))
+    with pytest.raises(IDXError) as err:
+        getattr(idx, reader)(path)
+    assert str(err.value).startswith(
+        f"{path}: not an IDX file (magic bytes 1f8b0800): it is gzip-compressed twice; gunzip it once (gunzip "
+        f"t10k-labels-idx1-ubyte.gz leaves t10k-labels-idx1-ubyte, compressed once) and rename the result to "
+        f"t10k-labels-idx1-ubyte.gz, or {REFETCH}")
+    path.write_bytes(gzip.decompress(path.read_bytes()))  # gunzip once, under the same name
+    np.testing.assert_array_equal(read_idx(path), labels)
+
+
+@pytest.mark.parametrize("reader", ["read_idx", "idx_shape"])
+def test_an_unknown_type_code_names_the_file_and_the_fix(tmp_path, reader):
+    # 0x07 is no IDX type (the spec's are 0x08, 0x09, 0x0B..0x0E); before: the valid codes only, no fix
+    from registry.datasets import idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 0x07, 1]) + struct.pack(">I", 3) + bytes(3))
+    with pytest.raises(IDXError) as err:
+        getattr(idx, reader)(path)
+    assert str(err.value) == (f"{path}: unknown IDX type code 0x07 (valid: 0x08, 0x09, 0x0b, 0x0c, 0x0d, 0x0e; "
+                              f"MNIST's files use 0x08, unsigned bytes): the file is damaged or not an MNIST-format "
+                              f"IDX file; {REFETCH}, so it keeps a damaged one), or, {ELSEWHERE}")
+
+
+def test_an_html_page_in_place_of_an_idx_file_fails_the_grid_naming_the_file_and_the_fix(tmp_path):
+    from bench.grid import GridError, load_grid
+    from tests.conftest import write_tiny_mnist
+
+    write_tiny_mnist(tmp_path / "mnist")
+    page = tmp_path / "mnist" / "train-images-idx3-ubyte"
+    page.write_bytes(HTML_404)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"name: g\nbase: {{dataset: {{name: mnist, root: {tmp_path / 'mnist'}}}, epochs: 1}}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(grid)
+    assert err.value.key == "base.dataset" and len(err.value.problems) == 1
+    assert f"{page}: not an IDX file (magic bytes 3c21444f): it looks like an HTML" in str(err.value)
+    assert REFETCH in str(err.value) and ELSEWHERE in str(err.value)
+
+
 def test_missing_files_are_named_with_where_they_were_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         find_idx_files(tmp_path)
