@@ -98,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("bench perf: --against and --seeds need --grid FILE (the grid to run and compare)")
     against = load_against(args.against, args.metric)
     grid = None
-    if args.grid:  # the grid as overridden, checked before anything trains (its data files too)
-        from bench.commands._common import load_grid_or_exit
+    if args.grid:  # the grid as overridden, checked before anything trains (its data files and study keys too)
+        from bench.commands._common import load_grid_and_config_or_exit
 
-        grid = load_grid_or_exit(args)
+        grid, _ = load_grid_and_config_or_exit(args)
     if against is not None:  # the same grid's cells
         from reports.results import grid_order
 

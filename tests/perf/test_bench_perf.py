@@ -155,6 +155,18 @@ def test_bench_perf_grid_with_missing_data_stops_before_the_workloads_train(in_t
     assert "img/s" not in out.out and sorted(p.name for p in in_tmp.iterdir()) == ["g.yaml"]
 
 
+def test_bench_perf_grid_with_a_bad_study_key_stops_before_the_workloads_train(in_tmp, capsys):
+    # before: the grid's check skipped its study keys, so the workloads trained and time_grid then failed with a
+    # traceback (StudyConfig.from_grid inside run_study); now one listing with the grid's own problem, exit 2
+    (in_tmp / "g.yaml").write_text("name: g\nbase: {dataset: digits, backbone: lenet++}\n"
+                                   "grid: {loss: [softmax, arcfce]}\nworkers: 0\n")
+    assert main(["perf", "--workload", "lenet", "--grid", "g.yaml"]) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith(f"bench: invalid grid: {in_tmp / 'g.yaml'}: 2 problems:\n") and "Traceback" not in out.err
+    assert [line.split(": ")[0] for line in out.err.splitlines()[1:]] == ["  grid.loss[1].loss", "  workers"]
+    assert "img/s" not in out.out and sorted(p.name for p in in_tmp.iterdir()) == ["g.yaml"]
+
+
 def test_bare_loop_scales_the_loss_in_fp16_as_the_harness_does(tiny_dataset, monkeypatch):
     # "Same precision" on both sides: an fp16 loop without loss scaling is not a correct fp16 loop, and skipping
     # the scaler's per-step work would flatter the bare side. One GradScaler step per training step, each side.
