@@ -48,10 +48,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from bench.grid import Grid
+    from bench.spec import TrialSpec
+    from bench.trial import TrialOptions
 
 __all__ = ["DistContext", "init_from_env", "is_launched", "broadcast_object", "any_true", "agree", "RankFailed",
            "out_of_step_on_error", "in_step", "check_in_step", "shard_batch", "wrap", "main"]
@@ -349,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m bench.distributed`` (one trial, no study)."""
     from bench.commands._common import parse_sets
     from bench.grid import GridError, load_grid
-    from bench.trial import TrialOptions, run_trial
+    from bench.runner import RecordingFailed
+    from bench.trial import TrialOptions
 
     args = _parser().parse_args(argv)
     try:
@@ -366,25 +372,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // (ctx.world_size if ctx else 1)))
     spec = grid.cells[args.cell].spec.replace(seed=grid.seeds[0] if args.seed is None else args.seed)
     options = TrialOptions(device=device, checkpoint_path=args.checkpoint, progress=False, distributed=ctx)
-    status = None
+    trial = f"{spec.label} seed={spec.seed}"
+    ended_together = False  # every rank reached the end of the trial (shutdown's barrier)
     try:
-        if args.tracking and (ctx is None or ctx.is_main):
-            from bench.runner import execute_trial
-            from bench.tracking import StudyTracker
-
-            tracker = StudyTracker(grid.name, args.tracking_uri, description=grid.description, grid_path=str(grid.path))
-            outcome = execute_trial(spec, tracker, options,
-                                    extra_tags={"world_size": str(ctx.world_size if ctx else 1)})
-            status = outcome.status
-        else:  # its pictures (the ROC curve) are logged by nobody: in a temporary folder, removed
-            with tempfile.TemporaryDirectory(prefix="marginbench-", ignore_cleanup_errors=True) as folder:
-                status = run_trial(spec, replace(options, artifact_dir=Path(folder))).status
+        try:
+            status, error = _one_trial(spec, grid, args, options, ctx)
+        except RecordingFailed as err:  # rank 0 trained the trial with the others: they wait in shutdown's barrier
+            ended_together = True
+            print(f"bench.distributed: {trial}: failed: {err}", file=sys.stderr)
+            return 1
+        ended_together = True  # a trial that returned ended on every rank (agreed errors)
         if ctx is None or ctx.is_main:
-            print(f"{spec.label} seed={spec.seed}: {status}")
+            print(f"{trial}: {status}{f' {error}' if error else ''}")
     finally:
-        shutdown(ended_together=status is not None)  # a trial that returned ended on every rank (agreed errors)
+        shutdown(ended_together=ended_together)
     return 0 if status != "failed" else 1
 
+
+def _one_trial(spec: TrialSpec, grid: Grid, args: argparse.Namespace, options: TrialOptions,
+               ctx: DistContext | None) -> tuple[str, str | None]:
+    """Runs `main`'s trial on this rank; rank 0 logs it to MLflow with ``--tracking``.
+
+    Returns:
+        ``(status, error)``: the trial's status on this rank, and its error when rank 0 recorded it as failed.
+
+    Raises:
+        RecordingFailed: (rank 0, ``--tracking``) the tracking store failed as the trial's outcome was recorded.
+        Exception: what the trial raises (`bench.trial.run_trial`; `RankFailed` on the ranks it did not fail on).
+    """
+    from bench.runner import execute_trial
+    from bench.tracking import StudyTracker
+    from bench.trial import run_trial
+
+    if args.tracking and (ctx is None or ctx.is_main):
+        tracker = StudyTracker(grid.name, args.tracking_uri, description=grid.description, grid_path=str(grid.path))
+        outcome = execute_trial(spec, tracker, options, extra_tags={"world_size": str(ctx.world_size if ctx else 1)})
+        return outcome.status, outcome.error
+    # its pictures (the ROC curve) are logged by nobody: in a temporary folder, removed
+    with tempfile.TemporaryDirectory(prefix="marginbench-", ignore_cleanup_errors=True) as folder:
+        return run_trial(spec, replace(options, artifact_dir=Path(folder))).status, None
 
 if __name__ == "__main__":
     raise SystemExit(main())

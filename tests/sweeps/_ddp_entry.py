@@ -40,7 +40,10 @@ def inject_fault(fault: str) -> None:
     collective could fail). ``pause``: every rank writes ``paused-<rank>`` in the working directory at its fifth
     step and sleeps there (for a test that interrupts the job). ``rank0-start-trial``: rank 0's first MLflow trial
     run cannot be opened (the tracking store fails there). ``rank1-pairs``: rank 1 raises if it evaluates the
-    verification pairs (only rank 0 should); ``rank1-test-split``: if it evaluates the closed-set test split."""
+    verification pairs (only rank 0 should); ``rank1-test-split``: if it evaluates the closed-set test split.
+    ``rank0-record``: rank 0 trains the trial, then the tracking store fails as its result is recorded and again as
+    that failure is recorded (`bench.runner.RecordingFailed`); ``rank0-tracker``: rank 0 cannot open the study's
+    MLflow run (`bench.tracking.StudyTracker` fails)."""
     import os
     import time
 
@@ -89,6 +92,29 @@ def inject_fault(fault: str) -> None:
             return start(self, *args, **kwargs)
 
         StudyTracker.start_trial = failing_start
+    elif fault == "rank0-record" and rank == 0:
+        from mlflow.exceptions import MlflowException
+
+        import bench.runner
+        from bench.tracking import StudyTracker
+
+        def failing_finish(*args, **kwargs):
+            raise MlflowException("the tracking store is locked (injected, recording the result)")
+
+        def failing_record(self, *args, **kwargs):
+            raise MlflowException("the tracking store is locked (injected, recording the failure)")
+
+        bench.runner._finish_run = failing_finish
+        StudyTracker.record_failure = failing_record
+    elif fault == "rank0-tracker" and rank == 0:
+        from mlflow.exceptions import MlflowException
+
+        from bench.tracking import StudyTracker
+
+        def failing_init(self, *args, **kwargs):
+            raise MlflowException("the tracking server answered 503 (injected)")
+
+        StudyTracker.__init__ = failing_init
     elif fault == "rank0-checkpoint" and rank == 0:
         import bench.trial
 

@@ -320,3 +320,29 @@ def test_a_sigterm_while_a_step_failure_is_shared_waits_for_it_then_is_raised_or
         os.kill(os.getpid(), signal.SIGTERM)  # ignored from then on
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def _ddp_tracking_grid(write_grid, name: str) -> Path:
+    return write_grid(GRID.replace("name: ddp", f"name: {name}").replace("epochs: 6", "epochs: 1"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_distributed_whose_recording_fails_on_rank_zero_ends_every_rank_with_one_line(tmp_path, write_grid):
+    # rank 0 trained the trial, then the tracking store failed as its result was recorded and again as that failure
+    # was: rank 0 left with RecordingFailed's traceback, skipping the exit barrier that rank 1 was waiting in, and
+    # rank 1 died there with gloo's "Connection closed by peer". Now rank 0 prints one line naming the trial and both
+    # errors and exits 1, after meeting rank 1 in the barrier.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out = torchrun_with_fault("rank0-record", "distributed", "--grid",
+                                    str(_ddp_tracking_grid(write_grid, "ddp-record")), "--device", "cpu",
+                                    "--tracking", "--tracking-uri", uri, cwd=tmp_path, timeout=150)
+    assert code == 1, out
+    error = ("MlflowException: the tracking store is locked (injected, recording the result) (and the tracking store "
+             "failed as it was recorded: MlflowException: the tracking store is locked (injected, recording the "
+             "failure))")
+    assert f"bench.distributed: cosface seed=3: failed: {error}" in out, out
+    assert "Connection closed by peer" not in out and "RecordingFailed" not in out, out
+    assert "[rank1]" not in out, out  # no traceback from rank 1
+    runs = mlflow_children("ddp-record", uri)
+    assert [(r.info.status, r.data.tags.get("error")) for r in runs] == [("FAILED", error)], out
