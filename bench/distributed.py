@@ -8,7 +8,9 @@ Two ways in:
   the trial on rank 0 alone), and they train alongside it and log nothing.
 - ``torchrun --nproc_per_node 2 -m bench.distributed --grid FILE --cell 0 --seed 0``: one grid trial, outside
   any study (``--checkpoint PATH`` keeps its final weights; ``--tracking`` logs it as a child run of the
-  grid's study; without it the trial's pictures are not kept).
+  grid's study; without it the trial's pictures are not kept). With ``--tracking`` the other ranks start once
+  rank 0's run is open; a run that cannot open, or a tracking store that fails as rank 0 records the outcome, ends
+  every rank with one line (rank 0 exits 1).
 
 What changes in a trial (see `bench.trial.run_trial`): backbone and margin head are wrapped together in
 one DDP module, so the head's class weights are replicated and their gradients averaged like the
@@ -377,11 +379,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             status, error = _one_trial(spec, grid, args, options, ctx)
-        except RecordingFailed as err:  # rank 0 trained the trial with the others: they wait in shutdown's barrier
+        except (RecordingFailed, _RunNotOpened, RankFailed) as err:
             ended_together = True
-            print(f"bench.distributed: {trial}: failed: {err}", file=sys.stderr)
-            return 1
-        ended_together = True  # a trial that returned ended on every rank (agreed errors)
+            where = f"rank {ctx.rank}: " if ctx is not None and not ctx.is_main else ""
+            why = f"failed: {err}" if isinstance(err, RecordingFailed) else str(err)  # the others say it
+            print(f"bench.distributed: {where}{trial}: {why}", file=sys.stderr)
+            # another rank's failure: that rank exits 1, and torchrun names it (the first to exit 1) as the cause
+            return 0 if isinstance(err, RankFailed) else 1
+        except Exception:
+            # raised where every rank stops (an agreed error), or on one rank outside the collectives (before or
+            # after training): the others reach the barrier too. A failure inside a training step skips it (in_step)
+            ended_together = True
+            raise
+        ended_together = True
         if ctx is None or ctx.is_main:
             print(f"{trial}: {status}{f' {error}' if error else ''}")
     finally:
@@ -393,24 +403,73 @@ def _one_trial(spec: TrialSpec, grid: Grid, args: argparse.Namespace, options: T
                ctx: DistContext | None) -> tuple[str, str | None]:
     """Runs `main`'s trial on this rank; rank 0 logs it to MLflow with ``--tracking``.
 
+    With ``--tracking`` the other ranks start training once rank 0 says its MLflow run is open: started before,
+    a run that failed to open left them waiting in a collective rank 0 never joined, until its exit broke the
+    connection (gloo's "Connection closed by peer" traceback, rank 0's error only in rank 0's log).
+
     Returns:
         ``(status, error)``: the trial's status on this rank, and its error when rank 0 recorded it as failed.
 
     Raises:
         RecordingFailed: (rank 0, ``--tracking``) the tracking store failed as the trial's outcome was recorded.
-        Exception: what the trial raises (`bench.trial.run_trial`; `RankFailed` on the ranks it did not fail on).
+        _RunNotOpened: (rank 0, ``--tracking``) the trial's MLflow run could not be opened; nothing trained.
+        RankFailed: on the other ranks, when rank 0 could not open the run or the trial failed on another rank.
+        Exception: what the trial raises on this rank (`bench.trial.run_trial`).
     """
-    from bench.runner import execute_trial
-    from bench.tracking import StudyTracker
     from bench.trial import run_trial
 
     if args.tracking and (ctx is None or ctx.is_main):
-        tracker = StudyTracker(grid.name, args.tracking_uri, description=grid.description, grid_path=str(grid.path))
-        outcome = execute_trial(spec, tracker, options, extra_tags={"world_size": str(ctx.world_size if ctx else 1)})
-        return outcome.status, outcome.error
+        return _tracked_trial(spec, grid, args, options, ctx)
+    if args.tracking:
+        failure = broadcast_object(None, ctx)  # rank 0's `_tracked_trial`: None once its run is open
+        if failure is not None:
+            raise RankFailed(f"rank 0 failed: {failure}")
     # its pictures (the ROC curve) are logged by nobody: in a temporary folder, removed
     with tempfile.TemporaryDirectory(prefix="marginbench-", ignore_cleanup_errors=True) as folder:
         return run_trial(spec, replace(options, artifact_dir=Path(folder))).status, None
+
+
+class _RunNotOpened(RuntimeError):
+    """Rank 0 could not open the trial's MLflow run (`_tracked_trial`)."""
+
+
+def _tracked_trial(spec: TrialSpec, grid: Grid, args: argparse.Namespace, options: TrialOptions,
+                   ctx: DistContext | None) -> tuple[str, str | None]:
+    """Rank 0 of `_one_trial` with ``--tracking``: the trial in an MLflow child run of the grid's study; the other
+    ranks are told (`broadcast_object`) None once the run is open, or why it could not be.
+
+    Raises:
+        RecordingFailed: the tracking store failed as the trial's outcome was recorded.
+        _RunNotOpened: the store failed as the study's or the trial's run was opened.
+    """
+    from bench.runner import RecordingFailed, execute_trial
+    from bench.study import hide_password
+    from bench.tracking import StudyTracker, resolve_tracking_uri
+
+    started = False
+
+    def start(run: Any) -> None:
+        nonlocal started
+        started = True
+        if ctx is not None:
+            broadcast_object(None, ctx)
+
+    try:
+        tracker = StudyTracker(grid.name, args.tracking_uri, description=grid.description, grid_path=str(grid.path))
+        outcome = execute_trial(spec, tracker, options, extra_tags={"world_size": str(ctx.world_size if ctx else 1)},
+                                on_start=start)
+    except RecordingFailed:
+        raise
+    except Exception as err:
+        if started:  # not the store's error as the run opened (execute_trial raises no other)
+            raise
+        failure = (f"not trained: the MLflow tracking store {hide_password(resolve_tracking_uri(args.tracking_uri))} "
+                   f"failed as its run was opened ({type(err).__name__}: {' '.join(str(err).split())})")
+        if ctx is not None:
+            broadcast_object(failure, ctx)
+        raise _RunNotOpened(failure) from err
+    return outcome.status, outcome.error
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

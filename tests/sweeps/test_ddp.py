@@ -346,3 +346,45 @@ def test_bench_distributed_whose_recording_fails_on_rank_zero_ends_every_rank_wi
     assert "[rank1]" not in out, out  # no traceback from rank 1
     runs = mlflow_children("ddp-record", uri)
     assert [(r.info.status, r.data.tags.get("error")) for r in runs] == [("FAILED", error)], out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("fault", "store_error"), [
+    ("rank0-tracker", "MlflowException: the tracking server answered 503 (injected)"),
+    ("rank0-start-trial", "MlflowException: the tracking store is locked (injected)")])
+def test_bench_distributed_whose_run_cannot_open_on_rank_zero_tells_every_rank(fault, store_error, tmp_path,
+                                                                               write_grid):
+    # rank 0 could not open the study's or the trial's MLflow run and left with the store's traceback, while rank 1,
+    # already training, waited in a collective rank 0 never joined, until rank 0's exit broke the connection (gloo's
+    # "Connection closed by peer" traceback; the store's error only in rank 0's log). Now rank 1 trains only once
+    # rank 0's run is open, and both ranks say why the trial did not train, in one line each.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out = torchrun_with_fault(fault, "distributed", "--grid", str(_ddp_tracking_grid(write_grid, "ddp-open")),
+                                    "--device", "cpu", "--tracking", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
+    assert code == 1, out
+    why = f"not trained: the MLflow tracking store {uri} failed as its run was opened ({store_error})"
+    assert f"bench.distributed: cosface seed=3: {why}\n" in out, out
+    assert f"bench.distributed: rank 1: cosface seed=3: rank 0 failed: {why}\n" in out, out
+    assert "Connection closed by peer" not in out and "[rank" not in out, out  # no rank's traceback
+    assert "Root Cause" in out and "rank      : 0 (local_rank: 0)" in out.split("Root Cause")[1], out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_distributed_with_tracking_ends_both_ranks_together_after_an_agreed_failure(tmp_path, write_grid):
+    # rank 0's checkpoint write fails after epoch 0 and every rank stops there (agreed): rank 0 recorded the failure and
+    # waited in the exit barrier, while rank 1 left with RankFailed's traceback without joining it, so rank 0 died
+    # there (gloo's "Connection closed by peer") or was ended by torchrun. Now both meet in the barrier; rank 1 says
+    # in one line that the trial failed on rank 0, and rank 0 is the job's failure.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out = torchrun_with_fault("rank0-checkpoint", "distributed", "--grid",
+                                    str(_ddp_tracking_grid(write_grid, "ddp-agreed")), "--device", "cpu", "--tracking",
+                                    "--tracking-uri", uri, "--checkpoint", str(tmp_path / "ddp.pt"), cwd=tmp_path)
+    assert code == 1, out
+    error = "OSError: No space left on device (injected)"
+    assert f"cosface seed=3: failed {error}\n" in out, out
+    assert f"bench.distributed: rank 1: cosface seed=3: rank 0 failed: {error}\n" in out, out
+    assert "Connection closed by peer" not in out and "[rank" not in out and "SIGTERM" not in out, out
+    runs = mlflow_children("ddp-agreed", uri)
+    assert [(r.info.status, r.data.tags.get("error")) for r in runs] == [("FAILED", error)], out
