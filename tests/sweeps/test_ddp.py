@@ -388,3 +388,36 @@ def test_bench_distributed_with_tracking_ends_both_ranks_together_after_an_agree
     assert "Connection closed by peer" not in out and "[rank" not in out and "SIGTERM" not in out, out
     runs = mlflow_children("ddp-agreed", uri)
     assert [(r.info.status, r.data.tags.get("error")) for r in runs] == [("FAILED", error)], out
+
+
+def test_bench_distributed_in_one_process_says_in_one_line_that_the_tracking_store_failed(tmp_path, write_grid,
+                                                                                         tiny_dataset, monkeypatch,
+                                                                                         capsys):
+    # without torchrun too, a store that failed as the trial's run opened, or as its outcome was recorded, left
+    # `python -m bench.distributed --tracking` with a traceback; now one line names the trial and the errors, exit 1
+    from mlflow.exceptions import MlflowException
+
+    import bench.runner
+    from bench.distributed import main
+    from bench.tracking import StudyTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--grid", str(_ddp_tracking_grid(write_grid, "one-process")), "--device", "cpu", "--tracking",
+            "--tracking-uri", uri]
+
+    def locked(*args, **kwargs):
+        raise MlflowException("the tracking store is locked (injected)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StudyTracker, "start_trial", locked)
+        assert main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"bench.distributed: cosface seed=3: not trained: the MLflow tracking store {uri} failed as "
+                       f"its run was opened (MlflowException: the tracking store is locked (injected))")
+    monkeypatch.setattr(bench.runner, "_finish_run", locked)
+    monkeypatch.setattr(StudyTracker, "record_failure", locked)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("bench.distributed: cosface seed=3: failed: MlflowException: the tracking store is locked "
+                       "(injected) (and the tracking store failed as it was recorded: MlflowException: the tracking "
+                       "store is locked (injected))")
