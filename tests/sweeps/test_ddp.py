@@ -385,7 +385,7 @@ def test_bench_distributed_with_tracking_ends_both_ranks_together_after_an_agree
     error = "OSError: No space left on device (injected)"
     assert f"cosface seed=3: failed {error}\n" in out, out
     assert f"bench.distributed: rank 1: cosface seed=3: rank 0 failed: {error}\n" in out, out
-    assert "Connection closed by peer" not in out and "[rank" not in out and "SIGTERM" not in out, out
+    assert "Connection closed by peer" not in out and "[rank" not in out, out  # no rank's traceback
     runs = mlflow_children("ddp-agreed", uri)
     assert [(r.info.status, r.data.tags.get("error")) for r in runs] == [("FAILED", error)], out
 
