@@ -87,12 +87,7 @@ def typed_sets(items: list[str]) -> dict[str, str]:
 
 def load_grid_or_exit(args: argparse.Namespace) -> Grid:
     """The validated grid, or exit 2 with the error (file, key, fix) and nothing trained."""
-    sets = list(getattr(args, "set", []))
-    try:
-        return load_grid(args.grid, overrides=parse_sets(sets), typed=typed_sets(sets))
-    except (GridError, FileNotFoundError) as err:
-        print(f"bench: invalid grid: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    return _loaded_or_exit(load_grid, args)
 
 
 def load_grid_and_config_or_exit(args: argparse.Namespace) -> tuple[Grid, StudyConfig]:
@@ -100,9 +95,14 @@ def load_grid_and_config_or_exit(args: argparse.Namespace) -> tuple[Grid, StudyC
     one error), or exit 2 with the error (file, key, fix) and nothing trained or written."""
     from bench.study import load_grid_and_config
 
+    return _loaded_or_exit(load_grid_and_config, args)
+
+
+def _loaded_or_exit(load: Callable[..., Any], args: argparse.Namespace) -> Any:
+    """``load(args.grid, overrides=..., typed=...)`` with the ``--set`` items, or exit 2 printing its `GridError`."""
     sets = list(getattr(args, "set", []))
     try:
-        return load_grid_and_config(args.grid, overrides=parse_sets(sets), typed=typed_sets(sets))
+        return load(args.grid, overrides=parse_sets(sets), typed=typed_sets(sets))
     except (GridError, FileNotFoundError) as err:
         print(f"bench: invalid grid: {err}", file=sys.stderr)
         raise SystemExit(2) from err
