@@ -38,6 +38,7 @@ import yaml
 from bench import yamlio
 from bench.spec import COMPONENTS, SpecError, TrialSpec, split_component
 from registry import BACKBONES, DATASETS, LOSSES, RegistryError
+from registry._suggest import did_you_mean
 
 __all__ = ["Grid", "Cell", "GridCheck", "GridError", "load_grid", "check_grid", "find_grid_file", "TOP_LEVEL_KEYS",
            "input_size_problem"]
@@ -168,8 +169,7 @@ def find_grid_file(name: str | Path, *, cwd: Path | None = None) -> Path:
     available = sorted({p.name for f in (cwd / "sweeps", Path(__file__).resolve().parent.parent / "sweeps")
                         if f.is_dir() for p in f.glob("*.yaml")})
     looked = list(dict.fromkeys(str(c.resolve()) for c in candidates))  # ./sweeps is the installed one in the checkout
-    close = difflib.get_close_matches(path.stem, [Path(a).stem for a in available], n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(path.stem, [Path(a).stem for a in available])
     raise FileNotFoundError(f"grid {str(name)!r} not found (looked in: {', '.join(looked)}).{hint} "
                             f"Available in sweeps/: {', '.join(available) or 'none'}")
 
@@ -503,12 +503,11 @@ def _header_problems(tables: list[Any], labels: Mapping[str, list[str]],
         for key in table.headers:
             if key in keys or (table.pattern is not None and unknown and fnmatch.fnmatchcase(key, table.pattern)):
                 continue
-            close = difflib.get_close_matches(key, keys, 1)
             matching = f", or a metric matching {table.pattern!r}" if table.pattern is not None and unknown else ""
             problems.append((f"report.tables[{i}].headers.{key}",
                              f"{key!r} is not a column or axis of table {table.name!r}, so its display name would "
-                             f"never show" + (f" (did you mean {close[0]!r}?)" if close else "")
-                             + f"; keys it has: {', '.join(keys) or 'none'}{matching}"))
+                             f"never show{did_you_mean(key, keys, aside=True)}; keys it has: "
+                             f"{', '.join(keys) or 'none'}{matching}"))
     return problems
 
 
@@ -626,8 +625,7 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         raise GridError(path, "", "a grid file must be a mapping with at least 'name' and 'base'")
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
     if unknown:
-        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, TOP_LEVEL_KEYS, 1))
-                             else "") for k in unknown]
+        hints = [f"{k!r}{did_you_mean(k, TOP_LEVEL_KEYS, aside=True)}" for k in unknown]
         raise GridError(path, unknown[0], f"unknown top-level key {', '.join(hints)}; valid keys: "
                                           f"{', '.join(TOP_LEVEL_KEYS)}")
     raw = _substitute(raw, path, "", os.environ if env is None else env)

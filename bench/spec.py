@@ -250,11 +250,7 @@ class TrialSpec:
             elif key in valid:
                 kwargs[key] = value
             else:
-                import difflib
-
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise SpecError(f"unknown trial key {key!r}.{hint} Valid keys: "
+                raise SpecError(f"unknown trial key {key!r}.{_did_you_mean(key, valid, aside=False)} Valid keys: "
                                 f"{', '.join(cls.nested_keys(settable=True))}", key=key)
         return cls(**kwargs, labels=dict(labels or {}))
 
@@ -303,12 +299,14 @@ class TrialSpec:
         return " / ".join(self.labels.values()) if self.labels else self.loss
 
 
-def _did_you_mean(key: str, valid: list[str]) -> str:
-    """`` (did you mean 'epochs'?)`` for a close key, else ``""``."""
-    import difflib
+def _did_you_mean(key: str, valid: list[str], *, aside: bool = True) -> str:
+    """`registry._suggest.did_you_mean`: `` (did you mean 'epochs'?)`` (``aside=False``: `` Did you mean 'epochs'?``)
+    for a close key, else ``""``."""
+    # imported here, on the error path: importing registry registers its torch-backed entries, and bench.spec (with
+    # reports, which imports it) loads without torch
+    from registry._suggest import did_you_mean
 
-    close = difflib.get_close_matches(key, valid, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(key, valid, aside=aside)
 
 
 def split_component(key: str, value: Any) -> tuple[str, dict[str, Any]]:

@@ -30,7 +30,6 @@ machine it ran on. A journal file has no heartbeat: it is for the workers of one
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 import json
@@ -49,6 +48,7 @@ from typing import Any
 
 from bench.grid import Grid, GridError, check_grid, input_size_problem
 from bench.spec import SpecError, TrialSpec
+from registry._suggest import did_you_mean
 
 __all__ = ["run_study", "StudyConfig", "SearchParam", "Slot", "plan_slots", "resolve_storage", "open_storage",
            "prepare_study", "load_study", "reap_stale_trials", "study_summary", "CellStudy", "worker_identity",
@@ -499,9 +499,8 @@ def _parse_choice(path: Any, key: str, value: Any, table: Mapping[str, str], ali
     name = str(value["type"]).lower()
     name = aliases.get(name, name)
     if name not in table:
-        close = difflib.get_close_matches(name, list(table), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise GridError(path, f"{key}.type", f"unknown {key} {value['type']!r}.{hint} Available: {', '.join(table)}")
+        raise GridError(path, f"{key}.type", f"unknown {key} {value['type']!r}.{did_you_mean(name, table)} Available: "
+                                             f"{', '.join(table)}")
     return {**{k: v for k, v in value.items() if k != "type"}, "type": name}
 
 
@@ -539,10 +538,8 @@ def _parse_range(path: Any, key: str, entry: Any) -> SearchParam:
     kind = str(entry["type"]).lower()
     kind = _TYPE_ALIASES.get(kind, kind)
     if kind not in SEARCH_TYPES:
-        close = difflib.get_close_matches(kind, SEARCH_TYPES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise GridError(path, f"{where}.type", f"unknown type {entry['type']!r}.{hint} Available: "
-                                               f"{', '.join(SEARCH_TYPES)}")
+        raise GridError(path, f"{where}.type", f"unknown type {entry['type']!r}.{did_you_mean(kind, SEARCH_TYPES)} "
+                                               f"Available: {', '.join(SEARCH_TYPES)}")
     allowed = {"categorical": {"type", "choices"}, "int": {"type", "low", "high", "step", "log"},
                "uniform": {"type", "low", "high", "step"}, "loguniform": {"type", "low", "high"}}[kind]
     unknown = set(entry) - allowed

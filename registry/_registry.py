@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import inspect
@@ -22,6 +21,8 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from registry._suggest import did_you_mean
 
 __all__ = ["Registry", "RegistryError", "Entry", "Family"]
 
@@ -203,15 +204,13 @@ class Registry:
                 validate = (None if family.validate is None
                             else functools.partial(_validate_family, family.validate, rest))
                 return Entry(name, _bind_family(family, rest), self.fixed, {}, validate, family.summary)
-            close = difflib.get_close_matches(rest, family.known(), n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(repr(family.prefix + c) for c in close)}?" if close else ""
+            hint = did_you_mean(rest, family.known(), n=3, prefix=family.prefix)
             raise RegistryError(f"Unknown {self.kind} {name!r}: {family.prefix!r} does not know {rest!r}.{hint}")
         raise RegistryError(self.unknown_message(name))
 
     def unknown_message(self, name: str) -> str:
         candidates = list(self._entries) + [f.prefix + "<name>" for f in self._families.values()]
-        close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(str(name), self._entries, n=3, cutoff=0.5)
         return f"Unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(candidates, key=_natural_key))}."
 
     def parameters(self, name: str) -> dict[str, Any]:
@@ -244,8 +243,7 @@ class Registry:
                     if key in self.fixed_from:
                         msgs.append(f"{key!r} ({self.fixed_from[key]})")
                         continue
-                    close = difflib.get_close_matches(key, list(settable), n=1, cutoff=0.5)
-                    msgs.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                    msgs.append(f"{key!r}{did_you_mean(key, settable, cutoff=0.5, aside=True)}")
                 valid = ", ".join(f"{k}={_show(v)}" for k, v in settable.items()) or "none"
                 raise RegistryError(
                     f"{self.kind} {name!r} has no parameter {', '.join(msgs)}. Its parameters: {valid}.")

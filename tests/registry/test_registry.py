@@ -49,6 +49,15 @@ def test_unknown_name_lists_close_matches_and_all_names():
     assert "Did you mean 'arcwidget'" in msg and "Available: arcwidget, arcwidget-4, cosine-widget" in msg
 
 
+def test_several_close_names_read_as_alternatives_closest_first():
+    # before: "Did you mean 'arcwidget-4', 'arcwidget', 'cosine-widget'?", a comma list like the Available one after it,
+    # where every other "did you mean" of bench joins them with "or"
+    with pytest.raises(RegistryError) as err:
+        _fresh().entry("arcwidget-5")
+    assert str(err.value) == ("Unknown widget 'arcwidget-5'. Did you mean 'arcwidget-4' or 'arcwidget' or "
+                              "'cosine-widget'? Available: arcwidget, arcwidget-4, cosine-widget.")
+
+
 def test_unknown_kwarg_names_it_and_suggests_the_close_one():
     with pytest.raises(RegistryError, match=r"no parameter 'scal' \(did you mean 'scale'\?\)"):
         _fresh().create("arcwidget", size=1, scal=2.0)

@@ -1,0 +1,53 @@
+"""`did_you_mean`: the one place the "Did you mean ...?" hint of an unknown-name message is built."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from registry._suggest import did_you_mean
+
+LOSSES = ["adaface", "arcface", "cosface", "sphereface", "softmax"]
+
+
+def test_a_close_name_is_suggested_as_a_sentence_or_an_aside():
+    assert did_you_mean("epoch", ["seed", "epochs"]) == " Did you mean 'epochs'?"
+    assert did_you_mean("epoch", ["seed", "epochs"], aside=True) == " (did you mean 'epochs'?)"
+
+
+def test_no_close_name_gives_an_empty_hint():
+    assert did_you_mean("qqqq", LOSSES) == ""
+    assert did_you_mean("qqqq", LOSSES, aside=True) == ""
+    assert did_you_mean("epoch", []) == ""
+
+
+def test_several_close_names_are_joined_with_or_closest_first_whatever_the_order_of_the_choices():
+    expected = " Did you mean 'arcface' or 'cosface' or 'adaface'?"
+    assert did_you_mean("arcfce", LOSSES, n=3) == expected
+    assert did_you_mean("arcfce", reversed(LOSSES), n=3) == expected
+    assert did_you_mean("arcfce", LOSSES) == " Did you mean 'arcface'?"  # n=1: the closest only
+
+
+def test_cutoff_sets_how_close_a_name_must_be():
+    assert did_you_mean("chunk", ["chunks_of_classes"]) == ""
+    assert did_you_mean("chunk", ["chunks_of_classes"], cutoff=0.4) == " Did you mean 'chunks_of_classes'?"
+
+
+def test_prefix_is_shown_but_not_matched():
+    # 'timm/ab' and 'timm/xy' share most of their letters; 'ab' and 'xy' none, so nothing is suggested
+    assert did_you_mean("ab", ["xy"], prefix="timm/") == ""
+    assert did_you_mean("mobilenet_smal", ["mobilenet_small"], prefix="timm/") == (
+        " Did you mean 'timm/mobilenet_small'?")
+
+
+def test_choices_may_be_any_iterable_of_names():
+    assert did_you_mean("tpee", {"tpe": 1, "random": 2}) == " Did you mean 'tpe'?"
+    assert did_you_mean("tpee", (c for c in ("tpe", "random"))) == " Did you mean 'tpe'?"
+
+
+def test_importing_bench_spec_still_does_not_import_torch():
+    # bench.spec (and reports, through it) stays light: it imports the helper only on the error path, since importing
+    # registry._suggest runs registry/__init__, which registers the torch-backed losses and backbones
+    code = "import sys, bench.spec; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
