@@ -31,7 +31,6 @@ line that names it, rather than failing every trial of the queue.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import logging
 import math
@@ -82,6 +81,7 @@ from bench.study import (
 )
 from bench.tracking import STATUS_TAG, StudyTracker
 from bench.trial import Pruned, TrialOptions
+from registry._suggest import did_you_mean
 
 __all__ = ["WorkerOptions", "StudyReport", "run_study", "work", "run_study_trial", "run_study_trials",
            "checkpoint_folder",
@@ -232,12 +232,10 @@ def warn_missing_objective(metrics: dict[str, float], metric: str) -> bool:
         return False
     if name not in _WARNED_OBJECTIVES:
         _WARNED_OBJECTIVES.add(name)
-        close = difflib.get_close_matches(name, list(metrics), n=3)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        log.warning("objective.metric %r is not a metric these trials log (%s)%s. Optuna will record each trial "
+        log.warning("objective.metric %r%s is not a metric these trials log (%s). Optuna will record each trial "
                     "as failed, and the sampler and pruner get no values. Fix objective.metric in the grid: the "
                     "runs are kept, and the next bench run tells Optuna their values without training them again.",
-                    name, ", ".join(sorted(metrics)), hint)
+                    name, did_you_mean(name, metrics, n=3, aside=True), ", ".join(sorted(metrics)))
     return True
 
 

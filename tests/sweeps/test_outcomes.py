@@ -268,3 +268,16 @@ def test_the_objective_warning_suggests_close_names_once_per_metric(caplog):
     assert "'tst_acc'" in messages[0] and "did you mean 'test_acc' or 'train_acc'?" in messages[0]
     assert "lr, test_acc, train_acc, train_loss" in messages[0]
     assert "'lfw_acc'" in messages[1]
+
+
+def test_the_objective_warning_puts_the_suggestion_beside_the_name_it_corrects(caplog):
+    # before: "... log (lr, test_acc, train_acc, train_loss); did you mean 'test_acc' or 'train_acc'?. Optuna will ..."
+    from bench.workers import _WARNED_OBJECTIVES, warn_missing_objective
+
+    _WARNED_OBJECTIVES.clear()
+    assert warn_missing_objective({"train_acc": 0.8, "test_acc": 0.75}, "tst_acc")
+    assert warn_missing_objective({"test_acc": 0.75}, "zzzzzz")
+    close, far = [r.getMessage() for r in caplog.records]
+    assert close.startswith("objective.metric 'tst_acc' (did you mean 'test_acc' or 'train_acc'?) is not a metric "
+                            "these trials log (test_acc, train_acc). Optuna will record each trial as failed")
+    assert far.startswith("objective.metric 'zzzzzz' is not a metric these trials log (test_acc). Optuna will")
