@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["TableSpec", "ReportError", "parse_tables", "default_tables", "TABLE_KEYS", "natural_key",
-           "metric_direction", "closest_first", "unknown_metric"]
+           "metric_direction", "closest_first", "unknown_metric", "did_you_mean"]
 
 #: Keys of one table in ``report.tables`` and what they mean.
 TABLE_KEYS = {
@@ -102,6 +102,15 @@ def _close(name: str, choices: Sequence[str]) -> list[str]:
         if matcher.ratio() >= 0.6:
             scored.append((-matcher.ratio(), natural_key(choice), choice))
     return [choice for *_, choice in sorted(scored)]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`registry._suggest.did_you_mean`'s aside: `` (did you mean 'loss'?)`` for a close choice, else ``""``."""
+    # imported here, on the error path: importing registry registers its torch-backed entries, and reports loads
+    # without torch
+    from registry._suggest import did_you_mean as hint
+
+    return hint(word, choices, aside=True)
 
 
 def closest_first(name: str, choices: Iterable[str]) -> list[str]:
@@ -298,9 +307,8 @@ class TableSpec:
         unknown = [k for k in data if k not in TABLE_KEYS]
         if unknown:
             k = unknown[0]
-            close = difflib.get_close_matches(str(k), TABLE_KEYS, 1)
-            raise fail(str(k), f"unknown table key {k!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                       + f"; valid keys: {', '.join(TABLE_KEYS)}")
+            raise fail(str(k), f"unknown table key {k!r}{did_you_mean(str(k), TABLE_KEYS)}; valid keys: "
+                               f"{', '.join(TABLE_KEYS)}")
         name = data.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise fail("name", f"a name of letters, digits, '_', '-', '.' is required, but got {name!r}")
@@ -310,10 +318,8 @@ class TableSpec:
             if not isinstance(axis, str) or not axis:
                 raise fail(sub, f"an axis name is required, but got {axis!r}")
             if known_axes is not None and axis not in known_axes and axis != "label":
-                close = difflib.get_close_matches(axis, known_axes, 1)
-                raise fail(sub, f"{axis!r} is not an axis of the grid" + (f" (did you mean {close[0]!r}?)" if close
-                                                                         else "")
-                           + f"; axes: {', '.join(known_axes) or 'none'} (or 'label': all labels joined)")
+                raise fail(sub, f"{axis!r} is not an axis of the grid{did_you_mean(axis, known_axes)}; axes: "
+                                f"{', '.join(known_axes) or 'none'} (or 'label': all labels joined)")
             return axis
 
         rows_raw = data.get("rows")
@@ -397,10 +403,8 @@ class TableSpec:
             known = grid_labels.get(str(axis)) if grid_labels is not None else None
             missing = [v for v in where_[str(axis)] if known is not None and v not in known]
             if known is not None and missing:  # else the table is all "-" after training, without a word
-                close = difflib.get_close_matches(missing[0], list(known), 1)
                 raise fail(f"where.{axis}", f"no cell of the grid has the label {missing[0]!r}"
-                                            + (f" (did you mean {close[0]!r}?)" if close else "")
-                                            + f"; labels of {axis}: {', '.join(known)}")
+                                            f"{did_you_mean(missing[0], known)}; labels of {axis}: {', '.join(known)}")
         select = data.get("select", "all")
         if select not in ("all", "best"):
             raise fail("select", f"must be all or best, but got {select!r}")

@@ -14,7 +14,6 @@ The Mean row (``mean_row``) shows the mean of a column's cell means. A column wi
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import re
@@ -26,7 +25,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from reports.runs import RUN_COLUMNS, latest_runs
-from reports.spec import ReportError, TableSpec, metric_direction, natural_key, unknown_metric
+from reports.spec import ReportError, TableSpec, did_you_mean, metric_direction, natural_key, unknown_metric
 
 __all__ = ["CellStats", "Table", "aggregate", "escape_inline", "label_column", "metric_columns", "missing_metric",
            "best_run", "verification_accuracies", "value_column", "format_mean_std", "mean_std_table", "STATUS_ORDER",
@@ -360,9 +359,8 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
         known = sorted(set(runs[label_column(axis)].astype(str)) | set(order.get(axis, [])), key=natural_key)
         missing = [label for label in labels if label not in known]
         if missing:
-            close = difflib.get_close_matches(missing[0], known, 1)
             raise ReportError(f"table {spec.name!r}: where.{axis}: no run or grid cell has the label {missing[0]!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; labels: {', '.join(known)}")
+                              f"{did_you_mean(missing[0], known)}; labels: {', '.join(known)}")
         runs = runs[runs[label_column(axis)].astype(str).isin(labels)]
     metrics = spec.resolve_metrics(metric_columns(runs))
     if spec.pattern is not None and not metrics and not runs.empty:

@@ -45,9 +45,9 @@ def test_choices_may_be_any_iterable_of_names():
     assert did_you_mean("tpee", (c for c in ("tpe", "random"))) == " Did you mean 'tpe'?"
 
 
-def test_importing_bench_spec_still_does_not_import_torch():
-    # bench.spec (and reports, through it) stays light: it imports the helper only on the error path, since importing
-    # registry._suggest runs registry/__init__, which registers the torch-backed losses and backbones
-    code = "import sys, bench.spec; print('torch' in sys.modules)"
+def test_importing_bench_spec_or_reports_still_does_not_import_torch():
+    # they stay light: they import the helper only on the error path, since importing registry._suggest runs
+    # registry/__init__, which registers the torch-backed losses and backbones
+    code = "import sys, bench.spec, reports.spec, reports.tables; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
