@@ -1,4 +1,5 @@
-"""5-point similarity transforms (MATLAB ``cp2tform(..., 'similarity')``), face templates, and warping.
+"""5-point similarity transforms (MATLAB ``cp2tform(..., 'similarity')`` for SphereFace, scikit-image's Umeyama
+estimate for ArcFace), face templates, and warping.
 
 Coordinates are pixels, ``(x, y)`` = (column, row), 0-based, with pixel centres at integers (the OpenCV and
 scikit-image convention). Sizes are ``(width, height)``.
@@ -6,12 +7,15 @@ scikit-image convention). Sizes are ``(width, height)``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 __all__ = ["similarity_transform", "transform_points", "warp", "align_face", "Template", "TEMPLATES",
-           "get_template", "SPHEREFACE_96x112", "ARCFACE_112x112"]
+           "get_template", "SPHEREFACE_96x112", "ARCFACE_112x112", "FITS"]
+
+#: How `similarity_transform` fits the landmarks onto a template (see there).
+FITS = ("cp2tform", "umeyama")
 
 
 def _frozen(points: list[list[float]]) -> np.ndarray:
@@ -31,15 +35,20 @@ ARCFACE_112x112 = _frozen([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.
 
 
 class Template(NamedTuple):
-    """Where the five landmarks go, and the output size ``(width, height)`` in pixels."""
+    """Where the five landmarks go, the output size ``(width, height)`` in pixels, and how the landmarks are
+    fitted onto the points (a `similarity_transform` method: the one the template's paper aligns with)."""
 
     name: str
     points: np.ndarray
     size: tuple[int, int]
+    fit: Literal["cp2tform", "umeyama"] = "cp2tform"
 
 
-TEMPLATES = {"sphereface": Template("sphereface", SPHEREFACE_96x112, (96, 112)),
-             "arcface": Template("arcface", ARCFACE_112x112, (112, 112))}
+#: SphereFace aligns with MATLAB's cp2tform (face_align_demo.m; sphereface_pytorch's matlab_cp2tform port),
+#: ArcFace with scikit-image's ``SimilarityTransform.estimate(landmarks, arcface_dst)`` (insightface
+#: ``face_align.estimate_norm``); on real LFW landmarks the two crops differ by up to 0.4 pixels.
+TEMPLATES = {"sphereface": Template("sphereface", SPHEREFACE_96x112, (96, 112), "cp2tform"),
+             "arcface": Template("arcface", ARCFACE_112x112, (112, 112), "umeyama")}
 
 
 def get_template(template: str | Template) -> Template:
@@ -65,48 +74,62 @@ def _points(a: Any, name: str) -> np.ndarray:
     return a
 
 
-def _fit_nonreflective(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """cp2tform's ``findNonreflectiveSimilarity``: least squares of dst -> src, inverted to src -> dst."""
-    x, y = dst[:, 0], dst[:, 1]
+def _least_squares(frm: np.ndarray, to: np.ndarray, name: str) -> np.ndarray:
+    """The non-reflective similarity ``(3, 3)`` minimizing ``sum ||T(frm) - to||^2`` (cp2tform's
+    ``findNonreflectiveSimilarity``; the same minimum as Umeyama's closed form)."""
+    x, y = frm[:, 0], frm[:, 1]
     one, zero = np.ones_like(x), np.zeros_like(x)
     # u = a x + b y + c,  v = -b x + a y + d   (MATLAB's [u v 1] = [x y 1] * Tinv)
     design = np.vstack([np.stack([x, y, one, zero], 1), np.stack([y, -x, zero, one], 1)])
-    target = np.r_[src[:, 0], src[:, 1]]
+    target = np.r_[to[:, 0], to[:, 1]]
     if np.linalg.matrix_rank(design) < 4:
-        raise ValueError("a similarity transform needs at least two distinct points, but the destination points "
-                         f"{dst.tolist()} coincide")
+        raise ValueError(f"a similarity transform needs at least two distinct points, but the {name} points "
+                         f"{frm.tolist()} coincide")
     a, b, c, d = np.linalg.lstsq(design, target, rcond=None)[0]
-    inverse = np.array([[a, b, c], [-b, a, d], [0.0, 0.0, 1.0]])  # dst -> src, column convention
-    return np.linalg.inv(inverse)[:2]
+    return np.array([[a, b, c], [-b, a, d], [0.0, 0.0, 1.0]])
 
 
-def similarity_transform(src: Any, dst: Any, *, reflective: bool = True) -> np.ndarray:
+def _fit_nonreflective(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """cp2tform's ``findNonreflectiveSimilarity``: least squares of dst -> src, inverted to src -> dst."""
+    return np.linalg.inv(_least_squares(dst, src, "destination"))[:2]
+
+
+def similarity_transform(src: Any, dst: Any, *, reflective: bool = True,
+                         method: Literal["cp2tform", "umeyama"] = "cp2tform") -> np.ndarray:
     """The similarity transform (rotation, uniform scale, translation) taking ``src`` points onto ``dst``.
 
-    Computed as MATLAB's ``cp2tform(src, dst, 'similarity')``, which SphereFace's alignment uses: the
-    non-reflective similarity is fit by least squares on the map from ``dst`` to ``src`` and inverted; with
-    ``reflective`` (cp2tform's behaviour), a similarity with a left-right reflection is fit as well and kept
-    when its residual ``||T(src) - dst||`` is strictly smaller (never for landmarks of an upright face in the
-    usual order).
+    ``method="cp2tform"`` computes it as MATLAB's ``cp2tform(src, dst, 'similarity')``, which SphereFace's
+    alignment uses: the non-reflective similarity is fit by least squares on the map from ``dst`` to ``src``
+    and inverted; with ``reflective`` (cp2tform's behaviour), a similarity with a left-right reflection is fit
+    as well and kept when its residual ``||T(src) - dst||`` is strictly smaller (never for landmarks of an
+    upright face in the usual order). ``method="umeyama"`` computes it as insightface's ArcFace alignment does
+    (scikit-image's ``SimilarityTransform.estimate(src, dst)``): least squares on the map from ``src`` to
+    ``dst``, never a reflection. The two agree when the points fit a similarity exactly; otherwise each
+    minimizes its own residual (on the landmarks or on the template).
 
     Args:
         src: ``(K, 2)`` points ``(x, y)`` in pixels, e.g. detected landmarks; K >= 2.
         dst: ``(K, 2)`` points they should land on, e.g. ``ARCFACE_112x112``.
-        reflective: also consider reflections, as cp2tform does.
+        reflective: also consider reflections, as cp2tform does (``cp2tform`` only).
+        method: ``"cp2tform"`` or ``"umeyama"`` (see above); `Template.fit` names each template's.
 
     Returns:
         float64 ``(2, 3)`` matrix ``M`` with ``dst ~ M @ [x, y, 1]``.
 
     Raises:
-        ValueError: shapes that differ or are not ``(K, 2)``; points that coincide.
+        ValueError: shapes that differ or are not ``(K, 2)``; points that coincide; an unknown ``method``.
 
     Example:
         >>> m = similarity_transform(landmarks, ARCFACE_112x112)
         >>> face = warp(image, m, (112, 112))
     """
+    if method not in FITS:
+        raise ValueError(f"unknown similarity fit method={method!r}; available: {', '.join(FITS)}")
     src, dst = _points(src, "src"), _points(dst, "dst")
     if src.shape != dst.shape:
         raise ValueError(f"src and dst must have the same shape, but got {src.shape} and {dst.shape}")
+    if method == "umeyama":
+        return _least_squares(src, dst, "source")[:2]
     m1 = _fit_nonreflective(src, dst)
     if not reflective:
         return m1
@@ -177,11 +200,12 @@ def align_face(image: Any, landmarks: Any, template: str | Template = "arcface")
         image: ``(H, W, 3)`` uint8 array or PIL image.
         landmarks: ``(5, 2)`` points ``(x, y)`` in the template's order (left eye, right eye, nose, left and
             right mouth corners; "left" as seen in the image).
-        template: ``"sphereface"`` (96x112), ``"arcface"`` (112x112) or a `Template`.
+        template: ``"sphereface"`` (96x112, fitted as cp2tform), ``"arcface"`` (112x112, fitted as insightface's
+            ``estimate_norm``) or a `Template`.
 
     Returns:
         ``(aligned, matrix)``: the ``(height, width, 3)`` face and the ``(2, 3)`` transform used.
     """
     t = get_template(template)
-    matrix = similarity_transform(landmarks, t.points)
+    matrix = similarity_transform(landmarks, t.points, method=t.fit)
     return warp(image, matrix, t.size), matrix

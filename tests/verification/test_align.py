@@ -58,6 +58,46 @@ def test_least_squares_is_cp2tform_fit_in_the_source_space():
     np.testing.assert_allclose(similarity_transform(landmarks, ARCFACE_112x112), inverse(ref.params[:2]), atol=1e-9)
 
 
+def skimage_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """scikit-image's Umeyama estimate of the similarity taking ``src`` onto ``dst``, as a (2, 3) matrix."""
+    from skimage.transform import SimilarityTransform
+
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        return SimilarityTransform.from_estimate(src, dst).params[:2]
+    ref = SimilarityTransform()
+    ref.estimate(src, dst)
+    return ref.params[:2]
+
+
+#: LFW landmarks of the SphereFace repositories' lfw_landmark.txt (250x250 photos), and noisier ones
+LFW_LANDMARKS = [np.array([[107, 112], [146, 110], [126, 134], [110, 155], [142, 153]], float),
+                 np.array([[103.5, 113], [145, 112], [124, 137], [105, 157], [141, 156]], float),
+                 np.array([[107, 112], [146, 110], [126, 134], [110, 155], [142, 153]], float)
+                 + np.random.default_rng(0).normal(0, 3, (5, 2))]
+
+
+@pytest.mark.parametrize("landmarks", LFW_LANDMARKS, ids=["eckhart", "pacheco", "noisy"])
+def test_each_template_is_fitted_as_its_paper_aligns(landmarks):
+    # ArcFace (insightface face_align.estimate_norm / norm_crop): skimage's SimilarityTransform.estimate(lmk,
+    # arcface_dst), a least-squares fit from the landmarks to the template. SphereFace (face_align_demo.m,
+    # sphereface_pytorch's matlab_cp2tform): cp2tform, the fit from the template to the landmarks, inverted. On
+    # real landmarks the two differ by up to 0.4 output pixels, so each template keeps its own fit.
+    face, m = align_face(np.zeros((250, 250, 3), np.uint8), landmarks, "arcface")
+    np.testing.assert_allclose(m, skimage_similarity(landmarks, ARCFACE_112x112), atol=1e-9)
+    _, m = align_face(np.zeros((250, 250, 3), np.uint8), landmarks, "sphereface")
+    np.testing.assert_allclose(m, inverse(skimage_similarity(SPHEREFACE_96x112, landmarks)), atol=1e-9)
+
+
+def test_umeyama_fit_is_scikit_images_and_unknown_fits_are_named():
+    for landmarks in LFW_LANDMARKS:
+        m = similarity_transform(landmarks, SPHEREFACE_96x112, method="umeyama")
+        np.testing.assert_allclose(m, skimage_similarity(landmarks, SPHEREFACE_96x112), atol=1e-9)
+    with pytest.raises(ValueError, match=r"unknown similarity fit method='lstsq'; available: cp2tform, umeyama"):
+        similarity_transform(LFW_LANDMARKS[0], ARCFACE_112x112, method="lstsq")
+    with pytest.raises(ValueError, match="source points .* coincide"):
+        similarity_transform(np.ones((5, 2)), ARCFACE_112x112, method="umeyama")
+
+
 def test_reflection_is_chosen_only_when_it_fits_better():
     mirrored = SPHEREFACE_96x112 * [-1.0, 1.0]  # a left-right mirrored face: landmark order swapped in x
     m = similarity_transform(mirrored, SPHEREFACE_96x112, reflective=True)
