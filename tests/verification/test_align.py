@@ -117,7 +117,13 @@ def test_invalid_points_are_rejected():
 
 def test_templates_are_the_standard_five_points():
     assert TEMPLATES["sphereface"].size == (96, 112) and TEMPLATES["arcface"].size == (112, 112)
-    np.testing.assert_allclose(SPHEREFACE_96x112[0], [30.2946, 51.6963])
+    # as published: SphereFace's face_align_demo.m coord5points (rows x and y), insightface's arcface_dst
+    coord5points = np.array([[30.2946, 65.5318, 48.0252, 33.5493, 62.7299],
+                             [51.6963, 51.5014, 71.7366, 92.3655, 92.2041]])
+    arcface_dst = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                            [41.5493, 92.3655], [70.7299, 92.2041]])
+    np.testing.assert_array_equal(SPHEREFACE_96x112, coord5points.T)
+    np.testing.assert_array_equal(ARCFACE_112x112, arcface_dst)
     np.testing.assert_allclose(ARCFACE_112x112 - SPHEREFACE_96x112, np.tile([8.0, 0.0], (5, 1)))
     with pytest.raises(ValueError):
         SPHEREFACE_96x112[0, 0] = 0.0  # read-only
@@ -164,6 +170,28 @@ def test_warp_moves_a_pixel_where_the_matrix_says():
     # outside the input: the border value
     far = warp(np.full((4, 4, 3), 200, np.uint8), np.array([[1.0, 0, 50], [0, 1.0, 50]]), (10, 10), border=7)
     assert (far == 7).all()
+
+
+@pytest.mark.parametrize("matrix", [similarity(0.55, 0.25, 2.0, -1.5), similarity(1.0, 0.0, 2.5, 2.25),
+                                    similarity(3.1, -0.7, 10.0, 60.0)], ids=["shrink", "half-pixel-shift", "zoom"])
+def test_warp_is_scikit_images_bilinear_warp(matrix):
+    # skimage.transform.warp(order=1, mode="constant"): the same pixel-centre convention and the same blend
+    # with the border value for samples within a pixel of the edge (each output reaches past the input)
+    from skimage.transform import AffineTransform
+    from skimage.transform import warp as skimage_warp
+
+    rng = np.random.default_rng(1)
+    image = rng.random((40, 48, 3))
+    inverse_map = AffineTransform(matrix=np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]])))
+    ours = warp(image, matrix, (52, 44), border=0.25)
+    ref = skimage_warp(image, inverse_map, output_shape=(44, 52), order=1, mode="constant", cval=0.25,
+                       preserve_range=True)
+    assert 0 < np.sum(ours == 0.25) < ours.size  # some of the output lies outside the input
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+    pixels = np.rint(image * 255).astype(np.uint8)
+    ref8 = skimage_warp(pixels, inverse_map, output_shape=(44, 52), order=1, mode="constant", cval=0,
+                        preserve_range=True)
+    np.testing.assert_array_equal(warp(pixels, matrix, (52, 44)), np.clip(np.rint(ref8), 0, 255).astype(np.uint8))
 
 
 def test_warp_of_a_float_image_keeps_its_dtype():

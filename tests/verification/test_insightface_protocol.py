@@ -137,3 +137,55 @@ def test_val_at_far_is_nan_when_a_held_out_fold_has_no_different_pairs():
     result = verification_metrics(np.sum(a * b, 1), same, folds)
     assert all(np.isnan(v) for v in result.val_at_far[1e-3])
     assert np.isfinite(result.accuracy)
+
+
+def degenerate_pair_sets():
+    """Small pair sets at the protocol's edges: (scores, same) parameters."""
+    rng = np.random.default_rng(9)
+    one_third_same = np.arange(40) % 3 == 0
+    grid = np.arange(0, 4, 0.01)
+    on_grid = 1.0 - grid[rng.integers(0, len(grid), 600)] / 2.0  # every distance near or on a grid threshold
+    odd_same = np.arange(37) % 2 == 0  # both kinds in every fold (insightface divides by each kind's count)
+    odd = np.where(odd_same, rng.normal(0.5, 0.3, 37), rng.normal(0.1, 0.3, 37)).clip(-1.0, 1.0)
+    return [pytest.param(np.full(40, 0.3), one_third_same, id="all-equal-0.3"),
+            pytest.param(np.full(40, 1.0), one_third_same, id="all-equal-1"),  # distance 0: accepted from 0.01 on
+            pytest.param(np.full(40, -1.0), one_third_same, id="all-equal--1"),  # distance 4: beyond the grid
+            pytest.param(on_grid, rng.random(600) < 0.5, id="on-grid"),
+            pytest.param(odd, odd_same, id="37-pairs")]  # KFold: seven folds of 4 pairs, three of 3
+
+
+@pytest.mark.parametrize(("scores", "same"), degenerate_pair_sets())
+def test_edge_cases_equal_insightface_and_sklearn(scores, same):
+    from sklearn.metrics import roc_auc_score
+
+    dist = 2.0 - 2.0 * scores
+    result = verification_metrics(scores, same, fold_blocks(len(scores), 10))
+    ref_acc, ref_t = insightface_roc_accuracy(dist, same)
+    np.testing.assert_array_equal(result.fold_accuracies, ref_acc)
+    np.testing.assert_allclose(result.thresholds, 1 - ref_t / 2, atol=1e-12)
+    assert result.val_at_far[1e-3] == pytest.approx(insightface_val(dist, same, 1e-3), abs=1e-12)
+    assert result.auc == pytest.approx(roc_auc_score(same, scores), abs=1e-12)
+
+
+def test_all_equal_scores_by_hand():
+    # 14 same and 26 different pairs, one score: no threshold separates them. insightface's grid starts at
+    # distance 0, where nothing is accepted, so every fold keeps "all different": accuracy 26/40, threshold
+    # cosine 1. The exact search rejects everything as well. AUC 0.5; nothing is accepted at FAR <= 1e-3.
+    same = np.arange(40) % 3 == 0
+    for search in ("insightface", "exact"):
+        result = verification_metrics(np.full(40, 0.3), same, fold_blocks(40, 10), search=search)
+        assert result.accuracy == pytest.approx(26 / 40, abs=1e-15)
+        assert all(np.mean(0.3 > t) == 0.0 for t in result.thresholds)
+    assert result.auc == 0.5 and result.tar_at_far[1e-3] == 0.0
+
+
+def test_a_fold_of_one_kind_is_scored_as_insightface_scores_it():
+    # fold 0 holds only same pairs: its accuracy is its true-accept rate at the nine others' threshold, as
+    # insightface's calculate_accuracy counts it (VAL is NaN there, where insightface divides by zero)
+    a, b, same = unit_feature_pairs(10, 300, noise=1.2)
+    same[:30] = True
+    ref_acc, _ = insightface_roc_accuracy(np.sum(np.square(a - b), 1), same)
+    result = verification_metrics(np.sum(a * b, 1), same, fold_blocks(300, 10))
+    np.testing.assert_array_equal(result.fold_accuracies, ref_acc)
+    assert 0.0 < result.fold_accuracies[0] < 1.0
+    assert np.isnan(result.val_at_far[1e-3][0])

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from bench.spec import TrialSpec
 from bench.trial import TrialOptions, run_trial
-from bench.verification import decoded_pairs, pair_scores
+from bench.verification import decoded_pairs, pair_scores, verification_metrics
 from registry import DATASETS
 from registry.datasets import PairSet, SkippedSample, _images
 from registry.datasets._images import decode_image_uint8
@@ -194,3 +194,44 @@ def test_a_trial_decodes_each_pair_image_once(face_files, monkeypatch):
     used = {pairs.images.paths[i] for i in indices.tolist()}
     assert result.status == "finished" and len(result.history) == 3
     assert sorted(decoded) == sorted([*used, pairs.images.paths[int(indices.min())]])
+
+
+def test_scores_are_insightfaces_distances_on_its_flip_summed_normalized_features():
+    # insightface (arcface_torch eval/verification.py, test()): images in pair order (2i, 2i+1), embedded as is
+    # and flipped along the width, the two float32 embeddings summed, sklearn.preprocessing.normalize, then
+    # dist = sum((e1 - e2)^2), which is 2 - 2 cos for unit features. A zero feature (image 5: all zeros under a
+    # linear embedding) has no cosine: it scores 0 here, where insightface's dist is 1 (a cosine of 0.5).
+    from sklearn.preprocessing import normalize
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(6, 3, 4, 6)).astype(np.float32)
+    images[5] = 0.0
+    weight = rng.normal(size=(3 * 4 * 6, 16)).astype(np.float32)
+    left, right = np.array([0, 0, 2, 3, 4, 5, 1]), np.array([1, 2, 3, 1, 4, 0, 4])
+    pairs = PairSet(images=torch.from_numpy(images), left=torch.from_numpy(left), right=torch.from_numpy(right),
+                    same=torch.from_numpy(np.arange(7) % 2 == 0), folds=torch.arange(7) % 2, name="toy")
+    scores = pair_scores(lambda x: x.flatten(1) @ torch.from_numpy(weight), pairs, batch_size=4)
+
+    ordered = images[np.stack([left, right], 1).reshape(-1)]  # the .bin's layout: left, right, left, right...
+    plain = ordered.reshape(len(ordered), -1) @ weight
+    flipped = np.flip(ordered, axis=3).reshape(len(ordered), -1) @ weight
+    feats = normalize(plain + flipped)
+    dist = np.sum(np.square(feats[0::2] - feats[1::2]), 1)
+    unit = (left != 5) & (right != 5)
+    np.testing.assert_allclose(2.0 - 2.0 * scores[unit], dist[unit], atol=1e-6)
+    assert scores[4] == pytest.approx(1.0, abs=1e-12)  # an image with itself
+    assert scores[5] == 0.0 and dist[5] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 3e38], ids=["nan", "inf", "float32-overflow"])
+def test_a_diverged_embedding_stops_the_metrics_with_a_message(images, bad):
+    # 3e38 is finite, but its flip sum overflows float32 to inf, as in insightface's float32 features
+    def embed(x):
+        f = left_right_embed(x)
+        f[0] = bad
+        return f
+
+    scores = pair_scores(embed, make_pairs(images))
+    assert np.isnan(scores).sum() >= 1 and np.isfinite(scores).sum() >= 1
+    with pytest.raises(ValueError, match=r"scores must be finite, but \d+ are NaN or inf \(did the embedding diverge"):
+        verification_metrics(scores, make_pairs(images).same.numpy(), make_pairs(images).folds.numpy())
