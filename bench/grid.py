@@ -38,7 +38,6 @@ import yaml
 from bench import yamlio
 from bench.spec import COMPONENTS, SpecError, TrialSpec, split_component
 from registry import BACKBONES, DATASETS, LOSSES, RegistryError
-from registry._suggest import did_you_mean
 
 __all__ = ["Grid", "Cell", "GridCheck", "GridError", "load_grid", "check_grid", "find_grid_file", "TOP_LEVEL_KEYS",
            "input_size_problem"]
@@ -169,7 +168,8 @@ def find_grid_file(name: str | Path, *, cwd: Path | None = None) -> Path:
     available = sorted({p.name for f in (cwd / "sweeps", Path(__file__).resolve().parent.parent / "sweeps")
                         if f.is_dir() for p in f.glob("*.yaml")})
     looked = list(dict.fromkeys(str(c.resolve()) for c in candidates))  # ./sweeps is the installed one in the checkout
-    hint = did_you_mean(path.stem, [Path(a).stem for a in available])
+    close = difflib.get_close_matches(path.stem, [Path(a).stem for a in available], n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise FileNotFoundError(f"grid {str(name)!r} not found (looked in: {', '.join(looked)}).{hint} "
                             f"Available in sweeps/: {', '.join(available) or 'none'}")
 
@@ -489,25 +489,16 @@ def _metric_problems(raw: Mapping[str, Any], tables: list[Any],
 def _header_problems(tables: list[Any], labels: Mapping[str, list[str]],
                      cells: list[tuple[dict[str, str], frozenset[str] | None]]) -> list[tuple[str, str]]:
     """``(key, message)`` for each key of a table's ``headers:`` that names nothing the table shows
-    (`reports.spec.TableSpec.header_keys`): its display name would be dropped without a word. ``labels``: each axis's
-    labels and ``label`` the joined ones; ``cells``: each cell's labels and metric names (None: not known), for the
-    metrics a ``pattern`` matches (where some are not known, any name it matches is taken)."""
-    import fnmatch
-
+    (`reports.spec.TableSpec.header_problems`): its display name would be dropped without a word. ``labels``: each
+    axis's labels and ``label`` the joined ones; ``cells``: each cell's labels and metric names (None: not known), for
+    the metrics a ``pattern`` matches (where some are not known, any name it matches is taken)."""
     problems = []
     for i, table in enumerate(tables):
         shown = [names for cell_labels, names in cells
                  if all(cell_labels.get(axis) in values for axis, values in table.where.items())]
-        unknown = any(names is None for names in shown)
-        keys = table.header_keys(frozenset().union(*(n for n in shown if n is not None)), labels)
-        for key in table.headers:
-            if key in keys or (table.pattern is not None and unknown and fnmatch.fnmatchcase(key, table.pattern)):
-                continue
-            matching = f", or a metric matching {table.pattern!r}" if table.pattern is not None and unknown else ""
-            problems.append((f"report.tables[{i}].headers.{key}",
-                             f"{key!r} is not a column or axis of table {table.name!r}, so its display name would "
-                             f"never show{did_you_mean(key, keys, aside=True)}; keys it has: "
-                             f"{', '.join(keys) or 'none'}{matching}"))
+        metrics = frozenset().union(*(n for n in shown if n is not None))
+        problems += [(f"report.tables[{i}].{key}", message) for key, message in
+                     table.header_problems(metrics, labels, metrics_unknown=any(n is None for n in shown))]
     return problems
 
 
@@ -625,7 +616,8 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         raise GridError(path, "", "a grid file must be a mapping with at least 'name' and 'base'")
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
     if unknown:
-        hints = [f"{k!r}{did_you_mean(k, TOP_LEVEL_KEYS, aside=True)}" for k in unknown]
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, TOP_LEVEL_KEYS, 1))
+                             else "") for k in unknown]
         raise GridError(path, unknown[0], f"unknown top-level key {', '.join(hints)}; valid keys: "
                                           f"{', '.join(TOP_LEVEL_KEYS)}")
     raw = _substitute(raw, path, "", os.environ if env is None else env)

@@ -211,6 +211,7 @@ def load_results(csv_path: Path | str) -> ResultsTable:
                           f"again: bench report --grid {meta.get('grid', '<grid>')} --export")
     spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    _check_headers(spec, meta, frame)
     for col in meta["value_columns"]:
         if col in frame.columns:
             frame[col] = pd.to_numeric(frame[col].replace("", math.nan), errors="coerce").astype(float)
@@ -218,6 +219,25 @@ def load_results(csv_path: Path | str) -> ResultsTable:
         frame["seed"] = frame["seed"].astype(int)
     return ResultsTable(meta["grid"], spec, {k: list(v) for k, v in meta.get("order", {}).items()},
                         list(meta["metrics"]), frame, meta.get("description", ""))
+
+
+def _check_headers(spec: TableSpec, meta: Mapping[str, Any], frame: pd.DataFrame) -> None:
+    """Raises `ReportError` when a key of the stored spec's ``headers`` names nothing its table shows, as the grid
+    check does for a grid file (`TableSpec.header_problems`): the meta may come from before that check, be edited
+    by hand, or name a metric the ``pattern`` was taken to match when the trials' metrics were not known.
+    ``frame``: the CSV's rows, whose labels count beside the meta's ``order`` for a matrix's column labels."""
+    labels = {axis: list(values) for axis, values in meta.get("order", {}).items()}
+    for axis in spec.axes:
+        column = label_column(axis)
+        if column in frame.columns:
+            seen = labels.setdefault(axis, [])
+            seen += [v for v in dict.fromkeys(frame[column]) if v not in seen]
+    problems = spec.header_problems(meta["metrics"], labels)
+    if problems:
+        listed = "\n".join(f"{spec.at(key)}: {message}" for key, message in problems)
+        grid = meta.get("grid", "<grid>")
+        raise ReportError(f"{listed}\nfix headers: in the report section of grid {grid!r} and export again: "
+                          f"bench report --grid {grid} --export")
 
 
 def find_results(name: str, results_dir: Path | str = DEFAULT_RESULTS_DIR) -> Path:

@@ -45,7 +45,8 @@ An axis that varies inside a table's cells (neither in ``rows``/``columns`` nor 
 error: its runs would be averaged together as if they were seeds. The metrics a table names (``columns``,
 ``metric``, ``select_by``, ``bold`` keys; a ``pattern`` must match one) are checked against those the grid's trials
 log when the grid is loaded (`bench.grid`, `bench.metric_names`), and against the runs' by `bench report`; the
-``headers`` keys, against what the table shows (`TableSpec.header_keys`), when the grid is loaded.
+``headers`` keys, against what the table shows (`TableSpec.header_problems`), when the grid is loaded and when
+a results file's stored spec is read (`reports.results.load_results`).
 """
 
 from __future__ import annotations
@@ -260,6 +261,31 @@ class TableSpec:
             if self.transpose:
                 keys.append("metric")
         return list(dict.fromkeys(keys))
+
+    def header_problems(self, metrics: Iterable[str] = (), labels: Mapping[str, Sequence[str]] | None = None, *,
+                        metrics_unknown: bool = False) -> list[tuple[str, str]]:
+        """``(key, message)`` for each key of ``headers`` that names nothing the table shows (`header_keys` of
+        ``metrics`` and ``labels``): its display name would be dropped without a word. ``key`` is below the table's
+        (``headers.tset_acc``); the grid check (`bench.grid`) and the results files (`reports.results`) both
+        report these. ``metrics_unknown``: some shown metrics are not known, so any key the pattern matches is taken.
+
+        Example:
+            >>> TableSpec(name="t", rows=("loss",), metrics=("test_acc",), headers={"tset_acc": "Test"}
+            ...           ).header_problems()[0][0]
+            'headers.tset_acc'
+        """
+        keys = self.header_keys(metrics, labels)
+        lenient = self.pattern is not None and metrics_unknown
+        problems = []
+        for key in self.headers:
+            if key in keys or (lenient and fnmatch.fnmatchcase(key, str(self.pattern))):
+                continue
+            matching = f", or a metric matching {self.pattern!r}" if lenient else ""
+            problems.append((f"headers.{key}",
+                             f"{key!r} is not a column or axis of table {self.name!r}, so its display name would "
+                             f"never show{did_you_mean(key, keys)}; keys it has: {', '.join(keys) or 'none'}"
+                             + matching))
+        return problems
 
     def direction(self, metric: str) -> str:
         """``max``, ``min`` or ``none`` for the bold mark of ``metric``."""

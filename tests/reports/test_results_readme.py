@@ -257,3 +257,38 @@ def test_markers_in_code_blocks_stay_text_whatever_the_fence(tmp_path):
     new, names = splice(docs + "<!-- bench:table g/t -->\n<!-- bench:end -->\n", results)
     assert names == ["g/t"]
     assert new.startswith(docs) and "| a " in new[len(docs):]
+
+
+def test_a_stored_header_that_names_no_column_is_an_error_before_the_readme_is_written(tmp_path, monkeypatch,
+                                                                                         capsys):
+    # a .meta.json from before the grid check of headers: (or edited by hand) used to show its table with
+    # 'tset_acc' silently dropped; now the same message as the grid check, naming the meta file and the fix
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "reports" / "results"
+    rows = [run_row({"loss": "a", "dim": "2"}, 0, train_acc=0.5, test_acc=0.25),
+            run_row({"loss": "a", "dim": "3"}, 0, train_acc=0.6, test_acc=0.35)]
+    good = TableSpec(name="good", rows=("loss",), column_axis="dim", metric="test_acc",
+                     headers={"loss": "Loss", "3": "three"})  # a matrix: its column labels, from the CSV
+    bad = TableSpec(name="bad", rows=("loss", "dim"), metrics=("test_acc",),
+                    headers={"tset_acc": "Test", "loss": "Loss", "dimm": "Dim"})
+    for spec in (good, bad):
+        write_results(results_frame(frame(rows), spec, grid="g"), results)
+    readme = tmp_path / "README.md"
+    text = ("<!-- bench:table g/good -->\nold\n<!-- bench:end -->\n\n"
+            "<!-- bench:table g/bad -->\nold\n<!-- bench:end -->\n")
+    readme.write_text(text)
+    assert main(["report", "--readme", "README.md"]) == 2
+    meta = "reports/results/g/bad.meta.json"  # the default results folder, relative to the README's
+    assert capsys.readouterr().err == (
+        f"bench report: {meta}: table.headers.tset_acc: 'tset_acc' is not a column or axis of table 'bad', so its "
+        f"display name would never show (did you mean 'test_acc'?); keys it has: loss, dim, test_acc\n"
+        f"{meta}: table.headers.dimm: 'dimm' is not a column or axis of table 'bad', so its display name would "
+        f"never show (did you mean 'dim'?); keys it has: loss, dim, test_acc\n"
+        f"fix headers: in the report section of grid 'g' and export again: bench report --grid g --export\n")
+    assert readme.read_text() == text  # the good block before it is not written either
+    assert main(["report", "--readme", "README.md", "--check"]) == 2
+    assert "table.headers.tset_acc" in capsys.readouterr().err
+
+    readme.write_text(text.split("\n\n")[0] + "\n")
+    assert main(["report", "--readme", "README.md"]) == 0
+    assert "| Loss   | 2            | three        |" in readme.read_text()
