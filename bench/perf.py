@@ -305,6 +305,17 @@ def logging_overhead(epochs: int = 20, device: str | None = None, *, mnist_root:
             "logging_share_total": (in_loop + setup + close) / wall}
 
 
+def search_seeds_problem(search: Sequence[str], seeds: Sequence[int] | None) -> str | None:
+    """Why ``seeds`` (``bench perf --seeds``) cannot replace the seeds of a grid whose ``search:`` keys are
+    ``search``, or None when they can: its trials sample hyperparameters with one seed (`bench.study`), so several
+    seeds fail its study check, and there would be no per-seed accuracies of one configuration to compare."""
+    if seeds is None or not search or len(seeds) < 2:
+        return None
+    return (f"the grid has search: ranges ({', '.join(search)}), whose trials sample hyperparameters with one seed, "
+            f"so {len(seeds)} seeds give no seed noise to measure; drop --seeds (or give one seed, --seeds "
+            f"{seeds[0]},), or time a grid without search: over seeds")
+
+
 def time_grid(grid: Grid | str | Path, *, device: str | None = None, workers: int | None = None,
               sets: Sequence[str] = (), fuse: int = 1, seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Wall time of a whole grid, trained into a throwaway MLflow store and Optuna journal.
@@ -330,6 +341,9 @@ def time_grid(grid: Grid | str | Path, *, device: str | None = None, workers: in
 
     if not isinstance(grid, Grid):
         grid = load_grid(grid, overrides=parse_sets(list(sets)), typed=typed_sets(list(sets)))
+    problem = search_seeds_problem(list(StudyConfig.from_grid(grid).search), seeds)
+    if problem is not None:  # else run_study fails on a temporary copy of the grid, named in its error
+        raise ValueError(f"{grid.path}: seeds {list(seeds or [])}: {problem}")
     with tempfile.TemporaryDirectory(prefix="marginbench-grid-") as tmp:
         if seeds is not None and list(seeds) != grid.seeds:
             # worker processes read the grid from its file, so the new seeds go into a copy of it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from bench.atomic import replace_text
@@ -88,6 +89,19 @@ def load_against(path: str | None, metric: str) -> list[dict] | None:
     return records
 
 
+def check_search_seeds(grid_path: Path, search: list[str], seeds: list[int] | None) -> None:
+    """Exits 2, naming the grid file, ``--seeds`` and the fix, when ``--seeds`` gives several seeds to a grid with
+    ``search:`` ranges (`bench.perf.search_seeds_problem`): before, its study check failed in a traceback inside
+    `bench.perf.time_grid`, after the other sections had trained."""
+    from bench.perf import search_seeds_problem
+
+    problem = search_seeds_problem(search, seeds)
+    if problem is not None:
+        print(f"bench perf: --seeds {','.join(map(str, seeds or []))} with --grid {grid_path}: {problem}",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def run(args: argparse.Namespace) -> int:
     from bench.commands.run import check_fuse
     from bench.perf import check_workload_data, logging_overhead, measure, time_grid
@@ -101,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if args.grid:  # the grid as overridden, checked before anything trains (its data files and study keys too)
         from bench.commands._common import load_grid_and_config_or_exit
 
-        grid, _ = load_grid_and_config_or_exit(args)
+        grid, config = load_grid_and_config_or_exit(args)
+        check_search_seeds(grid.path, list(config.search), args.seeds)
     if against is not None:  # the same grid's cells
         from reports.results import grid_order
 

@@ -223,6 +223,33 @@ def test_time_grid_counts_the_sampled_trials_of_a_search_grid(in_tmp, tiny_datas
     assert g["counts"]["finished"] == 3 and g["trials"] == 3
 
 
+SEARCH = ("name: perf-search\nbase: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 4, epochs: 1,\n"
+          "       batch_size: 40, loss: {name: cosface, s: 10.0, m: 0.1}}\ngrid: {loss: [cosface]}\nseeds: [0]\n"
+          "search: {loss.m: {type: uniform, low: 0.05, high: 0.3}}\nn_trials: 2\nsampler: {type: random, seed: 0}\n")
+
+
+def test_bench_perf_seeds_on_a_search_grid_exit_2_before_anything_trains(in_tmp, tiny_dataset, capsys):
+    # before: the lenet workload trained, then time_grid's run_study failed in a GridError traceback (exit 1) on
+    # "/tmp/marginbench-grid-.../s.yaml: seeds: a search: grid samples hyperparameters with one seed", a
+    # temporary copy of the grid, gone by then, and a key the user never wrote
+    (in_tmp / "s.yaml").write_text(SEARCH)
+    assert main(["perf", "--workload", "lenet", "--grid", "s.yaml", "--seeds", "0,1", "--json", "p.json"]) == 2
+    out = capsys.readouterr()
+    assert out.err == (f"bench perf: --seeds 0,1 with --grid {in_tmp / 's.yaml'}: the grid has search: ranges "
+                       "(loss.m), whose trials sample hyperparameters with one seed, so 2 seeds give no seed noise to "
+                       "measure; drop --seeds (or give one seed, --seeds 0,), or time a grid without search: over "
+                       "seeds\n")
+    assert "img/s" not in out.out and sorted(p.name for p in in_tmp.iterdir()) == ["s.yaml"]
+    from bench.perf import time_grid
+
+    with pytest.raises(ValueError, match=r"s\.yaml: seeds \[0, 1\]: the grid has search: ranges \(loss\.m\)"):
+        time_grid("s.yaml", seeds=[0, 1])
+    # one seed in place of the grid's is a search grid still: its sampled trials run with that seed
+    assert main(["perf", "--grid", "s.yaml", "--seeds", "3,", "--json", "p.json"]) == 0
+    grid = json.loads((in_tmp / "p.json").read_text())["grid"]
+    assert grid["seeds"] == [3] and grid["counts"]["finished"] == 2 and grid["trials"] == 2
+
+
 @pytest.mark.parametrize("flag", ["--repeats", "--epochs", "--batch-size", "--logging-epochs"])
 def test_bench_perf_rejects_counts_below_one_before_training(in_tmp, capsys, flag):
     # --repeats 0 used to time nothing and end in ZeroDivisionError; the others in a SpecError traceback
