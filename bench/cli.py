@@ -46,7 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not raise again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe stopped
     except SystemExit as err:  # a command's clear error (already printed): the exit status, in process too
-        if isinstance(err.code, int) or err.code is None:
-            return int(err.code or 0)
-        print(err.code, file=sys.stderr)
-        return 2
+        from bench.commands._common import exit_status
+
+        return exit_status(err)

@@ -354,17 +354,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m bench.distributed`` (one trial, no study)."""
-    from bench.commands._common import parse_sets
-    from bench.grid import GridError, load_grid
+    from bench.commands._common import exit_status, load_grid_and_config_or_exit
     from bench.runner import RecordingFailed
     from bench.trial import TrialOptions
 
     args = _parser().parse_args(argv)
-    try:
-        grid = load_grid(args.grid, overrides=parse_sets(args.set))
-    except (GridError, FileNotFoundError) as err:
-        print(f"bench.distributed: invalid grid: {err}", file=sys.stderr)
-        return 2
+    try:  # as bench run checks it: --set as typed, the grid's problems and its study keys' in one listing
+        grid, _ = load_grid_and_config_or_exit(args, prog="bench.distributed")
+    except SystemExit as err:
+        return exit_status(err)
     if not 0 <= args.cell < len(grid.cells):
         print(f"bench.distributed: --cell must be in 0..{len(grid.cells) - 1}, but got {args.cell}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from bench.study import StudyConfig
 
 __all__ = ["add_grid_options", "add_tracking_option", "load_grid_or_exit", "load_grid_and_config_or_exit",
-           "parse_sets", "typed_sets", "int_arg", "seconds_arg"]
+           "parse_sets", "typed_sets", "int_arg", "seconds_arg", "exit_status"]
 
 
 def int_arg(low: int, high: int | None = None, *, message: str | None = None) -> Callable[[str], int]:
@@ -90,19 +90,29 @@ def load_grid_or_exit(args: argparse.Namespace) -> Grid:
     return _loaded_or_exit(load_grid, args)
 
 
-def load_grid_and_config_or_exit(args: argparse.Namespace) -> tuple[Grid, StudyConfig]:
+def load_grid_and_config_or_exit(args: argparse.Namespace, *, prog: str = "bench") -> tuple[Grid, StudyConfig]:
     """The validated grid and its study config (`bench.study.load_grid_and_config`: the problems of both listed in
-    one error), or exit 2 with the error (file, key, fix) and nothing trained or written."""
+    one error), or exit 2 with the error (file, key, fix) and nothing trained or written. ``prog`` starts the
+    message (``python -m bench.distributed`` says its own name)."""
     from bench.study import load_grid_and_config
 
-    return _loaded_or_exit(load_grid_and_config, args)
+    return _loaded_or_exit(load_grid_and_config, args, prog)
 
 
-def _loaded_or_exit(load: Callable[..., Any], args: argparse.Namespace) -> Any:
+def _loaded_or_exit(load: Callable[..., Any], args: argparse.Namespace, prog: str = "bench") -> Any:
     """``load(args.grid, overrides=..., typed=...)`` with the ``--set`` items, or exit 2 printing its `GridError`."""
     sets = list(getattr(args, "set", []))
     try:
         return load(args.grid, overrides=parse_sets(sets), typed=typed_sets(sets))
     except (GridError, FileNotFoundError) as err:
-        print(f"bench: invalid grid: {err}", file=sys.stderr)
+        print(f"{prog}: invalid grid: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+
+
+def exit_status(err: SystemExit) -> int:
+    """The exit status of a command's clear error: its code, or 2 after printing its message (`parse_sets`'
+    ``SystemExit("bench: --set ...")``), as argparse exits for a bad option rather than Python's 1."""
+    if isinstance(err.code, int) or err.code is None:
+        return int(err.code or 0)
+    print(err.code, file=sys.stderr)
+    return 2

@@ -421,3 +421,30 @@ def test_bench_distributed_in_one_process_says_in_one_line_that_the_tracking_sto
     assert err[-1] == ("bench.distributed: cosface seed=3: failed: MlflowException: the tracking store is locked "
                        "(injected) (and the tracking store failed as it was recorded: MlflowException: the tracking "
                        "store is locked (injected))")
+
+
+@pytest.mark.parametrize("tail, sets", [
+    ("", ["--set", "epochs=yes"]),  # shown as typed: it read "--set epochs=true", the value re-rendered
+    ("workers: 0\n", []),  # a study key: it was not checked, and the trial trained
+    ("", ["--set", "epochs"]),  # not KEY=VALUE: a SystemExit message, exit 1 from python -m bench.distributed
+])
+def test_bench_distributed_reports_the_grid_error_bench_run_does_and_exits_2(tail, sets, tmp_path, write_grid,
+                                                                             capsys):
+    from bench.cli import main as bench
+    from bench.distributed import main
+
+    argv = ["--grid", str(write_grid(FACES_GRID + tail)), *sets]
+    assert bench(["run", "--validate-only", *argv]) == 2
+    expected = capsys.readouterr().err
+    assert expected.startswith("bench: ") and expected.count("\n") == 1, expected
+    assert main([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == expected.replace("bench: invalid grid:", "bench.distributed: invalid grid:"), (err, expected)
+
+
+def test_python_m_bench_distributed_exits_2_on_a_bad_study_key_before_training(tmp_path, write_grid):
+    grid = write_grid(FACES_GRID + "workers: 0\n")
+    proc = subprocess.run([sys.executable, "-m", "bench.distributed", "--grid", str(grid), "--device", "cpu"],
+                          cwd=tmp_path, env=bench_env(), capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stdout + proc.stderr
+    assert proc.stderr == f"bench.distributed: invalid grid: {grid}: workers: must be a positive integer, but got 0\n"
