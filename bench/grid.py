@@ -14,9 +14,10 @@ A grid is YAML::
 
 Validation happens in full before any training: unknown keys, unknown registry names and parameters, bad
 values, missing paths, metric names in ``objective`` and ``report:`` that the trials would not log
-(`bench.metric_names`). Every error names the file, the key (``grid.loss[1].loss``) and the fix; the cells'
-problems are collected, so one `GridError` lists them all (`check_grid` returns them, so that
-`bench.study.load_grid_and_config` lists the study keys' problems in the same error).
+(`bench.metric_names`). Every error names the file, the key (``grid.loss[1].loss``) and the fix; the problems
+of the layout (top-level keys, name, base, seeds, axes, report) and of the cells are collected, so one `GridError`
+lists them all (`check_grid` returns them, so that `bench.study.load_grid_and_config` lists the study keys'
+problems in the same error).
 ``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
 """
 
@@ -28,7 +29,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -386,13 +387,13 @@ def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
     return None
 
 
-def _check_report(path: Path, report: Any, labels: dict[str, list[str]]) -> list[Any]:
+def _check_report(path: Path, report: Any, axes: list[str], labels: dict[str, list[str]]) -> list[Any]:
     """The ``report:`` section's tables (`reports.spec.TableSpec`), parsed against the grid's axes and their labels
-    (so a typo fails now, not after training)."""
+    (so a typo fails now, not after training); an axis missing from ``labels`` has its labels unchecked."""
     from reports.spec import ReportError, parse_tables
 
     try:
-        return parse_tables(report, axes=list(labels), source=str(path), grid_labels=labels)
+        return parse_tables(report, axes=axes, source=str(path), grid_labels=labels)
     except ReportError as err:
         raise GridError(path, "", str(err).removeprefix(f"{path}: ")) from err  # the message names report.<key>
 
@@ -503,31 +504,42 @@ def _header_problems(tables: list[Any], labels: Mapping[str, list[str]],
 
 
 class _Layout(NamedTuple):
-    """A grid file's layout (`_layout`): what its cells are built from."""
+    """A grid file's layout (`_layout`): what its cells are built from, each part None where it has a problem."""
 
-    name: str
-    base: dict[str, Any]
-    seeds: list[int]
-    axes: list[str]
-    per_axis: list[list[tuple[str, dict[str, Any], str]]]  # each axis's (label, update, key), `_axis_values`
-    axis_labels: dict[str, list[str]]
-    tables: list[Any]  # the report's `reports.spec.TableSpec`s
+    name: str | None
+    base: dict[str, Any] | None
+    seeds: list[int] | None
+    axes: list[str]  # the names under grid: (none when grid: is not a mapping)
+    per_axis: list[list[tuple[str, dict[str, Any], str]]] | None  # each axis's `_axis_values`; None: one is bad
+    axis_labels: dict[str, list[str]]  # the labels of each sound axis
+    tables: list[Any]  # the report's `reports.spec.TableSpec`s (none when report: has a problem)
+    problems: list[tuple[str, str]]  # every (key, message) of the layout, in the order checked
 
 
-def _layout(path: Path, raw: dict[str, Any], overrides: Mapping[str, Any] | None,
-            typed: Mapping[str, str] | None) -> _Layout:
-    """The file's layout (name, base, seeds, axes, report), checked.
+def _collected(problems: list[tuple[str, str]], default: Any, check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)``, or ``default`` with the problems of its `GridError` added to ``problems``."""
+    try:
+        return check(*args)
+    except GridError as err:
+        problems.extend(err.problems)
+        return default
 
-    Raises:
-        GridError: the first problem of the layout (the cells are built from all of it).
-    """
-    name = raw.get("name")
+
+def _checked_name(path: Path, name: Any) -> str:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name or ""):
         raise GridError(path, "name", f"a name of letters, digits, '_', '-', '.' is required, but got {name!r}")
-    base = raw.get("base") or {}
+    return name
+
+
+def _checked_base(path: Path, base: Any) -> dict[str, Any]:
+    base = base or {}
     if not isinstance(base, dict):
         raise GridError(path, "base", f"must be a mapping of trial keys, but got {base!r}")
-    seeds = raw.get("seeds", [0])
+    return base
+
+
+def _checked_seeds(path: Path, seeds: Any) -> list[int]:
+    """``seeds:`` as a list: a count ``n`` is seeds 0..n-1."""
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
             raise GridError(path, "seeds", f"a count of seeds is at least 1, but got {seeds}; write seeds: 1 (seed 0), "
@@ -538,21 +550,58 @@ def _layout(path: Path, raw: dict[str, Any], overrides: Mapping[str, Any] | None
         raise GridError(path, "seeds", f"a list of integers (or a count) is required, but got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise GridError(path, "seeds", f"seeds repeat: {seeds}")
-    axes_raw = raw.get("grid") or {}
-    if not isinstance(axes_raw, dict):
-        raise GridError(path, "grid", f"must map axis names to value lists, but got {axes_raw!r}")
-    axes = list(axes_raw)
-    search = raw.get("search")
+    return list(seeds)
+
+
+def _checked_axes(path: Path, axes: Any) -> dict[str, Any]:
+    axes = axes or {}
+    if not isinstance(axes, dict):
+        raise GridError(path, "grid", f"must map axis names to value lists, but got {axes!r}")
+    return axes
+
+
+def _searched_set_problems(search: Any, overrides: Mapping[str, Any] | None,
+                           typed: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    """``(key, message)`` for each ``--set`` key that ``search:`` also samples: the sampler would replace its value
+    in every trial, so the ``--set`` would do nothing, silently."""
     searched = sorted(set(overrides or {}) & set(search)) if isinstance(search, dict) else []
-    if searched:  # the sampler would replace the value in every trial: the --set would do nothing, silently
-        key = searched[0]
-        raise GridError(path, _set_options(overrides, typed, [key]),
-                        f"{key} is searched (search: {key}), so the sampler sets it in every trial; drop --set "
-                        f"{key}=..., or take {key} out of search: to fix it")
-    per_axis = [_axis_values(path, axis, axes_raw[axis]) for axis in axes]
-    axis_labels = {axis: [label for label, _, _ in values] for axis, values in zip(axes, per_axis, strict=True)}
-    tables = _check_report(path, raw.get("report"), axis_labels)
-    return _Layout(name, base, list(seeds), axes, per_axis, axis_labels, tables)
+    return [(_set_options(overrides or {}, typed, [key]),
+             f"{key} is searched (search: {key}), so the sampler sets it in every trial; drop --set {key}=..., or "
+             f"take {key} out of search: to fix it") for key in searched]
+
+
+def _unknown_top_level_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The one ``(key, message)`` naming every key of ``raw`` that is not in `TOP_LEVEL_KEYS` (none: empty)."""
+    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
+    if not unknown:
+        return []
+    hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, TOP_LEVEL_KEYS, 1))
+                         else "") for k in unknown]
+    return [(str(unknown[0]), f"unknown top-level key {', '.join(hints)}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")]
+
+
+def _layout(path: Path, raw: dict[str, Any], overrides: Mapping[str, Any] | None,
+            typed: Mapping[str, str] | None) -> _Layout:
+    """The file's layout (name, base, seeds, axes, report), checked: every problem of its parts is collected, so
+    that one `GridError` lists them all; a part with a problem is None (or empty) in the result.
+
+    The report is checked only when ``grid:`` is a mapping (its tables name the axes), and a bad axis's labels are
+    not checked against (its ``where:`` labels would all read as unknown).
+    """
+    problems: list[tuple[str, str]] = []
+    name = _collected(problems, None, _checked_name, path, raw.get("name"))
+    base = _collected(problems, None, _checked_base, path, raw.get("base"))
+    seeds = _collected(problems, None, _checked_seeds, path, raw.get("seeds", [0]))
+    axes_raw = _collected(problems, None, _checked_axes, path, raw.get("grid"))
+    problems += _searched_set_problems(raw.get("search"), overrides, typed)
+    axes = list(axes_raw or {})
+    per_axis = [_collected(problems, None, _axis_values, path, axis, axes_raw[axis]) for axis in axes]
+    axis_labels = {axis: [label for label, _, _ in values]
+                   for axis, values in zip(axes, per_axis, strict=True) if values is not None}
+    tables = (_collected(problems, [], _check_report, path, raw.get("report"), axes, axis_labels)
+              if axes_raw is not None else [])
+    sound = axes_raw is not None and all(values is not None for values in per_axis)
+    return _Layout(name, base, seeds, axes, per_axis if sound else None, axis_labels, tables, problems)
 
 
 def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
@@ -586,7 +635,8 @@ class GridCheck:
         path: the grid file.
         raw: the parsed file with environment variables substituted.
         grid: the grid of the cells that have no problem of their own (every cell when ``problems`` is empty);
-            None when a problem of the file's layout (name, base, seeds, axes, report) stopped before the cells.
+            None when the file's name, base, seeds or axes have a problem (`_layout`). The cells are still checked
+            when only the name or the seeds do, so their problems are listed in the same round.
         problems: every distinct ``(key, message)``, in grid order; empty for a valid grid.
     """
 
@@ -602,8 +652,8 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
 
     Raises:
         FileNotFoundError: no such grid.
-        GridError: a file that cannot be read as a grid (not YAML, not a mapping, an unknown top-level key, an
-            unset environment variable): nothing else can be checked.
+        GridError: a file that cannot be read as a grid (not YAML, not a mapping, an unset environment variable):
+            nothing else can be checked; the error lists the unknown top-level keys too.
     """
     path = find_grid_file(source)
     try:
@@ -614,21 +664,19 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         raise GridError(path, "", f"not valid YAML{hint}: {err}") from err
     if not isinstance(raw, dict):
         raise GridError(path, "", "a grid file must be a mapping with at least 'name' and 'base'")
-    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
-    if unknown:
-        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, TOP_LEVEL_KEYS, 1))
-                             else "") for k in unknown]
-        raise GridError(path, unknown[0], f"unknown top-level key {', '.join(hints)}; valid keys: "
-                                          f"{', '.join(TOP_LEVEL_KEYS)}")
-    raw = _substitute(raw, path, "", os.environ if env is None else env)
+    unknown = _unknown_top_level_problems(raw)
     try:
-        layout = _layout(path, raw, overrides, typed)
-    except GridError as err:  # the cells cannot be built; the caller's own checks of raw may still run
-        return GridCheck(path, raw, None, list(err.problems))
-    name, base, seeds, axes, per_axis, axis_labels, tables = layout
+        raw = _substitute(raw, path, "", os.environ if env is None else env)
+    except GridError as err:  # the values are not known: nothing else can be checked
+        raise GridError.listing(path, [*unknown, *err.problems]) from err
+    layout = _layout(path, raw, overrides, typed)
+    problems: dict[tuple[str, str], None] = dict.fromkeys([*unknown, *layout.problems])  # all fixed in one go
+    base, per_axis = layout.base, layout.per_axis
+    if base is None or per_axis is None:  # the cells cannot be built; the caller's own checks of raw may still run
+        return GridCheck(path, raw, None, list(problems))
+    axes, axis_labels, tables = layout.axes, layout.axis_labels, layout.tables
     cells: list[Cell] = []
     clean: list[Cell] = []  # the cells without a problem of their own, for the caller's checks against cells
-    problems: dict[tuple[str, str], None] = {}  # every distinct (key, message), in grid order: all fixed in one go
     checked: dict[str, str | None] = {}
     metrics: list[tuple[dict[str, str], frozenset[str] | None]] = []  # each cell's labels and metric names
     metrics_checked: dict[str, tuple[frozenset[str] | None, str | None]] = {}
@@ -678,6 +726,9 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     problems.update(dict.fromkeys(_metric_problems(raw, tables, metrics)))
     joined = [" / ".join(labels.values()) for labels, _ in metrics] if axes else [c.spec.label for c in cells]
     problems.update(dict.fromkeys(_header_problems(tables, {**axis_labels, "label": joined}, metrics)))
-    grid = Grid(name=name, path=path, cells=clean, seeds=seeds, axes=axes,
+    if layout.name is None or layout.seeds is None:
+        return GridCheck(path, raw, None, list(problems))
+    grid = Grid(name=layout.name, path=path, cells=clean, seeds=layout.seeds, axes=axes,
                 description=str(raw.get("description", "")), raw=raw)
     return GridCheck(path, raw, grid, list(problems))
+

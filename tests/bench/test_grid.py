@@ -456,6 +456,102 @@ def test_a_layout_problem_and_a_study_key_problem_are_listed_in_one_error(tmp_pa
                                   ("workers", "must be a positive integer, but got 0")]
 
 
+# four mistakes in the layout (top-level key, name, seeds, an axis) and a --set on each of two searched keys
+LAYOUT_BAD = """
+name: my grid
+base: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: 10, m: 0.1}, epochs: 1}
+grid:
+  loss: [softmax, softmax]
+  embedding_dim: [2, 3]
+seedz: [0, 1]
+seeds: abc
+search: {loss.m: [0.1, 0.2], optimizer.lr: [0.01, 0.1]}
+n_trials: 2
+"""
+
+
+def test_every_layout_problem_is_listed_in_one_error(tmp_path):
+    # before: the first one only (seedz), then name, seeds, grid.loss and each --set, one round of editing each
+    path = write(tmp_path, LAYOUT_BAD)
+    with pytest.raises(GridError) as err:
+        load_grid(path, overrides={"optimizer.lr": 0.05, "loss.m": 0.3, "epochs": 1})
+    assert [key for key, _ in err.value.problems] == [
+        "seedz", "name", "seeds", "--set loss.m=0.3", "--set optimizer.lr=0.05", "grid.loss"]
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: 6 problems:"
+    assert lines[1].startswith("  seedz: unknown top-level key 'seedz' (did you mean 'seeds'?); valid keys: name,")
+    assert lines[2:] == [
+        "  name: a name of letters, digits, '_', '-', '.' is required, but got 'my grid'",
+        "  seeds: a list of integers (or a count) is required, but got 'abc'",
+        "  --set loss.m=0.3: loss.m is searched (search: loss.m), so the sampler sets it in every trial; drop --set "
+        "loss.m=..., or take loss.m out of search: to fix it",
+        "  --set optimizer.lr=0.05: optimizer.lr is searched (search: optimizer.lr), so the sampler sets it in every "
+        "trial; drop --set optimizer.lr=..., or take optimizer.lr out of search: to fix it",
+        "  grid.loss: labels must be unique within an axis; repeated: ['softmax']"]
+
+
+def test_the_cells_are_checked_beside_a_bad_name_or_bad_seeds(tmp_path):
+    # the cells do not depend on name: or seeds:, so a typo in base and in an axis entry show in the same round
+    text = LAYOUT_BAD.replace("[softmax, softmax]", "[softmax, arcfce]").replace("lenet++", "lenet+")
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, text))
+    assert [key for key, _ in err.value.problems] == ["seedz", "name", "seeds", "base.backbone", "grid.loss[1].loss"]
+    assert err.value.problems[-1][1].startswith("Unknown loss 'arcfce'. Did you mean 'arcface'")
+
+
+def test_a_report_problem_is_listed_beside_the_other_layout_problems(tmp_path):
+    # the report names an axis the grid lacks; its where: label of a bad axis is not listed as unknown on top
+    text = (LAYOUT_BAD.replace("seedz: [0, 1]\n", "") + "report: {tables: [{name: t, rows: los}, "
+            "{name: u, rows: embedding_dim, where: {loss: nope}}]}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, text))
+    assert [key for key, _ in err.value.problems] == ["name", "seeds", "grid.loss", ""]
+    assert "report.tables[0].rows" in err.value.problems[-1][1] and "'los'" in err.value.problems[-1][1]
+
+
+def test_a_grid_section_that_is_not_a_mapping_stops_only_the_axes_and_the_report(tmp_path):
+    path = write(tmp_path, "name: a b\nbase: [1]\ngrid: [loss]\nseeds: 0\nreport: {tables: [{name: t, rows: x}]}\n")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert [key for key, _ in err.value.problems] == ["name", "base", "seeds", "grid"]
+    assert err.value.problems[3] == ("grid", "must map axis names to value lists, but got ['loss']")
+
+
+def test_an_unknown_top_level_key_no_longer_hides_the_study_keys_problems(tmp_path):
+    # before: the unknown key was raised before anything else, the study keys' problems came a round later
+    from bench.study import load_grid_and_config
+
+    path = write(tmp_path, BOTH_STAGES.replace("workers: 0", "workers: 0\nworker: 2"))
+    with pytest.raises(GridError) as err:
+        load_grid_and_config(path)
+    assert [key for key, _ in err.value.problems] == ["worker", *BOTH_KEYS]
+    assert err.value.problems[0][1].startswith("unknown top-level key 'worker' (did you mean 'workers'?)")
+
+
+def test_an_unset_environment_variable_is_listed_with_the_unknown_top_level_keys(tmp_path):
+    # the values are not known, so nothing else is checked; the unknown key (found before) is not dropped
+    text = GOOD.replace("epochs: 2", "epochs: ${EPOCHS}") + "seedz: [0]\n"
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, text), env={})
+    assert [key for key, _ in err.value.problems] == ["seedz", "base.epochs"]
+    assert err.value.problems[1][1].startswith("environment variable EPOCHS is not set")
+
+
+@pytest.mark.parametrize("command", [["run", "--no-progress"], ["run", "--validate-only"]])
+def test_the_cli_prints_every_layout_problem_before_any_store_is_made(in_tmp, capsys, command):
+    # a misspelled top-level key, seeds: abc and an unknown axis: one exit 2 with all three, nothing written
+    from bench.cli import main
+
+    grid = write(in_tmp, "name: g\nbase: {dataset: digits, backbone: lenet++, epochs: 1}\n"
+                         "grid:\n  embeding_dim: [2]\nseedz: [0, 1]\nseeds: abc\n")
+    assert main([command[0], "--grid", str(grid), *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: invalid grid: {grid}: 3 problems:\n") and "Traceback" not in err
+    assert [line.split(": ")[0] for line in err.splitlines()[1:]] == [
+        "  seedz", "  seeds", "  grid.embeding_dim[0].embeding_dim"]
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
+
 def test_a_search_key_is_checked_against_the_sound_cells_only_beside_a_bad_cell(tmp_path):
     # the cell of the unknown loss is listed once, under its axis entry, not again under search.loss.m; the sound
     # cell still shows the searched image size that lenet++ cannot take (it pools three times: at least 8x8)
