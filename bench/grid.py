@@ -514,6 +514,7 @@ class _Layout(NamedTuple):
     axis_labels: dict[str, list[str]]  # the labels of each sound axis
     tables: list[Any]  # the report's `reports.spec.TableSpec`s (none when report: has a problem)
     problems: list[tuple[str, str]]  # every (key, message) of the layout, in the order checked
+    as_written: bool  # False: the cells leave out an unknown axis's key (`_unknown_axis_problem`), so are no Grid's
 
 
 def _collected(problems: list[tuple[str, str]], default: Any, check: Callable[..., Any], *args: Any) -> Any:
@@ -580,6 +581,24 @@ def _unknown_top_level_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]
     return [(str(unknown[0]), f"unknown top-level key {', '.join(hints)}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")]
 
 
+def _unknown_axis_problem(axis: str, values: list[Any]) -> tuple[str, str] | None:
+    """``(key, message)`` when the axis's plain values set a trial key of the axis's name that does not exist
+    (``embeding_dim: [2, 3]``): one problem at ``grid.<axis>``, not one for each value in every cell."""
+    if axis in TrialSpec.nested_keys() or all(isinstance(v, Mapping) for v in values):
+        return None
+    valid = TrialSpec.nested_keys(settable=True)
+    close = difflib.get_close_matches(axis, valid, 1)
+    return (f"grid.{axis}", f"an axis of plain values sets the trial key of its name, but {axis!r} is not a trial key"
+                            + (f" (did you mean {close[0]!r}?)" if close else "") + f"; name the axis after one "
+                            f"({', '.join(valid)}), or give each value as a mapping of trial keys with a label, e.g. "
+                            f"- {{label: m0.2, loss: {{name: cosface, m: 0.2}}}}")
+
+
+def _without_key(values: list[tuple[str, dict[str, Any], str]], key: str) -> list[tuple[str, dict[str, Any], str]]:
+    """An axis's `_axis_values` with ``key`` taken out of each entry's update."""
+    return [(label, {k: v for k, v in update.items() if k != key}, where) for label, update, where in values]
+
+
 def _layout(path: Path, raw: dict[str, Any], overrides: Mapping[str, Any] | None,
             typed: Mapping[str, str] | None) -> _Layout:
     """The file's layout (name, base, seeds, axes, report), checked: every problem of its parts is collected, so
@@ -596,12 +615,18 @@ def _layout(path: Path, raw: dict[str, Any], overrides: Mapping[str, Any] | None
     problems += _searched_set_problems(raw.get("search"), overrides, typed)
     axes = list(axes_raw or {})
     per_axis = [_collected(problems, None, _axis_values, path, axis, axes_raw[axis]) for axis in axes]
+    unknown = {axis: problem for axis, values in zip(axes, per_axis, strict=True)
+               if values is not None and (problem := _unknown_axis_problem(axis, axes_raw[axis])) is not None}
+    problems += unknown.values()
+    # the cells are checked without the unknown key, so that it does not hide their other problems
+    per_axis = [_without_key(values, axis) if axis in unknown else values for axis, values in zip(axes, per_axis,
+                                                                                                   strict=True)]
     axis_labels = {axis: [label for label, _, _ in values]
                    for axis, values in zip(axes, per_axis, strict=True) if values is not None}
     tables = (_collected(problems, [], _check_report, path, raw.get("report"), axes, axis_labels)
               if axes_raw is not None else [])
     sound = axes_raw is not None and all(values is not None for values in per_axis)
-    return _Layout(name, base, seeds, axes, per_axis if sound else None, axis_labels, tables, problems)
+    return _Layout(name, base, seeds, axes, per_axis if sound else None, axis_labels, tables, problems, not unknown)
 
 
 def load_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
@@ -726,7 +751,7 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     problems.update(dict.fromkeys(_metric_problems(raw, tables, metrics)))
     joined = [" / ".join(labels.values()) for labels, _ in metrics] if axes else [c.spec.label for c in cells]
     problems.update(dict.fromkeys(_header_problems(tables, {**axis_labels, "label": joined}, metrics)))
-    if layout.name is None or layout.seeds is None:
+    if layout.name is None or layout.seeds is None or not layout.as_written:
         return GridCheck(path, raw, None, list(problems))
     grid = Grid(name=layout.name, path=path, cells=clean, seeds=layout.seeds, axes=axes,
                 description=str(raw.get("description", "")), raw=raw)

@@ -517,6 +517,32 @@ def test_a_grid_section_that_is_not_a_mapping_stops_only_the_axes_and_the_report
     assert err.value.problems[3] == ("grid", "must map axis names to value lists, but got ['loss']")
 
 
+def test_an_unknown_axis_is_one_problem_and_hides_no_problem_of_the_cells(tmp_path):
+    # before: one "unknown trial key" per value, and in every cell it hid the cell's other problems (arcfce here)
+    text = THREE_BAD.replace("embedding_dim: [2, 3]", "embeding_dim: [2, 3, 4]")
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, text))
+    assert [key for key, _ in err.value.problems] == ["grid.embeding_dim", *THREE_KEYS]
+    assert err.value.problems[0][1].startswith(
+        "an axis of plain values sets the trial key of its name, but 'embeding_dim' is not a trial key (did you "
+        "mean 'embedding_dim'?); name the axis after one (dataset, backbone, loss, embedding_dim, ")
+
+
+def test_a_dotted_axis_of_plain_values_is_named_with_the_mapping_to_write(tmp_path):
+    text = GOOD.replace("embedding_dim: [2, 3]", "loss.m: [0.1, 0.2]")
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, text))
+    assert [key for key, _ in err.value.problems] == ["grid.loss.m"]
+    assert err.value.problems[0][1].endswith("or give each value as a mapping of trial keys with a label, e.g. "
+                                             "- {label: m0.2, loss: {name: cosface, m: 0.2}}")
+
+
+def test_an_axis_of_mappings_or_of_a_trial_key_is_not_an_unknown_axis(tmp_path):
+    text = GOOD.replace("embedding_dim: [2, 3]", "dims: [{label: two, embedding_dim: 2}]\n  epochs: [1, 2]")
+    grid = load_grid(write(tmp_path, text))
+    assert grid.axes == ["loss", "dims", "epochs"] and {c.spec.epochs for c in grid.cells} == {1, 2}
+
+
 def test_an_unknown_top_level_key_no_longer_hides_the_study_keys_problems(tmp_path):
     # before: the unknown key was raised before anything else, the study keys' problems came a round later
     from bench.study import load_grid_and_config
@@ -547,8 +573,7 @@ def test_the_cli_prints_every_layout_problem_before_any_store_is_made(in_tmp, ca
     assert main([command[0], "--grid", str(grid), *command[1:]]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"bench: invalid grid: {grid}: 3 problems:\n") and "Traceback" not in err
-    assert [line.split(": ")[0] for line in err.splitlines()[1:]] == [
-        "  seedz", "  seeds", "  grid.embeding_dim[0].embeding_dim"]
+    assert [line.split(": ")[0] for line in err.splitlines()[1:]] == ["  seedz", "  seeds", "  grid.embeding_dim"]
     assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
 
 
