@@ -175,7 +175,9 @@ def find_grid_file(name: str | Path, *, cwd: Path | None = None) -> Path:
                             f"Available in sweeps/: {', '.join(available) or 'none'}")
 
 
-def _substitute(value: Any, path: Path, key: str, env: Mapping[str, str]) -> Any:
+def _substitute(value: Any, key: str, env: Mapping[str, str], unset: list[tuple[str, str]]) -> Any:
+    """``value`` with ``${VAR}`` and ``${VAR:-default}`` replaced from ``env``; a ``(key, message)`` for each reference
+    to an unset variable without a default is added to ``unset`` (the reference is left as written)."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             var, default = m.group(1), m.group(2)
@@ -183,17 +185,18 @@ def _substitute(value: Any, path: Path, key: str, env: Mapping[str, str]) -> Any
                 return env[var]
             if default is not None:
                 return default
-            raise GridError(path, key, f"environment variable {var} is not set; export {var}=... before the command "
-                                       f"(or {var}=... bench run ...), or write ${{{var}:-default}} in the grid")
+            unset.append((key, f"environment variable {var} is not set; export {var}=... before the command "
+                               f"(or {var}=... bench run ...), or write ${{{var}:-default}} in the grid"))
+            return m.group(0)
         out = _ENV.sub(repl, value)
         if out != value and _ENV.fullmatch(value):
             loaded = yamlio.load(out) if out else out
             return loaded if isinstance(loaded, (int, float, bool)) else out
         return out
     if isinstance(value, list):
-        return [_substitute(v, path, f"{key}[{i}]", env) for i, v in enumerate(value)]
+        return [_substitute(v, f"{key}[{i}]", env, unset) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _substitute(v, path, f"{key}.{k}" if key else str(k), env) for k, v in value.items()}
+        return {k: _substitute(v, f"{key}.{k}" if key else str(k), env, unset) for k, v in value.items()}
     return value
 
 
@@ -677,8 +680,8 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
 
     Raises:
         FileNotFoundError: no such grid.
-        GridError: a file that cannot be read as a grid (not YAML, not a mapping, an unset environment variable):
-            nothing else can be checked; the error lists the unknown top-level keys too.
+        GridError: a file that cannot be read as a grid (not YAML, not a mapping, unset environment variables):
+            nothing else can be checked; the error lists every unset variable and the unknown top-level keys.
     """
     path = find_grid_file(source)
     try:
@@ -690,10 +693,10 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     if not isinstance(raw, dict):
         raise GridError(path, "", "a grid file must be a mapping with at least 'name' and 'base'")
     unknown = _unknown_top_level_problems(raw)
-    try:
-        raw = _substitute(raw, path, "", os.environ if env is None else env)
-    except GridError as err:  # the values are not known: nothing else can be checked
-        raise GridError.listing(path, [*unknown, *err.problems]) from err
+    unset: list[tuple[str, str]] = []
+    raw = _substitute(raw, "", os.environ if env is None else env, unset)
+    if unset:  # the values are not known: nothing else can be checked
+        raise GridError.listing(path, list(dict.fromkeys([*unknown, *unset])))
     layout = _layout(path, raw, overrides, typed)
     problems: dict[tuple[str, str], None] = dict.fromkeys([*unknown, *layout.problems])  # all fixed in one go
     base, per_axis = layout.base, layout.per_axis

@@ -200,6 +200,19 @@ def test_unset_environment_variable_is_named(tmp_path):
         load_grid(write(tmp_path, text), env={})
 
 
+def test_every_unset_environment_variable_is_listed_in_one_error(tmp_path):
+    # before: the first one only (base.dataset.root); exporting it met EPOCHS, then N_SEEDS
+    text = (GOOD.replace("dataset: digits", 'dataset: {name: mnist, root: "${CASIA_ROOT}"}')
+            .replace("epochs: 2", "epochs: ${EPOCHS}").replace("seeds: [0, 1]", "seeds: ${N_SEEDS}"))
+    path = write(tmp_path, text)
+    with pytest.raises(GridError) as err:
+        load_grid(path, env={"EPOCHS": ""})  # empty counts as unset
+    assert str(err.value).splitlines() == [f"{path}: 3 problems:"] + [
+        f"  {key}: environment variable {var} is not set; export {var}=... before the command (or {var}=... bench "
+        f"run ...), or write ${{{var}:-default}} in the grid"
+        for key, var in [("base.dataset.root", "CASIA_ROOT"), ("base.epochs", "EPOCHS"), ("seeds", "N_SEEDS")]]
+
+
 def test_default_in_environment_reference(tmp_path):
     text = GOOD.replace("epochs: 2", "epochs: ${EPOCHS:-3}")
     assert load_grid(write(tmp_path, text), env={}).cells[0].spec.epochs == 3
