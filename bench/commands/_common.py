@@ -62,22 +62,46 @@ def add_tracking_option(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
+    """The ``--set KEY=VALUE`` items as ``{key: parsed value}``.
+
+    Raises:
+        SystemExit: naming every item that is not ``KEY=VALUE``, sets ``seed`` or has a value that is not YAML.
+    """
     out: dict[str, Any] = {}
+    problems = []
     for item in items:
-        if "=" not in item:
-            raise SystemExit(f"bench: --set takes KEY=VALUE (e.g. --set epochs=1), but got {item!r}")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if key == "seed":
-            raise SystemExit("bench: --set seed=... would be replaced by the grid's seeds; set `seeds: [3]` (or a "
-                             "count, `seeds: 3`) in the grid instead")
         try:
-            out[key] = yamlio.load(value)
-        except yaml.YAMLError as err:
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise SystemExit(f"bench: --set {item!r}: the value is not valid YAML ({problem}); quote it, e.g. "
-                             f"--set '{key}=\"...\"', or write a list as [1, 2]") from None
+            key, value = _parsed_set(item)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        out[key] = value
+    if len(problems) == 1:
+        raise SystemExit(f"bench: {problems[0]}")
+    if problems:
+        raise SystemExit(f"bench: {len(problems)} problems with --set:\n" + "\n".join(f"  {p}" for p in problems))
     return out
+
+
+def _parsed_set(item: str) -> tuple[str, Any]:
+    """``(key, value)`` of one ``--set`` item.
+
+    Raises:
+        ValueError: the problem and its fix, naming the item.
+    """
+    if "=" not in item:
+        raise ValueError(f"--set takes KEY=VALUE (e.g. --set epochs=1), but got {item!r}")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if key == "seed":
+        raise ValueError("--set seed=... would be replaced by the grid's seeds; set `seeds: [3]` (or a count, "
+                         "`seeds: 3`) in the grid instead")
+    try:
+        return key, yamlio.load(value)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it, e.g. "
+                         f"--set '{key}=\"...\"', or write a list as [1, 2]") from None
 
 
 def typed_sets(items: list[str]) -> dict[str, str]:

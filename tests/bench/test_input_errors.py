@@ -91,6 +91,23 @@ def test_bad_set_exits_2_without_a_traceback(in_tmp, capsys, sets, message):
     assert not (in_tmp / "mlflow.db").exists()
 
 
+def test_every_malformed_set_is_listed_in_one_exit(in_tmp, capsys):
+    # before: the first one only ('epochs=[1'); the seed and the missing '=' came one run each later
+    grid = write(in_tmp, BASE)
+    argv = ["run", "--grid", str(grid), "--validate-only", "--set", "epochs=[1", "--set", "loss.m=0.2", "--set",
+            "seed=3", "--set", "batch_size"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "bench: 3 problems with --set:",
+        "  --set 'epochs=[1': the value is not valid YAML (expected ',' or ']', but got '<stream end>'); quote it, "
+        "e.g. --set 'epochs=\"...\"', or write a list as [1, 2]",
+        "  --set seed=... would be replaced by the grid's seeds; set `seeds: [3]` (or a count, `seeds: 3`) in the "
+        "grid instead",
+        "  --set takes KEY=VALUE (e.g. --set epochs=1), but got 'batch_size'"]
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["grid.yaml"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--device", "cuda"], "--device cuda, but torch sees no CUDA GPU"),
     (["--device", "tpu"], "--device 'tpu' is not a device"),
