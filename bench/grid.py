@@ -237,6 +237,36 @@ def _overridden(spec: TrialSpec, overrides: Mapping[str, Any]) -> TrialSpec:
     return spec.with_flat(flat) if flat else spec
 
 
+def _overridden_each(spec: TrialSpec, overrides: Mapping[str, Any]) -> tuple[TrialSpec, dict[str, Exception]]:
+    """``(spec with the overrides, {})`` (`_overridden`), or when that fails ``(spec, {key: error})`` for each
+    override refused, so that every bad ``--set`` is named at once, not the first only.
+
+    The overrides that go through are gathered in passes, each tried on top of those taken so far, so that one
+    that needs another (``loss.m`` on top of ``loss=cosface``) is not refused for its order.
+    """
+    try:
+        return _overridden(spec, overrides), {}
+    except (SpecError, TypeError):
+        pass
+    taken: dict[str, Any] = {}
+    refused: dict[str, Exception] = {}
+    pending = list(overrides)
+    while pending:
+        refused = {}
+        for key in pending:
+            try:
+                _overridden(spec, {**taken, key: overrides[key]})
+                taken[key] = overrides[key]
+            except (SpecError, TypeError) as err:
+                refused[key] = err
+        if len(refused) == len(pending):  # no progress: these are refused on top of all the others
+            break
+        pending = list(refused)
+    if not refused:  # taken in another order, they all go through
+        return _overridden(spec, taken), {}
+    return spec, {key: refused[key] for key in overrides if key in refused}
+
+
 def _axis_values(path: Path, axis: str, values: Any) -> list[tuple[str, dict[str, Any], str]]:
     """``[(label, update, key_path), ...]`` for one axis."""
     if not isinstance(values, list) or not values:
@@ -288,14 +318,6 @@ def _set_options(overrides: Mapping[str, Any], typed: Mapping[str, str] | None,
     typed = typed or {}
     return " ".join(f"--set {typed.get(k) or f'{k}={_shown(overrides[k])}'}"
                     for k in (overrides if keys is None else keys))
-
-
-def _set_error_key(err: Exception, overrides: Mapping[str, Any], typed: Mapping[str, str] | None) -> str:
-    """The ``--set`` options an override error is about: those of the trial key it names, else all."""
-    at = getattr(err, "key", None)
-    keys = [k for k in overrides if at is not None and k.split(".")[0] == at]
-    keys = keys or [k for k in overrides if repr(k) in str(err) or f"{k} " in str(err)]
-    return _set_options(overrides, typed, keys or None)
 
 
 def _cell_spec(path: Path, config: dict[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
@@ -724,10 +746,10 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         try:
             spec = _cell_spec(path, config, sources, labels)
             if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid lacks
-                try:
-                    spec = _overridden(spec, overrides)
-                except (SpecError, TypeError) as err:
-                    raise GridError(path, _set_error_key(err, overrides, typed), str(err)) from err
+                spec, refused = _overridden_each(spec, overrides)
+                if refused:
+                    raise GridError.listing(path, [(_set_options(overrides, typed, [k]), str(err))
+                                                   for k, err in refused.items()])
                 by_key: dict[str, list[str]] = {}  # trial key -> the --set options that change it
                 for k in overrides:
                     by_key.setdefault(k.split(".")[0], []).append(k)
@@ -735,7 +757,7 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
                                        for key, keys in by_key.items())]
                 spec = _cell_spec(path, spec.to_nested(), sources, labels)
         except GridError as err:  # the cell has no spec to check further
-            problems[err.problems[0]] = None
+            problems.update(dict.fromkeys(err.problems))
             metrics.append((labels, None))
             continue
         found = _component_problems(spec, sources, checked)

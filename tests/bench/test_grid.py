@@ -67,6 +67,22 @@ def test_override_that_does_not_fit_a_cell_is_an_error(tmp_path):
         load_grid(write(tmp_path, GOOD), overrides={"loss.s": 30})
 
 
+def test_every_refused_override_is_listed_once_in_one_error(tmp_path):
+    # before: the first refused --set only (epochs), in each of the 4 cells; loss.m on top of --set loss=cosface
+    # goes through wherever it is in the order, as it does alone
+    overrides = {"loss.m": 0.2, "epochs": "abc", "loss": "cosface", "optimizer.lr": -1, "los.m": 1}
+    typed = {"epochs": "epochs=abc"}
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, GOOD), overrides=overrides, typed=typed)
+    assert err.value.problems == [
+        ("--set epochs=abc", "epochs must be a positive integer, but got 'abc'"),
+        ("--set optimizer.lr=-1", "optimizer.lr must be a number > 0, but got -1"),
+        ("--set los.m=1", "unknown parameter 'los.m': 'los' is not a component (did you mean 'loss'?) (components: "
+                          "dataset, backbone, loss, optimizer, scheduler, center_loss)")]
+    grid = load_grid(write(tmp_path, GOOD), overrides={"loss.m": 0.3, "loss": "cosface"})
+    assert {(c.spec.loss, c.spec.loss_params["m"]) for c in grid.cells} == {("cosface", 0.3)}
+
+
 COSFACE_BASE = """
 name: g
 base: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: 10, m: 0.1}, epochs: 1}
