@@ -414,13 +414,29 @@ def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
 
 def _check_report(path: Path, report: Any, axes: list[str], labels: dict[str, list[str]]) -> list[Any]:
     """The ``report:`` section's tables (`reports.spec.TableSpec`), parsed against the grid's axes and their labels
-    (so a typo fails now, not after training); an axis missing from ``labels`` has its labels unchecked."""
-    from reports.spec import ReportError, parse_tables
+    (so a typo fails now, not after training); an axis missing from ``labels`` has its labels unchecked.
+
+    Raises:
+        GridError: every problem of the section (its keys, each table, the names), in one listing.
+    """
+    from reports.spec import ReportError, TableSpec, parse_tables
 
     try:
         return parse_tables(report, axes=axes, source=str(path), grid_labels=labels)
     except ReportError as err:
-        raise GridError(path, "", str(err).removeprefix(f"{path}: ")) from err  # the message names report.<key>
+        problems = [_report_problem(path, err)]
+    tables = report.get("tables") if isinstance(report, Mapping) else None
+    for i, table in enumerate(tables if isinstance(tables, list) else []):  # each on its own: every bad one is named
+        try:
+            TableSpec.from_dict(table, axes=axes, source=str(path), key=f"report.tables[{i}]", grid_labels=labels)
+        except ReportError as err:
+            problems.append(_report_problem(path, err))
+    raise GridError.listing(path, list(dict.fromkeys(problems)))
+
+
+def _report_problem(path: Path, err: Exception) -> tuple[str, str]:
+    """A `reports.spec.ReportError` as a grid problem: its message names ``report.<key>``, so the key is left empty."""
+    return "", str(err).removeprefix(f"{path}: ")
 
 
 def _cell_metrics(spec: TrialSpec, checked: dict[str, tuple[frozenset[str] | None, str | None]],

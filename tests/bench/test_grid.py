@@ -538,6 +538,24 @@ def test_a_report_problem_is_listed_beside_the_other_layout_problems(tmp_path):
     assert "report.tables[0].rows" in err.value.problems[-1][1] and "'los'" in err.value.problems[-1][1]
 
 
+def test_every_bad_table_of_the_report_is_listed_beside_the_cells_problems(tmp_path):
+    # before: the report's first problem only (report.tabels); each bad table came one round later
+    text = THREE_BAD.replace("embedding_dim: [2, 3]", "embedding_dim: [2, 3]\nreport:\n  tabels: 1\n  tables:\n"
+                             "    - {name: a, rows: los}\n    - {name: b, rows: loss, colums: [test_acc]}\n"
+                             "    - {name: c, rows: [loss, embedding_dim]}\n"
+                             "    - {name: d, rows: loss, where: {embedding_dim: '4'}}\n")
+    path = write(tmp_path, text)
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: 7 problems:"
+    assert [line.split(": ")[0] for line in lines[1:]] == [
+        "  report.tabels", "  report.tables[0].rows", "  report.tables[1].colums",
+        "  report.tables[3].where.embedding_dim", *(f"  {key}" for key in THREE_KEYS)]
+    assert lines[2].endswith("'los' is not an axis of the grid (did you mean 'loss'?); axes: loss, embedding_dim "
+                             "(or 'label': all labels joined)")
+
+
 def test_a_grid_section_that_is_not_a_mapping_stops_only_the_axes_and_the_report(tmp_path):
     path = write(tmp_path, "name: a b\nbase: [1]\ngrid: [loss]\nseeds: 0\nreport: {tables: [{name: t, rows: x}]}\n")
     with pytest.raises(GridError) as err:
