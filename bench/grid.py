@@ -617,7 +617,7 @@ def _unknown_top_level_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
     if not unknown:
         return []
-    hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, TOP_LEVEL_KEYS, 1))
+    hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), TOP_LEVEL_KEYS, 1))
                          else "") for k in unknown]
     return [(str(unknown[0]), f"unknown top-level key {', '.join(hints)}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")]
 
@@ -628,7 +628,7 @@ def _unknown_axis_problem(axis: str, values: list[Any]) -> tuple[str, str] | Non
     if axis in TrialSpec.nested_keys() or all(isinstance(v, Mapping) for v in values):
         return None
     valid = TrialSpec.nested_keys(settable=True)
-    close = difflib.get_close_matches(axis, valid, 1)
+    close = difflib.get_close_matches(str(axis), valid, 1)
     return (f"grid.{axis}", f"an axis of plain values sets the trial key of its name, but {axis!r} is not a trial key"
                             + (f" (did you mean {close[0]!r}?)" if close else "") + f"; name the axis after one "
                             f"({', '.join(valid)}), or give each value as a mapping of trial keys with a label, e.g. "

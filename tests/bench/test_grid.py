@@ -584,6 +584,17 @@ def test_a_dotted_axis_of_plain_values_is_named_with_the_mapping_to_write(tmp_pa
                                              "- {label: m0.2, loss: {name: cosface, m: 0.2}}")
 
 
+def test_a_key_that_yaml_reads_as_a_number_is_named_not_a_traceback(tmp_path):
+    # before: TypeError from difflib, for a top-level key 1: and (after the unknown-axis check) an axis 1:
+    path = write(tmp_path, "name: g\nbase: {dataset: digits, backbone: lenet++, epochs: 1}\ngrid: {1: [2, 3]}\n2: x\n")
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert [key for key, _ in err.value.problems] == ["2", "grid.1"]
+    assert err.value.problems[0][1].startswith("unknown top-level key 2; valid keys: name, description, base,")
+    assert err.value.problems[1][1].startswith("an axis of plain values sets the trial key of its name, but 1 is "
+                                               "not a trial key; name the axis after one (dataset, ")
+
+
 def test_an_axis_of_mappings_or_of_a_trial_key_is_not_an_unknown_axis(tmp_path):
     text = GOOD.replace("embedding_dim: [2, 3]", "dims: [{label: two, embedding_dim: 2}]\n  epochs: [1, 2]")
     grid = load_grid(write(tmp_path, text))
