@@ -332,6 +332,14 @@ def _cell_spec(path: Path, config: dict[str, Any], sources: list[tuple[str, Mapp
         raise GridError(path, "base", f"bad value: {err}") from err
 
 
+
+def _unknown_key_problems(config: Mapping[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
+                          ) -> list[tuple[str, str]]:
+    """``(key, message)`` for each key of a cell's merged config that is not a trial key, named where the grid set
+    it (`TrialSpec.from_nested` stops at the first)."""
+    valid = TrialSpec.nested_keys()
+    return [(_origin(key, sources), str(TrialSpec.unknown_key_error(key))) for key in config if key not in valid]
+
 def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
                         checked: dict[str, str | None]) -> list[tuple[str, str]]:
     """``(key, message)`` for each component whose parameters its registry refuses (a dataset's files too); each
@@ -759,6 +767,10 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
                                                 f"seed: {config['seed']!r} here would be ignored; write seeds: "
                                                 f"[{config['seed']}] at the top level instead")] = None
             config.pop("seed")  # checked on without it, so the cell's other problems show too
+        unknown = _unknown_key_problems(config, sources)
+        problems.update(dict.fromkeys(unknown))
+        own = own or bool(unknown)
+        config = {k: v for k, v in config.items() if k in TrialSpec.nested_keys()}  # as the seed: checked on without
         try:
             spec = _cell_spec(path, config, sources, labels)
             if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid lacks

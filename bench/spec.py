@@ -250,9 +250,14 @@ class TrialSpec:
             elif key in valid:
                 kwargs[key] = value
             else:
-                raise SpecError(f"unknown trial key {key!r}.{_did_you_mean(key, valid, aside=False)} Valid keys: "
-                                f"{', '.join(cls.nested_keys(settable=True))}", key=key)
+                raise cls.unknown_key_error(key)
         return cls(**kwargs, labels=dict(labels or {}))
+
+    @classmethod
+    def unknown_key_error(cls, key: Any) -> SpecError:
+        """The error for a ``key`` of the YAML form that is not a trial key: the close one and the valid ones."""
+        return SpecError(f"unknown trial key {key!r}.{_did_you_mean(str(key), cls.nested_keys(), aside=False)} Valid "
+                         f"keys: {', '.join(cls.nested_keys(settable=True))}", key=key)
 
     def to_nested(self) -> dict[str, Any]:
         """The YAML form (inverse of `from_nested`)."""

@@ -413,6 +413,20 @@ def test_a_problem_in_base_is_listed_once_and_hides_no_cell_problem(tmp_path):
     assert [key for key, _ in err.value.problems] == ["base.backbone", "grid.loss[1].loss"]
 
 
+def test_every_unknown_trial_key_is_listed_and_hides_no_other_problem_of_its_cell(tmp_path):
+    # before: the first unknown key of base only (epoch); it also hid batchsize, the axis entry's lr and arcfce
+    text = THREE_BAD.replace("epochs: 1}", "epoch: 1, batchsize: 8, 1: x}").replace(
+        "{label: soft, loss: softmax}", "{label: soft, loss: softmax, lr: 0.1}")
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, text))
+    assert [key for key, _ in err.value.problems] == [
+        "base.epoch", "base.batchsize", "base.1", "grid.loss[0].lr", *THREE_KEYS]
+    messages = [message.split(" Valid keys: ")[0] for _, message in err.value.problems[:4]]
+    assert messages == ["unknown trial key 'epoch'. Did you mean 'epochs'?",
+                        "unknown trial key 'batchsize'. Did you mean 'batch_size'?",
+                        "unknown trial key 1.", "unknown trial key 'lr'."]
+
+
 def test_one_problem_reads_as_a_single_error(tmp_path):
     # a typo in base fails every cell the same way: one problem, the message as it always was
     path = write(tmp_path, GOOD.replace("epochs: 2", "epochz: 2"))
