@@ -340,6 +340,31 @@ def _unknown_key_problems(config: Mapping[str, Any], sources: list[tuple[str, Ma
     valid = TrialSpec.nested_keys()
     return [(_origin(key, sources), str(TrialSpec.unknown_key_error(key))) for key in config if key not in valid]
 
+
+#: Trial keys whose value no later check of a cell reads (its dataset, backbone and loss, image size, metric names).
+_PLAIN_KEYS = frozenset(TrialSpec.nested_keys()) - set(_REGISTRIES) - {"seed"}
+
+
+def _without_refused_values(config: Mapping[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
+                            labels: dict[str, str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``config`` without the plain keys (`_PLAIN_KEYS`: epochs, optimizer, ...) whose value the spec refuses, and
+    ``(key, message)`` for each: the spec checks its values in turn and stops at the first, but these are
+    independent of the rest, which is then checked with their defaults. Other problems are left for `_cell_spec`."""
+    config = dict(config)
+    problems = []
+    while True:
+        try:
+            TrialSpec.from_nested(config, labels)
+        except SpecError as err:
+            if err.key in _PLAIN_KEYS and err.key in config:
+                problems.append((_origin(err.key, sources), str(err)))
+                config.pop(err.key)
+                continue
+        except TypeError:
+            pass
+        return config, problems
+
+
 def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
                         checked: dict[str, str | None]) -> list[tuple[str, str]]:
     """``(key, message)`` for each component whose parameters its registry refuses (a dataset's files too); each
@@ -771,6 +796,9 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         problems.update(dict.fromkeys(unknown))
         own = own or bool(unknown)
         config = {k: v for k, v in config.items() if k in TrialSpec.nested_keys()}  # as the seed: checked on without
+        config, refused = _without_refused_values(config, sources, labels)
+        problems.update(dict.fromkeys(refused))
+        own = own or bool(refused)
         try:
             spec = _cell_spec(path, config, sources, labels)
             if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid lacks

@@ -427,6 +427,21 @@ def test_every_unknown_trial_key_is_listed_and_hides_no_other_problem_of_its_cel
                         "unknown trial key 1.", "unknown trial key 'lr'."]
 
 
+def test_every_refused_value_is_listed_and_hides_no_problem_of_the_components(tmp_path):
+    # before: the first value the spec checks only (precision); each of the others came one round later, and
+    # all of them hid the unknown loss of grid.loss[1]. A malformed dataset, backbone or loss still stops its cell.
+    text = THREE_BAD.replace("epochs: 1}", "epochs: abc, precision: fp64, optimizer: {name: adam, lr: -1}}").replace(
+        "{label: soft, loss: softmax}", "{label: soft, loss: softmax, batch_size: 0}")
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, text))
+    assert err.value.problems[:4] == [
+        ("base.precision", "precision must be one of fp32, bf16, fp16, but got 'fp64'"),
+        ("base.optimizer", "optimizer.lr must be a number > 0, but got -1"),
+        ("base.epochs", "epochs must be a positive integer, but got 'abc'"),
+        ("grid.loss[0].batch_size", "batch_size must be a positive integer, but got 0")]
+    assert [key for key, _ in err.value.problems[4:]] == THREE_KEYS
+
+
 def test_one_problem_reads_as_a_single_error(tmp_path):
     # a typo in base fails every cell the same way: one problem, the message as it always was
     path = write(tmp_path, GOOD.replace("epochs: 2", "epochz: 2"))
