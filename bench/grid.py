@@ -655,7 +655,7 @@ def _unknown_top_level_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]
     return [(str(unknown[0]), f"unknown top-level key {', '.join(hints)}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")]
 
 
-def _unknown_axis_problem(axis: str, values: list[Any]) -> tuple[str, str] | None:
+def _unknown_axis_problem(axis: Any, values: list[Any]) -> tuple[str, str] | None:
     """``(key, message)`` when the axis's plain values set a trial key of the axis's name that does not exist
     (``embeding_dim: [2, 3]``): one problem at ``grid.<axis>``, not one for each value in every cell."""
     if axis in TrialSpec.nested_keys() or all(isinstance(v, Mapping) for v in values):
@@ -735,7 +735,8 @@ class GridCheck:
         raw: the parsed file with environment variables substituted.
         grid: the grid of the cells that have no problem of their own (every cell when ``problems`` is empty);
             None when the file's name, base, seeds or axes have a problem (`_layout`). The cells are still checked
-            when only the name or the seeds do, so their problems are listed in the same round.
+            when only the name, the seeds or an axis named after no trial key do (that axis's key left out), so
+            their problems are listed in the same round.
         problems: every distinct ``(key, message)``, in grid order; empty for a valid grid.
     """
 
