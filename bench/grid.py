@@ -39,6 +39,7 @@ import yaml
 from bench import yamlio
 from bench.spec import COMPONENTS, SpecError, TrialSpec, split_component
 from registry import BACKBONES, DATASETS, LOSSES, RegistryError
+from registry._suggest import did_you_mean
 
 __all__ = ["Grid", "Cell", "GridCheck", "GridError", "load_grid", "check_grid", "find_grid_file", "TOP_LEVEL_KEYS",
            "input_size_problem"]
@@ -169,8 +170,7 @@ def find_grid_file(name: str | Path, *, cwd: Path | None = None) -> Path:
     available = sorted({p.name for f in (cwd / "sweeps", Path(__file__).resolve().parent.parent / "sweeps")
                         if f.is_dir() for p in f.glob("*.yaml")})
     looked = list(dict.fromkeys(str(c.resolve()) for c in candidates))  # ./sweeps is the installed one in the checkout
-    close = difflib.get_close_matches(path.stem, [Path(a).stem for a in available], n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(path.stem, [Path(a).stem for a in available])
     raise FileNotFoundError(f"grid {str(name)!r} not found (looked in: {', '.join(looked)}).{hint} "
                             f"Available in sweeps/: {', '.join(available) or 'none'}")
 
@@ -650,8 +650,7 @@ def _unknown_top_level_problems(raw: Mapping[str, Any]) -> list[tuple[str, str]]
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
     if not unknown:
         return []
-    hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), TOP_LEVEL_KEYS, 1))
-                         else "") for k in unknown]
+    hints = [f"{k!r}{did_you_mean(str(k), TOP_LEVEL_KEYS, aside=True)}" for k in unknown]
     return [(str(unknown[0]), f"unknown top-level key {', '.join(hints)}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")]
 
 
@@ -661,9 +660,8 @@ def _unknown_axis_problem(axis: Any, values: list[Any]) -> tuple[str, str] | Non
     if axis in TrialSpec.nested_keys() or all(isinstance(v, Mapping) for v in values):
         return None
     valid = TrialSpec.nested_keys(settable=True)
-    close = difflib.get_close_matches(str(axis), valid, 1)
     return (f"grid.{axis}", f"an axis of plain values sets the trial key of its name, but {axis!r} is not a trial key"
-                            + (f" (did you mean {close[0]!r}?)" if close else "") + f"; name the axis after one "
+                            f"{did_you_mean(str(axis), valid, aside=True)}; name the axis after one "
                             f"({', '.join(valid)}), or give each value as a mapping of trial keys with a label, e.g. "
                             f"- {{label: m0.2, loss: {{name: cosface, m: 0.2}}}}")
 
