@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from bench.trial import TrialOptions
 
 __all__ = ["DistContext", "init_from_env", "is_launched", "broadcast_object", "any_true", "agree", "RankFailed",
-           "out_of_step_on_error", "in_step", "check_in_step", "shard_batch", "wrap", "main"]
+           "RankInterrupted", "out_of_step_on_error", "in_step", "check_in_step", "shard_batch", "wrap", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +141,20 @@ def shutdown(*, ended_together: bool = False) -> None:
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:
-    """Rank 0's ``obj`` on every rank (picklable objects)."""
+    """Rank 0's ``obj`` on every rank (picklable objects).
+
+    SIGINT and SIGTERM are deferred to the end (`bench.tracking._interrupts_deferred`): the object goes in two
+    collectives (its size, then its bytes), and an interrupt raised between them (a rank waiting for rank 0's word
+    gets the job's SIGTERM there) left that rank gone mid-message, and rank 0 failed in the second one with gloo's
+    "Connection closed by peer" as it sent its stop. A rank blocked in a collective runs no Python signal handler
+    until it returns anyway, so this makes nothing wait longer."""
     import torch.distributed as dist
 
+    from bench.tracking import _interrupts_deferred
+
     box = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
+    with _interrupts_deferred():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -384,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench.distributed: {where}{trial}: {why}", file=sys.stderr)
             # another rank's failure: that rank exits 1, and torchrun names it (the first to exit 1) as the cause
             return 0 if isinstance(err, RankFailed) else 1
+        except _InterruptTold:  # the other ranks were told, and meet this rank in the barrier
+            ended_together = True
+            print(f"bench.distributed: {trial}: interrupted before training", file=sys.stderr)
+            return 130
         except Exception:
             # raised where every rank stops (an agreed error), or on one rank outside the collectives (before or
             # after training): the others reach the barrier too. A failure inside a training step skips it (in_step)
@@ -412,6 +425,8 @@ def _one_trial(spec: TrialSpec, grid: Grid, args: argparse.Namespace, options: T
         RecordingFailed: (rank 0, ``--tracking``) the tracking store failed as the trial's outcome was recorded.
         _RunNotOpened: (rank 0, ``--tracking``) the trial's MLflow run could not be opened; nothing trained.
         RankFailed: on the other ranks, when rank 0 could not open the run or the trial failed on another rank.
+        RankInterrupted: on the other ranks, when rank 0 was interrupted before its run was open.
+        _InterruptTold: (rank 0) interrupted before its run was open; the other ranks were told.
         Exception: what the trial raises on this rank (`bench.trial.run_trial`).
     """
     from bench.trial import run_trial
@@ -420,6 +435,8 @@ def _one_trial(spec: TrialSpec, grid: Grid, args: argparse.Namespace, options: T
         return _tracked_trial(spec, grid, args, options, ctx)
     if args.tracking:
         failure = broadcast_object(None, ctx)  # rank 0's `_tracked_trial`: None once its run is open
+        if failure == _INTERRUPTED:
+            raise RankInterrupted("rank 0 was interrupted (Ctrl-C or SIGTERM) before training; not trained")
         if failure is not None:
             raise RankFailed(f"rank 0 failed: {failure}")
     # its pictures (the ROC curve) are logged by nobody: in a temporary folder, removed
@@ -431,6 +448,19 @@ class _RunNotOpened(RuntimeError):
     """Rank 0 could not open the trial's MLflow run (`_tracked_trial`)."""
 
 
+class RankInterrupted(RankFailed):
+    """Raised on the other ranks of ``python -m bench.distributed --tracking`` when rank 0 was interrupted before
+    its trial's MLflow run was open (`_tracked_trial`)."""
+
+
+class _InterruptTold(KeyboardInterrupt):
+    """Rank 0 was interrupted before its trial's MLflow run was open, and told the other ranks (`_tracked_trial`)."""
+
+
+#: What rank 0 broadcasts instead of None (run open) or a failure's text when it was interrupted before training.
+_INTERRUPTED = ("interrupted",)
+
+
 def _tracked_trial(spec: TrialSpec, grid: Grid, args: argparse.Namespace, options: TrialOptions,
                    ctx: DistContext | None) -> tuple[str, str | None]:
     """Rank 0 of `_one_trial` with ``--tracking``: the trial in an MLflow child run of the grid's study; the other
@@ -439,6 +469,9 @@ def _tracked_trial(spec: TrialSpec, grid: Grid, args: argparse.Namespace, option
     Raises:
         RecordingFailed: the tracking store failed as the trial's outcome was recorded.
         _RunNotOpened: the store failed as the study's or the trial's run was opened.
+        _InterruptTold: interrupted (Ctrl-C, SIGTERM) before the run was open: the other ranks, waiting to hear
+            from it, were told (else they waited in the broadcast until rank 0's exit broke the connection, and
+            died there with gloo's traceback).
     """
     from bench.runner import RecordingFailed, execute_trial
     from bench.study import hide_password
@@ -458,6 +491,11 @@ def _tracked_trial(spec: TrialSpec, grid: Grid, args: argparse.Namespace, option
                                 on_start=start)
     except RecordingFailed:
         raise
+    except KeyboardInterrupt:
+        if started or ctx is None:
+            raise
+        broadcast_object(_INTERRUPTED, ctx)
+        raise _InterruptTold from None
     except Exception as err:
         if started:  # not the store's error as the run opened (execute_trial raises no other)
             raise

@@ -664,6 +664,7 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
     ran = 0
     idle = options.poll_seconds
     store_failures = 0  # pops in a row whose trials the tracking store failed
+    stop: tuple[str, ...] = ("stop",)
     try:  # under torchrun the other ranks wait for our "stop", whatever happens here
         storage = open_storage(storage_url)
         study = _wait_for_study(study_name, storage, options, echo)
@@ -716,6 +717,9 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
                 from bench.distributed import check_in_step
 
                 check_in_step()  # a failure inside a training step left the other ranks behind: this job stops
+    except KeyboardInterrupt:  # the other ranks say why they stop, and meet this one at the exit (`follow`)
+        stop = ("stop", "rank 0 was interrupted (Ctrl-C or SIGTERM)")
+        raise
     except MlflowException as err:  # the store failed outside a trial: opening the study's run, closing it
         from bench.tracking import resolve_tracking_uri, store_failed
 
@@ -725,23 +729,35 @@ def work(study_name: str, storage_url: str, tracking_uri: str | None, options: W
             from bench.distributed import broadcast_object, in_step
 
             if in_step():  # else the other ranks wait in the failed trial's collective: torchrun ends them
-                broadcast_object(("stop",), dist)
+                broadcast_object(stop, dist)
     return outcomes
 
 
-def follow(dist: Any, options: WorkerOptions) -> None:
-    """Ranks other than 0 of a torchrun worker: train each trial rank 0 sends, until it says stop.
+def follow(dist: Any, options: WorkerOptions, stopped: list[str] | None = None) -> None:
+    """Ranks other than 0 of a torchrun worker: train each trial rank 0 sends, until it says stop (with why, when
+    rank 0 was interrupted: one line says so here).
+
+    Args:
+        stopped: rank 0's stop is noted here (its reason, or ``""``) as it arrives, before an interrupt that came
+            while this rank waited for it is raised: rank 0 then waits in the exit barrier (`bench.distributed.
+            shutdown`), which this rank must join.
 
     Raises:
         SystemExit: a failure inside a training step left the ranks out of step (`bench.distributed.check_in_step`).
     """
     from bench.distributed import broadcast_object, check_in_step
     from bench.spec import TrialSpec
+    from bench.tracking import _interrupts_deferred
     from bench.trial import run_trial
 
     while True:
-        message = broadcast_object(None, dist)
+        with _interrupts_deferred():
+            message = broadcast_object(None, dist)
+            if message[0] == "stop" and stopped is not None:
+                stopped.append(message[1] if len(message) > 1 else "")
         if message[0] == "stop":
+            if len(message) > 1:
+                print(f"bench worker: rank {dist.rank}: {message[1]}; this rank stops too", file=sys.stderr)
             return
         _, params, labels, ckpt = message
         spec = TrialSpec.from_params(params, labels)

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     n = max(1, args.workers)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // n) if n > 1 else None)
     procs: list = []
+    stopped: list[str] = []  # rank 0's stop, as another rank received it (`follow`)
     ended_together = False  # every rank left its loop at rank 0's stop (bench.distributed.shutdown)
     device = dist.device if dist else (f"cuda:{gpus[0]}" if gpus else args.device)
     options = WorkerOptions(device=device, plots=bool(args.plots),
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                               device=args.device, plots=bool(args.plots), threads=threads,
                               index_base=args.worker_index, wait=args.wait, fuse=args.fuse, procs=procs)
             if dist is not None and not dist.is_main:
-                follow(dist, options)
+                follow(dist, options, stopped)
                 ended_together = True
                 return 0
             statuses: list[str] = []  # of every trial, those that failed before training too (no outcome)
@@ -107,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"bench worker: {err}", file=sys.stderr)
                 return 2
         except KeyboardInterrupt as err:  # the workers started here stop too, giving their trials back
+            # rank 0's `work` told the other ranks to stop (unless a training step left them behind: no barrier
+            # then, `in_step`), so they wait in the exit barrier; without it they died there with gloo's traceback.
+            # Another rank meets it there once it has that stop, whether or not a signal came meanwhile
+            ended_together = dist is not None and (dist.is_main or bool(stopped))
             stop_workers(procs, cause=err, told=told)
             raise
         finally:

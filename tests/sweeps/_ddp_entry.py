@@ -43,7 +43,10 @@ def inject_fault(fault: str) -> None:
     verification pairs (only rank 0 should); ``rank1-test-split``: if it evaluates the closed-set test split.
     ``rank0-record``: rank 0 trains the trial, then the tracking store fails as its result is recorded and again as
     that failure is recorded (`bench.runner.RecordingFailed`); ``rank0-tracker``: rank 0 cannot open the study's
-    MLflow run (`bench.tracking.StudyTracker` fails)."""
+    MLflow run (`bench.tracking.StudyTracker` fails). ``rank0-interrupt-open``: rank 0 gets a SIGINT (Ctrl-C) as it
+    opens its first trial's MLflow run, before it tells the other ranks the run is open. ``rank0-pause-open``: rank 0
+    writes ``paused-0`` and sleeps as it is about to open its first trial's run, rank 1 writes ``paused-1`` as it
+    waits for rank 0's word (for a test that stops the whole job there)."""
     import os
     import time
 
@@ -92,6 +95,52 @@ def inject_fault(fault: str) -> None:
             return start(self, *args, **kwargs)
 
         StudyTracker.start_trial = failing_start
+    elif fault == "rank0-interrupt-open" and rank == 0:
+        import signal
+
+        from bench.tracking import StudyTracker
+
+        start, starts = StudyTracker.start_trial, []
+
+        def interrupted_start(self, *args, **kwargs):
+            starts.append(1)
+            if len(starts) > 1:
+                return start(self, *args, **kwargs)
+            create = self.client.create_run
+
+            def create_then_interrupt(*args, **kwargs):
+                created = create(*args, **kwargs)
+                os.kill(os.getpid(), signal.SIGINT)  # deferred across the run's creation, raised once it is noted
+                return created
+
+            self.client.create_run = create_then_interrupt
+            try:
+                return start(self, *args, **kwargs)
+            finally:
+                del self.client.create_run
+
+        StudyTracker.start_trial = interrupted_start
+    elif fault == "rank0-pause-open" and rank == 0:
+        from bench.tracking import StudyTracker
+
+        start = StudyTracker.start_trial
+
+        def paused_start(self, *args, **kwargs):
+            Path("paused-0").touch()
+            time.sleep(120)
+            return start(self, *args, **kwargs)
+
+        StudyTracker.start_trial = paused_start
+    elif fault == "rank0-pause-open" and rank == 1:
+        import bench.distributed
+
+        broadcast = bench.distributed.broadcast_object
+
+        def waiting_broadcast(*args, **kwargs):
+            Path("paused-1").touch()
+            return broadcast(*args, **kwargs)
+
+        bench.distributed.broadcast_object = waiting_broadcast
     elif fault == "rank0-record" and rank == 0:
         from mlflow.exceptions import MlflowException
 

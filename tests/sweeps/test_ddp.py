@@ -448,3 +448,90 @@ def test_python_m_bench_distributed_exits_2_on_a_bad_study_key_before_training(t
                           cwd=tmp_path, env=bench_env(), capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout) == (2, ""), proc.stdout + proc.stderr
     assert proc.stderr == f"bench.distributed: invalid grid: {grid}: workers: must be a positive integer, but got 0\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_distributed_interrupted_on_rank_zero_before_training_ends_every_rank_with_one_line(tmp_path,
+                                                                                                  write_grid):
+    # a Ctrl-C on rank 0 as its trial's MLflow run opened (`except Exception` let it through) told rank 1 nothing:
+    # rank 1 waited in the broadcast until rank 0's exit broke the connection and died there with gloo's traceback,
+    # named by torchrun as the job's root cause. Now rank 1 is told and says so in one line; rank 0 exits 130.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out = torchrun_with_fault("rank0-interrupt-open", "distributed", "--grid",
+                                    str(_ddp_tracking_grid(write_grid, "ddp-interrupt")), "--device", "cpu",
+                                    "--tracking", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
+    assert code != 0, out
+    assert "bench.distributed: cosface seed=3: interrupted before training\n" in out, out
+    assert ("bench.distributed: rank 1: cosface seed=3: rank 0 was interrupted (Ctrl-C or SIGTERM) before training; "
+            "not trained\n") in out, out
+    assert "Connection closed by peer" not in out and "[rank" not in out, out  # no rank's traceback
+    root = out.split("Root Cause")[1]
+    assert "rank      : 0 (local_rank: 0)" in root and "exitcode  : 130" in root, out
+    runs = mlflow_children("ddp-interrupt", uri)
+    assert [(r.info.status, r.data.tags.get("marginbench.status")) for r in runs] == [("KILLED", "interrupted")], out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_torchrun_worker_interrupted_on_rank_zero_before_training_stops_every_rank_with_one_line(
+        in_tmp, write_grid, tiny_dataset):
+    # rank 0 told the others to stop as usual, then skipped the exit barrier (interrupted) that they went on to wait
+    # in: they died there with gloo's traceback, named as the job's root cause. Now rank 1 says rank 0 was
+    # interrupted, both meet in the barrier, and the trial goes back in the queue.
+    from bench.workers import run_study
+
+    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-int").replace("epochs: 6", "epochs: 1")))
+    prepared = run_study(grid, workers=0, echo=lambda s: None)
+    code, out = torchrun_with_fault("rank0-interrupt-open", "bench", "worker", "--grid", str(grid.path), "--device",
+                                    "cpu", "--no-progress", cwd=in_tmp, timeout=90)
+    assert code != 0, out
+    assert "bench worker: rank 1: rank 0 was interrupted (Ctrl-C or SIGTERM); this rank stops too\n" in out, out
+    assert "Connection closed by peer" not in out and "[rank" not in out, out  # no rank's traceback
+    root = out.split("Root Cause")[1]
+    assert "rank      : 0 (local_rank: 0)" in root and "exitcode  : 130" in root, out
+    trials = sorted(optuna_trials("ddp-int", prepared.storage), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING], out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_torchrun_worker_stopped_with_sigterm_before_a_trial_opens_ends_both_ranks_in_the_exit_barrier(
+        in_tmp, write_grid, tiny_dataset):
+    # the whole job stopped (SIGTERM to torchrun, passed on to every rank) while rank 0 was about to open a trial's
+    # run and rank 1 waited for its word: rank 0 tells rank 1 to stop and waits in the exit barrier, and rank 1,
+    # whose SIGTERM is raised once that stop has come, must join it rather than leave rank 0 with gloo's traceback
+    from bench.workers import run_study
+
+    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-term").replace("epochs: 6", "epochs: 1")))
+    prepared = run_study(grid, workers=0, echo=lambda s: None)
+    code, out = torchrun_with_fault("rank0-pause-open", "bench", "worker", "--grid", str(grid.path), "--device", "cpu",
+                                    "--no-progress", cwd=in_tmp, timeout=90,
+                                    interrupt_when=[in_tmp / "paused-0", in_tmp / "paused-1"])
+    assert code != 0, out
+    assert "Connection closed by peer" not in out and "Connection reset by peer" not in out, out
+    assert "[rank" not in out, out  # no rank's traceback
+    trials = sorted(optuna_trials("ddp-term", prepared.storage), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING], out
+
+
+def test_an_interrupt_inside_a_broadcast_is_raised_once_the_whole_object_went(monkeypatch):
+    # an object goes in two collectives (its size, then its bytes); a SIGTERM handled between them left the rank gone
+    # mid-message, and rank 0 failed in the second one ("Connection closed by peer") as it sent its stop
+    import torch.distributed as dist
+
+    from bench.distributed import DistContext, broadcast_object
+
+    went: list[str] = []
+
+    def two_collectives(box, src):
+        went.append("size")
+        signal.raise_signal(signal.SIGINT)  # Python runs the handler before raise_signal returns
+        went.append("bytes")
+        box[0] = ("stop",)
+
+    monkeypatch.setattr(dist, "broadcast_object_list", two_collectives)
+    with pytest.raises(KeyboardInterrupt):
+        broadcast_object(None, DistContext(rank=1, world_size=2, local_rank=1, backend="gloo", device="cpu"))
+    assert went == ["size", "bytes"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
