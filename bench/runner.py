@@ -12,6 +12,7 @@ import logging
 import signal
 import tempfile
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -210,7 +211,9 @@ def _group_not_recorded(specs: Sequence[TrialSpec], runs: Sequence[TrialRun], re
                         failed: _StoreFailed, crash: Exception | None) -> RecordingFailed:
     """The `RecordingFailed` of a fused group whose store failed as trial k = ``len(recorded)`` was recorded: the
     outcomes ``recorded`` before it stay; k fails with its error and the store's, each later trial with its crash
-    and the store's error, or, trained, with the reason it was not recorded; their runs closed as failed."""
+    and the store's error, or, trained, with the reason it was not recorded; their runs closed as failed. A later
+    trial's run gets a ``traceback.txt`` like any failed trial's (the crash's, or the store error's), where the
+    store takes it."""
     k = len(recorded)
     store = f"{type(failed.store_error).__name__}: {failed.store_error}"
     outcomes = list(recorded)
@@ -222,9 +225,23 @@ def _group_not_recorded(specs: Sequence[TrialSpec], runs: Sequence[TrialRun], re
         else:
             error = (f"not recorded: the tracking store failed as {specs[k].label} seed={specs[k].seed}, trained "
                      f"with this trial, was recorded ({store})")
+        if i > k:  # k's own recording (`_record_failure`) logged its traceback, or failed on it
+            _log_traceback(runs[i], error, crash if crash is not None else failed.store_error)
         _close_as_failed(runs[i], error)
         outcomes.append(TrialOutcome(specs[i], runs[i].run_id, "failed", None, error))
     return RecordingFailed(outcomes, failed.store_error)
+
+
+def _log_traceback(run: TrialRun, error: str, cause: BaseException) -> None:
+    """Logs ``traceback.txt`` on a failed trial's run: its ``error`` (as recorded), then ``cause``'s traceback.
+
+    Best effort, on a store that just failed: its own failure is logged, never raised, so that ``error`` stays the
+    trial's error and the run is still closed."""
+    text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+    try:
+        run.log_text(f"{error}\n\n{text}", "traceback.txt")
+    except Exception:
+        log.exception("run %s: the traceback of its failure could not be logged (%s)", run.run_id, error[:200])
 
 
 def _record_failure(tracker: StudyTracker, run: TrialRun, spec: TrialSpec, err: Exception) -> TrialOutcome:

@@ -501,3 +501,61 @@ def test_a_second_interrupt_while_start_trial_holds_one_passes_at_once(tmp_path,
         tracker.start_trial(SPEC, opened=[])
     assert after == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _artifacts(tracker: StudyTracker) -> dict[str, list[str]]:
+    """Each child run's artifact paths, by its seed."""
+    return {r.data.params["seed"]: sorted(a.path for a in tracker.client.list_artifacts(r.info.run_id))
+            for r in tracker.child_runs()}
+
+
+def _traceback_text(tracker: StudyTracker, seed: str) -> str:
+    (run,) = [r for r in tracker.child_runs() if r.data.params["seed"] == seed]
+    path = tracker.client.download_artifacts(run.info.run_id, "traceback.txt")
+    with open(path) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("crashed", [False, True])
+def test_the_later_trials_of_a_fused_group_whose_recording_the_store_fails_get_a_traceback(tmp_path, monkeypatch,
+                                                                                          crashed):
+    # the store failed once as the second trial was recorded, then answered again: the third run got its error tag
+    # and was closed, but, unlike every other failed trial, had no traceback.txt. Now it has the crash's traceback,
+    # or, trained, why it was not recorded and the store error's traceback
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def crash(specs, options):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(bench.fused, "run_fused_trials", crash if crashed else
+                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+    _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
+    with pytest.raises(RecordingFailed) as failed:
+        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
+                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
+                             on_epochs=[None] * 3)
+    assert "traceback.txt" in _artifacts(tracker)["2"]
+    text = _traceback_text(tracker, "2")
+    assert text.splitlines()[0] == failed.value.outcomes[2].error
+    assert text.rstrip().splitlines()[-1].endswith("RuntimeError: CUDA out of memory" if crashed else STORE_DOWN)
+    assert "Traceback (most recent call last):" in text
+
+
+def test_a_store_down_for_the_later_trials_traceback_keeps_their_error_on_the_outcome(tmp_path, monkeypatch):
+    # the store refuses the later trial's traceback too: its outcome and error tag keep the reason (the artifact's
+    # failure does not replace it), and its run is still closed
+    tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(bench.fused, "run_fused_trials",
+                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+    _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
+    _store_fails(tracker, monkeypatch, "log_text", lambda n, kw: n >= 2)  # the second trial's traceback is logged
+    with pytest.raises(RecordingFailed) as failed:
+        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
+                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
+                             on_epochs=[None] * 3)
+    unrecorded = (f"not recorded: the tracking store failed as {SPEC.label} seed=1, trained with this trial, was "
+                  f"recorded ({STORE_DOWN})")
+    assert (failed.value.outcomes[2].status, failed.value.outcomes[2].error) == ("failed", unrecorded)
+    by_seed = {r.data.params["seed"]: (r.info.status, r.data.tags.get("error")) for r in tracker.child_runs()}
+    assert by_seed["2"] == ("FAILED", unrecorded)
+    assert "traceback.txt" not in _artifacts(tracker)["2"]
