@@ -30,6 +30,42 @@ class IDXError(ValueError):
     """A file that is not a valid IDX file; the message names the file, what is wrong and the fix."""
 
 
+def _looks_like_html(head: bytes) -> bool:
+    """An HTML or XML page (after a UTF-8 byte-order mark and white space), such as a download's error page."""
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"<"
+
+
+def _not_gzip(path: Path, head: bytes) -> str:
+    """The message for a ``.gz`` file whose first bytes are not gzip's: what it is (an HTML page a failed download
+    saved, an empty file, an uncompressed IDX file) and the fix. Without it gzip's "Not a gzipped file (b'<!')"
+    was all that was said, as "damaged or truncated"."""
+    magic = head[:4].hex() or "missing"
+    what = f"{path}: not a gzip-compressed IDX file (magic bytes {magic})"
+    if len(head) >= 4 and head[:2] == b"\x00\x00":  # an IDX header: the file was saved without compressing it
+        return (f"{what}: it is an uncompressed IDX file whose name ends in .gz; rename it to {path.stem}, so that "
+                f"it is read as it is")
+    if not head:
+        kind = "the file is empty (an interrupted download or copy)"
+    elif _looks_like_html(head):
+        kind = ("it is an HTML page, not gzip-compressed, such as the error or login page of a failed download saved "
+                "under this name")
+    else:
+        kind = "a .gz file starts with gzip's magic bytes 1f8b; this one is damaged or another kind of file"
+    return f"{what}: {kind}; {_REFETCH}, {_ELSEWHERE}"
+
+
+def _check_gzip(path: Path) -> None:
+    """Raises `IDXError` (`_not_gzip`) when a ``.gz`` file does not start with gzip's magic bytes.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:2] != b"\x1f\x8b":
+        raise IDXError(_not_gzip(path, head))
+
+
 def _not_idx(path: Path, head: bytes) -> str:
     """The message for a file whose first bytes are not an IDX header's (two zero bytes): what it looks like (a
     gzip without ``.gz``, an HTML or text page a failed download saved, an empty file) and the fix."""
@@ -45,7 +81,7 @@ def _not_idx(path: Path, head: bytes) -> str:
         kind = "the file is empty (an interrupted download or copy)"
     elif len(head) < 4:
         kind = f"the file ends within the 4 bytes that start an IDX header ({len(head)} bytes): it is truncated"
-    elif head.lstrip()[:1] == b"<":
+    elif _looks_like_html(head):
         kind = "it looks like an HTML or XML page, such as the error page of a failed download saved under this name"
     else:
         kind = "an MNIST-format IDX file starts with two zero bytes; this one is damaged or another kind of file"
@@ -74,11 +110,14 @@ def read_idx(path: str | Path) -> np.ndarray:
         The array with the file's shape, e.g. uint8 ``(N, 28, 28)`` for images, ``(N,)`` for labels.
 
     Raises:
-        IDXError: bad magic number, unknown type code, or fewer data bytes than the header promises.
+        IDXError: bad magic number (a ``.gz`` that is not gzip: an HTML page, an empty file...), unknown type code,
+            or fewer data bytes than the header promises.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
+        if path.suffix == ".gz":
+            _check_gzip(path)
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:  # a truncated .gz raises EOFError
@@ -103,6 +142,7 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
     path = Path(path)
     try:
         if path.suffix == ".gz":
+            _check_gzip(path)
             with gzip.open(path, "rb") as f:
                 head = f.read(4 + 4 * 255)
             with open(path, "rb") as f:

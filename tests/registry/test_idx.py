@@ -137,6 +137,45 @@ def test_an_unknown_type_code_names_the_file_and_the_fix(tmp_path, reader):
                               f"IDX file; {REFETCH}, so it keeps a damaged one), or, {ELSEWHERE}")
 
 
+@pytest.mark.parametrize("content, what", [
+    # a failed download (a 404 or a login page) saved, uncompressed, under the .gz name
+    (HTML_404, "(magic bytes 3c21444f): it is an HTML page, not gzip-compressed, such as the error or login page of "
+               "a failed download saved under this name"),
+    (b"\xef\xbb\xbf\n  <html><body>Sign in</body></html>\n", "(magic bytes efbbbf0a): it is an HTML page"),
+    (b"", "(magic bytes missing): the file is empty (an interrupted download or copy)"),
+    (b"PK\x03\x04zip", "(magic bytes 504b0304): a .gz file starts with gzip's magic bytes 1f8b; this one is damaged "
+                       "or another kind of file"),
+])
+@pytest.mark.parametrize("reader", ["read_idx", "idx_shape"])
+def test_a_gz_that_is_not_gzip_says_what_it_is_and_the_fix(tmp_path, content, what, reader):
+    # before: "<path>: cannot read (Not a gzipped file (b'<!')); the file is damaged or truncated: ..." for the page,
+    # and idx_shape's "cannot read ([Errno 22] Invalid argument)" for an empty file
+    from registry.datasets import idx
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(content)
+    with pytest.raises(IDXError) as err:
+        getattr(idx, reader)(path)
+    assert str(err.value).startswith(f"{path}: not a gzip-compressed IDX file {what}")
+    assert str(err.value).endswith(f"; {REFETCH}, so it keeps a damaged one), or, {ELSEWHERE}")
+
+
+@pytest.mark.parametrize("reader", ["read_idx", "idx_shape"])
+def test_an_uncompressed_idx_named_gz_says_to_rename_it_and_the_rename_reads(tmp_path, reader):
+    from registry.datasets import idx
+
+    labels = np.arange(10, dtype=np.uint8)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(_idx_bytes(labels))
+    with pytest.raises(IDXError) as err:
+        getattr(idx, reader)(path)
+    assert str(err.value) == (f"{path}: not a gzip-compressed IDX file (magic bytes 00000801): it is an uncompressed "
+                              f"IDX file whose name ends in .gz; rename it to t10k-labels-idx1-ubyte, so that it is "
+                              f"read as it is")
+    path.rename(tmp_path / "t10k-labels-idx1-ubyte")  # the fix, as the message says it
+    np.testing.assert_array_equal(read_idx(tmp_path / "t10k-labels-idx1-ubyte"), labels)
+
+
 def test_an_html_page_in_place_of_an_idx_file_fails_the_grid_naming_the_file_and_the_fix(tmp_path):
     from bench.grid import GridError, load_grid
     from tests.conftest import write_tiny_mnist
