@@ -71,6 +71,7 @@ class CellComparison:
     p_value: float | None
     alpha: float
     not_finished: tuple[int, int] = (0, 0)  # (reference, candidate) trials that diverged or failed
+    finished_alone: tuple[int, ...] = ()  # seeds both runs trained that finished with a value in one run only
 
     @property
     def difference(self) -> float:
@@ -98,8 +99,9 @@ class CellComparison:
 
     @property
     def within_noise(self) -> bool | None:
-        """True when the means do not differ at level ``alpha``; None when untestable (too few seeds)."""
-        if self.not_finished != (0, 0) and self.not_finished[0] != self.not_finished[1]:
+        """True when the means do not differ at level ``alpha``; False too when a seed both runs trained finished in
+        one only (`finished_alone`); None when untestable (too few seeds)."""
+        if self.finished_alone:
             return False  # one run diverged where the other trained: not noise in the accuracy
         return None if self.p_value is None else self.p_value >= self.alpha
 
@@ -124,16 +126,29 @@ def trial_records(grid: Any, tracking_uri: str, metrics: Sequence[str] = ("train
     return sorted(out, key=lambda r: (order.get(r["label"], len(order)), r["label"], r["seed"]))
 
 
-def _by_cell(records: Sequence[Mapping[str, Any]], metric: str) -> dict[str, tuple[list[float], int]]:
-    cells: dict[str, tuple[list[float], int]] = {}
-    for rec in records:
-        values, bad = cells.get(rec["label"], ([], 0))
-        if rec["status"] == "finished" and rec.get(metric) is not None:
-            values.append(float(rec[metric]))
-        else:
-            bad += 1
-        cells[rec["label"]] = (values, bad)
+def _value(rec: Mapping[str, Any], metric: str) -> float | None:
+    """A finished trial's finite ``metric``; None for a trial that diverged or failed, or has no number (a NaN in
+    a JSON written elsewhere counts as none, not as a number of the mean)."""
+    value = rec.get(metric)
+    if rec["status"] != "finished" or value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
+
+
+def _by_cell(records: Sequence[Mapping[str, Any]], metric: str) -> dict[str, dict[Any, float | None]]:
+    """Per cell label, each seed's value (`_value`), in record order; a record without a seed is a trial of its
+    own, compared with no other run's."""
+    cells: dict[str, dict[Any, float | None]] = {}
+    for i, rec in enumerate(records):
+        seed = rec.get("seed")
+        cells.setdefault(rec["label"], {})[("no seed", i) if seed is None else seed] = _value(rec, metric)
     return cells
+
+
+def _finished_alone(a: Mapping[Any, float | None], b: Mapping[Any, float | None]) -> tuple[int, ...]:
+    """The seeds of both runs with a value in one only: compared seed by seed, as a seed one run did not train
+    (``--seeds 2`` against ``--seeds 3``) says nothing about divergence."""
+    return tuple(seed for seed in a if seed in b and (a[seed] is None) != (b[seed] is None))
 
 
 def compare_runs(reference: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]], *,
@@ -151,9 +166,12 @@ def compare_runs(reference: Sequence[Mapping[str, Any]], candidate: Sequence[Map
     level = alpha / len(labels)
     out = []
     for label in labels:
-        (a, bad_a), (b, bad_b) = ref[label], cand[label]
+        a = [v for v in ref[label].values() if v is not None]
+        b = [v for v in cand[label].values() if v is not None]
+        bad = (len(ref[label]) - len(a), len(cand[label]) - len(b))
         test = pooled_t_test(a, b)
-        out.append(CellComparison(label, tuple(a), tuple(b), None if test is None else test[0], level, (bad_a, bad_b)))
+        out.append(CellComparison(label, tuple(a), tuple(b), None if test is None else test[0], level, bad,
+                                  _finished_alone(ref[label], cand[label])))
     return out
 
 

@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                 report["against"] = {"file": args.against, "metric": args.metric, "cells": [
                     {"label": c.label, "reference": c.reference, "candidate": c.candidate, "difference": c.difference,
                      "seed_std": c.seed_std, "detectable": c.detectable, "p_value": c.p_value, "alpha": c.alpha,
-                     "within_noise": c.within_noise}
+                     "within_noise": c.within_noise, "finished_alone": list(c.finished_alone)}
                     for c in cells]}
     except BaseException as err:  # Ctrl-C too: the JSON says which section did not finish, and why
         report["error"] = f"{type(err).__name__}: {err}"

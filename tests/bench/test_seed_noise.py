@@ -93,6 +93,36 @@ def test_a_trial_diverged_on_one_side_only_is_not_noise():
     assert cell.within_noise is False
 
 
+def test_a_divergence_is_compared_seed_by_seed_on_the_seeds_both_runs_trained():
+    # reference: seeds 0-2, seed 2 diverged; this run: seeds 0 and 1 only. No seed diverged in one run and trained
+    # in the other, so the cell is judged by its t test (scipy's p), not flagged for the unequal seed counts
+    ref = _records("a", [0.90, 0.91]) + [{"label": "a", "seed": 2, "status": "diverged", "test_acc": None}]
+    cand = _records("a", [0.905, 0.915])
+    (cell,) = compare_runs(ref, cand)
+    assert cell.not_finished == (1, 0)
+    assert cell.p_value == pytest.approx(float(stats.ttest_ind([0.90, 0.91], [0.905, 0.915]).pvalue), rel=1e-12)
+    assert cell.within_noise is True
+    # one divergence a side, but of different seeds: each diverged where the other run trained
+    seeds = _records("a", [0.9, 0.91, 0.92])
+    ref = [{**r, "status": "diverged", "test_acc": None} if r["seed"] == 0 else r for r in seeds]
+    cand = [{**r, "status": "diverged", "test_acc": None} if r["seed"] == 1 else r for r in seeds]
+    (cell,) = compare_runs(ref, cand)
+    assert cell.not_finished == (1, 1) and cell.within_noise is False
+
+
+def test_a_nan_accuracy_is_a_trial_without_a_value_not_a_number_in_the_mean():
+    # a JSON written by hand or by another tool may hold NaN for a diverged trial marked finished: it is left out
+    # of the test like a missing value, where it made every number of the cell NaN and the verdict "differ"
+    ref = _records("a", [0.90, 0.91, math.nan])
+    cand = _records("a", [0.905, 0.915, 0.91])
+    (cell,) = compare_runs(ref, cand)
+    assert cell.reference == (0.90, 0.91) and cell.not_finished == (1, 0)
+    assert cell.p_value == pytest.approx(float(stats.ttest_ind([0.90, 0.91], [0.905, 0.915, 0.91]).pvalue),
+                                         rel=1e-12)
+    assert cell.within_noise is False  # seed 2 trained in this run only
+    assert "nan" not in format_comparison([cell])
+
+
 def test_runs_of_different_grids_are_refused():
     with pytest.raises(ValueError, match="share no cell"):
         compare_runs(_records("a", [0.1, 0.2]), _records("b", [0.1, 0.2]))
