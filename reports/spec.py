@@ -88,9 +88,13 @@ class ReportError(ValueError):
     """An invalid ``report:`` table or a table that cannot be built; the message names the key and the fix."""
 
 
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
+
+
 def natural_key(text: str) -> list[Any]:
-    """Sort key that orders ``class_2`` before ``class_10``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+    """Sort key that orders ``class_2`` before ``class_10``, and decimal fractions by value: ``m=0.35`` before
+    ``m=0.4`` (a margin axis's labels are its values as text)."""
+    return [float(part) if i % 2 else part.lower() for i, part in enumerate(_NUMBER.split(str(text)))]
 
 
 def _close(name: str, choices: Sequence[str]) -> list[str]:

@@ -367,3 +367,12 @@ def test_an_export_interrupted_between_the_csv_and_its_meta_is_refused(tmp_path,
         load_results(csv_path)
     # an export that completes makes a consistent pair again
     assert len(load_results(write_results(new, tmp_path)).frame) == 3
+
+
+def test_rows_no_grid_order_lists_follow_in_numeric_order_of_their_values():
+    """Labels of runs the grid no longer has (or a results CSV read without an order) follow the grid's own, sorted
+    as numbers: a margin axis 0.35, 0.4, 0.5, where digit runs put 0.4 and 0.5 before 0.35."""
+    margins = ["0.5", "0.35", "0.4", "0.25"]
+    rows = [run_row({"m": m}, 0, test_acc=0.9) for m in margins]
+    table = aggregate(frame(rows), TableSpec(name="t", rows=("m",), metrics=("test_acc",)), order={"m": ["0.5"]})
+    assert [key[0] for key in table.row_keys] == ["0.5"] + sorted(margins[1:], key=float)

@@ -59,6 +59,15 @@ def test_natural_key_orders_numbers_by_value():
     assert sorted(["c10", "c2", "c1"], key=natural_key) == ["c1", "c2", "c10"]
 
 
+def test_natural_key_orders_decimal_fractions_by_value():
+    # a margin axis's labels are its values as text: 0.35 < 0.4 < 0.5 as numbers, where digit runs compared 35 > 4
+    labels = ["m=0.4", "m=0.35", "m=1.0", "m=0.5", "m=0.05", "resnet100", "resnet18", "class_10", "class_2"]
+    expected = sorted(labels, key=lambda s: (s.rstrip("0123456789.").rstrip("="),
+                                             float(s[len(s.rstrip("0123456789.")):])))
+    assert sorted(labels, key=natural_key) == expected
+    assert expected[:5] == ["class_2", "class_10", "m=0.05", "m=0.35", "m=0.4"]
+
+
 @pytest.mark.parametrize(("table", "message"), [
     ({"rows": "loss"}, r"\.name: a name of letters"),
     ({"name": "a b", "rows": "loss"}, r"\.name: a name of letters"),
