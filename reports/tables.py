@@ -403,7 +403,7 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
             for col_key, metric in targets:
                 col = value_column(spec, metric)
                 values = pd.to_numeric(done[col], errors="coerce") if col in done.columns else pd.Series(dtype=float)
-                values = tuple(float(v) for v in values if not math.isnan(float(v)))
+                values = tuple(float(v) for v in values if math.isfinite(float(v)))  # NaN and inf: no value
                 cells[(row_key, col_key)] = CellStats(values, counts, pool)
     counts = dict(Counter(runs["status"].astype(str))) if not runs.empty else {}
     return Table(spec, row_keys, col_keys, cells, counts, runs)
@@ -432,8 +432,8 @@ def _select_direction(spec: TableSpec, metric: str) -> str:
 
 
 def format_mean_std(values: Sequence[float], digits: int = 4) -> str:
-    """``"0.9712 ± 0.0031 (n=2)"``; one value has no std; none gives ``-``."""
-    clean = tuple(float(v) for v in values if v is not None and not math.isnan(float(v)))
+    """``"0.9712 ± 0.0031 (n=2)"``; one value has no std; none (finite) gives ``-``."""
+    clean = tuple(float(v) for v in values if v is not None and math.isfinite(float(v)))
     return CellStats(clean, {"finished": len(clean)}).text(digits=digits) if clean else "-"
 
 

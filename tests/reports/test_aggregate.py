@@ -376,3 +376,17 @@ def test_rows_no_grid_order_lists_follow_in_numeric_order_of_their_values():
     rows = [run_row({"m": m}, 0, test_acc=0.9) for m in margins]
     table = aggregate(frame(rows), TableSpec(name="t", rows=("m",), metrics=("test_acc",)), order={"m": ["0.5"]})
     assert [key[0] for key in table.row_keys] == ["0.5"] + sorted(margins[1:], key=float)
+
+
+def test_an_infinite_value_is_a_run_without_a_finite_value_as_nan_is():
+    """numpy's mean and std (ddof=1) of the finite values; the infinite one named under the mean, as the module
+    says, where it made the cell 'inf ± nan'."""
+    import numpy as np
+
+    values = [0.52, 0.47, math.inf, 0.61]
+    rows = [run_row({"loss": "cosface"}, seed, test_acc=0.9, train_loss=v) for seed, v in enumerate(values)]
+    table = aggregate(frame(rows), TableSpec(name="t", rows=("loss",), metrics=("train_loss",)))
+    finite = np.array([v for v in values if np.isfinite(v)], dtype=np.float64)
+    cell = table.cell("cosface", "train_loss")
+    assert (cell.mean, cell.std) == (pytest.approx(finite.mean(), abs=1e-15), pytest.approx(finite.std(ddof=1)))
+    assert cell.text() == f"{finite.mean():.4f} ± {finite.std(ddof=1):.4f} (n=3, 1 without a value)"
