@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Context, Decimal
 
 import pandas as pd
 from tabulate import tabulate
@@ -156,7 +157,14 @@ class CellStats:
 
 
 def _fmt(value: float, digits: int, percent: bool) -> str:
+    if percent and math.isfinite(value):
+        # the value's own digits moved two places, rounded as the fraction is: the product value * 100 is rounded
+        # to a double first, which moves a tie such as 0.00075 (0.0008 as a fraction) to 0.07499... (0.07 %)
+        return f"{Decimal(value).scaleb(2, _EXACT):.{digits}f}"
     return f"{value * 100 if percent else value:.{digits}f}"
+
+
+_EXACT = Context(prec=800)  # more digits than any double has (767): value * 100 exactly
 
 
 _PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")

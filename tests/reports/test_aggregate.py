@@ -390,3 +390,20 @@ def test_an_infinite_value_is_a_run_without_a_finite_value_as_nan_is():
     cell = table.cell("cosface", "train_loss")
     assert (cell.mean, cell.std) == (pytest.approx(finite.mean(), abs=1e-15), pytest.approx(finite.std(ddof=1)))
     assert cell.text() == f"{finite.mean():.4f} ± {finite.std(ddof=1):.4f} (n=3, 1 without a value)"
+
+
+def test_a_percent_rounds_the_mean_itself_as_its_fraction_does():
+    """``percent: true`` shows the fraction's digits moved two places: the mean of 0.0007 and 0.0008 (0.00075 as a
+    double, a hair above) is 0.0008 as a fraction and must be 0.08 %, where rounding the product 0.075 (a double a
+    hair below) gave 0.07. Checked on every 5-decimal tie 0.00005..0.99995 against Python's rounding of the
+    fraction."""
+    from decimal import Decimal
+
+    from reports.tables import _fmt
+
+    ties = [float(f"0.{k:05d}") for k in range(5, 100000, 10)]
+    shown = [_fmt(v, 2, True) for v in ties]
+    assert shown == [f"{Decimal(f'{v:.4f}') * 100:.2f}" for v in ties]
+    rows = [run_row({"loss": "a"}, seed, test_acc=v) for seed, v in enumerate([0.0007, 0.0008])]
+    table = aggregate(frame(rows), TableSpec(name="t", rows=("loss",), metrics=("test_acc",), percent=True, digits=2))
+    assert table.cell("a", "test_acc").text(digits=2, percent=True).startswith("0.08 ± ")
