@@ -407,3 +407,67 @@ def test_a_percent_rounds_the_mean_itself_as_its_fraction_does():
     rows = [run_row({"loss": "a"}, seed, test_acc=v) for seed, v in enumerate([0.0007, 0.0008])]
     table = aggregate(frame(rows), TableSpec(name="t", rows=("loss",), metrics=("test_acc",), percent=True, digits=2))
     assert table.cell("a", "test_acc").text(digits=2, percent=True).startswith("0.08 ± ")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_random_matrix_with_percent_ci_bold_and_mean_row_equals_numpy_and_scipy(seed):
+    """Every cell of a matrix of random run sets (0-4 runs a cell: finished, some without a value, diverged,
+    failed) rebuilt from the module's description with numpy (mean, std ddof=1 in float64), scipy's t interval,
+    and the mean's exact decimal value x 100 rounded half-even."""
+    from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    losses, dims = ["softmax", "cosface", "arcface", "sphereface"], ["2", "3", "512"]
+    rows, cells = [], {}
+    for loss in losses:
+        for dim in dims:
+            runs = [(str(rng.choice(["finished"] * 5 + ["diverged", "failed"])),
+                     math.nan if rng.random() < 0.15 else float(rng.uniform(0.9, 1.0)))
+                    for _ in range(int(rng.integers(0, 5)))]
+            cells[loss, dim] = runs
+            rows += [run_row({"loss": loss, "dim": dim}, s, status, test_acc=v) for s, (status, v) in enumerate(runs)]
+
+    def pct(x: float) -> str:
+        with localcontext() as ctx:
+            ctx.prec = 800
+            return str((Decimal(x) * 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN))
+
+    def finite(runs):
+        return np.array([v for status, v in runs if status == "finished" and np.isfinite(v)], dtype=np.float64)
+
+    shown_means = {key: float(pct(finite(r).mean())) for key, r in cells.items() if finite(r).size}
+    best = {dim: max((m for (_, d), m in shown_means.items() if d == dim), default=None) for dim in dims}
+
+    def expected(key) -> str:
+        runs, values = cells[key], finite(cells[key])
+        others = [(s, sum(st == s for st, _ in runs)) for s in ("diverged", "failed")]
+        others = [(s, k) for s, k in others if k]
+        if not runs:
+            return "-"
+        if not values.size:
+            return others[0][0] if len(others) == 1 else ", ".join(f"{k} {s}" for s, k in others) or "n/a"
+        mean = pct(values.mean())
+        text = f"**{mean}**" if sum(1 for (_, d) in shown_means if d == key[1]) >= 2 and \
+            float(mean) == best[key[1]] else mean
+        if values.size >= 2:
+            std = values.std(ddof=1)
+            lo, hi = stats.t.interval(0.95, values.size - 1, loc=values.mean(), scale=std / math.sqrt(values.size))
+            text += f" ± {pct(std)} [{pct(lo)}, {pct(hi)}]"
+        missing = sum(st == "finished" for st, _ in runs) - values.size
+        notes = [f"n={values.size}"] + [f"{k} {s}" for s, k in others] + \
+            ([f"{missing} without a value"] if missing else [])
+        return f"{text} ({', '.join(notes)})"
+
+    spec = TableSpec(name="t", rows=("loss",), column_axis="dim", metric="test_acc", ci=True, percent=True, digits=2,
+                     mean_row=True)
+    headers, body = aggregate(frame(rows), spec, order={"loss": losses, "dim": dims}).layout()
+    assert headers == ["loss", *dims]
+    assert [row[1:] for row in body[:-1]] == [[expected((loss, dim)) for dim in dims] for loss in losses]
+    mean_row = ["Mean"]
+    for dim in dims:
+        means = [finite(cells[loss, dim]).mean() for loss in losses if finite(cells[loss, dim]).size]
+        text = pct(np.mean(means)) if means else "-"
+        mean_row.append(text + (f" ({len(means)} of {len(losses)})" if means and len(means) < len(losses) else ""))
+    assert body[-1] == mean_row
