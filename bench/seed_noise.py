@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CellComparison", "pooled_t_test", "compare_runs", "trial_records", "format_comparison"]
+__all__ = ["CellComparison", "pooled_t_test", "compare_runs", "unmatched_cells", "trial_records", "format_comparison"]
 
 
 def pooled_t_test(reference: Sequence[float], candidate: Sequence[float]) -> tuple[float, int] | None:
@@ -175,9 +175,19 @@ def compare_runs(reference: Sequence[Mapping[str, Any]], candidate: Sequence[Map
     return out
 
 
+def unmatched_cells(reference: Sequence[Mapping[str, Any]],
+                    candidate: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """The cell labels of ``reference`` only and of ``candidate`` only (a grid changed between the runs), in
+    record order: `compare_runs` leaves them out."""
+    ref, cand = dict.fromkeys(r["label"] for r in reference), dict.fromkeys(r["label"] for r in candidate)
+    return [label for label in ref if label not in cand], [label for label in cand if label not in ref]
+
+
 def format_comparison(cells: Sequence[CellComparison], *, metric: str = "test_acc",
-                      names: tuple[str, str] = ("reference", "candidate")) -> str:
-    """A markdown table, one row per cell, and a verdict line."""
+                      names: tuple[str, str] = ("reference", "candidate"),
+                      unmatched: tuple[Sequence[str], Sequence[str]] = ((), ())) -> str:
+    """A markdown table, one row per cell, and a verdict line; ``unmatched`` (`unmatched_cells`) are named in it as
+    not compared."""
     ra, rb = names
     lines = [f"| cell | {ra} {metric} (n) | {rb} {metric} (n) | difference | seed std | flags beyond | p "
              f"| within seed noise |",
@@ -203,5 +213,8 @@ def format_comparison(cells: Sequence[CellComparison], *, metric: str = "test_ac
         verdict += f"; differ: {', '.join(failing)}"
     if untestable:
         verdict += f"; untestable, too few seeds: {', '.join(untestable)} (give one side --seeds 2 or more)"
+    alone = [f"{label} (in {name} only)" for labels, name in zip(unmatched, names, strict=True) for label in labels]
+    if alone:
+        verdict += f"; not compared: {', '.join(alone)}"
     verdict += f". {below} of {len(tested)} below p 0.05 ({0.05 * len(tested):.2f} expected by chance)."
     return "\n".join(lines) + "\n\n" + verdict

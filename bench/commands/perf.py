@@ -218,12 +218,15 @@ def run(args: argparse.Namespace) -> int:
             report["grid"] = g
             save()
             if against is not None:
-                from bench.seed_noise import compare_runs, format_comparison
+                from bench.seed_noise import compare_runs, format_comparison, unmatched_cells
 
                 cells = compare_runs(against, g["records"], metric=args.metric)
+                unmatched = unmatched_cells(against, g["records"])
                 print(f"\nthis run against {args.against}, per cell (Student's t test over seeds):\n")
-                print(format_comparison(cells, metric=args.metric, names=(Path(args.against).name, "this run")))
-                report["against"] = {"file": args.against, "metric": args.metric, "cells": [
+                print(format_comparison(cells, metric=args.metric, names=(Path(args.against).name, "this run"),
+                                        unmatched=unmatched))
+                report["against"] = {"file": args.against, "metric": args.metric, "only_in_file": unmatched[0],
+                                     "only_in_this_run": unmatched[1], "cells": [
                     {"label": c.label, "reference": c.reference, "candidate": c.candidate, "difference": c.difference,
                      "seed_std": c.seed_std, "detectable": c.detectable, "p_value": c.p_value, "alpha": c.alpha,
                      "within_noise": c.within_noise, "finished_alone": list(c.finished_alone)}

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from bench.cli import main
-from bench.seed_noise import compare_runs, format_comparison, pooled_t_test
+from bench.seed_noise import compare_runs, format_comparison, pooled_t_test, unmatched_cells
 from tests.conftest import write_tiny_mnist
 
 
@@ -123,6 +123,20 @@ def test_a_nan_accuracy_is_a_trial_without_a_value_not_a_number_in_the_mean():
     assert "nan" not in format_comparison([cell])
 
 
+def test_cells_of_one_run_only_are_named_not_dropped_without_a_word():
+    # the grid changed between the two runs: b was only in the earlier one, c is only in this one. The test and its
+    # Bonferroni level cover the one shared cell (0.05 / 1); the verdict names the two cells it did not compare
+    ref = _records("a", [0.90, 0.91]) + _records("b", [0.5, 0.6])
+    cand = _records("a", [0.905, 0.915]) + _records("c", [0.7, 0.8])
+    cells = compare_runs(ref, cand)
+    assert [c.label for c in cells] == ["a"] and cells[0].alpha == 0.05
+    assert unmatched_cells(ref, cand) == (["b"], ["c"])
+    text = format_comparison(cells, names=("seq.json", "this run"), unmatched=unmatched_cells(ref, cand))
+    assert "1 of 1 cells within seed noise" in text
+    assert "not compared: b (in seq.json only), c (in this run only)" in text
+    assert "not compared" not in format_comparison(cells)
+
+
 def test_runs_of_different_grids_are_refused():
     with pytest.raises(ValueError, match="share no cell"):
         compare_runs(_records("a", [0.1, 0.2]), _records("b", [0.1, 0.2]))
@@ -153,6 +167,7 @@ def test_bench_perf_grid_against_an_earlier_run_reports_seed_noise_per_cell(tiny
     assert "seq.json test_acc (n) | this run test_acc (n)" in out and "cells within seed noise" in out
     against = json.loads(cand_json.read_text())["against"]
     assert [c["label"] for c in against["cells"]] == ["softmax", "cosface"]
+    assert against["only_in_file"] == [] and against["only_in_this_run"] == []
     for cell in against["cells"]:
         ref_values = [r["test_acc"] for r in ref["records"] if r["label"] == cell["label"]]
         assert list(cell["reference"]) == ref_values and len(cell["candidate"]) == 2
