@@ -200,15 +200,17 @@ def format_comparison(cells: Sequence[CellComparison], *, metric: str = "test_ac
     for c in cells:
         p = "-" if c.p_value is None else f"{c.p_value:.3f}"
         verdict = {True: "yes", False: "**no**", None: "untestable"}[c.within_noise]
+        spread = "-" if math.isnan(c.seed_std) else f"{c.seed_std:.4f}"
+        flags = "-" if math.isnan(c.detectable) else f"±{c.detectable:.4f}"
         lines.append(f"| {c.label} | {side(c.reference, c.not_finished[0])} | {side(c.candidate, c.not_finished[1])} "
-                     f"| {c.difference:+.4f} | {c.seed_std:.4f} | ±{c.detectable:.4f} | {p} | {verdict} |")
+                     f"| {c.difference:+.4f} | {spread} | {flags} | {p} | {verdict} |")
     tested = [c for c in cells if c.p_value is not None]
     below = sum(c.p_value < 0.05 for c in tested)  # type: ignore[operator]
     failing = [c.label for c in cells if c.within_noise is False]
     untestable = [c.label for c in cells if c.within_noise is None]
     alpha = cells[0].alpha if cells else 0.05
     verdict = (f"{len(cells) - len(failing) - len(untestable)} of {len(cells)} cells within seed noise "
-               f"(p >= {alpha:.4g}, 0.05 over {len(cells)} cells)")
+               f"(p >= {alpha:.4g}, {alpha * len(cells):.4g} over {len(cells)} cells)")
     if failing:
         verdict += f"; differ: {', '.join(failing)}"
     if untestable:

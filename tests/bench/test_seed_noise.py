@@ -137,6 +137,18 @@ def test_cells_of_one_run_only_are_named_not_dropped_without_a_word():
     assert "not compared" not in format_comparison(cells)
 
 
+def test_the_verdict_states_the_level_asked_and_an_untestable_cell_shows_no_nan():
+    ref = _records("a", [0.90, 0.91, 0.92]) + _records("b", [0.7])
+    cand = _records("a", [0.905, 0.915]) + _records("b", [0.71])
+    cells = compare_runs(ref, cand, alpha=0.1)
+    assert [c.alpha for c in cells] == [0.05, 0.05]
+    text = format_comparison(cells)
+    assert "(p >= 0.05, 0.1 over 2 cells)" in text
+    row_b = next(line for line in text.splitlines() if line.startswith("| b |"))
+    assert row_b == "| b | 0.7000 (1) | 0.7100 (1) | +0.0100 | - | - | - | untestable |"
+    assert "nan" not in text
+
+
 def test_runs_of_different_grids_are_refused():
     with pytest.raises(ValueError, match="share no cell"):
         compare_runs(_records("a", [0.1, 0.2]), _records("b", [0.1, 0.2]))
