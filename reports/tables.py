@@ -3,7 +3,8 @@
 Only runs with status ``finished`` enter the means; a trial run more than once counts once (`latest_runs`).
 A cell shows ``mean ± std (n=k)``, with ``ci`` ``mean ± std [lo, hi] (n=k)`` where the interval is the 95%
 Student t interval of the mean, ``mean ± t(0.975, n-1) · std / sqrt(n)`` (std with ddof=1). A cell whose
-runs all diverged shows ``diverged`` (likewise ``pruned``, ``failed``, ``running``); finished runs beside
+runs all diverged shows ``diverged`` (likewise ``pruned``, ``failed``, ``running``), one whose finished runs have
+no value ``n/a``, with the others' count beside, ``n/a (1 diverged)``; finished runs beside
 others show the others' count, ``(n=2, 1 diverged)``, and finished runs without a finite value of the metric
 their own, ``(n=2, 1 without a value)``; a cell with no run at all shows ``-``.
 
@@ -138,8 +139,8 @@ class CellStats:
             if self.runs == 0:
                 return "-"
             others = self.others()
-            if not others:
-                return "n/a"  # finished runs that did not log this metric
+            if self.counts.get("finished", 0):  # finished runs without a value: not a cell that only diverged
+                return "n/a" + (f" ({', '.join(f'{k} {s}' for s, k in others)})" if others else "")
             if len(others) == 1:
                 return others[0][0]
             return ", ".join(f"{k} {s}" for s, k in others)

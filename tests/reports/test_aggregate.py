@@ -446,8 +446,11 @@ def test_a_random_matrix_with_percent_ci_bold_and_mean_row_equals_numpy_and_scip
         others = [(s, k) for s, k in others if k]
         if not runs:
             return "-"
+        listed = ", ".join(f"{k} {s}" for s, k in others)
+        if not values.size and any(st == "finished" for st, _ in runs):
+            return "n/a" + (f" ({listed})" if others else "")
         if not values.size:
-            return others[0][0] if len(others) == 1 else ", ".join(f"{k} {s}" for s, k in others) or "n/a"
+            return others[0][0] if len(others) == 1 else listed
         mean = pct(values.mean())
         text = f"**{mean}**" if sum(1 for (_, d) in shown_means if d == key[1]) >= 2 and \
             float(mean) == best[key[1]] else mean
@@ -471,3 +474,13 @@ def test_a_random_matrix_with_percent_ci_bold_and_mean_row_equals_numpy_and_scip
         text = pct(np.mean(means)) if means else "-"
         mean_row.append(text + (f" ({len(means)} of {len(losses)})" if means and len(means) < len(losses) else ""))
     assert body[-1] == mean_row
+
+
+def test_a_cell_of_finished_runs_without_a_value_beside_a_diverged_one_does_not_read_all_diverged():
+    """"diverged" alone says every run of the cell diverged; here one finished without a value (NaN), so the cell
+    is "n/a" (no value) and names the diverged run beside it."""
+    rows = [run_row({"loss": "a"}, 0, test_acc=math.nan), run_row({"loss": "a"}, 1, "diverged", test_acc=math.nan),
+            run_row({"loss": "b"}, 0, "diverged"), run_row({"loss": "b"}, 1, "failed")]
+    table = aggregate(frame(rows), TableSpec(name="t", rows=("loss",), metrics=("test_acc",)))
+    assert table.cell("a", "test_acc").text() == "n/a (1 diverged)"
+    assert table.cell("b", "test_acc").text() == "1 diverged, 1 failed"
