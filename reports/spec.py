@@ -88,13 +88,22 @@ class ReportError(ValueError):
     """An invalid ``report:`` table or a table that cannot be built; the message names the key and the fix."""
 
 
-_NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
+_NUMBER = re.compile(r"(\d+(?:\.\d+)*)")
 
 
 def natural_key(text: str) -> list[Any]:
-    """Sort key that orders ``class_2`` before ``class_10``, and decimal fractions by value: ``m=0.35`` before
-    ``m=0.4`` (a margin axis's labels are its values as text)."""
-    return [float(part) if i % 2 else part.lower() for i, part in enumerate(_NUMBER.split(str(text)))]
+    """Sort key that orders ``class_2`` before ``class_10``, decimal fractions by value (``m=0.35`` before ``m=0.4``:
+    a margin axis's labels are its values as text), and dotted versions part by part (``2.9.0`` before ``2.14.1``)."""
+    key: list[Any] = []
+    for i, part in enumerate(_NUMBER.split(str(text))):
+        if not i % 2:
+            key.append(part.lower())
+        elif part.count(".") == 1:
+            key.append(float(part))
+        else:  # an integer, or a version: its parts as integers, the dots between them as text (str, int alternate)
+            numbers = part.split(".")
+            key += [int(numbers[0])] + [x for n in numbers[1:] for x in (".", int(n))]
+    return key
 
 
 def _close(name: str, choices: Sequence[str]) -> list[str]:

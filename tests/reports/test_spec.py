@@ -68,6 +68,15 @@ def test_natural_key_orders_decimal_fractions_by_value():
     assert expected[:5] == ["class_2", "class_10", "m=0.05", "m=0.35", "m=0.4"]
 
 
+def test_natural_key_keeps_dotted_versions_in_the_order_of_their_parts():
+    # a provenance line's torch and CUDA versions: 2.9.0 < 2.10.0 < 2.14.1 part by part, not as 2.9 > 2.14
+    versions = ["torch 2.14.1", "torch 2.9.0", "torch 2.10.0", "torch 2.9.0+cu128", "torch 10.0.1"]
+    expected = sorted(versions, key=lambda v: (tuple(int(p) for p in v[6:].split("+")[0].split(".")), v))
+    assert sorted(versions, key=natural_key) == expected
+    assert sorted(["m=0.4", "torch 2.9.0", "m=0.35", "torch 2.14.1", "0.5", "1.5.2"], key=natural_key) == [
+        "0.5", "1.5.2", "m=0.35", "m=0.4", "torch 2.9.0", "torch 2.14.1"]
+
+
 @pytest.mark.parametrize(("table", "message"), [
     ({"rows": "loss"}, r"\.name: a name of letters"),
     ({"name": "a b", "rows": "loss"}, r"\.name: a name of letters"),
