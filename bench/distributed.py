@@ -10,7 +10,8 @@ Two ways in:
   any study (``--checkpoint PATH`` keeps its final weights; ``--tracking`` logs it as a child run of the
   grid's study; without it the trial's pictures are not kept). With ``--tracking`` the other ranks start once
   rank 0's run is open; a run that cannot open, or a tracking store that fails as rank 0 records the outcome, ends
-  every rank with one line (rank 0 exits 1).
+  every rank with one line (rank 0 exits 1). SIGTERM (torchrun passes a scheduler's on to every rank) is taken as
+  Ctrl-C, as in ``bench run``: rank 0 closes the trial's run as interrupted, and each rank exits 130 with one line.
 
 What changes in a trial (see `bench.trial.run_trial`): backbone and margin head are wrapped together in
 one DDP module, so the head's class weights are replicated and their gradients averaged like the
@@ -364,6 +365,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m bench.distributed`` (one trial, no study)."""
     from bench.commands._common import exit_status, load_grid_and_config_or_exit
+    from bench.commands.worker import on_sigterm
     from bench.runner import RecordingFailed
     from bench.trial import TrialOptions
 
@@ -375,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.cell < len(grid.cells):
         print(f"bench.distributed: --cell must be in 0..{len(grid.cells) - 1}, but got {args.cell}", file=sys.stderr)
         return 2
+    # torchrun passes its SIGTERM (a scheduler's) to every rank: taken as Ctrl-C, as bench run and bench worker do,
+    # so rank 0 closes its trial's run as interrupted instead of dying with the run left RUNNING
+    signal.signal(signal.SIGTERM, on_sigterm)
     ctx = init_from_env(args.device)
     device = ctx.device if ctx is not None else args.device
     if device and str(device).startswith("cpu"):
@@ -396,6 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except _InterruptTold:  # the other ranks were told, and meet this rank in the barrier
             ended_together = True
             print(f"bench.distributed: {trial}: interrupted before training", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM in training: rank 0 closed the run as interrupted (no barrier:
+            # the other ranks may be anywhere in their steps); one line, as `bench` says "interrupted"
+            where = f"rank {ctx.rank}: " if ctx is not None and not ctx.is_main else ""
+            print(f"bench.distributed: {where}{trial}: interrupted", file=sys.stderr)
             return 130
         except Exception:
             # raised where every rank stops (an agreed error), or on one rank outside the collectives (before or

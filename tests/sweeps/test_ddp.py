@@ -474,6 +474,25 @@ def test_bench_distributed_interrupted_on_rank_zero_before_training_ends_every_r
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_bench_distributed_stopped_with_sigterm_mid_step_closes_its_run_as_interrupted(tmp_path, write_grid):
+    # a scheduler's SIGTERM to torchrun, passed on to every rank: `python -m bench.distributed` had no handler, so
+    # rank 0 died at once and its trial's MLflow run stayed RUNNING forever. Now SIGTERM is taken as Ctrl-C, as in
+    # `bench run` and `bench worker`: the run is closed KILLED, marginbench.status "interrupted".
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = _ddp_tracking_grid(write_grid, "ddp-sigterm")
+    code, out = torchrun_with_fault("pause", "distributed", "--grid", str(grid), "--device", "cpu", "--tracking",
+                                    "--tracking-uri", uri, cwd=tmp_path, timeout=120,
+                                    interrupt_when=[tmp_path / "paused-0", tmp_path / "paused-1"])
+    assert code != 0, out
+    assert "bench.distributed: cosface seed=3: interrupted\n" in out, out
+    assert "bench.distributed: rank 1: cosface seed=3: interrupted\n" in out, out
+    assert "[rank" not in out, out  # no rank's traceback
+    runs = mlflow_children("ddp-sigterm", uri)
+    assert [(r.info.status, r.data.tags.get("marginbench.status")) for r in runs] == [("KILLED", "interrupted")], out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_torchrun_worker_interrupted_on_rank_zero_before_training_stops_every_rank_with_one_line(
         in_tmp, write_grid, tiny_dataset):
     # rank 0 told the others to stop as usual, then skipped the exit barrier (interrupted) that they went on to wait
