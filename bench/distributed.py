@@ -141,8 +141,8 @@ def shutdown(*, ended_together: bool = False) -> None:
     dist.destroy_process_group()
 
 
-def broadcast_object(obj: Any, ctx: DistContext) -> Any:
-    """Rank 0's ``obj`` on every rank (picklable objects).
+def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (picklable objects); ``obj`` is ignored on the other ranks.
 
     SIGINT and SIGTERM are deferred to the end (`bench.tracking._interrupts_deferred`): the object goes in two
     collectives (its size, then its bytes), and an interrupt raised between them (a rank waiting for rank 0's word
@@ -153,9 +153,9 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
 
     from bench.tracking import _interrupts_deferred
 
-    box = [obj if ctx.is_main else None]
+    box = [obj if ctx.rank == src else None]
     with _interrupts_deferred():
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -194,11 +194,10 @@ def agree(error: BaseException | None, stop: bool, ctx: DistContext, device: tor
     t = torch.tensor([ctx.rank if error is not None else ctx.world_size, 0 if stop else 1], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     failed, go_on = t.tolist()
-    if failed < ctx.world_size:
-        box = [f"{type(error).__name__}: {error}" if error is not None else None]
-        dist.broadcast_object_list(box, src=failed)
+    if failed < ctx.world_size:  # the failed rank's error, whole, before an interrupt (`broadcast_object`)
+        message = broadcast_object(f"{type(error).__name__}: {error}" if error is not None else None, ctx, src=failed)
         if error is None:
-            raise RankFailed(f"rank {failed} failed: {box[0]}")
+            raise RankFailed(f"rank {failed} failed: {message}")
     return not go_on
 
 

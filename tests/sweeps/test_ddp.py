@@ -554,3 +554,36 @@ def test_an_interrupt_inside_a_broadcast_is_raised_once_the_whole_object_went(mo
         broadcast_object(None, DistContext(rank=1, world_size=2, local_rank=1, backend="gloo", device="cpu"))
     assert went == ["size", "bytes"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_interrupt_inside_agrees_broadcast_is_raised_once_the_whole_failure_went(monkeypatch):
+    # `agree` sends a failed rank's error in the same two collectives: a SIGTERM at an epoch end handled between them
+    # left this rank gone mid-message, and the failed rank's second collective met nobody
+    import torch.distributed as dist
+
+    from bench.distributed import DistContext, RankFailed, agree
+
+    went: list[str] = []
+    interrupt = [True]
+
+    def rank_zero_failed(t, op):
+        t.copy_(torch.tensor([0, 1]))
+
+    def two_collectives(box, src):
+        assert src == 0
+        went.append("size")
+        if interrupt:
+            signal.raise_signal(signal.SIGINT)  # Python runs the handler before raise_signal returns
+        went.append("bytes")
+        box[0] = "OSError: No space left on device"
+
+    monkeypatch.setattr(dist, "all_reduce", rank_zero_failed)
+    monkeypatch.setattr(dist, "broadcast_object_list", two_collectives)
+    rank_one = DistContext(rank=1, world_size=2, local_rank=1, backend="gloo", device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        agree(None, False, rank_one, "cpu")
+    assert went == ["size", "bytes"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    interrupt.clear()  # no interrupt: rank 0's error, as before
+    with pytest.raises(RankFailed, match=r"^rank 0 failed: OSError: No space left on device$"):
+        agree(None, False, rank_one, "cpu")
