@@ -31,7 +31,7 @@ from reports.spec import ReportError, TableSpec, natural_key
 from reports.tables import label_column, metric_columns, missing_metric, value_column
 
 __all__ = ["ResultsTable", "results_frame", "write_results", "load_results", "find_results", "grid_order",
-           "PROVENANCE_COLUMNS", "DEFAULT_RESULTS_DIR"]
+           "check_headers", "PROVENANCE_COLUMNS", "DEFAULT_RESULTS_DIR"]
 
 DEFAULT_RESULTS_DIR = Path("reports") / "results"
 #: Provenance columns of a results CSV and the runs-frame column each comes from.
@@ -171,7 +171,11 @@ def write_results(table: ResultsTable, results_dir: Path | str = DEFAULT_RESULTS
     Both are written to temporary files first, then each replaces its file; the meta holds the CSV's hash, so
     an interruption between the two replacements leaves a pair that `load_results` refuses, not a CSV read
     with another export's spec.
+
+    Raises:
+        ReportError: a ``headers`` key names nothing the table shows (`check_headers`); nothing is written.
     """
+    check_headers(table)
     folder = Path(results_dir) / table.grid
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / f"{table.spec.name}.csv"
@@ -211,33 +215,35 @@ def load_results(csv_path: Path | str) -> ResultsTable:
                           f"again: bench report --grid {meta.get('grid', '<grid>')} --export")
     spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    _check_headers(spec, meta, frame)
+    table = ResultsTable(meta["grid"], spec, {k: list(v) for k, v in meta.get("order", {}).items()},
+                         list(meta["metrics"]), frame, meta.get("description", ""))
+    check_headers(table)
     for col in meta["value_columns"]:
         if col in frame.columns:
             frame[col] = pd.to_numeric(frame[col].replace("", math.nan), errors="coerce").astype(float)
     if "seed" in frame.columns:
         frame["seed"] = frame["seed"].astype(int)
-    return ResultsTable(meta["grid"], spec, {k: list(v) for k, v in meta.get("order", {}).items()},
-                        list(meta["metrics"]), frame, meta.get("description", ""))
+    return table
 
 
-def _check_headers(spec: TableSpec, meta: Mapping[str, Any], frame: pd.DataFrame) -> None:
-    """Raises `ReportError` when a key of the stored spec's ``headers`` names nothing its table shows, as the grid
-    check does for a grid file (`TableSpec.header_problems`): the meta may come from before that check, be edited
-    by hand, or name a metric the ``pattern`` was taken to match when the trials' metrics were not known.
-    ``frame``: the CSV's rows, whose labels count beside the meta's ``order`` for a matrix's column labels."""
-    labels = {axis: list(values) for axis, values in meta.get("order", {}).items()}
+def check_headers(table: ResultsTable) -> None:
+    """Raises `ReportError` when a key of the table spec's ``headers`` names nothing the table shows, as the grid
+    check does for a grid file (`TableSpec.header_problems`). On export (`write_results`), where the grid check
+    took any key a ``pattern`` matches while the trials' metrics were not known, and the runs then had no such
+    metric; on reading a results file (`load_results`), whose meta may come from before that check or be edited by
+    hand. The labels of ``table.frame`` count beside ``table.order`` for a matrix's column labels."""
+    spec, frame = table.spec, table.frame
+    labels = {axis: list(values) for axis, values in table.order.items()}
     for axis in spec.axes:
         column = label_column(axis)
         if column in frame.columns:
             seen = labels.setdefault(axis, [])
-            seen += [v for v in dict.fromkeys(frame[column]) if v not in seen]
-    problems = spec.header_problems(meta["metrics"], labels)
+            seen += [str(v) for v in dict.fromkeys(frame[column]) if str(v) not in seen]
+    problems = spec.header_problems(table.metrics, labels)
     if problems:
         listed = "\n".join(f"{spec.at(key)}: {message}" for key, message in problems)
-        grid = meta.get("grid", "<grid>")
-        raise ReportError(f"{listed}\nfix headers: in the report section of grid {grid!r} and export again: "
-                          f"bench report --grid {grid} --export")
+        raise ReportError(f"{listed}\nfix headers: in the report section of grid {table.grid!r} and export again: "
+                          f"bench report --grid {table.grid} --export")
 
 
 def find_results(name: str, results_dir: Path | str = DEFAULT_RESULTS_DIR) -> Path:

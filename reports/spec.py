@@ -45,8 +45,9 @@ An axis that varies inside a table's cells (neither in ``rows``/``columns`` nor 
 error: its runs would be averaged together as if they were seeds. The metrics a table names (``columns``,
 ``metric``, ``select_by``, ``bold`` keys; a ``pattern`` must match one) are checked against those the grid's trials
 log when the grid is loaded (`bench.grid`, `bench.metric_names`), and against the runs' by `bench report`; the
-``headers`` keys, against what the table shows (`TableSpec.header_problems`), when the grid is loaded and when
-a results file's stored spec is read (`reports.results.load_results`).
+``headers`` keys, against what the table shows (`TableSpec.header_problems`), when the grid is loaded, when a
+table is exported with its runs' metrics (`reports.results.write_results`) and when a results file's stored spec is
+read (`reports.results.load_results`).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _grid_report(args: argparse.Namespace) -> int:
     from reports.markdown import grid_tables, render_results, study_results
-    from reports.results import DEFAULT_RESULTS_DIR, write_results
+    from reports.results import DEFAULT_RESULTS_DIR, check_headers, write_results
     from reports.runs import load_study
 
     grid = load_grid_or_exit(args)
@@ -94,8 +94,12 @@ def _grid_report(args: argparse.Namespace) -> int:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=study.tracking_uri)
+    tables = study_results(grid, study.runs, specs)
+    if args.export:  # every table before any file: an export that stops at its second table leaves no first one
+        for results in tables:
+            check_headers(results)
     sections = []
-    for results in study_results(grid, study.runs, specs):
+    for results in tables:
         sections.append(f"### {results.grid}/{results.spec.name}\n\n{render_results(results)}")
         if args.export:
             path = write_results(results, results_dir)

@@ -269,10 +269,13 @@ def test_a_stored_header_that_names_no_column_is_an_error_before_the_readme_is_w
             run_row({"loss": "a", "dim": "3"}, 0, train_acc=0.6, test_acc=0.35)]
     good = TableSpec(name="good", rows=("loss",), column_axis="dim", metric="test_acc",
                      headers={"loss": "Loss", "3": "three"})  # a matrix: its column labels, from the CSV
-    bad = TableSpec(name="bad", rows=("loss", "dim"), metrics=("test_acc",),
-                    headers={"tset_acc": "Test", "loss": "Loss", "dimm": "Dim"})
+    bad = TableSpec(name="bad", rows=("loss", "dim"), metrics=("test_acc",), headers={"loss": "Loss"})
     for spec in (good, bad):
         write_results(results_frame(frame(rows), spec, grid="g"), results)
+    meta_path = results / "g" / "bad.meta.json"  # as edited by hand (export refuses such headers)
+    stored = json.loads(meta_path.read_text())
+    stored["table"]["headers"] = {"tset_acc": "Test", "loss": "Loss", "dimm": "Dim"}
+    meta_path.write_text(json.dumps(stored))
     readme = tmp_path / "README.md"
     text = ("<!-- bench:table g/good -->\nold\n<!-- bench:end -->\n\n"
             "<!-- bench:table g/bad -->\nold\n<!-- bench:end -->\n")
@@ -292,3 +295,50 @@ def test_a_stored_header_that_names_no_column_is_an_error_before_the_readme_is_w
     readme.write_text(text.split("\n\n")[0] + "\n")
     assert main(["report", "--readme", "README.md"]) == 0
     assert "| Loss   | 2            | three        |" in readme.read_text()
+
+
+PATTERN_GRID = """
+name: pat
+base: {dataset: tiny-blobs, backbone: lenet++, embedding_dim: 2, epochs: 1}
+grid:
+  loss:
+    - {label: softmax, loss: softmax}
+seeds: [0]
+report:
+  tables:
+    - name: accs
+      rows: loss
+      columns: [test_acc]
+    - name: classes
+      rows: loss
+      columns: {pattern: "test_acc.class_*"}
+      headers: {test_acc.class_9: Nine, loss: Loss}
+"""
+
+
+def test_export_refuses_a_pattern_header_the_runs_have_no_metric_for_and_writes_nothing(tmp_path, monkeypatch,
+                                                                                         capsys, tiny_dataset):
+    # tiny-blobs does not say what its trials log, so the grid check takes any header key the pattern matches; export
+    # then stored 'test_acc.class_9' in classes.meta.json, a file `bench report --readme` refuses. Now export refuses
+    # it with the same message, before any table's files (or plots) are written
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pat.yaml").write_text(PATTERN_GRID)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    history = [{"train_acc": 0.5, "test_acc": 0.4, "test_acc.class_0": 0.3, "test_acc.class_1": 0.5}]
+    log_trials(uri, "pat", [({"loss": "softmax"}, 0, "finished", history, {"dataset": "tiny-blobs", "epochs": 1})])
+    capsys.readouterr()
+    code = main(["report", "--grid", "pat.yaml", "--export", "--tracking-uri", uri, "--results-dir", "results"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == (
+        f"bench report: {tmp_path / 'pat.yaml'}: report.tables[1].headers.test_acc.class_9: 'test_acc.class_9' is not "
+        "a column or axis of table 'classes', so its display name would never show (did you mean 'test_acc.class_1'?); "
+        "keys it has: loss, test_acc.class_0, test_acc.class_1\n"
+        "fix headers: in the report section of grid 'pat' and export again: bench report --grid pat --export\n")
+    assert not (tmp_path / "results").exists()  # not the good table 'accs' either, nor any plot
+
+    spec = TableSpec(name="classes", rows=("loss",), pattern="test_acc.class_*", headers={"test_acc.class_9": "Nine"})
+    table = results_frame(frame([run_row({"loss": "a"}, 0, **{"test_acc.class_0": 0.3})]), spec, grid="g")
+    with pytest.raises(ReportError, match=r"^table 'classes': 'test_acc\.class_9' is not a column"):
+        write_results(table, tmp_path / "direct")  # any caller, not only bench report --export
+    assert not (tmp_path / "direct").exists()
