@@ -27,12 +27,15 @@ seeds: [0]
 def sigint_raises_keyboard_interrupt():
     """Python's own SIGINT handler for every test: a shell without job control starts a background command
     (``.ci/run &``, nohup) with SIGINT ignored, Python keeps it ignored, and the tests that send themselves a
-    SIGINT to check what Ctrl-C does would see nothing happen."""
+    SIGINT to check what Ctrl-C does would see nothing happen. SIGTERM's handler is put back after each test:
+    ``bench run``, ``bench worker`` and ``bench.distributed`` called in-process install theirs for good."""
     import signal
 
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    sigterm = signal.getsignal(signal.SIGTERM)
     yield
     signal.signal(signal.SIGINT, before)
+    signal.signal(signal.SIGTERM, sigterm)
 
 
 @pytest.fixture
