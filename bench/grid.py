@@ -201,12 +201,23 @@ def _substitute(value: Any, key: str, env: Mapping[str, str], unset: list[tuple[
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge; a component given as a new name replaces the old component's params."""
+    """Deep merge; a component given as a new name replaces the old component's params.
+
+    A component that is not a name or a mapping with ``name`` is left as written (a malformed new one replaces the
+    old, a malformed old one is replaced): the cell's check (`_without_malformed_components`) names it.
+    """
     out = copy.deepcopy(base)
     for key, value in update.items():
         if key in COMPONENTS:
-            old_name, old_params = split_component(key, out[key]) if key in out else (None, {})
-            new_name, new_params = split_component(key, value)
+            try:
+                new_name, new_params = split_component(key, value)
+            except SpecError:
+                out[key] = copy.deepcopy(value)
+                continue
+            try:
+                old_name, old_params = split_component(key, out[key]) if key in out else (None, {})
+            except SpecError:
+                old_name, old_params = None, {}
             params = {**old_params, **new_params} if new_name == old_name else dict(new_params)
             out[key] = {"name": new_name, **params}
         elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
@@ -365,12 +376,33 @@ def _without_refused_values(config: Mapping[str, Any], sources: list[tuple[str, 
         return config, problems
 
 
+def _without_malformed_components(config: Mapping[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
+                                  ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``config`` without the components (dataset, backbone, loss) that are not a name or a mapping with ``name``,
+    and ``(key, message)`` for each: the spec stops at the first, but the other components can still be looked up
+    and checked in their registries (with the spec's default in place of the malformed one, not checked)."""
+    config = dict(config)
+    problems = []
+    for component in _REGISTRIES:
+        if component not in config:
+            continue
+        try:
+            split_component(component, config[component])
+        except SpecError as err:
+            problems.append((_origin(component, sources), str(err)))
+            config.pop(component)
+    return config, problems
+
+
 def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
-                        checked: dict[str, str | None]) -> list[tuple[str, str]]:
-    """``(key, message)`` for each component whose parameters its registry refuses (a dataset's files too); each
-    distinct set is checked once, its verdict kept in ``checked``."""
+                        checked: dict[str, str | None], skip: frozenset[str] = frozenset(),
+                        ) -> list[tuple[str, str]]:
+    """``(key, message)`` for each component (but those in ``skip``) whose parameters its registry refuses (a
+    dataset's files too); each distinct set is checked once, its verdict kept in ``checked``."""
     problems = []
     for component, registry in _REGISTRIES.items():
+        if component in skip:
+            continue
         name = getattr(spec, component)
         params = dict(getattr(spec, f"{component}_params"))
         memo = json.dumps([component, name, params], sort_keys=True, default=str)
@@ -795,8 +827,11 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         problems.update(dict.fromkeys(unknown))
         own = own or bool(unknown)
         config = {k: v for k, v in config.items() if k in TrialSpec.nested_keys()}  # as the seed: checked on without
+        whole = set(config)
+        config, malformed = _without_malformed_components(config, sources)
+        skip = frozenset(whole - set(config))
         config, refused = _without_refused_values(config, sources, labels)
-        problems.update(dict.fromkeys(refused))
+        problems.update(dict.fromkeys([*refused, *malformed]))  # the components' problems together, as checked next
         own = own or bool(refused)
         try:
             spec = _cell_spec(path, config, sources, labels)
@@ -815,11 +850,15 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             problems.update(dict.fromkeys(err.problems))
             metrics.append((labels, None))
             continue
-        found = _component_problems(spec, sources, checked)
+        found = _component_problems(spec, sources, checked, skip)
+        problems.update(dict.fromkeys(found))
+        if skip:  # a default stands in for a malformed component: the checks of the built cell wait for its fix
+            metrics.append((labels, None))
+            continue
         if not found:  # the image-size check needs components that exist
             problem = input_size_problem(spec, _origin("backbone", sources), _origin("dataset", sources))
             found = [problem] if problem is not None else []
-        problems.update(dict.fromkeys(found))
+            problems.update(dict.fromkeys(found))
         dataset_ok = not any(key == _origin("dataset", sources) for key, _ in found)
         names, unreadable = _cell_metrics(spec, metrics_checked) if dataset_ok else (None, None)
         if unreadable is not None:
