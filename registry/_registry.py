@@ -16,23 +16,18 @@ import functools
 import inspect
 import math
 import numbers
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry._suggest import did_you_mean
+from registry._suggest import did_you_mean, natural_key
 
 __all__ = ["Registry", "RegistryError", "Entry", "Family"]
 
 
 class RegistryError(ValueError):
     """A name or a keyword argument that the registry cannot resolve; the message says how to fix it."""
-
-
-def _natural_key(name: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
 
 
 @dataclass(frozen=True)
@@ -188,7 +183,7 @@ class Registry:
         if include_families:
             for family in self._families.values():
                 names.update(family.prefix + rest for rest in family.known())
-        return sorted((n for n in names if fnmatch.fnmatch(n, pattern)), key=_natural_key)
+        return sorted((n for n in names if fnmatch.fnmatch(n, pattern)), key=natural_key)
 
     def families(self) -> list[Family]:
         return list(self._families.values())
@@ -211,7 +206,7 @@ class Registry:
     def unknown_message(self, name: str) -> str:
         candidates = list(self._entries) + [f.prefix + "<name>" for f in self._families.values()]
         hint = did_you_mean(str(name), self._entries, n=3, cutoff=0.5)
-        return f"Unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(candidates, key=_natural_key))}."
+        return f"Unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(candidates, key=natural_key))}."
 
     def parameters(self, name: str) -> dict[str, Any]:
         """User-settable parameters of ``name`` with their defaults."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from registry._suggest import did_you_mean
+from registry._suggest import did_you_mean, natural_key
 
 LOSSES = ["adaface", "arcface", "cosface", "sphereface", "softmax"]
 
@@ -22,10 +22,25 @@ def test_no_close_name_gives_an_empty_hint():
 
 
 def test_several_close_names_are_joined_with_or_closest_first_whatever_the_order_of_the_choices():
-    expected = " Did you mean 'arcface' or 'cosface' or 'adaface'?"
+    expected = " Did you mean 'arcface' or 'adaface' or 'cosface'?"  # adaface and cosface tie: natural order
     assert did_you_mean("arcfce", LOSSES, n=3) == expected
     assert did_you_mean("arcfce", reversed(LOSSES), n=3) == expected
     assert did_you_mean("arcfce", LOSSES) == " Did you mean 'arcface'?"  # n=1: the closest only
+
+
+def test_equally_close_names_come_in_natural_order_whatever_the_order_of_the_choices():
+    # before: difflib's order for ties, reverse alphabetical: 'sgd' for n=1, and 'class_1' before 'class_0'
+    assert did_you_mean("sgb", ["sgc", "sgd"]) == " Did you mean 'sgc'?"
+    assert did_you_mean("sgb", ["sgd", "sgc"]) == " Did you mean 'sgc'?"
+    assert did_you_mean("sgb", ["sgd", "sgc"], n=2) == " Did you mean 'sgc' or 'sgd'?"
+    assert did_you_mean("test_acc.class_9", ["test_acc.class_1", "test_acc.class_0"], aside=True) == (
+        " (did you mean 'test_acc.class_0'?)")
+    assert did_you_mean("sgb", ["sgd", "sgc", "sgb2"], n=3) == " Did you mean 'sgb2' or 'sgc' or 'sgd'?"  # closest
+
+
+def test_natural_key_orders_numbers_by_value_and_letters_case_blind():
+    assert sorted(["sphere64a", "Sphere20a", "sphere4a", "iresnet100", "iresnet50"], key=natural_key) == [
+        "iresnet50", "iresnet100", "sphere4a", "Sphere20a", "sphere64a"]
 
 
 def test_cutoff_sets_how_close_a_name_must_be():

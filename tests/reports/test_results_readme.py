@@ -332,7 +332,7 @@ def test_export_refuses_a_pattern_header_the_runs_have_no_metric_for_and_writes_
     assert code == 2, err
     assert err == (
         f"bench report: {tmp_path / 'pat.yaml'}: report.tables[1].headers.test_acc.class_9: 'test_acc.class_9' is not "
-        "a column or axis of table 'classes', so its display name would never show (did you mean 'test_acc.class_1'?); "
+        "a column or axis of table 'classes', so its display name would never show (did you mean 'test_acc.class_0'?); "
         "keys it has: loss, test_acc.class_0, test_acc.class_1\n"
         "fix headers: in the report section of grid 'pat' and export again: bench report --grid pat --export\n")
     assert not (tmp_path / "results").exists()  # not the good table 'accs' either, nor any plot
