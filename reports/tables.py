@@ -420,11 +420,13 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, *, order: Mapping[str, Sequen
 
 def best_run(done: pd.DataFrame, spec: TableSpec, select_by: str) -> pd.DataFrame:
     """The one run of a cell's finished runs ``done`` that ``select: best`` keeps (no rows when none has a
-    value of ``select_by``); ties go to the lowest ``run_id``, the same run from MLflow and from the CSV."""
+    finite value of ``select_by``: NaN and inf are no value, as in `aggregate`); ties go to the lowest ``run_id``,
+    the same run from MLflow and from the CSV."""
     if "run_id" in done.columns:
         done = done.sort_values("run_id", kind="stable")
     by = value_column(spec, select_by)
-    ranked = pd.to_numeric(done[by], errors="coerce").dropna() if by in done.columns else pd.Series(dtype=float)
+    ranked = pd.to_numeric(done[by], errors="coerce") if by in done.columns else pd.Series(dtype=float)
+    ranked = ranked[ranked.map(math.isfinite)]
     if ranked.empty:
         return done.iloc[0:0]
     best = ranked.idxmin() if _select_direction(spec, select_by) == "min" else ranked.idxmax()

@@ -15,7 +15,7 @@ from reports.markdown import render_results
 from reports.results import load_results, results_frame, write_results
 from reports.runs import latest_runs, load_runs, load_study
 from reports.spec import ReportError, TableSpec
-from reports.tables import aggregate
+from reports.tables import aggregate, best_run
 
 from .conftest import frame, log_trials, run_row
 
@@ -159,6 +159,25 @@ def test_select_best_by_a_loss_keeps_the_lowest_loss():
     spec = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), select="best", select_by="train_loss",
                      bold={"train_loss": "max"})
     assert aggregate(frame(rows), spec).cell("a", "test_acc").values == (0.5,)
+
+
+def test_select_best_skips_non_finite_values_of_the_ranking_metric():
+    # inf is no value, as NaN (aggregate, format_mean_std): an overflowed run used to win the cell by max (or -inf by
+    # min), then its value was dropped and the cell showed n/a instead of the best finite run
+    rows = [run_row({"loss": "a"}, 0, test_acc=math.inf, train_loss=-math.inf, run_id="a-inf"),
+            run_row({"loss": "a"}, 0, test_acc=0.7, train_loss=0.3, run_id="a-low"),
+            run_row({"loss": "a"}, 0, test_acc=0.8, train_loss=0.2, run_id="a-high"),
+            run_row({"loss": "b"}, 0, test_acc=math.nan, train_loss=math.inf, run_id="b-nan"),
+            run_row({"loss": "b"}, 0, test_acc=-math.inf, train_loss=math.nan, run_id="b-inf")]
+    for i, row in enumerate(rows):
+        row["trial_key"] = f"sampled-{i}"
+    by_acc = aggregate(frame(rows), TableSpec(name="t", rows=("loss",), metrics=("test_acc",), select="best"))
+    assert by_acc.cell("a", "test_acc").values == (0.8,) and by_acc.cell("a", "test_acc").pool == 3
+    assert by_acc.cell("b", "test_acc").values == () and by_acc.cell("b", "test_acc").pool == 2
+    assert "| a      | 0.8000 (n=1, best of 3) |" in by_acc.to_markdown()
+    by_loss = TableSpec(name="t", rows=("loss",), metrics=("test_acc",), select="best", select_by="train_loss")
+    assert aggregate(frame(rows), by_loss).cell("a", "test_acc").values == (0.8,)  # min of 0.3, 0.2; not -inf
+    assert best_run(frame(rows[3:]), by_loss, "train_loss").empty  # no finite value: no run
 
 
 def test_cells_with_the_same_params_keep_their_runs_in_the_results_frame_and_csv(tmp_path):
