@@ -11,7 +11,9 @@ decimals), and provenance: ``grid``, ``dataset``, ``epochs``, ``device_name``, `
 on a machine without the MLflow store. It also holds the CSV's SHA-256 (``csv_sha256``, of its text with
 ``\n`` line ends): the two files are replaced one after the other, and `load_results` refuses a CSV that is
 not the one its meta was written with (an export interrupted between the two, or a CSV edited by hand),
-rather than rebuild a table from a new CSV with an old spec.
+rather than rebuild a table from a new CSV with an old spec. A file that is not what the export writes (a meta
+that is not JSON or lacks a key, a CSV that is empty or lacks a column the table reads) is refused the same way:
+an error naming the file, the key and the fix (export again), before a README is written.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import reprlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,23 @@ PROVENANCE_COLUMNS = {"grid": None, "dataset": "param.dataset", "epochs": "param
                       "device_name": "device_name", "git_commit": "git_commit", "torch_version": "torch_version",
                       "date": "date"}
 _SCHEMA = 1
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+#: The keys of a ``.meta.json`` that `load_results` reads: ``key: (required, valid, what it holds)``.
+_META_KEYS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
+    "grid": (True, lambda v: isinstance(v, str) and bool(v), "the grid's name, a string"),
+    "table": (True, lambda v: isinstance(v, dict), "the table's spec, a mapping"),
+    "metrics": (True, _is_names, "the table's metric columns, a list of names"),
+    "value_columns": (True, _is_names, "the CSV's value columns, a list of names"),
+    "order": (False, lambda v: isinstance(v, dict) and all(_is_names(x) for x in v.values()),
+              "each axis's labels in grid order, a mapping of lists"),
+    "description": (False, lambda v: isinstance(v, str), "the grid's description, a string"),
+    "csv_sha256": (False, lambda v: isinstance(v, str), "the CSV's SHA-256, a hex string"),
+}
 
 
 @dataclass
@@ -118,10 +138,8 @@ def results_frame(runs: pd.DataFrame, spec: TableSpec, *, grid: str, order: Mapp
     for metric in metrics:
         if not finished.empty and value_column(spec, metric) not in runs.columns:
             raise missing_metric(spec, metric, runs, of=f"the runs of {grid}")
-    label_cols = [label_column(a) for a in axes]
     values = [value_column(spec, m) for m in metrics]
-    columns = ["run_id", "run_name", *label_cols, "seed", "status", "diverged", "trial_key", *values,
-               *PROVENANCE_COLUMNS]
+    columns = _csv_columns(spec, values)
     out = pd.DataFrame(index=runs.index)
     for col in columns:
         if col == "grid":
@@ -137,6 +155,12 @@ def results_frame(runs: pd.DataFrame, spec: TableSpec, *, grid: str, order: Mapp
             out[col] = runs[col].fillna("").astype(str) if col in runs.columns else ""
     out = _sort(out.reset_index(drop=True), axes, order)
     return ResultsTable(grid, spec, order, metrics, out, description)
+
+
+def _csv_columns(spec: TableSpec, values: Sequence[str]) -> list[str]:
+    """The columns of a table's results CSV, ``values`` its value columns."""
+    labels = [label_column(a) for a in dict.fromkeys(spec.axes + tuple(spec.where))]
+    return ["run_id", "run_name", *labels, "seed", "status", "diverged", "trial_key", *values, *PROVENANCE_COLUMNS]
 
 
 def _sort(frame: pd.DataFrame, axes: Sequence[str], order: Mapping[str, Sequence[str]]) -> pd.DataFrame:
@@ -199,31 +223,100 @@ def load_results(csv_path: Path | str) -> ResultsTable:
 
     Raises:
         FileNotFoundError: either file missing, with how to create them.
-        ReportError: the CSV is not the one the meta was written with (``csv_sha256``; a meta written before
-            the hash was kept is not checked).
+        ReportError: a file that is not what ``bench report --export`` writes (a meta that is not JSON, lacks a key
+            or holds one of the wrong type; a CSV that is empty, lacks a column the table reads or has a seed that
+            is not an integer), or a CSV that is not the one the meta was written with (``csv_sha256``; a meta
+            written before the hash was kept is not checked). Each names the file, the key and the fix.
     """
     csv_path = Path(csv_path)
     meta_path = csv_path.with_name(csv_path.name[: -len(".csv")] + ".meta.json")
     for path in (csv_path, meta_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; write it with: bench report --grid <grid> --export")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            raise FileNotFoundError(f"{path} not found; write it with: bench report --grid {csv_path.parent.name} "
+                                    f"--export")
+    meta = _read_meta(meta_path, csv_path)
+    grid = meta["grid"]
     expected = meta.get("csv_sha256")
-    if expected is not None and _csv_hash(csv_path.read_text(encoding="utf-8")) != expected:
+    if expected is not None and _csv_hash(_read_text(csv_path, grid)) != expected:
         raise ReportError(f"{csv_path} is not the CSV that {meta_path.name} was written with (csv_sha256 differs): "
                           f"an export interrupted between the two files, or a CSV edited by hand; export both "
-                          f"again: bench report --grid {meta.get('grid', '<grid>')} --export")
-    spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    table = ResultsTable(meta["grid"], spec, {k: list(v) for k, v in meta.get("order", {}).items()},
+                          f"again: bench report --grid {grid} --export")
+    try:
+        spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
+    except ReportError as err:
+        raise ReportError(f"{err}\n{_export_again(grid)}") from err
+    frame = _read_csv(csv_path, meta_path, _csv_columns(spec, meta["value_columns"]), grid)
+    table = ResultsTable(grid, spec, {k: list(v) for k, v in meta.get("order", {}).items()},
                          list(meta["metrics"]), frame, meta.get("description", ""))
     check_headers(table)
     for col in meta["value_columns"]:
-        if col in frame.columns:
-            frame[col] = pd.to_numeric(frame[col].replace("", math.nan), errors="coerce").astype(float)
-    if "seed" in frame.columns:
-        frame["seed"] = frame["seed"].astype(int)
+        frame[col] = pd.to_numeric(frame[col].replace("", math.nan), errors="coerce").astype(float)
+    frame["seed"] = frame["seed"].astype(int)
     return table
+
+
+def _export_again(grid: str) -> str:
+    """The fix for a results file `load_results` refuses: export it again (both files are rewritten)."""
+    return f"fix: export the table again, which rewrites its CSV and meta: bench report --grid {grid} --export"
+
+
+def _read_text(path: Path, grid: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ReportError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})\n{_export_again(grid)}") from err
+
+
+def _read_meta(meta_path: Path, csv_path: Path) -> dict[str, Any]:
+    """A ``.meta.json``'s content, checked to hold each key `load_results` reads, of its type (`_META_KEYS`).
+
+    Raises:
+        ReportError: not JSON, not a mapping, or listing each missing or mistyped key.
+    """
+    grid = csv_path.parent.name  # the folder is named after the grid: the fix when the meta cannot say
+    try:
+        meta = json.loads(_read_text(meta_path, grid))
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{meta_path}: not JSON ({err})\n{_export_again(grid)}") from err
+    if not isinstance(meta, dict):
+        raise ReportError(f"{meta_path}: must be a JSON object with keys {', '.join(_META_KEYS)}, but got "
+                          f"{reprlib.repr(meta)}\n{_export_again(grid)}")
+    problems = []
+    for key, (required, valid, holds) in _META_KEYS.items():
+        if key not in meta:
+            if required:
+                problems.append(f"{meta_path}: {key}: missing; it holds {holds}")
+        elif not valid(meta[key]):
+            problems.append(f"{meta_path}: {key}: must be {holds}, but got {reprlib.repr(meta[key])}")
+    if problems:
+        grid = meta["grid"] if _META_KEYS["grid"][1](meta.get("grid")) else grid
+        raise ReportError("\n".join([*problems, _export_again(grid)]))
+    return meta
+
+
+def _read_csv(csv_path: Path, meta_path: Path, columns: Sequence[str], grid: str) -> pd.DataFrame:
+    """A results CSV as text columns, checked to have ``columns`` (what its meta's table reads) and integer seeds.
+
+    Raises:
+        ReportError: an empty file, one pandas cannot parse, a missing column or a seed that is not an integer.
+    """
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as err:
+        raise ReportError(f"{csv_path}: empty, not even a header line\n{_export_again(grid)}") from err
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ReportError(f"{csv_path}: not a results CSV ({str(err).strip()})\n{_export_again(grid)}") from err
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ReportError(f"{csv_path}: no column {', '.join(repr(c) for c in missing)}, which the table of "
+                          f"{meta_path.name} reads; columns it has: {', '.join(map(str, frame.columns)) or 'none'}"
+                          f"\n{_export_again(grid)}")
+    bad = [(i, v) for i, v in enumerate(frame["seed"]) if not v.strip().lstrip("-").isdigit()]
+    if bad:
+        line, value = bad[0]
+        raise ReportError(f"{csv_path}:{line + 2}: seed: must be an integer, but got {value!r}"
+                          f"\n{_export_again(grid)}")
+    return frame
 
 
 def check_headers(table: ResultsTable) -> None:

@@ -342,3 +342,73 @@ def test_export_refuses_a_pattern_header_the_runs_have_no_metric_for_and_writes_
     with pytest.raises(ReportError, match=r"^table 'classes': 'test_acc\.class_9' is not a column"):
         write_results(table, tmp_path / "direct")  # any caller, not only bench report --export
     assert not (tmp_path / "direct").exists()
+
+
+def _meta_without(key):
+    def edit(meta):
+        del meta[key]
+    return edit
+
+
+def _meta_with(key, value):
+    def edit(meta):
+        meta[key] = value
+    return edit
+
+
+FIX = "fix: export the table again, which rewrites its CSV and meta: bench report --grid g --export"
+META = "reports/results/g/t.meta.json"
+CSV = "reports/results/g/t.csv"
+
+
+@pytest.mark.parametrize("meta_text, edit, csv_edit, message", [
+    ("{not json", None, None, f"{META}: not JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+                              f"(char 1))\n{FIX}"),
+    ("[1, 2]", None, None, f"{META}: must be a JSON object with keys grid, table, metrics, value_columns, order, "
+                           f"description, csv_sha256, but got [1, 2]\n{FIX}"),
+    (None, _meta_without("grid"), None, f"{META}: grid: missing; it holds the grid's name, a string\n{FIX}"),
+    (None, _meta_without("table"), None, f"{META}: table: missing; it holds the table's spec, a mapping\n{FIX}"),
+    (None, _meta_without("value_columns"), None,
+     f"{META}: value_columns: missing; it holds the CSV's value columns, a list of names\n{FIX}"),
+    (None, _meta_with("metrics", "test_acc"), None,
+     f"{META}: metrics: must be the table's metric columns, a list of names, but got 'test_acc'\n{FIX}"),
+    (None, _meta_with("order", ["a"]), None,
+     f"{META}: order: must be each axis's labels in grid order, a mapping of lists, but got ['a']\n{FIX}"),
+    (None, _meta_with("table", {"name": "t", "rows": "loss", "digits": "4"}), None,
+     f"{META}: table.digits: must be an integer in 0..12, but got '4'\n{FIX}"),
+    (None, None, lambda text: "", f"{CSV}: empty, not even a header line\n{FIX}"),
+    (None, None, lambda text: text.replace("test_acc", "tst_acc"),
+     f"{CSV}: no column 'test_acc', which the table of t.meta.json reads; columns it has: run_id, run_name, "
+     f"label.loss, seed, status, diverged, trial_key, tst_acc, grid, dataset, epochs, device_name, git_commit, "
+     f"torch_version, date\n{FIX}"),
+    (None, None, lambda text: text.replace(",seed,", ",sed,"),
+     f"{CSV}: no column 'seed', which the table of t.meta.json reads; columns it has: run_id, run_name, label.loss, "
+     f"sed, status, diverged, trial_key, test_acc, grid, dataset, epochs, device_name, git_commit, torch_version, "
+     f"date\n{FIX}"),
+    (None, None, lambda text: text.replace("seed=0,b,0,", "seed=0,b,zero,"),
+     f"{CSV}:3: seed: must be an integer, but got 'zero'\n{FIX}"),
+], ids=["not-json", "not-object", "no-grid", "no-table", "no-value-columns", "metrics-a-string", "order-a-list",
+        "table-digits-a-string", "empty-csv", "csv-without-a-metric", "csv-without-seed", "seed-not-an-integer"])
+def test_a_broken_results_file_is_an_error_naming_file_key_and_fix_and_the_readme_is_untouched(
+        tmp_path, monkeypatch, capsys, meta_text, edit, csv_edit, message):
+    # each of these was a traceback (KeyError, TypeError, JSONDecodeError, EmptyDataError) or, for a mistyped key or
+    # a seed that is not a number, a table rebuilt from nonsense
+    monkeypatch.chdir(tmp_path)
+    rows = [run_row({"loss": "a"}, 0, test_acc=0.25), run_row({"loss": "b"}, 0, test_acc=0.5)]
+    csv = write_results(results_frame(frame(rows), TableSpec(name="t", rows=("loss",), metrics=("test_acc",)),
+                                      grid="g"), tmp_path / "reports" / "results")
+    meta_path = csv.with_name("t.meta.json")
+    meta = json.loads(meta_path.read_text())
+    if csv_edit is not None:  # a CSV edited by hand, beside a meta from before csv_sha256 (else that check refuses it)
+        del meta["csv_sha256"]
+        csv.write_text(csv_edit(csv.read_text()))
+    if edit is not None:
+        edit(meta)
+    meta_path.write_text(meta_text if meta_text is not None else json.dumps(meta))
+    readme = tmp_path / "README.md"
+    text = "<!-- bench:table g/t -->\nold\n<!-- bench:end -->\n"
+    readme.write_text(text)
+    for check in ([], ["--check"]):
+        assert main(["report", "--readme", "README.md", *check]) == 2
+        assert capsys.readouterr().err == f"bench report: {message}\n"
+        assert readme.read_text() == text
