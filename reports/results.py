@@ -248,7 +248,7 @@ def load_results(csv_path: Path | str) -> ResultsTable:
     frame = _read_csv(csv_path, meta_path, _csv_columns(spec, meta["value_columns"]), grid)
     table = ResultsTable(grid, spec, {k: list(v) for k, v in meta.get("order", {}).items()},
                          list(meta["metrics"]), frame, meta.get("description", ""))
-    check_headers(table)
+    check_headers(table, reading=True)
     for col in meta["value_columns"]:
         frame[col] = pd.to_numeric(frame[col].replace("", math.nan), errors="coerce").astype(float)
     frame["seed"] = frame["seed"].astype(int)
@@ -319,12 +319,13 @@ def _read_csv(csv_path: Path, meta_path: Path, columns: Sequence[str], grid: str
     return frame
 
 
-def check_headers(table: ResultsTable) -> None:
+def check_headers(table: ResultsTable, *, reading: bool = False) -> None:
     """Raises `ReportError` when a key of the table spec's ``headers`` names nothing the table shows, as the grid
     check does for a grid file (`TableSpec.header_problems`). On export (`write_results`), where the grid check
     took any key a ``pattern`` matches while the trials' metrics were not known, and the runs then had no such
-    metric; on reading a results file (`load_results`), whose meta may come from before that check or be edited by
-    hand. The labels of ``table.frame`` count beside ``table.order`` for a matrix's column labels."""
+    metric; on reading a results file (`load_results`, ``reading``), whose meta may come from before that check or
+    be edited by hand. The labels of ``table.frame`` count beside ``table.order`` for a matrix's column labels.
+    The message ends with the fix from where the user is (`_headers_fix`)."""
     spec, frame = table.spec, table.frame
     labels = {axis: list(values) for axis, values in table.order.items()}
     for axis in spec.axes:
@@ -335,8 +336,18 @@ def check_headers(table: ResultsTable) -> None:
     problems = spec.header_problems(table.metrics, labels)
     if problems:
         listed = "\n".join(f"{spec.at(key)}: {message}" for key, message in problems)
-        raise ReportError(f"{listed}\nfix headers: in the report section of grid {table.grid!r} and export again: "
-                          f"bench report --grid {table.grid} --export")
+        raise ReportError(f"{listed}\n{_headers_fix(table.grid, reading)}")
+
+
+def _headers_fix(grid: str, reading: bool) -> str:
+    """What to do about a bad ``headers`` key: at export, fix the grid and run the export again; on reading a
+    results file (``bench report --readme``), the stored spec comes from the last export, so export first, then
+    rebuild."""
+    if reading:
+        return (f"fix headers: in the report section of grid {grid!r}, export the table again (bench report --grid "
+                f"{grid} --export), then run bench report --readme again")
+    return (f"fix headers: in the report section of grid {grid!r} and run the export again: bench report --grid "
+            f"{grid} --export")
 
 
 def find_results(name: str, results_dir: Path | str = DEFAULT_RESULTS_DIR) -> Path:

@@ -287,7 +287,8 @@ def test_a_stored_header_that_names_no_column_is_an_error_before_the_readme_is_w
         f"display name would never show (did you mean 'test_acc'?); keys it has: loss, dim, test_acc\n"
         f"{meta}: table.headers.dimm: 'dimm' is not a column or axis of table 'bad', so its display name would "
         f"never show (did you mean 'dim'?); keys it has: loss, dim, test_acc\n"
-        f"fix headers: in the report section of grid 'g' and export again: bench report --grid g --export\n")
+        f"fix headers: in the report section of grid 'g', export the table again (bench report --grid g --export), "
+        f"then run bench report --readme again\n")
     assert readme.read_text() == text  # the good block before it is not written either
     assert main(["report", "--readme", "README.md", "--check"]) == 2
     assert "table.headers.tset_acc" in capsys.readouterr().err
@@ -334,7 +335,7 @@ def test_export_refuses_a_pattern_header_the_runs_have_no_metric_for_and_writes_
         f"bench report: {tmp_path / 'pat.yaml'}: report.tables[1].headers.test_acc.class_9: 'test_acc.class_9' is not "
         "a column or axis of table 'classes', so its display name would never show (did you mean 'test_acc.class_0'?); "
         "keys it has: loss, test_acc.class_0, test_acc.class_1\n"
-        "fix headers: in the report section of grid 'pat' and export again: bench report --grid pat --export\n")
+        "fix headers: in the report section of grid 'pat' and run the export again: bench report --grid pat --export\n")
     assert not (tmp_path / "results").exists()  # not the good table 'accs' either, nor any plot
 
     spec = TableSpec(name="classes", rows=("loss",), pattern="test_acc.class_*", headers={"test_acc.class_9": "Nine"})
