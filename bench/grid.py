@@ -489,19 +489,22 @@ def _check_report(path: Path, report: Any, axes: list[str], labels: dict[str, li
     try:
         return parse_tables(report, axes=axes, source=str(path), grid_labels=labels)
     except ReportError as err:
-        problems = [_report_problem(path, err)]
+        problems = _report_problems(path, err)
     tables = report.get("tables") if isinstance(report, Mapping) else None
     for i, table in enumerate(tables if isinstance(tables, list) else []):  # each on its own: every bad one is named
         try:
             TableSpec.from_dict(table, axes=axes, source=str(path), key=f"report.tables[{i}]", grid_labels=labels)
         except ReportError as err:
-            problems.append(_report_problem(path, err))
+            problems += _report_problems(path, err)
     raise GridError.listing(path, list(dict.fromkeys(problems)))
 
 
-def _report_problem(path: Path, err: Exception) -> tuple[str, str]:
-    """A `reports.spec.ReportError` as a grid problem: its message names ``report.<key>``, so the key is left empty."""
-    return "", str(err).removeprefix(f"{path}: ")
+def _report_problems(path: Path, err: Any) -> list[tuple[str, str]]:
+    """A `reports.spec.ReportError` as grid problems, one per problem of a table (its ``problems``); each message
+    names ``report.<key>``, so the key is left empty, as for a problem of the section."""
+    if err.problems:
+        return [("", f"{key}: {message}") for key, message in err.problems]
+    return [("", str(err).removeprefix(f"{path}: "))]
 
 
 def _cell_metrics(spec: TrialSpec, checked: dict[str, tuple[frozenset[str] | None, str | None]],

@@ -86,7 +86,16 @@ _MINIMIZE = re.compile(r"(loss|_eer|error|err|_std)$")
 
 
 class ReportError(ValueError):
-    """An invalid ``report:`` table or a table that cannot be built; the message names the key and the fix."""
+    """An invalid ``report:`` table or a table that cannot be built; the message names the key and the fix.
+
+    Attributes:
+        problems: from `TableSpec.from_dict`, each ``(key, message)`` of the table (``report.tables[1].rows``, the
+            key from the grid's top, without the file), one per line of the message; empty otherwise.
+    """
+
+    def __init__(self, *args: object, problems: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(*args)
+        self.problems = list(problems)
 
 
 _NUMBER = re.compile(r"(\d+(?:\.\d+)*)")
@@ -332,136 +341,212 @@ class TableSpec:
     def from_dict(cls, data: Mapping[str, Any], *, axes: Sequence[str] | None = None, source: str = "",
                   key: str = "table", grid_labels: Mapping[str, Sequence[str]] | None = None) -> TableSpec:
         """Validates one table mapping (``axes``: the grid's axes, and ``grid_labels``: each axis's labels, checked
-        when given).
+        when given). Each key is checked on its own, so a table's independent problems are reported together; a
+        check across keys (an axis that varies inside the cells, ``metric`` without a matrix, ``select_by``
+        without ``select: best``) runs only when the keys it reads are valid and none is unknown (a misspelt
+        ``where`` would make it a consequence, not a problem).
 
         Raises:
-            ReportError: naming ``source``, the key and the fix.
+            ReportError: naming ``source``, each key and its fix, one line per problem (its ``problems``).
         """
         where = f"{source}: {key}" if source else key
-
-        def fail(sub: str, message: str) -> ReportError:
-            return ReportError(f"{where}.{sub}: {message}" if sub else f"{where}: {message}")
-
         if not isinstance(data, Mapping):
-            raise fail("", f"a table is a mapping with at least name and rows, but got {data!r}")
-        unknown = [k for k in data if k not in TABLE_KEYS]
-        if unknown:
-            k = unknown[0]
-            raise fail(str(k), f"unknown table key {k!r}{did_you_mean(str(k), TABLE_KEYS)}; valid keys: "
-                               f"{', '.join(TABLE_KEYS)}")
-        name = data.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise fail("name", f"a name of letters, digits, '_', '-', '.' is required, but got {name!r}")
+            raise ReportError(f"{where}: a table is a mapping with at least name and rows, but got {data!r}")
         known_axes = list(axes) if axes is not None else None
+        problems: list[tuple[str, str]] = []
 
-        def check_axis(sub: str, axis: Any) -> str:
-            if not isinstance(axis, str) or not axis:
-                raise fail(sub, f"an axis name is required, but got {axis!r}")
-            if known_axes is not None and axis not in known_axes and axis != "label":
-                raise fail(sub, f"{axis!r} is not an axis of the grid{did_you_mean(axis, known_axes)}; axes: "
-                                f"{', '.join(known_axes) or 'none'} (or 'label': all labels joined)")
-            return axis
+        def checked(default: Any, check: Any, *args: Any) -> Any:
+            """``check(*args)``, or ``default`` with its problem added to ``problems``."""
+            try:
+                return check(*args)
+            except _Invalid as err:
+                problems.append((err.sub, err.message))
+                return default
 
-        rows_raw = data.get("rows")
-        if rows_raw is None:
-            raise fail("rows", "required: the grid axis whose labels are the rows, e.g. rows: loss")
-        rows_list = rows_raw if isinstance(rows_raw, list) else [rows_raw]
-        if not rows_list:
-            raise fail("rows", "needs at least one axis")
-        rows = tuple(check_axis(f"rows[{i}]" if isinstance(rows_raw, list) else "rows", a)
-                     for i, a in enumerate(rows_list))
-        if len(set(rows)) != len(rows):
-            raise fail("rows", f"an axis repeats: {list(rows)}")
-
-        columns = data.get("columns", ["train_acc", "test_acc"])
-        metrics: tuple[str, ...] = ()
-        pattern = column_axis = metric = None
-        if isinstance(columns, str) and (known_axes is None or columns in known_axes or columns == "label"):
-            column_axis = check_axis("columns", columns)
-            if column_axis in rows:
-                raise fail("columns", f"axis {column_axis!r} is already in rows")
-            metric = data.get("metric")
-            if not isinstance(metric, str) or not metric:
-                raise fail("metric", f"columns is the axis {column_axis!r}: name the metric in each cell, "
-                                     f"e.g. metric: test_acc")
-        elif isinstance(columns, str):
-            raise fail("columns", f"{columns!r} is not an axis of the grid; for metric columns write a list, "
-                                  f"columns: [{columns}]; axes: {', '.join(known_axes or []) or 'none'}")
-        elif isinstance(columns, Mapping):
-            if set(columns) != {"pattern"} or not isinstance(columns["pattern"], str) or not columns["pattern"]:
-                raise fail("columns", f"a mapping must be {{pattern: 'test_acc.class_*'}}, but got {dict(columns)!r}")
-            pattern = columns["pattern"]
-        elif isinstance(columns, list) and columns and all(isinstance(c, str) and c for c in columns):
-            metrics = tuple(columns)
-            if len(set(metrics)) != len(metrics):
-                raise fail("columns", f"a metric repeats: {columns}")
-        else:
-            raise fail("columns", f"a list of metrics, an axis or {{pattern: ...}} is required, but got {columns!r}")
-        if "metric" in data and column_axis is None:
-            raise fail("metric", "only for a matrix (columns: <axis>); with metric columns leave it out")
-
-        source_ = data.get("metric_source", "final")
-        if source_ not in ("final", "best"):
-            raise fail("metric_source", f"must be final or best, but got {source_!r}")
-        bold = data.get("bold", "auto")
-        if isinstance(bold, Mapping):
-            bad = {k: v for k, v in bold.items() if v not in ("max", "min", "none")}
-            if bad:
-                raise fail("bold", f"each direction must be max, min or none, but got {bad!r}")
-            bold = {str(k): str(v) for k, v in bold.items()}
-        elif bold is False or bold is None:
-            bold = "none"
-        elif bold not in ("auto", "max", "min", "none"):
-            raise fail("bold", f"must be auto, max, min, none or {{metric: max|min|none}}, but got {bold!r}")
-        digits = data.get("digits", 4)
-        if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 12:
-            raise fail("digits", f"must be an integer in 0..12, but got {digits!r}")
-        flags = {}
-        for flag in ("ci", "mean_row", "percent", "transpose"):
-            value = data.get(flag, False)
-            if not isinstance(value, bool):
-                raise fail(flag, f"must be true or false, but got {value!r}")
-            flags[flag] = value
-        title = data.get("title", "")
-        if not isinstance(title, str):
-            raise fail("title", f"must be a string, but got {title!r}")
-        headers = data.get("headers", {}) or {}
-        if not isinstance(headers, Mapping):
-            raise fail("headers", f"must map metric or axis names to display names, but got {headers!r}")
-        filters = data.get("where", {}) or {}
-        if not isinstance(filters, Mapping):
-            raise fail("where", f"must map axes to a label or a list of labels, but got {filters!r}")
-        where_: dict[str, tuple[str, ...]] = {}
-        for axis, labels in filters.items():
-            check_axis(f"where.{axis}", axis)
-            if axis in rows or axis == column_axis:
-                raise fail(f"where.{axis}", f"axis {axis!r} is already in rows/columns; filter another axis")
-            labels = labels if isinstance(labels, list) else [labels]
-            if not labels:
-                raise fail(f"where.{axis}", "needs at least one label")
-            where_[str(axis)] = tuple(str(v) for v in labels)
-            known = grid_labels.get(str(axis)) if grid_labels is not None else None
-            missing = [v for v in where_[str(axis)] if known is not None and v not in known]
-            if known is not None and missing:  # else the table is all "-" after training, without a word
-                raise fail(f"where.{axis}", f"no cell of the grid has the label {missing[0]!r}"
-                                            f"{did_you_mean(missing[0], known)}; labels of {axis}: {', '.join(known)}")
-        select = data.get("select", "all")
-        if select not in ("all", "best"):
-            raise fail("select", f"must be all or best, but got {select!r}")
+        unknown = [str(k) for k in data if k not in TABLE_KEYS]
+        problems += [(k, f"unknown table key {k!r}{did_you_mean(k, TABLE_KEYS)}; valid keys: {', '.join(TABLE_KEYS)}")
+                     for k in unknown]
+        name = checked(None, _checked_name, data.get("name"))
+        rows = checked(None, _checked_rows, data.get("rows"), known_axes)
+        columns = checked(None, _checked_columns, data.get("columns", ["train_acc", "test_acc"]), data.get("metric"),
+                          rows or (), known_axes)
+        metrics, pattern, column_axis, metric = columns or ((), None, None, None)
+        source_ = checked("final", _checked_choice, "metric_source", data.get("metric_source", "final"),
+                          ("final", "best"))
+        bold = checked("auto", _checked_bold, data.get("bold", "auto"))
+        digits = checked(4, _checked_digits, data.get("digits", 4))
+        flags = {flag: checked(False, _checked_flag, flag, data.get(flag, False))
+                 for flag in ("ci", "mean_row", "percent", "transpose")}
+        title = checked("", _checked_title, data.get("title", ""))
+        headers = checked({}, _checked_headers, data.get("headers", {}) or {})
+        filters = checked(None, _checked_filters, data.get("where", {}) or {})
+        where_ = {str(axis): checked(None, _checked_where_axis, axis, labels, rows or (), column_axis, known_axes,
+                                     grid_labels) for axis, labels in (filters or {}).items()}
+        select = checked(None, _checked_choice, "select", data.get("select", "all"), ("all", "best"))
         select_by = data.get("select_by")
-        if select_by is not None and (select != "best" or not isinstance(select_by, str) or not select_by):
-            raise fail("select_by", f"a metric name, with select: best; but got {select_by!r} with select: {select}")
-        if known_axes is not None:
-            free = [a for a in known_axes if a not in rows and a != column_axis and a not in where_]
-            if free and "label" not in rows and column_axis != "label":
-                raise fail("rows", f"axis {free[0]!r} varies inside the table's cells and its runs would be averaged "
-                                   f"as if they were seeds; add it to rows (rows: [{', '.join(rows + (free[0],))}]), "
-                                   f"make it the columns, or fix it with where: {{{free[0]}: <label>}}")
+        sound = not problems  # every key valid and known: the checks across keys read what was meant
+        if sound:
+            checked(None, _checked_across, data, rows, column_axis, where_, select, select_by, known_axes)
+        if problems:
+            raise _table_error(where, key, problems)
         return cls(name=name, rows=rows, metrics=metrics, pattern=pattern, column_axis=column_axis, metric=metric,
                    metric_source=source_, ci=flags["ci"], bold=bold, mean_row=flags["mean_row"], digits=digits,
                    percent=flags["percent"], title=title, headers={str(k): str(v) for k, v in headers.items()},
                    where=where_, transpose=flags["transpose"], select=select, select_by=select_by,
                    origin=where if source else "")
+
+
+class _Invalid(Exception):
+    """One problem of a table mapping: ``sub``, its key below the table's (``where.backbone``), and the message."""
+
+    def __init__(self, sub: str, message: str) -> None:
+        super().__init__(message)
+        self.sub, self.message = sub, message
+
+
+def _table_error(where: str, key: str, problems: Sequence[tuple[str, str]]) -> ReportError:
+    """One `ReportError` for a table's problems, a line each; its ``problems`` hold ``(key.sub, message)``."""
+    return ReportError("\n".join(f"{where}.{sub}: {message}" if sub else f"{where}: {message}"
+                                 for sub, message in problems),
+                       problems=[(f"{key}.{sub}" if sub else key, message) for sub, message in problems])
+
+
+def _checked_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise _Invalid("name", f"a name of letters, digits, '_', '-', '.' is required, but got {name!r}")
+    return name
+
+
+def _checked_axis(sub: str, axis: Any, known_axes: Sequence[str] | None) -> str:
+    if not isinstance(axis, str) or not axis:
+        raise _Invalid(sub, f"an axis name is required, but got {axis!r}")
+    if known_axes is not None and axis not in known_axes and axis != "label":
+        raise _Invalid(sub, f"{axis!r} is not an axis of the grid{did_you_mean(axis, known_axes)}; axes: "
+                            f"{', '.join(known_axes) or 'none'} (or 'label': all labels joined)")
+    return axis
+
+
+def _checked_rows(rows_raw: Any, known_axes: Sequence[str] | None) -> tuple[str, ...]:
+    if rows_raw is None:
+        raise _Invalid("rows", "required: the grid axis whose labels are the rows, e.g. rows: loss")
+    rows_list = rows_raw if isinstance(rows_raw, list) else [rows_raw]
+    if not rows_list:
+        raise _Invalid("rows", "needs at least one axis")
+    rows = tuple(_checked_axis(f"rows[{i}]" if isinstance(rows_raw, list) else "rows", a, known_axes)
+                 for i, a in enumerate(rows_list))
+    if len(set(rows)) != len(rows):
+        raise _Invalid("rows", f"an axis repeats: {list(rows)}")
+    return rows
+
+
+def _checked_columns(columns: Any, metric: Any, rows: Sequence[str], known_axes: Sequence[str] | None,
+                     ) -> tuple[tuple[str, ...], str | None, str | None, str | None]:
+    """``(metrics, pattern, column_axis, metric)`` of ``columns`` (and ``metric``, for a matrix)."""
+    if isinstance(columns, str) and (known_axes is None or columns in known_axes or columns == "label"):
+        column_axis = _checked_axis("columns", columns, known_axes)
+        if column_axis in rows:
+            raise _Invalid("columns", f"axis {column_axis!r} is already in rows")
+        if not isinstance(metric, str) or not metric:
+            raise _Invalid("metric", f"columns is the axis {column_axis!r}: name the metric in each cell, "
+                                     f"e.g. metric: test_acc")
+        return (), None, column_axis, metric
+    if isinstance(columns, str):
+        raise _Invalid("columns", f"{columns!r} is not an axis of the grid; for metric columns write a list, "
+                                  f"columns: [{columns}]; axes: {', '.join(known_axes or []) or 'none'}")
+    if isinstance(columns, Mapping):
+        if set(columns) != {"pattern"} or not isinstance(columns["pattern"], str) or not columns["pattern"]:
+            raise _Invalid("columns", f"a mapping must be {{pattern: 'test_acc.class_*'}}, but got {dict(columns)!r}")
+        return (), columns["pattern"], None, None
+    if isinstance(columns, list) and columns and all(isinstance(c, str) and c for c in columns):
+        if len(set(columns)) != len(columns):
+            raise _Invalid("columns", f"a metric repeats: {columns}")
+        return tuple(columns), None, None, None
+    raise _Invalid("columns", f"a list of metrics, an axis or {{pattern: ...}} is required, but got {columns!r}")
+
+
+def _checked_choice(sub: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise _Invalid(sub, f"must be {' or '.join(choices)}, but got {value!r}")
+    return str(value)
+
+
+def _checked_bold(bold: Any) -> str | dict[str, str]:
+    if isinstance(bold, Mapping):
+        bad = {k: v for k, v in bold.items() if v not in ("max", "min", "none")}
+        if bad:
+            raise _Invalid("bold", f"each direction must be max, min or none, but got {bad!r}")
+        return {str(k): str(v) for k, v in bold.items()}
+    if bold is False or bold is None:
+        return "none"
+    if bold not in ("auto", "max", "min", "none"):
+        raise _Invalid("bold", f"must be auto, max, min, none or {{metric: max|min|none}}, but got {bold!r}")
+    return str(bold)
+
+
+def _checked_digits(digits: Any) -> int:
+    if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 12:
+        raise _Invalid("digits", f"must be an integer in 0..12, but got {digits!r}")
+    return digits
+
+
+def _checked_flag(flag: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(flag, f"must be true or false, but got {value!r}")
+    return value
+
+
+def _checked_title(title: Any) -> str:
+    if not isinstance(title, str):
+        raise _Invalid("title", f"must be a string, but got {title!r}")
+    return title
+
+
+def _checked_headers(headers: Any) -> Mapping[str, Any]:
+    if not isinstance(headers, Mapping):
+        raise _Invalid("headers", f"must map metric or axis names to display names, but got {headers!r}")
+    return headers
+
+
+def _checked_filters(filters: Any) -> Mapping[str, Any]:
+    if not isinstance(filters, Mapping):
+        raise _Invalid("where", f"must map axes to a label or a list of labels, but got {filters!r}")
+    return filters
+
+
+def _checked_where_axis(axis: Any, labels: Any, rows: Sequence[str], column_axis: str | None,
+                        known_axes: Sequence[str] | None, grid_labels: Mapping[str, Sequence[str]] | None,
+                        ) -> tuple[str, ...]:
+    """The labels ``where.<axis>`` keeps."""
+    _checked_axis(f"where.{axis}", axis, known_axes)
+    if axis in rows or axis == column_axis:
+        raise _Invalid(f"where.{axis}", f"axis {axis!r} is already in rows/columns; filter another axis")
+    labels = labels if isinstance(labels, list) else [labels]
+    if not labels:
+        raise _Invalid(f"where.{axis}", "needs at least one label")
+    kept = tuple(str(v) for v in labels)
+    known = grid_labels.get(str(axis)) if grid_labels is not None else None
+    missing = [v for v in kept if known is not None and v not in known]
+    if known is not None and missing:  # else the table is all "-" after training, without a word
+        raise _Invalid(f"where.{axis}", f"no cell of the grid has the label {missing[0]!r}"
+                                        f"{did_you_mean(missing[0], known)}; labels of {axis}: {', '.join(known)}")
+    return kept
+
+
+def _checked_across(data: Mapping[str, Any], rows: tuple[str, ...], column_axis: str | None,
+                    where_: Mapping[str, tuple[str, ...]], select: str, select_by: Any,
+                    known_axes: Sequence[str] | None) -> None:
+    """The checks across keys, each key valid on its own: ``metric`` only for a matrix, ``select_by`` only with
+    ``select: best``, and no axis varying inside the cells."""
+    if "metric" in data and column_axis is None:
+        raise _Invalid("metric", "only for a matrix (columns: <axis>); with metric columns leave it out")
+    if select_by is not None and (select != "best" or not isinstance(select_by, str) or not select_by):
+        raise _Invalid("select_by", f"a metric name, with select: best; but got {select_by!r} with select: {select}")
+    if known_axes is not None:
+        free = [a for a in known_axes if a not in rows and a != column_axis and a not in where_]
+        if free and "label" not in rows and column_axis != "label":
+            raise _Invalid("rows", f"axis {free[0]!r} varies inside the table's cells and its runs would be averaged "
+                                   f"as if they were seeds; add it to rows (rows: [{', '.join(rows + (free[0],))}]), "
+                                   f"make it the columns, or fix it with where: {{{free[0]}: <label>}}")
 
 
 def parse_tables(report: Mapping[str, Any] | None, *, axes: Sequence[str] | None = None,

@@ -615,6 +615,23 @@ def test_every_bad_table_of_the_report_is_listed_beside_the_cells_problems(tmp_p
                              "(or 'label': all labels joined)")
 
 
+def test_each_problem_of_one_table_is_a_line_of_the_grids_listing(tmp_path):
+    # before: a table's first problem only (report.tables[0].rows); its digits and ci came one round later each
+    text = THREE_BAD.replace("embedding_dim: [2, 3]", "embedding_dim: [2, 3]\nreport:\n  tables:\n"
+                             "    - {name: a, rows: [los, embedding_dim], digits: -1, ci: 'yes'}\n")
+    path = write(tmp_path, text)
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: 6 problems:"
+    assert lines[1:4] == [
+        "  report.tables[0].rows[0]: 'los' is not an axis of the grid (did you mean 'loss'?); axes: loss, "
+        "embedding_dim (or 'label': all labels joined)",
+        "  report.tables[0].digits: must be an integer in 0..12, but got -1",
+        "  report.tables[0].ci: must be true or false, but got 'yes'"]
+    assert [key for key, _ in err.value.problems[3:]] == THREE_KEYS
+
+
 def test_a_grid_section_that_is_not_a_mapping_stops_only_the_axes_and_the_report(tmp_path):
     path = write(tmp_path, "name: a b\nbase: [1]\ngrid: [loss]\nseeds: 0\nreport: {tables: [{name: t, rows: x}]}\n")
     with pytest.raises(GridError) as err:

@@ -114,6 +114,37 @@ def test_invalid_table_names_the_key_and_the_fix(table, message):
         TableSpec.from_dict(table, axes=AXES, source="g.yaml", key="report.tables[0]")
 
 
+def test_a_tables_independent_problems_are_listed_together():
+    # before: the table's first problem only (the unknown key colums); each other one came one round later
+    with pytest.raises(ReportError) as err:
+        TableSpec.from_dict({"name": "a b", "rows": "los", "colums": ["x"], "digits": -1, "ci": "yes",
+                             "where": {"backbone": "nope"}}, axes=AXES, source="g.yaml", key="report.tables[0]",
+                            grid_labels={"loss": ["a"], "backbone": ["x"]})
+    keys = ["colums", "name", "rows", "digits", "ci", "where.backbone"]
+    assert [key for key, _ in err.value.problems] == [f"report.tables[0].{key}" for key in keys]
+    lines = str(err.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == [f"report.tables[0].{key}" for key in keys]
+    assert lines[3] == "g.yaml: report.tables[0].digits: must be an integer in 0..12, but got -1"
+    assert lines[5] == "g.yaml: report.tables[0].where.backbone: no cell of the grid has the label 'nope'; labels of " \
+                       "backbone: x"
+    # one problem reads as before, a single line
+    with pytest.raises(ReportError) as err:
+        _one(digits=-1)
+    assert str(err.value) == "g.yaml: report.tables[0].digits: must be an integer in 0..12, but got -1"
+    assert err.value.problems == [("report.tables[0].digits", "must be an integer in 0..12, but got -1")]
+
+
+@pytest.mark.parametrize("table", [
+    {"name": "t", "rows": "loss", "wher": {"backbone": "x"}},  # the varying backbone: a consequence of the typo
+    {"name": "t", "rows": "loss", "colums": "backbone", "metric": "test_acc"},  # metric: only for a matrix
+    {"name": "t", "rows": AXES, "select": "bst", "select_by": "test_acc"},  # select_by: only with select: best
+])
+def test_a_check_across_keys_waits_for_the_keys_it_reads(table):
+    with pytest.raises(ReportError) as err:
+        TableSpec.from_dict(table, axes=AXES, source="g.yaml", key="report.tables[0]")
+    assert len(err.value.problems) == 1 and "\n" not in str(err.value)
+
+
 def test_report_section_errors():
     with pytest.raises(ReportError, match=r"g.yaml: report.table: unknown key"):
         parse_tables({"table": []}, axes=AXES, source="g.yaml")
