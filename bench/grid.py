@@ -395,10 +395,11 @@ def _without_malformed_components(config: Mapping[str, Any], sources: list[tuple
 
 
 def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
-                        checked: dict[str, str | None], skip: frozenset[str] = frozenset(),
+                        checked: dict[str, list[tuple[str, str]]], skip: frozenset[str] = frozenset(),
                         ) -> list[tuple[str, str]]:
-    """``(key, message)`` for each component (but those in ``skip``) whose parameters its registry refuses (a
-    dataset's files too); each distinct set is checked once, its verdict kept in ``checked``."""
+    """``(key, message)`` for each problem the registry finds in a component (but those in ``skip``; a dataset's
+    files too), at the parameter's key (``grid.loss[1].loss.s``) where it is about one; each distinct set is checked
+    once, its problems kept in ``checked``."""
     problems = []
     for component, registry in _REGISTRIES.items():
         if component in skip:
@@ -409,12 +410,26 @@ def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, A
         if memo not in checked:
             try:
                 registry.check(name, params)
-                checked[memo] = None
+                checked[memo] = []
             except RegistryError as err:
-                checked[memo] = str(err)
-        if checked[memo] is not None:
-            problems.append((_origin(component, sources), checked[memo]))
+                checked[memo] = err.problems or [("", str(err))]
+        problems += [(_param_origin(component, param, sources), message) for param, message in checked[memo]]
     return problems
+
+
+def _param_origin(component: str, param: str, sources: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """The grid location that last set ``param`` of ``component`` (``grid.loss[1].loss.s``, or ``base.loss.s`` when
+    the cell's axis names the component without it); the component's own (`_origin`) for a problem of the whole
+    component (``param`` empty) or one the ``--set`` options may have made."""
+    where = _origin(component, sources)
+    if not param or where.startswith("--set "):
+        return where
+    where = f"base.{component}.{param}"
+    for name, update in sources:
+        value = update.get(component)
+        if isinstance(value, Mapping) and param in value:
+            where = f"{name}.{component}.{param}"
+    return where
 
 
 def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
@@ -810,7 +825,7 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     axes, axis_labels, tables = layout.axes, layout.axis_labels, layout.tables
     cells: list[Cell] = []
     clean: list[Cell] = []  # the cells without a problem of their own, for the caller's checks against cells
-    checked: dict[str, str | None] = {}
+    checked: dict[str, list[tuple[str, str]]] = {}
     metrics: list[tuple[dict[str, str], frozenset[str] | None]] = []  # each cell's labels and metric names
     metrics_checked: dict[str, tuple[frozenset[str] | None, str | None]] = {}
     for combo in itertools.product(*per_axis) if per_axis else [()]:

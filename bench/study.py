@@ -480,11 +480,18 @@ def _search_key_problem(grid: Grid, key: str, param: SearchParam) -> str | None:
                 try:
                     registries[component].check(getattr(spec, component), dict(getattr(spec, f"{component}_params")))
                 except RegistryError as err:
-                    return f"{err} (cell {cell.spec.label}, value {value!r})"
+                    return f"{_on_one_line(err)} (cell {cell.spec.label}, value {value!r})"
                 problem = input_size_problem(spec)  # a searched image_size or input_size the backbone fails
                 if problem is not None:
                     return f"{problem[1]} (cell {cell.spec.label}, value {value!r})"
     return None
+
+
+def _on_one_line(err: Any) -> str:
+    """A `RegistryError` as one line of the grid's listing: its problems joined by ``;`` when it has several."""
+    if len(err.problems) < 2:
+        return str(err)
+    return "; ".join(message.rstrip(".") for _, message in err.problems)
 
 
 def _parse_choice(path: Any, key: str, value: Any, table: Mapping[str, str], aliases: Mapping[str, str],

@@ -17,7 +17,7 @@ import inspect
 import math
 import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,22 @@ __all__ = ["Registry", "RegistryError", "Entry", "Family"]
 
 
 class RegistryError(ValueError):
-    """A name or a keyword argument that the registry cannot resolve; the message says how to fix it."""
+    """A name or a keyword argument that the registry cannot resolve; the message says how to fix it.
+
+    Attributes:
+        problems: from `Registry.check`, each ``(key, message)`` of the component, one per line of the message: the
+            parameter a problem is about (``"s"``), or ``""`` for the component as a whole (unknown, missing or
+            bound parameters, listed together, and its ``validate``); empty otherwise.
+    """
+
+    def __init__(self, *args: object, problems: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(*args)
+        self.problems = list(problems)
+
+    @classmethod
+    def listing(cls, problems: Sequence[tuple[str, str]]) -> RegistryError:
+        """One error for all of ``problems`` (non-empty), a line per message; one problem reads as its message."""
+        return cls("\n".join(message for _, message in problems), problems=problems)
 
 
 @dataclass(frozen=True)
@@ -221,40 +236,66 @@ class Registry:
             provided: fixed arguments the caller will supply (they do not count as missing).
 
         Raises:
-            RegistryError: unknown name, unknown or missing keyword arguments, or a value the
-                entry's ``validate`` rejects.
+            RegistryError: unknown name, or every independent problem of the parameters at once (its
+                ``problems``): bound, unknown and missing ones, and each value of the wrong kind; only when there
+                are none, a value the entry's ``validate`` rejects.
         """
         entry = self.entry(name)
-        bound = [k for k in params if k in entry.defaults]
-        if bound:
-            raise RegistryError(f"{self.kind} {name!r} fixes {', '.join(f'{k}={entry.defaults[k]!r}' for k in bound)};"
-                                f" drop {', '.join(map(repr, bound))} or use the base name.")
+        problems = self._bound_problems(entry, params)
         if not entry.accepts_any_kwargs():
             settable = entry.parameters()
-            unknown = [k for k in params if k not in settable]
-            if unknown:
-                msgs = []
-                for key in unknown:
-                    if key in self.fixed_from:
-                        msgs.append(f"{key!r} ({self.fixed_from[key]})")
-                        continue
-                    msgs.append(f"{key!r}{did_you_mean(key, settable, cutoff=0.5, aside=True)}")
-                valid = ", ".join(f"{k}={_show(v)}" for k, v in settable.items()) or "none"
-                raise RegistryError(
-                    f"{self.kind} {name!r} has no parameter {', '.join(msgs)}. Its parameters: {valid}.")
-            missing = [k for k, v in settable.items() if v is inspect.Parameter.empty and k not in params]
-            if missing:
-                raise RegistryError(f"{self.kind} {name!r} needs {', '.join(map(repr, missing))}; none was given.")
-            for key, value in params.items():
-                wrong = _wrong_type(value, settable[key])
-                if wrong:
-                    raise RegistryError(f"{self.kind} {name!r}: {key} must be {wrong}, but got {value!r} (default "
-                                        f"{_show(settable[key])})")
-        if entry.validate is not None:
+            problems += self._unknown_problems(entry, params, settable)
+            problems += self._missing_problems(entry, params, settable)
+            problems += self._type_problems(entry, params, settable)
+        if problems:
+            raise RegistryError.listing(problems)
+        if entry.validate is not None:  # only now: its rules across parameters would see the values refused above
             try:
                 entry.validate({**entry.defaults, **params})
             except (ValueError, FileNotFoundError) as err:
-                raise RegistryError(f"{self.kind} {name!r}: {err}") from err
+                raise RegistryError.listing([("", f"{self.kind} {name!r}: {err}")]) from err
+
+    def _bound_problems(self, entry: Entry, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """The parameters an alias binds (``sphere20a``'s ``depth``), which the user may not set; one problem."""
+        bound = [k for k in params if k in entry.defaults]
+        if not bound:
+            return []
+        return [("", f"{self.kind} {entry.name!r} fixes {', '.join(f'{k}={entry.defaults[k]!r}' for k in bound)};"
+                     f" drop {', '.join(map(repr, bound))} or use the base name.")]
+
+    def _unknown_problems(self, entry: Entry, params: dict[str, Any],
+                          settable: dict[str, Any]) -> list[tuple[str, str]]:
+        """The parameters the factory does not take (bound ones aside), with close names; one problem."""
+        unknown = [k for k in params if k not in settable and k not in entry.defaults]
+        if not unknown:
+            return []
+        msgs = []
+        for key in unknown:
+            if key in self.fixed_from:
+                msgs.append(f"{key!r} ({self.fixed_from[key]})")
+                continue
+            msgs.append(f"{key!r}{did_you_mean(key, settable, cutoff=0.5, aside=True)}")
+        valid = ", ".join(f"{k}={_show(v)}" for k, v in settable.items()) or "none"
+        return [("", f"{self.kind} {entry.name!r} has no parameter {', '.join(msgs)}. Its parameters: {valid}.")]
+
+    def _missing_problems(self, entry: Entry, params: dict[str, Any],
+                          settable: dict[str, Any]) -> list[tuple[str, str]]:
+        """The required parameters not given; one problem."""
+        missing = [k for k, v in settable.items() if v is inspect.Parameter.empty and k not in params]
+        if not missing:
+            return []
+        return [("", f"{self.kind} {entry.name!r} needs {', '.join(map(repr, missing))}; none was given.")]
+
+    def _type_problems(self, entry: Entry, params: dict[str, Any],
+                       settable: dict[str, Any]) -> list[tuple[str, str]]:
+        """A problem at each parameter whose value is not of its default's kind (`_wrong_type`)."""
+        problems = []
+        for key, value in params.items():
+            wrong = _wrong_type(value, settable[key]) if key in settable else None
+            if wrong:
+                problems.append((key, f"{self.kind} {entry.name!r}: {key} must be {wrong}, but got {value!r} "
+                                      f"(default {_show(settable[key])})"))
+        return problems
 
     def create(self, name: str, /, **kwargs: Any) -> Any:
         """Builds ``name`` with ``kwargs``; ``None`` values are dropped so that CLI defaults never override

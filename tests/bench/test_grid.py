@@ -454,12 +454,63 @@ def test_each_component_of_a_cell_is_checked_though_another_is_malformed(tmp_pat
     path = write(tmp_path, THREE_BAD_COMPONENTS)
     with pytest.raises(GridError) as err:
         load_grid(path)
-    assert [key for key, _ in err.value.problems] == ["base.epochs", "base.dataset", "base.backbone", "base.loss"]
+    assert [key for key, _ in err.value.problems] == ["base.epochs", "base.dataset", "base.backbone", "base.loss.s"]
     lines = str(err.value).splitlines()
     assert lines[0] == f"{path}: 4 problems:"
     assert lines[2] == "  base.dataset: dataset needs a 'name', e.g. dataset: {name: ..., ...}; got keys ['root']"
     assert lines[3].startswith("  base.backbone: Unknown backbone 'lenet+++'. Did you mean 'lenet++'?")
-    assert lines[4] == "  base.loss: loss 'cosface': s must be a number, but got 'abc' (default 64.0)"
+    assert lines[4] == "  base.loss.s: loss 'cosface': s must be a number, but got 'abc' (default 64.0)"
+
+
+
+@pytest.fixture
+def needs_k():
+    """A throwaway loss with a required parameter (no registered loss has one), removed again after the test."""
+    from registry import LOSSES
+
+    @LOSSES.register("needs-k")
+    def needs_k(embedding_dim: int, num_classes: int, k: float, scale: float = 1.0) -> None:
+        """Needs k."""
+
+    yield "needs-k"
+    LOSSES.unregister("needs-k")
+
+
+COMPONENT_PROBLEMS = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: abc}, epochs: 1}
+grid:
+  loss:
+    - {label: cos, loss: {name: cosface, m: [1]}}
+    - {label: k, loss: {name: needs-k, q: 1, scale: x}}
+"""
+
+
+def test_each_problem_of_a_component_is_its_own_line_at_its_own_key(tmp_path, needs_k):
+    # before: 2 problems, the first of each cell's loss (s: abc; the unknown q); m: [1], the missing k and
+    # scale: x came a round later each. Now 5, a bad value at its own key, and s where the grid sets it (base)
+    path = write(tmp_path, COMPONENT_PROBLEMS)
+    with pytest.raises(GridError) as err:
+        load_grid(path)
+    assert str(err.value).splitlines() == [
+        f"{path}: 5 problems:",
+        "  base.loss.s: loss 'cosface': s must be a number, but got 'abc' (default 64.0)",
+        "  grid.loss[0].loss.m: loss 'cosface': m must be a number, but got [1] (default 0.35)",
+        "  grid.loss[1].loss: loss 'needs-k' has no parameter 'q'. Its parameters: k=<required>, scale=1.0.",
+        "  grid.loss[1].loss: loss 'needs-k' needs 'k'; none was given.",
+        "  grid.loss[1].loss.scale: loss 'needs-k': scale must be a number, but got 'x' (default 1.0)"]
+
+
+def test_a_searched_component_with_several_problems_is_one_line_of_the_listing(tmp_path, needs_k):
+    from bench.study import load_grid_and_config
+
+    text = ("name: g\nbase: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: 30}}\n"
+            "search: {loss: [cosface, needs-k]}\nn_trials: 2\n")
+    with pytest.raises(GridError) as err:
+        load_grid_and_config(write(tmp_path, text))
+    assert err.value.problems == [("search.loss", "loss 'needs-k' has no parameter 's'. Its parameters: k=<required>, "
+                                                  "scale=1.0; loss 'needs-k' needs 'k'; none was given (cell cosface, "
+                                                  "value 'needs-k')")]
 
 
 def test_a_malformed_component_in_an_axis_is_listed_not_raised_from_the_merge(tmp_path):

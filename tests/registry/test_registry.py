@@ -126,6 +126,60 @@ def test_validate_hook_errors_become_registry_errors():
         reg.check("counter", {"n": 0})
 
 
+
+def test_every_independent_problem_of_a_component_is_listed_at_once():
+    # before: the first only (the bound depth); the unknown 'scal' and scale's value came one round later each
+    with pytest.raises(RegistryError) as err:
+        _fresh().check("arcwidget-4", {"depth": 3, "scal": 2.0, "scale": "x"})
+    assert err.value.problems == [
+        ("", "widget 'arcwidget-4' fixes depth=4; drop 'depth' or use the base name."),
+        ("", "widget 'arcwidget-4' has no parameter 'scal' (did you mean 'scale'?). Its parameters: scale=1.0."),
+        ("scale", "widget 'arcwidget-4': scale must be a number, but got 'x' (default 1.0)")]
+    assert str(err.value).splitlines() == [message for _, message in err.value.problems]
+
+
+def test_an_unknown_and_a_missing_parameter_are_listed_together():
+    # before: "has no parameter 'marg'" only; the missing margin came after its fix
+    with pytest.raises(RegistryError) as err:
+        _fresh().check("cosine-widget", {"marg": 0.1})
+    assert str(err.value) == ("widget 'cosine-widget' has no parameter 'marg' (did you mean 'margin'?). Its "
+                              "parameters: margin=<required>.\nwidget 'cosine-widget' needs 'margin'; none was given.")
+
+
+def test_each_value_of_the_wrong_kind_is_a_problem_at_its_own_key():
+    with pytest.raises(RegistryError) as err:
+        LOSSES.check("cosface", {"s": "abc", "m": [1]})
+    assert err.value.problems == [("s", "loss 'cosface': s must be a number, but got 'abc' (default 64.0)"),
+                                  ("m", "loss 'cosface': m must be a number, but got [1] (default 0.35)")]
+
+
+def test_a_single_problem_reads_as_before_with_its_key():
+    with pytest.raises(RegistryError) as err:
+        LOSSES.check("cosface", {"s": "abc"})
+    assert str(err.value) == "loss 'cosface': s must be a number, but got 'abc' (default 64.0)"
+    assert err.value.problems == [("s", str(err.value))]
+
+
+def test_validate_runs_only_when_each_parameter_passed():
+    # validate's rules across parameters would see the refused value ('abc' <= 0 is a TypeError inside it)
+    reg = Registry("thing")
+    seen = []
+
+    def must_be_positive(params):
+        seen.append(dict(params))
+        if params.get("n", 1) <= 0:
+            raise ValueError(f"n must be > 0, but got n={params['n']}")
+
+    reg.register("counter", validate=must_be_positive)(lambda n=1, k=2: n)
+    with pytest.raises(RegistryError) as err:
+        reg.check("counter", {"n": "abc", "k": 0})
+    assert err.value.problems == [("n", "thing 'counter': n must be a number, but got 'abc' (default 1)")]
+    assert seen == []
+    with pytest.raises(RegistryError) as err:
+        reg.check("counter", {"n": 0})
+    assert err.value.problems == [("", "thing 'counter': n must be > 0, but got n=0")] and seen == [{"n": 0}]
+
+
 def test_family_resolves_names_under_a_prefix():
     reg = Registry("model", fixed=("dim",))
     reg.register_family("zoo/", lambda name, dim, width=1: (name, dim, width),
