@@ -224,9 +224,10 @@ def load_results(csv_path: Path | str) -> ResultsTable:
     Raises:
         FileNotFoundError: either file missing, with how to create them.
         ReportError: a file that is not what ``bench report --export`` writes (a meta that is not JSON, lacks a key
-            or holds one of the wrong type; a CSV that is empty, lacks a column the table reads or has a seed that
-            is not an integer), or a CSV that is not the one the meta was written with (``csv_sha256``; a meta
-            written before the hash was kept is not checked). Each names the file, the key and the fix.
+            or holds one of the wrong type; a CSV that is empty, lacks a column the table reads, has a seed that
+            is not an integer or a value that is neither a number nor empty), or a CSV that is not the one the meta
+            was written with (``csv_sha256``; a meta written before the hash was kept is not checked). Each names
+            the file, the key and the fix.
     """
     csv_path = Path(csv_path)
     meta_path = csv_path.with_name(csv_path.name[: -len(".csv")] + ".meta.json")
@@ -245,12 +246,12 @@ def load_results(csv_path: Path | str) -> ResultsTable:
         spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
     except ReportError as err:
         raise ReportError(f"{err}\n{_export_again(grid)}") from err
-    frame = _read_csv(csv_path, meta_path, _csv_columns(spec, meta["value_columns"]), grid)
+    frame = _read_csv(csv_path, meta_path, spec, meta["value_columns"], grid)
     table = ResultsTable(grid, spec, {k: list(v) for k, v in meta.get("order", {}).items()},
                          list(meta["metrics"]), frame, meta.get("description", ""))
     check_headers(table, reading=True)
     for col in meta["value_columns"]:
-        frame[col] = pd.to_numeric(frame[col].replace("", math.nan), errors="coerce").astype(float)
+        frame[col] = pd.Series([_number(v) for v in frame[col]], index=frame.index, dtype=float)
     frame["seed"] = frame["seed"].astype(int)
     return table
 
@@ -294,11 +295,13 @@ def _read_meta(meta_path: Path, csv_path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_csv(csv_path: Path, meta_path: Path, columns: Sequence[str], grid: str) -> pd.DataFrame:
-    """A results CSV as text columns, checked to have ``columns`` (what its meta's table reads) and integer seeds.
+def _read_csv(csv_path: Path, meta_path: Path, spec: TableSpec, values: Sequence[str], grid: str) -> pd.DataFrame:
+    """A results CSV as text columns, checked to have the columns its meta's table reads (``values``: its value
+    columns), integer seeds and numbers (or empty cells) in its value columns.
 
     Raises:
-        ReportError: an empty file, one pandas cannot parse, a missing column or a seed that is not an integer.
+        ReportError: an empty file, one pandas cannot parse or a missing column; or listing each seed that is not
+            an integer and each value that is not a number.
     """
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
@@ -306,17 +309,50 @@ def _read_csv(csv_path: Path, meta_path: Path, columns: Sequence[str], grid: str
         raise ReportError(f"{csv_path}: empty, not even a header line\n{_export_again(grid)}") from err
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise ReportError(f"{csv_path}: not a results CSV ({str(err).strip()})\n{_export_again(grid)}") from err
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in _csv_columns(spec, values) if c not in frame.columns]
     if missing:
         raise ReportError(f"{csv_path}: no column {', '.join(repr(c) for c in missing)}, which the table of "
                           f"{meta_path.name} reads; columns it has: {', '.join(map(str, frame.columns)) or 'none'}"
                           f"\n{_export_again(grid)}")
-    bad = [(i, v) for i, v in enumerate(frame["seed"]) if not v.strip().lstrip("-").isdigit()]
-    if bad:
-        line, value = bad[0]
-        raise ReportError(f"{csv_path}:{line + 2}: seed: must be an integer, but got {value!r}"
-                          f"\n{_export_again(grid)}")
+    problems = _cell_problems(csv_path, frame, values)
+    if problems:
+        raise ReportError("\n".join([*problems, _export_again(grid)]))
     return frame
+
+
+#: At most this many bad cells of a results CSV are listed; the rest are counted.
+_MAX_CELLS_LISTED = 10
+
+
+def _cell_problems(csv_path: Path, frame: pd.DataFrame, values: Sequence[str]) -> list[str]:
+    """A line per seed that is not an integer and per value (of the columns ``values``) that is not a number, row by
+    row: ``<csv>:<line>: <column>: ...``, the value's run named by its id and seed."""
+    problems = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        cells = dict(zip(frame.columns, row, strict=True))
+        seed = cells["seed"]
+        if not seed.strip().lstrip("-").isdigit():
+            problems.append(f"{csv_path}:{i + 2}: seed: must be an integer, but got {seed!r}")
+        for col in values:
+            try:
+                _number(cells[col])
+            except ValueError:
+                problems.append(f"{csv_path}:{i + 2}: {col}: must be a number, or empty for a run without the "
+                                f"metric, but got {cells[col]!r} (run {cells['run_id']}, seed {seed})")
+    if len(problems) > _MAX_CELLS_LISTED:
+        more = len(problems) - _MAX_CELLS_LISTED
+        problems = [*problems[:_MAX_CELLS_LISTED], f"{csv_path}: and {more} more cell{'s' * (more > 1)} like these"]
+    return problems
+
+
+def _number(text: str) -> float:
+    """A value cell: a number (``repr`` of a float, as export writes it: ``inf`` too), or empty (or blank) for a run
+    without the metric, NaN.
+
+    Raises:
+        ValueError: anything else (``0.9x``, ``n/a``).
+    """
+    return math.nan if not text.strip() else float(text)
 
 
 def check_headers(table: ResultsTable, *, reading: bool = False) -> None:

@@ -4,6 +4,7 @@ rebuilt from the CSVs alone; --check passes on a fresh README and fails with a d
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pandas as pd
@@ -413,3 +414,61 @@ def test_a_broken_results_file_is_an_error_naming_file_key_and_fix_and_the_readm
         assert main(["report", "--readme", "README.md", *check]) == 2
         assert capsys.readouterr().err == f"bench report: {message}\n"
         assert readme.read_text() == text
+
+
+def _hand_edited(tmp_path, rows, spec):
+    """``rows`` exported under ``tmp_path/reports/results/g``, then its meta's ``csv_sha256`` dropped, as a meta from
+    before the hash was kept (the CSV may then be edited by hand); the README holding the table's block: ``(csv,
+    readme path, readme text)``."""
+    csv = write_results(results_frame(frame(rows), spec, grid="g"), tmp_path / "reports" / "results")
+    meta_path = csv.with_name(f"{spec.name}.meta.json")
+    meta = json.loads(meta_path.read_text())
+    del meta["csv_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    readme = tmp_path / "README.md"
+    text = f"<!-- bench:table g/{spec.name} -->\nold\n<!-- bench:end -->\n"
+    readme.write_text(text)
+    return csv, readme, text
+
+
+def test_a_value_cell_that_is_not_a_number_is_an_error_naming_file_row_column_and_fix(tmp_path, monkeypatch, capsys):
+    # a hand-edited '0.9x' or 'n/a' was read as no value, and the README showed 'n/a' for the run's cell, exit 0
+    monkeypatch.chdir(tmp_path)
+    rows = [run_row({"loss": "a"}, 0, run_id="ra", train_acc=0.5, test_acc=0.25),
+            run_row({"loss": "b"}, 1, run_id="rb", train_acc=0.6, test_acc=0.5)]
+    csv, readme, text = _hand_edited(tmp_path, rows, TableSpec(name="t", rows=("loss",),
+                                                                metrics=("train_acc", "test_acc")))
+    csv.write_text(csv.read_text().replace(",0.5,0.25,", ",0.5,0.9x,").replace(",0.6,0.5,", ",n/a,0.5,"))
+    for check in ([], ["--check"]):
+        assert main(["report", "--readme", "README.md", *check]) == 2
+        assert capsys.readouterr().err == (
+            f"bench report: {CSV}:2: test_acc: must be a number, or empty for a run without the metric, but got "
+            f"'0.9x' (run ra, seed 0)\n"
+            f"{CSV}:3: train_acc: must be a number, or empty for a run without the metric, but got 'n/a' "
+            f"(run rb, seed 1)\n{FIX}\n")
+        assert readme.read_text() == text
+
+    # a CSV with 'n/a' in every value cell lists the first ten, then counts the others
+    header, *lines = csv.read_text().replace(",0.5,0.9x,", ",n/a,n/a,").replace(",n/a,0.5,", ",n/a,n/a,").splitlines()
+    csv.write_text("\n".join([header, *lines * 6]) + "\n")  # 12 rows, 2 bad cells each
+    with pytest.raises(ReportError) as err:
+        load_results(csv)
+    listed = str(err.value).splitlines()
+    assert len(listed) == 12 and listed[-2:] == [f"{csv}: and 14 more cells like these", FIX]
+
+
+def test_an_empty_value_cell_is_a_run_without_the_metric_as_export_writes_it(tmp_path, monkeypatch):
+    # export writes a metric a run never logged (NaN) as an empty cell: it stays no value, and a number written in
+    # an edited CSV is read as one (inf as export writes it too)
+    monkeypatch.chdir(tmp_path)
+    rows = [run_row({"loss": "a"}, 0, run_id="ra", train_acc=0.5, test_acc=0.25),
+            run_row({"loss": "b"}, 0, run_id="rb", train_acc=0.6)]
+    csv, readme, _ = _hand_edited(tmp_path, rows, TableSpec(name="t", rows=("loss",),
+                                                             metrics=("train_acc", "test_acc")))
+    assert csv.read_text().splitlines()[2].split(",")[7:9] == ["0.6", ""]
+    assert main(["report", "--readme", "README.md"]) == 0
+    assert "| b      | **0.6000** (n=1) | n/a          |" in readme.read_text()
+    csv.write_text(csv.read_text().replace(",0.5,0.25,", ",0.5, 0.375 ,").replace(",0.6,,", ",0.6,inf,"))
+    table = load_results(csv)
+    assert table.frame["test_acc"].tolist() == [0.375, math.inf]
+    assert table.frame["test_acc"].dtype == float
