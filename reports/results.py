@@ -12,8 +12,9 @@ on a machine without the MLflow store. It also holds the CSV's SHA-256 (``csv_sh
 ``\n`` line ends): the two files are replaced one after the other, and `load_results` refuses a CSV that is
 not the one its meta was written with (an export interrupted between the two, or a CSV edited by hand),
 rather than rebuild a table from a new CSV with an old spec. A file that is not what the export writes (a meta
-that is not JSON or lacks a key, a CSV that is empty or lacks a column the table reads) is refused the same way:
-an error naming the file, the key and the fix (export again), before a README is written.
+that is not JSON, of another ``schema``, lacks a key or lists value columns that are not its metrics'; a CSV that
+is empty, lacks a column the table reads or has a value that is not a number) is refused the same way: an error
+naming the file, the key and the fix (export again), before a README is written.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from reports.runs import latest_runs
-from reports.spec import ReportError, TableSpec, natural_key
+from reports.spec import ReportError, TableSpec, did_you_mean, natural_key
 from reports.tables import label_column, metric_columns, missing_metric, value_column
 
 __all__ = ["ResultsTable", "results_frame", "write_results", "load_results", "find_results", "grid_order",
@@ -50,6 +51,8 @@ def _is_names(value: Any) -> bool:
 
 #: The keys of a ``.meta.json`` that `load_results` reads: ``key: (required, valid, what it holds)``.
 _META_KEYS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
+    "schema": (True, lambda v: isinstance(v, int) and not isinstance(v, bool),
+               "the results files' format number, an integer"),
     "grid": (True, lambda v: isinstance(v, str) and bool(v), "the grid's name, a string"),
     "table": (True, lambda v: isinstance(v, dict), "the table's spec, a mapping"),
     "metrics": (True, _is_names, "the table's metric columns, a list of names"),
@@ -223,8 +226,9 @@ def load_results(csv_path: Path | str) -> ResultsTable:
 
     Raises:
         FileNotFoundError: either file missing, with how to create them.
-        ReportError: a file that is not what ``bench report --export`` writes (a meta that is not JSON, lacks a key
-            or holds one of the wrong type; a CSV that is empty, lacks a column the table reads, has a seed that
+        ReportError: a file that is not what ``bench report --export`` writes (a meta that is not JSON, written
+            with another ``schema``, lacks a key, holds one of the wrong type or value columns that are not those of
+            its metrics; a CSV that is empty, lacks a column the table reads, has a seed that
             is not an integer or a value that is neither a number nor empty), or a CSV that is not the one the meta
             was written with (``csv_sha256``; a meta written before the hash was kept is not checked). Each names
             the file, the key and the fix.
@@ -235,17 +239,13 @@ def load_results(csv_path: Path | str) -> ResultsTable:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; write it with: bench report --grid {csv_path.parent.name} "
                                     f"--export")
-    meta = _read_meta(meta_path, csv_path)
+    meta, spec = _read_meta(meta_path, csv_path)
     grid = meta["grid"]
     expected = meta.get("csv_sha256")
     if expected is not None and _csv_hash(_read_text(csv_path, grid)) != expected:
         raise ReportError(f"{csv_path} is not the CSV that {meta_path.name} was written with (csv_sha256 differs): "
                           f"an export interrupted between the two files, or a CSV edited by hand; export both "
                           f"again: bench report --grid {grid} --export")
-    try:
-        spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
-    except ReportError as err:
-        raise ReportError(f"{err}\n{_export_again(grid)}") from err
     frame = _read_csv(csv_path, meta_path, spec, meta["value_columns"], grid)
     table = ResultsTable(grid, spec, {k: list(v) for k, v in meta.get("order", {}).items()},
                          list(meta["metrics"]), frame, meta.get("description", ""))
@@ -268,11 +268,13 @@ def _read_text(path: Path, grid: str) -> str:
         raise ReportError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})\n{_export_again(grid)}") from err
 
 
-def _read_meta(meta_path: Path, csv_path: Path) -> dict[str, Any]:
-    """A ``.meta.json``'s content, checked to hold each key `load_results` reads, of its type (`_META_KEYS`).
+def _read_meta(meta_path: Path, csv_path: Path) -> tuple[dict[str, Any], TableSpec]:
+    """A ``.meta.json``'s content and its table spec, checked: its ``schema`` first (a meta of another schema is
+    refused alone: its other keys may mean something else), then each key `load_results` reads, of its type
+    (`_META_KEYS`), the table spec, and its ``value_columns`` against its ``metrics``.
 
     Raises:
-        ReportError: not JSON, not a mapping, or listing each missing or mistyped key.
+        ReportError: not JSON, not a mapping, of another schema, or listing each problem of its keys.
     """
     grid = csv_path.parent.name  # the folder is named after the grid: the fix when the meta cannot say
     try:
@@ -282,6 +284,8 @@ def _read_meta(meta_path: Path, csv_path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ReportError(f"{meta_path}: must be a JSON object with keys {', '.join(_META_KEYS)}, but got "
                           f"{reprlib.repr(meta)}\n{_export_again(grid)}")
+    grid = meta["grid"] if _valid(meta, "grid") else grid
+    _check_schema(meta, meta_path, grid)
     problems = []
     for key, (required, valid, holds) in _META_KEYS.items():
         if key not in meta:
@@ -289,10 +293,51 @@ def _read_meta(meta_path: Path, csv_path: Path) -> dict[str, Any]:
                 problems.append(f"{meta_path}: {key}: missing; it holds {holds}")
         elif not valid(meta[key]):
             problems.append(f"{meta_path}: {key}: must be {holds}, but got {reprlib.repr(meta[key])}")
-    if problems:
-        grid = meta["grid"] if _META_KEYS["grid"][1](meta.get("grid")) else grid
+    spec = None
+    if _valid(meta, "table"):
+        try:
+            spec = TableSpec.from_dict(meta["table"], source=str(meta_path))
+        except ReportError as err:
+            problems += str(err).splitlines()
+    if spec is not None and _valid(meta, "metrics") and _valid(meta, "value_columns"):
+        problems += _value_column_problems(meta_path, spec, meta["metrics"], meta["value_columns"])
+    if problems or spec is None:
         raise ReportError("\n".join([*problems, _export_again(grid)]))
-    return meta
+    return meta, spec
+
+
+def _valid(meta: dict[str, Any], key: str) -> bool:
+    """Whether ``meta`` holds ``key`` of its type (`_META_KEYS`)."""
+    return key in meta and _META_KEYS[key][1](meta[key])
+
+
+def _check_schema(meta: dict[str, Any], meta_path: Path, grid: str) -> None:
+    """Refuses a meta written by a marginbench of another results schema than `_SCHEMA` (a missing or mistyped
+    ``schema`` is a problem listed with the others)."""
+    if not _valid(meta, "schema") or meta["schema"] == _SCHEMA:
+        return
+    schema = meta["schema"]
+    if schema > _SCHEMA:
+        raise ReportError(f"{meta_path}: schema: written by a newer marginbench (schema {schema}, this reads "
+                          f"{_SCHEMA}); update marginbench to read it as it is, or\n{_export_again(grid)}")
+    raise ReportError(f"{meta_path}: schema: written by an older marginbench (schema {schema}, this reads "
+                      f"{_SCHEMA})\n{_export_again(grid)}")
+
+
+def _value_column_problems(meta_path: Path, spec: TableSpec, metrics: Sequence[str],
+                           values: Sequence[str]) -> list[str]:
+    """A line per value column that is no metric's and per metric without its value column: export writes the
+    value column of each metric (`reports.tables.value_column`, which reads ``metric_source``), nothing else."""
+    expected = [value_column(spec, m) for m in metrics]
+    source = f" (metric_source: {spec.metric_source})" if spec.metric_source != "final" else ""
+    problems = [f"{meta_path}: value_columns: {col!r} is the value column of no metric in metrics"
+                f"{did_you_mean(col, expected)}; the value columns of metrics{source}: {', '.join(expected) or 'none'}"
+                for col in values if col not in expected]
+    so = f"metric_source: {spec.metric_source}, so " if source else ""
+    problems += [f"{meta_path}: metrics: {metric!r} has no value column in value_columns ({so}it would be {col!r}); "
+                 f"value_columns: {', '.join(values) or 'none'}"
+                 for metric, col in zip(metrics, expected, strict=True) if col not in values]
+    return problems
 
 
 def _read_csv(csv_path: Path, meta_path: Path, spec: TableSpec, values: Sequence[str], grid: str) -> pd.DataFrame:

@@ -366,8 +366,29 @@ CSV = "reports/results/g/t.csv"
 @pytest.mark.parametrize("meta_text, edit, csv_edit, message", [
     ("{not json", None, None, f"{META}: not JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
                               f"(char 1))\n{FIX}"),
-    ("[1, 2]", None, None, f"{META}: must be a JSON object with keys grid, table, metrics, value_columns, order, "
-                           f"description, csv_sha256, but got [1, 2]\n{FIX}"),
+    ("[1, 2]", None, None, f"{META}: must be a JSON object with keys schema, grid, table, metrics, value_columns, "
+                           f"order, description, csv_sha256, but got [1, 2]\n{FIX}"),
+    (None, _meta_with("schema", 2), None,
+     f"{META}: schema: written by a newer marginbench (schema 2, this reads 1); update marginbench to read it as it "
+     f"is, or\n{FIX}"),
+    (None, _meta_with("schema", 0), None, f"{META}: schema: written by an older marginbench (schema 0, this reads 1)"
+                                          f"\n{FIX}"),
+    (None, _meta_without("schema"), None,
+     f"{META}: schema: missing; it holds the results files' format number, an integer\n{FIX}"),
+    (None, _meta_with("schema", "1"), None,
+     f"{META}: schema: must be the results files' format number, an integer, but got '1'\n{FIX}"),
+    (None, _meta_with("value_columns", ["test_acc", "tst_acc"]), None,
+     f"{META}: value_columns: 'tst_acc' is the value column of no metric in metrics (did you mean 'test_acc'?); "
+     f"the value columns of metrics: test_acc\n{FIX}"),
+    (None, lambda meta: meta.update(metrics=["test_acc", "train_acc"], order=["a"]), None,
+     f"{META}: order: must be each axis's labels in grid order, a mapping of lists, but got ['a']\n"
+     f"{META}: metrics: 'train_acc' has no value column in value_columns (it would be 'train_acc'); value_columns: "
+     f"test_acc\n{FIX}"),
+    (None, lambda meta: meta["table"].update(metric_source="best"), None,
+     f"{META}: value_columns: 'test_acc' is the value column of no metric in metrics (did you mean "
+     f"'best.test_acc'?); the value columns of metrics (metric_source: best): best.test_acc\n"
+     f"{META}: metrics: 'test_acc' has no value column in value_columns (metric_source: best, so it would be "
+     f"'best.test_acc'); value_columns: test_acc\n{FIX}"),
     (None, _meta_without("grid"), None, f"{META}: grid: missing; it holds the grid's name, a string\n{FIX}"),
     (None, _meta_without("table"), None, f"{META}: table: missing; it holds the table's spec, a mapping\n{FIX}"),
     (None, _meta_without("value_columns"), None,
@@ -389,7 +410,9 @@ CSV = "reports/results/g/t.csv"
      f"date\n{FIX}"),
     (None, None, lambda text: text.replace("seed=0,b,0,", "seed=0,b,zero,"),
      f"{CSV}:3: seed: must be an integer, but got 'zero'\n{FIX}"),
-], ids=["not-json", "not-object", "no-grid", "no-table", "no-value-columns", "metrics-a-string", "order-a-list",
+], ids=["not-json", "not-object", "schema-newer", "schema-older", "no-schema", "schema-a-string",
+        "value-column-of-no-metric", "metric-without-value-column-and-order", "value-columns-of-another-source",
+        "no-grid", "no-table", "no-value-columns", "metrics-a-string", "order-a-list",
         "table-digits-a-string", "empty-csv", "csv-without-a-metric", "csv-without-seed", "seed-not-an-integer"])
 def test_a_broken_results_file_is_an_error_naming_file_key_and_fix_and_the_readme_is_untouched(
         tmp_path, monkeypatch, capsys, meta_text, edit, csv_edit, message):
