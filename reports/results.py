@@ -319,7 +319,8 @@ def _check_schema(meta: dict[str, Any], meta_path: Path, grid: str) -> None:
     schema = meta["schema"]
     if schema > _SCHEMA:
         raise ReportError(f"{meta_path}: schema: written by a newer marginbench (schema {schema}, this reads "
-                          f"{_SCHEMA}); update marginbench to read it as it is, or\n{_export_again(grid)}")
+                          f"{_SCHEMA})\n{_export_again(grid)}, or update this marginbench checkout to read it as "
+                          "it is")
     raise ReportError(f"{meta_path}: schema: written by an older marginbench (schema {schema}, this reads "
                       f"{_SCHEMA})\n{_export_again(grid)}")
 

@@ -369,8 +369,8 @@ CSV = "reports/results/g/t.csv"
     ("[1, 2]", None, None, f"{META}: must be a JSON object with keys schema, grid, table, metrics, value_columns, "
                            f"order, description, csv_sha256, but got [1, 2]\n{FIX}"),
     (None, _meta_with("schema", 2), None,
-     f"{META}: schema: written by a newer marginbench (schema 2, this reads 1); update marginbench to read it as it "
-     f"is, or\n{FIX}"),
+     f"{META}: schema: written by a newer marginbench (schema 2, this reads 1)\n{FIX}, or update this "
+     "marginbench checkout to read it as it is"),
     (None, _meta_with("schema", 0), None, f"{META}: schema: written by an older marginbench (schema 0, this reads 1)"
                                           f"\n{FIX}"),
     (None, _meta_without("schema"), None,
