@@ -75,7 +75,9 @@ class TrialSpec:
         backbone, backbone_params: registered backbone and its keyword arguments.
         loss, loss_params: registered margin head and its keyword arguments.
         embedding_dim: feature size the backbone emits and the head takes.
-        optimizer, optimizer_params: ``adam``/``adamw``/``sgd`` with ``lr``, ``momentum``, ``weight_decay``.
+        optimizer, optimizer_params: ``adam``/``adamw``/``sgd`` with ``lr``, ``momentum``, ``weight_decay``;
+            one parameter group: ``weight_decay`` reaches every backbone and head parameter (BatchNorm,
+            biases, PReLU slopes and the head's class weights included), never the center-loss centres.
         scheduler, scheduler_params: learning-rate schedule stepped once per epoch (``step``: step_size,
             gamma; ``multistep``: milestones in epochs, gamma; ``cosine``: eta_min).
         center_loss: ``{"weight": lambda, "alpha": a}`` adds CenterLoss; empty dict: off.

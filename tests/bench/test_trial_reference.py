@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench.spec import TrialSpec
-from bench.trial import TrialOptions, run_trial
+from bench.trial import TrialOptions, TrialState, run_trial
 from registry import BACKBONES, DATASETS, LOSSES
 from registry.datasets import DataBundle, TensorSplit
 
@@ -120,3 +120,17 @@ def test_a_trial_matches_a_plain_pytorch_loop_with_center_loss_in_float64(float6
         assert got["train_acc"] == pytest.approx(want["train_acc"], abs=1e-12)
         assert got["lr"] == pytest.approx(want["lr"], abs=1e-15)
 
+
+def test_weight_decay_reaches_every_backbone_and_head_parameter_but_not_the_centres(float64_world):
+    # What the float64 reference assumes and TrialSpec documents: one parameter group, BatchNorm's scale and
+    # shift, the biases and the head's class weights all decayed; the centres move by Eq. 4 only.
+    spec = TrialSpec(dataset="blobs64", backbone="bn-bias", loss="softmax", embedding_dim=3, batch_size=BATCH,
+                     optimizer="sgd", optimizer_params=SGD, center_loss={"weight": LAMBDA, "alpha": ALPHA})
+    trial = TrialState(spec, TrialOptions(device="cpu", progress=False), torch.device("cpu"))
+    groups = trial.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [SGD["weight_decay"]]
+    decayed = {id(p) for p in groups[0]["params"]}
+    named = dict(trial.backbone.named_parameters(prefix="backbone")) | dict(trial.head.named_parameters(prefix="head"))
+    assert sorted(n for n, p in named.items() if id(p) not in decayed) == []
+    assert {"backbone.2.weight", "backbone.2.bias", "backbone.1.bias", "head.weight", "head.bias"} <= set(named)
+    assert len(decayed) == len(named) and id(trial.center.centers) not in decayed
