@@ -98,28 +98,35 @@ def reference(bundle: DataBundle, embedding_dim: int) -> dict:
     return {"history": history, "backbone": backbone.state_dict(), "head": head.state_dict(), "centers": centers}
 
 
-def test_a_trial_matches_a_plain_pytorch_loop_with_center_loss_in_float64(float64_world, tmp_path):
-    spec = TrialSpec(dataset="blobs64", backbone="bn-bias", loss="softmax", embedding_dim=3, epochs=EPOCHS,
-                     batch_size=BATCH, eval_batch_size=64, seed=SEED, optimizer="sgd", optimizer_params=SGD,
-                     scheduler="step", scheduler_params={"step_size": 1, "gamma": 0.5},
-                     center_loss={"weight": LAMBDA, "alpha": ALPHA})
+# The same joint supervision two ways: any head plus the spec's center_loss (centres moved by the trial after
+# the optimizer step), or the registered `center` head (centres moved in its forward); both draw the centres
+# after the class weights, as the reference does.
+ROUTES = {"spec center_loss": ({"loss": "softmax", "center_loss": {"weight": LAMBDA, "alpha": ALPHA}}, "center"),
+          "center head": ({"loss": "center", "loss_params": {"weight": LAMBDA, "alpha": ALPHA}}, "head")}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_trial_matches_a_plain_pytorch_loop_with_center_loss_in_float64(float64_world, tmp_path, route):
+    spec_kw, centres_in = ROUTES[route]
+    spec = TrialSpec(dataset="blobs64", backbone="bn-bias", embedding_dim=3, epochs=EPOCHS, batch_size=BATCH,
+                     eval_batch_size=64, seed=SEED, optimizer="sgd", optimizer_params=SGD, scheduler="step",
+                     scheduler_params={"step_size": 1, "gamma": 0.5}, **spec_kw)
     checkpoint = tmp_path / "ckpt.pt"
     result = run_trial(spec, TrialOptions(device="cpu", progress=False, checkpoint_path=checkpoint))
-    bundle = DATASETS.create("blobs64")
-    ref = reference(bundle, 3)
+    ref = reference(DATASETS.create("blobs64"), 3)
     assert result.status == "finished"
     saved = torch.load(checkpoint, weights_only=False)
+    centres = saved[centres_in].pop("centers" if centres_in == "center" else "center.centers")
     for part in ("backbone", "head"):
         assert saved[part].keys() == ref[part].keys()
         for name, value in ref[part].items():
             torch.testing.assert_close(saved[part][name], value, atol=1e-10, rtol=0, msg=f"{part}.{name}")
-    np.testing.assert_allclose(saved["center"]["centers"].numpy(), ref["centers"], atol=1e-10, rtol=0)
+    np.testing.assert_allclose(centres.numpy(), ref["centers"], atol=1e-10, rtol=0)
     for got, want in zip(result.history, ref["history"], strict=True):
         # train_loss and train_acc are per-sample means: the final batch of 2 weighs 2, not 12
         assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-10)
         assert got["train_acc"] == pytest.approx(want["train_acc"], abs=1e-12)
         assert got["lr"] == pytest.approx(want["lr"], abs=1e-15)
-
 
 def test_weight_decay_reaches_every_backbone_and_head_parameter_but_not_the_centres(float64_world):
     # What the float64 reference assumes and TrialSpec documents: one parameter group, BatchNorm's scale and
