@@ -30,7 +30,9 @@ class CenterLoss(nn.Module):
 
     The paper writes ``L_C = 1/2 sum_i ||x_i - c_{y_i}||^2`` over the mini-batch; like the authors' Caffe layer
     (``loss = dot / M / 2``) this divides by the batch size ``M``, matching the mean cross-entropy it is added to,
-    so ``lambda`` keeps the paper's meaning. The update (Eq. 4), for every class ``j`` in the batch::
+    so ``lambda`` keeps the paper's meaning. KaiyangZhou/pytorch-center-loss drops the 1/2 (``sum / batch_size``)
+    and learns the centres by SGD: its loss is twice this one, so its weight ``w`` is ``lambda = 2 w`` here.
+    The update (Eq. 4), for every class ``j`` in the batch::
 
         delta_c_j = sum_i [y_i = j] (c_j - x_i) / (1 + sum_i [y_i = j]),      c_j <- c_j - alpha * delta_c_j
 

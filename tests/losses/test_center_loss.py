@@ -77,3 +77,13 @@ def test_trial_builds_center_loss_from_a_spec():
     spec = TrialSpec.from_nested({"loss": "arcface", "center_loss": {"weight": 0.01, "alpha": 0.3}})
     module = CenterLoss(spec.embedding_dim, 10, alpha=spec.center_loss["alpha"])
     assert module.alpha == 0.3 and module.centers.shape == (10, spec.embedding_dim)
+
+
+def test_loss_is_half_of_the_pytorch_center_loss_port_so_its_weight_doubles():
+    # KaiyangZhou/pytorch-center-loss: ||x||^2 + ||c||^2 - 2 x.c over the (sample, own class) cells, summed,
+    # / batch size, no 1/2 (the docstring's "lambda = 2 w"). On the hand example: (1 + 9 + 2) / 3 = 4, plus the
+    # port's clamp lifting the 6 masked-out zeros to 1e-12 each.
+    dist = (X**2).sum(1, keepdim=True) + (CENTERS**2).sum(1) - 2 * X @ CENTERS.T
+    port = (dist * torch.nn.functional.one_hot(Y, 3)).clamp(min=1e-12, max=1e12).sum() / len(Y)
+    assert port.item() == pytest.approx(4.0, abs=1e-11)
+    assert hand_example()(X, Y).item() == pytest.approx(port.item() / 2, abs=1e-11)
