@@ -141,3 +141,32 @@ def test_weight_decay_reaches_every_backbone_and_head_parameter_but_not_the_cent
     assert sorted(n for n, p in named.items() if id(p) not in decayed) == []
     assert {"backbone.2.weight", "backbone.2.bias", "backbone.1.bias", "head.weight", "head.bias"} <= set(named)
     assert len(decayed) == len(named) and id(trial.center.centers) not in decayed
+
+
+def test_a_trial_resumed_after_its_first_epoch_ends_on_the_reference_numbers(float64_world, tmp_path):
+    # The checkpoint must carry everything the second epoch depends on: SGD's momentum buffers, the StepLR
+    # state, the data-order generator and the centres (moved outside the optimizer).
+    spec = TrialSpec(dataset="blobs64", backbone="bn-bias", loss="softmax", embedding_dim=3, epochs=EPOCHS,
+                     batch_size=BATCH, eval_batch_size=64, seed=SEED, optimizer="sgd", optimizer_params=SGD,
+                     scheduler="step", scheduler_params={"step_size": 1, "gamma": 0.5},
+                     center_loss={"weight": LAMBDA, "alpha": ALPHA})
+    checkpoint, after_first = tmp_path / "ckpt.pt", tmp_path / "after_first_epoch.pt"
+
+    def keep_first_epoch_checkpoint(epoch: int, metrics: dict) -> None:
+        if epoch == 1:  # the file still holds epoch 0's state: it is rewritten after this callback
+            after_first.write_bytes(checkpoint.read_bytes())
+
+    run_trial(spec, TrialOptions(device="cpu", progress=False, checkpoint_path=checkpoint,
+                                 on_epoch=keep_first_epoch_checkpoint))
+    assert torch.load(after_first, weights_only=False)["epoch"] == 0
+    resumed = run_trial(spec, TrialOptions(device="cpu", progress=False, checkpoint_path=after_first))
+    ref = reference(DATASETS.create("blobs64"), 3)
+    saved = torch.load(after_first, weights_only=False)
+    assert saved["epoch"] == 1
+    for name, value in ref["head"].items():
+        torch.testing.assert_close(saved["head"][name], value, atol=1e-10, rtol=0, msg=f"head.{name}")
+    for name, value in ref["backbone"].items():
+        torch.testing.assert_close(saved["backbone"][name], value, atol=1e-10, rtol=0, msg=f"backbone.{name}")
+    np.testing.assert_allclose(saved["center"]["centers"].numpy(), ref["centers"], atol=1e-10, rtol=0)
+    assert resumed.history[1]["train_loss"] == pytest.approx(ref["history"][1]["train_loss"], abs=1e-10)
+    assert resumed.history[1]["train_acc"] == pytest.approx(ref["history"][1]["train_acc"], abs=1e-12)
