@@ -396,10 +396,11 @@ def _without_malformed_components(config: Mapping[str, Any], sources: list[tuple
 
 def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
                         checked: dict[str, list[tuple[str, str]]], skip: frozenset[str] = frozenset(),
+                        set_sources: list[tuple[str, Mapping[str, Any]]] | None = None,
                         ) -> list[tuple[str, str]]:
     """``(key, message)`` for each problem the registry finds in a component (but those in ``skip``; a dataset's
-    files too), at the parameter's key (``grid.loss[1].loss.s``) where it is about one; each distinct set is checked
-    once, its problems kept in ``checked``."""
+    files too), at the parameter's key (``grid.loss[1].loss.s``, or the ``--set`` that gave it: `_set_sources`)
+    where it is about one; each distinct set is checked once, its problems kept in ``checked``."""
     problems = []
     for component, registry in _REGISTRIES.items():
         if component in skip:
@@ -413,23 +414,39 @@ def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, A
                 checked[memo] = []
             except RegistryError as err:
                 checked[memo] = err.problems or [("", str(err))]
-        problems += [(_param_origin(component, param, sources), message) for param, message in checked[memo]]
+        problems += [(_param_origin(component, param, sources, set_sources or []), message)
+                     for param, message in checked[memo]]
     return problems
 
 
-def _param_origin(component: str, param: str, sources: list[tuple[str, Mapping[str, Any]]]) -> str:
-    """The grid location that last set ``param`` of ``component`` (``grid.loss[1].loss.s``, or ``base.loss.s`` when
-    the cell's axis names the component without it); the component's own (`_origin`) for a problem of the whole
-    component (``param`` empty) or one the ``--set`` options may have made."""
-    where = _origin(component, sources)
-    if not param or where.startswith("--set "):
-        return where
+def _param_origin(component: str, param: str, sources: list[tuple[str, Mapping[str, Any]]],
+                  set_sources: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """Where ``param`` of ``component`` was last set: the ``--set`` option that gave it (`_set_sources`), else the
+    grid location (``grid.loss[1].loss.s``, or ``base.loss.s`` when the cell's axis names the component without it);
+    the component's own (`_origin`: every ``--set`` of it, if any) for a problem of the whole component (``param``
+    empty)."""
+    if not param:
+        return _origin(component, sources)
     where = f"base.{component}.{param}"
-    for name, update in sources:
+    for name, update in [*sources, *set_sources]:
         value = update.get(component)
         if isinstance(value, Mapping) and param in value:
-            where = f"{name}.{component}.{param}"
+            where = name if name.startswith("--set ") else f"{name}.{component}.{param}"
     return where
+
+
+def _set_sources(overrides: Mapping[str, Any], typed: Mapping[str, str] | None,
+                 ) -> list[tuple[str, dict[str, Any]]]:
+    """``(option, update)`` for each ``--set``, in the order `_overridden` applies them (whole components, then flat
+    keys), its update nested as a grid's (``loss.m=x`` -> ``{"loss": {"m": "x"}}``), so that `_param_origin` finds
+    the option that gave a parameter."""
+    ordered = sorted(overrides, key=lambda k: k not in COMPONENTS)
+    out = []
+    for key in ordered:
+        head, _, rest = key.partition(".")
+        update = {head: {rest: overrides[key]}} if rest else {key: overrides[key]}
+        out.append((_set_options(overrides, typed, [key]), update))
+    return out
 
 
 def input_size_problem(spec: TrialSpec, backbone_at: str = "backbone",
@@ -868,7 +885,7 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             problems.update(dict.fromkeys(err.problems))
             metrics.append((labels, None))
             continue
-        found = _component_problems(spec, sources, checked, skip)
+        found = _component_problems(spec, sources, checked, skip, _set_sources(overrides or {}, typed))
         problems.update(dict.fromkeys(found))
         if skip:  # a default stands in for a malformed component: the checks of the built cell wait for its fix
             metrics.append((labels, None))

@@ -501,6 +501,49 @@ def test_each_problem_of_a_component_is_its_own_line_at_its_own_key(tmp_path, ne
         "  grid.loss[1].loss.scale: loss 'needs-k': scale must be a number, but got 'x' (default 1.0)"]
 
 
+SET_PARAMS = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: abc, m: 0.1}, epochs: 1}
+grid:
+  loss:
+    - {label: a, loss: {name: cosface, m: [1]}}
+    - {label: b, loss: {name: cosface, m: 0.2}}
+"""
+
+
+@pytest.mark.parametrize("overrides, typed, want", [
+    # before: both at --set loss.m=x, the grid's s: abc too
+    ({"loss.m": "x"}, None, [
+        ("--set loss.m=x", "loss 'cosface': m must be a number, but got 'x' (default 0.35)"),
+        ("base.loss.s", "loss 'cosface': s must be a number, but got 'abc' (default 64.0)")]),
+    # before: --set loss.s=20 for the axis's m: [1], which the --set does not touch
+    ({"loss.s": 20}, {"loss.s": "loss.s=2e1"}, [
+        ("grid.loss[0].loss.m", "loss 'cosface': m must be a number, but got [1] (default 0.35)")]),
+    # the same name keeps the grid's s; m is the --set's (before: both at the --set)
+    ({"loss": {"name": "cosface", "m": "y"}}, {"loss": "loss={name: cosface, m: y}"}, [
+        ("base.loss.s", "loss 'cosface': s must be a number, but got 'abc' (default 64.0)"),
+        ("--set loss={name: cosface, m: y}", "loss 'cosface': m must be a number, but got 'y' (default 0.35)")]),
+    # a flat --set goes on top of a whole one: m is the flat one's
+    ({"loss": {"name": "cosface", "m": "y"}, "loss.m": "z"}, None, [
+        ("base.loss.s", "loss 'cosface': s must be a number, but got 'abc' (default 64.0)"),
+        ("--set loss.m=z", "loss 'cosface': m must be a number, but got 'z' (default 0.35)")]),
+    # a new name drops the grid's s: the --set's own s is the only problem
+    ({"loss": {"name": "arcface", "s": "w"}}, None, [
+        ("--set loss={name: arcface, s: w}", "loss 'arcface': s must be a number, but got 'w' (default 64.0)")]),
+])
+def test_a_parameter_problem_is_named_where_it_was_set_the_grid_or_the_set(tmp_path, overrides, typed, want):
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, SET_PARAMS), overrides=overrides, typed=typed)
+    assert sorted(err.value.problems) == sorted(want)
+
+
+def test_a_whole_component_problem_stays_at_the_set_that_named_it(tmp_path):
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, SET_PARAMS), overrides={"loss": "arcfce", "loss.m": 0.3})
+    assert [key for key, _ in err.value.problems] == ["--set loss=arcfce --set loss.m=0.3"]
+    assert err.value.problems[0][1].startswith("Unknown loss 'arcfce'. Did you mean 'arcface'")
+
+
 def test_a_searched_component_with_several_problems_is_one_line_of_the_listing(tmp_path, needs_k):
     from bench.study import load_grid_and_config
 
