@@ -376,11 +376,28 @@ def _without_refused_values(config: Mapping[str, Any], sources: list[tuple[str, 
         return config, problems
 
 
+def _replaced_components(overrides: Mapping[str, Any]) -> frozenset[str]:
+    """The components (dataset, backbone, loss) that a well-formed whole ``--set`` (``loss=cosface``,
+    ``loss={name: cosface, m: 0.2}``) gives in every cell; a malformed one replaces nothing (it is refused)."""
+    out = set()
+    for key in overrides.keys() & _REGISTRIES.keys():
+        try:
+            split_component(key, overrides[key])
+        except SpecError:
+            continue
+        out.add(key)
+    return frozenset(out)
+
+
 def _without_malformed_components(config: Mapping[str, Any], sources: list[tuple[str, Mapping[str, Any]]],
+                                  replaced: frozenset[str] = frozenset(),
                                   ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """``config`` without the components (dataset, backbone, loss) that are not a name or a mapping with ``name``,
     and ``(key, message)`` for each: the spec stops at the first, but the other components can still be looked up
-    and checked in their registries (with the spec's default in place of the malformed one, not checked)."""
+    and checked in their registries (with the spec's default in place of the malformed one, not checked).
+
+    A malformed component in ``replaced`` (a whole ``--set loss=...`` gives it in every cell, and a malformed old
+    one keeps none of its keys, `_merge`) is left out without a problem: its value is never used."""
     config = dict(config)
     problems = []
     for component in _REGISTRIES:
@@ -389,7 +406,8 @@ def _without_malformed_components(config: Mapping[str, Any], sources: list[tuple
         try:
             split_component(component, config[component])
         except SpecError as err:
-            problems.append((_origin(component, sources), str(err)))
+            if component not in replaced:
+                problems.append((_origin(component, sources), str(err)))
             config.pop(component)
     return config, problems
 
@@ -863,8 +881,9 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         own = own or bool(unknown)
         config = {k: v for k, v in config.items() if k in TrialSpec.nested_keys()}  # as the seed: checked on without
         whole = set(config)
-        config, malformed = _without_malformed_components(config, sources)
-        skip = frozenset(whole - set(config))
+        replaced = _replaced_components(overrides or {})
+        config, malformed = _without_malformed_components(config, sources, replaced)
+        skip = frozenset(whole - set(config) - replaced)  # a replaced one is checked as the --set gives it
         config, refused = _without_refused_values(config, sources, labels)
         problems.update(dict.fromkeys([*refused, *malformed]))  # the components' problems together, as checked next
         own = own or bool(refused)

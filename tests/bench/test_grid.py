@@ -544,6 +544,49 @@ def test_a_whole_component_problem_stays_at_the_set_that_named_it(tmp_path):
     assert err.value.problems[0][1].startswith("Unknown loss 'arcfce'. Did you mean 'arcface'")
 
 
+MALFORMED_BASE_LOSS = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: {s: 1}, epochs: 1}
+grid: {embedding_dim: [2, 3]}
+"""
+
+MALFORMED_AXIS_LOSS = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: {name: cosface, m: 0.1}, epochs: 1}
+grid:
+  loss:
+    - {label: bad, loss: {s: 1}}
+    - {label: arc, loss: {name: arcface, m: 0.2}}
+"""
+
+
+@pytest.mark.parametrize("text", [MALFORMED_BASE_LOSS, MALFORMED_AXIS_LOSS])
+@pytest.mark.parametrize("overrides, loss, params", [
+    ({"loss": "cosface"}, "cosface", {}),
+    ({"loss": {"name": "cosface", "m": 0.2}}, "cosface", {"m": 0.2}),
+])
+def test_a_malformed_component_that_a_whole_set_replaces_is_not_a_problem(tmp_path, text, overrides, loss, params):
+    # before: base.loss (or grid.loss[0].loss): loss needs a 'name' ..., though the --set replaces it in every cell
+    grid = load_grid(write(tmp_path, text), overrides=overrides)
+    assert {(c.spec.loss, tuple(sorted(c.spec.loss_params.items()))) for c in grid.cells} == {
+        (loss, tuple(sorted(params.items())))}
+
+
+def test_a_malformed_component_is_still_a_problem_beside_a_set_of_one_parameter(tmp_path):
+    # --set loss.m=0.2 changes a parameter of the grid's loss, which has to be well formed for it
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, MALFORMED_AXIS_LOSS), overrides={"loss.m": 0.2})
+    assert ("grid.loss[0].loss", "loss needs a 'name', e.g. loss: {name: ..., ...}; got keys ['s']"
+            ) in err.value.problems
+
+
+def test_a_malformed_component_is_still_a_problem_beside_a_refused_whole_set(tmp_path):
+    # a whole --set that is refused replaces nothing: both are listed, as before
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, MALFORMED_BASE_LOSS), overrides={"loss": {"m": 0.2}})
+    assert [key for key, _ in err.value.problems] == ["base.loss", "--set loss={m: 0.2}"]
+
+
 def test_a_searched_component_with_several_problems_is_one_line_of_the_listing(tmp_path, needs_k):
     from bench.study import load_grid_and_config
 
