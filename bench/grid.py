@@ -415,26 +415,47 @@ def _without_malformed_components(config: Mapping[str, Any], sources: list[tuple
 def _component_problems(spec: TrialSpec, sources: list[tuple[str, Mapping[str, Any]]],
                         checked: dict[str, list[tuple[str, str]]], skip: frozenset[str] = frozenset(),
                         set_sources: list[tuple[str, Mapping[str, Any]]] | None = None,
-                        ) -> list[tuple[str, str]]:
+                        grid_spec: TrialSpec | None = None) -> list[tuple[str, str]]:
     """``(key, message)`` for each problem the registry finds in a component (but those in ``skip``; a dataset's
     files too), at the parameter's key (``grid.loss[1].loss.s``, or the ``--set`` that gave it: `_set_sources`)
-    where it is about one; each distinct set is checked once, its problems kept in ``checked``."""
+    where it is about one; each distinct set is checked once, its problems kept in ``checked``.
+
+    A problem of the whole component (an unknown parameter, a missing one) that the grid's own component
+    (``grid_spec``, the cell before the ``--set`` options) has word for word is named at the grid, unless a
+    ``--set`` named the component: a ``--set loss.m=0.3`` did not make the grid's unknown ``q``."""
     problems = []
-    for component, registry in _REGISTRIES.items():
+    set_sources = set_sources or []
+    named = {component for _, update in set_sources for component, value in update.items()
+             if not isinstance(value, Mapping) or "name" in value}
+    grid_sources = [(where, update) for where, update in sources if not where.startswith("--set ")]
+    for component in _REGISTRIES:
         if component in skip:
             continue
-        name = getattr(spec, component)
-        params = dict(getattr(spec, f"{component}_params"))
-        memo = json.dumps([component, name, params], sort_keys=True, default=str)
-        if memo not in checked:
-            try:
-                registry.check(name, params)
-                checked[memo] = []
-            except RegistryError as err:
-                checked[memo] = err.problems or [("", str(err))]
-        problems += [(_param_origin(component, param, sources, set_sources or []), message)
-                     for param, message in checked[memo]]
+        own = (_registry_problems(grid_spec, component, checked)
+               if grid_spec is not None and component not in named else [])
+        for param, message in _registry_problems(spec, component, checked):
+            if not param and ("", message) in own:
+                where = _origin(component, grid_sources)
+            else:
+                where = _param_origin(component, param, sources, set_sources)
+            problems.append((where, message))
     return problems
+
+
+def _registry_problems(spec: TrialSpec, component: str, checked: dict[str, list[tuple[str, str]]],
+                       ) -> list[tuple[str, str]]:
+    """``(param, message)`` for each problem the registry finds in ``spec``'s ``component`` (``param`` empty for one
+    of the whole component), each distinct component checked once, kept in ``checked``."""
+    name = getattr(spec, component)
+    params = dict(getattr(spec, f"{component}_params"))
+    memo = json.dumps([component, name, params], sort_keys=True, default=str)
+    if memo not in checked:
+        try:
+            _REGISTRIES[component].check(name, params)
+            checked[memo] = []
+        except RegistryError as err:
+            checked[memo] = err.problems or [("", str(err))]
+    return checked[memo]
 
 
 def _param_origin(component: str, param: str, sources: list[tuple[str, Mapping[str, Any]]],
@@ -888,7 +909,7 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         problems.update(dict.fromkeys([*refused, *malformed]))  # the components' problems together, as checked next
         own = own or bool(refused)
         try:
-            spec = _cell_spec(path, config, sources, labels)
+            spec = grid_spec = _cell_spec(path, config, sources, labels)
             if overrides:  # components are checked as overridden: --set dataset.root=X may supply files the grid lacks
                 spec, refused = _overridden_each(spec, overrides)
                 if refused:
@@ -904,7 +925,7 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             problems.update(dict.fromkeys(err.problems))
             metrics.append((labels, None))
             continue
-        found = _component_problems(spec, sources, checked, skip, _set_sources(overrides or {}, typed))
+        found = _component_problems(spec, sources, checked, skip, _set_sources(overrides or {}, typed), grid_spec)
         problems.update(dict.fromkeys(found))
         if skip:  # a default stands in for a malformed component: the checks of the built cell wait for its fix
             metrics.append((labels, None))

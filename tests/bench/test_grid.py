@@ -544,6 +544,29 @@ def test_a_whole_component_problem_stays_at_the_set_that_named_it(tmp_path):
     assert err.value.problems[0][1].startswith("Unknown loss 'arcfce'. Did you mean 'arcface'")
 
 
+UNKNOWN_PARAM = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: {name: cosface, q: 1}, epochs: 1}
+grid: {embedding_dim: [2, 3]}
+"""
+NO_Q = "loss 'cosface' has no parameter 'q'. Its parameters: s=64.0, m=0.35, chunk_classes=65536."
+
+
+@pytest.mark.parametrize("overrides, want", [
+    ({"loss.m": 0.3}, [("base.loss", NO_Q)]),  # before: at --set loss.m=0.3, which has no q
+    ({"loss.m": "x"}, [("base.loss", NO_Q),
+                       ("--set loss.m=x", "loss 'cosface': m must be a number, but got 'x' (default 0.35)")]),
+    # the --set's own unknown parameter joins the grid's in one message: it stays at the --set
+    ({"loss.z": 1}, [("--set loss.z=1", NO_Q.replace("'q'", "'q', 'z'"))]),
+    ({"loss": "cosface"}, [("--set loss=cosface", NO_Q)]),  # the --set named the component: it stays there
+])
+def test_a_whole_component_problem_of_the_grid_is_named_at_the_grid_beside_a_set_of_a_parameter(
+        tmp_path, overrides, want):
+    with pytest.raises(GridError) as err:
+        load_grid(write(tmp_path, UNKNOWN_PARAM), overrides=overrides)
+    assert err.value.problems == want
+
+
 MALFORMED_BASE_LOSS = """
 name: g
 base: {dataset: digits, backbone: lenet++, loss: {s: 1}, epochs: 1}
