@@ -14,7 +14,8 @@ A grid is YAML::
 
 Validation happens in full before any training: unknown keys, unknown registry names and parameters, bad
 values, missing paths, metric names in ``objective`` and ``report:`` that the trials would not log
-(`bench.metric_names`). Every error names the file, the key (``grid.loss[1].loss``) and the fix; the problems
+(`bench.metric_names`), cells that are one trial under several labels (identical axis entries, or a ``--set`` of
+what an axis varies). Every error names the file, the key (``grid.loss[1].loss``) and the fix; the problems
 of the layout (top-level keys, name, base, seeds, axes, report) and of the cells are collected, so one `GridError`
 lists them all (`check_grid` returns them, so that `bench.study.load_grid_and_config` lists the study keys'
 problems in the same error).
@@ -697,6 +698,76 @@ class _Layout(NamedTuple):
     as_written: bool  # False: the cells leave out an unknown axis's key (`_unknown_axis_problem`), so are no Grid's
 
 
+_Built = tuple[dict[str, str], TrialSpec, TrialSpec, list[str]]  # labels, spec, spec before --set, axis entries
+
+
+def _touches(option: str, flat: str) -> bool:
+    """Whether the ``--set`` of ``option`` (``loss``, ``loss.m``, ``epochs``) changes the flat key ``flat``."""
+    return flat == option or (option in COMPONENTS and flat.startswith(option + "."))
+
+
+def _varied_axes(group: list[_Built]) -> list[str]:
+    """The axes whose label differs between the cells of ``group``."""
+    return [axis for axis in group[0][0] if len({labels[axis] for labels, _, _, _ in group}) > 1]
+
+
+def _cells_named(group: list[_Built]) -> str:
+    """The cells of a collapsed group by their labels (``a / 2, b / 2``)."""
+    return ", ".join(" / ".join(labels.values()) for labels, _, _, _ in group)
+
+
+def _set_collapse(group: list[_Built], overrides: Mapping[str, Any], typed: Mapping[str, str] | None,
+                  ) -> tuple[str, str]:
+    """``(the --set options, what the grid's axes vary)`` for cells that differ in the grid but that the options
+    make one trial: the options that set what the cells differ in (all of them if none does)."""
+    params = [grid_spec.to_params() for _, _, grid_spec, _ in group]
+    differ = sorted(flat for flat in set().union(*params)
+                    if len({json.dumps(p.get(flat), default=str) for p in params}) > 1)
+    blamed = [option for option in overrides if any(_touches(option, flat) for flat in differ)] or list(overrides)
+    return _set_options(overrides, typed, blamed), ", ".join(differ)
+
+
+def _axis_collapse_problem(group: list[_Built]) -> tuple[str, str]:
+    """``(key, message)`` for cells the grid itself makes one trial: at the one axis whose entries are identical
+    (by index), or at ``grid`` when several axes differ (a later axis undoes what an earlier one varies)."""
+    axes = _varied_axes(group)
+    if len(axes) == 1:
+        i = list(group[0][0]).index(axes[0])
+        entries = list(dict.fromkeys((wheres[i], labels[axes[0]]) for labels, _, _, wheres in group))
+        named = " and ".join(f"{where.removeprefix(f'grid.{axes[0]}')} ({label})" for where, label in entries)
+        return (f"grid.{axes[0]}", f"entries {named} give the same trial, so the study would train one configuration "
+                                   f"under {len(entries)} labels; drop all but one of them, or make them differ")
+    return ("grid", f"cells {_cells_named(group)} are one trial: axes {', '.join(axes)} each set what the other "
+                    f"varies, so the study would train one configuration under {len(group)} labels; make the cells "
+                    f"differ, or drop one of the axes")
+
+
+def _collapse_problems(built: list[_Built], overrides: Mapping[str, Any] | None,
+                       typed: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    """``(key, message)`` for the cells that are the same trial (`TrialSpec.key`; every cell has the same seeds):
+    their labels differ, but the study runs one configuration and its report shows it in as many rows. Cells that
+    only a ``--set`` makes alike are named at the option(s), in one problem; cells alike in the grid at the axis."""
+    groups: dict[str, list[_Built]] = {}
+    for cell in built:
+        groups.setdefault(cell[1].key(), []).append(cell)
+    problems: list[tuple[str, str]] = []
+    by_set: dict[tuple[str, str, str], list[str]] = {}  # (options, axes, what they vary) -> each group's cells
+    for group in (g for g in groups.values() if len(g) > 1):
+        if overrides and len({grid_spec.key() for _, _, grid_spec, _ in group}) > 1:
+            where, differ = _set_collapse(group, overrides, typed)
+            by_set.setdefault((where, ", ".join(_varied_axes(group)), differ), []).append(_cells_named(group))
+        else:
+            problems.append(_axis_collapse_problem(group))
+    for (where, axes, differ), named in by_set.items():
+        cells = "; ".join(f"{{{n}}}" for n in named)
+        what = "these cells one trial" if len(named) == 1 else "the cells of each group one trial"
+        problems.append((where, f"makes {what}: {cells}; the grid's axis {axes} varies {differ}, which {where} sets "
+                                f"the same in every cell, so the study would train one configuration under several "
+                                f"labels; drop {where} (or the axis {axes}, to run the one trial), or use --set on a "
+                                f"key the axis does not vary"))
+    return list(dict.fromkeys(problems))
+
+
 def _collected(problems: list[tuple[str, str]], default: Any, check: Callable[..., Any], *args: Any) -> Any:
     """``check(*args)``, or ``default`` with the problems of its `GridError` added to ``problems``."""
     try:
@@ -884,6 +955,7 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     checked: dict[str, list[tuple[str, str]]] = {}
     metrics: list[tuple[dict[str, str], frozenset[str] | None]] = []  # each cell's labels and metric names
     metrics_checked: dict[str, tuple[frozenset[str] | None, str | None]] = {}
+    built: list[_Built] = []  # the cells whose spec is as written
     for combo in itertools.product(*per_axis) if per_axis else [()]:
         config = dict(base)
         sources: list[tuple[str, Mapping[str, Any]]] = []
@@ -940,8 +1012,12 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
             problems[(_origin("dataset", sources), unreadable)] = None
         metrics.append((labels, names))
         cells.append(Cell(labels, spec))
+        if not own:  # a cell checked without a refused value or key could match another only by the defaults
+            built.append((labels, spec, grid_spec, [where for _, _, where in combo]))
         if not (own or found or unreadable is not None):
             clean.append(cells[-1])
+    if layout.as_written:  # else the cells leave out an unknown axis's key, so that its cells read as one trial
+        problems.update(dict.fromkeys(_collapse_problems(built, overrides, typed)))
     problems.update(dict.fromkeys(_metric_problems(raw, tables, metrics)))
     joined = [" / ".join(labels.values()) for labels, _ in metrics] if axes else [c.spec.label for c in cells]
     problems.update(dict.fromkeys(_header_problems(tables, {**axis_labels, "label": joined}, metrics)))

@@ -154,6 +154,75 @@ def test_a_seed_in_a_cell_is_refused_because_the_grids_seeds_would_replace_it(tm
         load_grid(write(tmp_path, text))
 
 
+MARGINS = """
+name: g
+base: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: 10, m: 0.1}, epochs: 1}
+grid:
+  loss:
+    - {label: soft, loss: softmax}
+    - {label: m2, loss: {name: cosface, m: 0.2}}
+    - {label: m3, loss: {name: cosface, m: 0.3}}
+  embedding_dim: [2, 3]
+"""
+
+
+def test_a_whole_component_set_on_an_axis_of_it_is_refused_not_run_as_one_trial_under_each_label(tmp_path):
+    # before: 6 cells, 2 trial keys (one per embedding_dim): the study trained one loss under 3 labels
+    with pytest.raises(GridError) as info:
+        load_grid(write(tmp_path, MARGINS), overrides={"loss": "arcface"}, typed={"loss": "loss=arcface"})
+    assert info.value.problems == [(
+        "--set loss=arcface",
+        "makes the cells of each group one trial: {soft / 2, m2 / 2, m3 / 2}; {soft / 3, m2 / 3, m3 / 3}; the grid's "
+        "axis loss varies loss, loss.m, loss.s, which --set loss=arcface sets the same in every cell, so the study "
+        "would train one configuration under several labels; drop --set loss=arcface (or the axis loss, to run the "
+        "one trial), or use --set on a key the axis does not vary")]
+
+
+def test_a_set_of_the_only_parameter_axis_entries_differ_in_names_that_set_and_only_those_cells(tmp_path):
+    # m2 and m3 differ only in loss.m; s30 (s too) stays a cell of its own, and --set epochs=2 is not to blame
+    text = MARGINS.replace("{label: soft, loss: softmax}", "{label: s30, loss: {name: cosface, s: 30}}")
+    with pytest.raises(GridError) as info:
+        load_grid(write(tmp_path, text), overrides={"epochs": 2, "loss.m": 0.5})
+    assert [key for key, _ in info.value.problems] == ["--set loss.m=0.5"]
+    assert info.value.problems[0][1].startswith(
+        "makes the cells of each group one trial: {m2 / 2, m3 / 2}; {m2 / 3, m3 / 3}; the grid's axis loss varies "
+        "loss.m, which --set loss.m=0.5 sets")
+
+
+def test_identical_axis_entries_are_named_once_by_index(tmp_path):
+    text = MARGINS.replace("{label: m3, loss: {name: cosface, m: 0.3}}",
+                           "{label: m2-again, loss: {name: cosface, m: 0.2}}")
+    with pytest.raises(GridError) as info:
+        load_grid(write(tmp_path, text))
+    assert info.value.problems == [(
+        "grid.loss", "entries [1] (m2) and [2] (m2-again) give the same trial, so the study would train one "
+                     "configuration under 2 labels; drop all but one of them, or make them differ")]
+
+
+def test_cells_one_axis_undoes_the_other_on_are_named_at_the_grid(tmp_path):
+    # the second axis sets the m the first varies: x / m2, y / m2 and x / keep are all cosface s=10 m=0.2
+    text = MARGINS.replace("    - {label: soft, loss: softmax}\n", "").replace(
+        "  embedding_dim: [2, 3]\n", "  fix:\n    - {label: keep, epochs: 1}\n"
+                                      "    - {label: m2, loss: {name: cosface, m: 0.2}}\n")
+    with pytest.raises(GridError) as info:
+        load_grid(write(tmp_path, text))
+    assert info.value.problems == [(
+        "grid", "cells m2 / keep, m2 / m2, m3 / m2 are one trial: axes loss, fix each set what the other varies, so "
+                "the study would train one configuration under 3 labels; make the cells differ, or drop one of the "
+                "axes")]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"loss.s": 30},  # a key the axis does not vary: the cells still differ
+    {"loss": {"name": "cosface", "s": 30}},  # the same name keeps each cell's m
+    {"epochs": 3, "optimizer.lr": 0.01},
+])
+def test_a_set_that_leaves_the_cells_distinct_is_accepted(tmp_path, overrides):
+    text = MARGINS.replace("{label: soft, loss: softmax}", "{label: m1, loss: {name: cosface, m: 0.1}}")
+    grid = load_grid(write(tmp_path, text), overrides=overrides)
+    assert len({cell.spec.key() for cell in grid.cells}) == len(grid.cells) == 6
+
+
 def test_the_valid_keys_a_typo_lists_are_keys_a_grid_can_set(tmp_path):
     for text, overrides in [(GOOD.replace("epochs: 2", "epochz: 2"), None), (GOOD, {"epochz": 1})]:
         with pytest.raises(GridError) as info:
@@ -407,7 +476,7 @@ def test_every_bad_cell_is_reported_in_one_error_in_grid_order(tmp_path):
 def test_a_problem_in_base_is_listed_once_and_hides_no_cell_problem(tmp_path):
     # base's backbone fails in all 8 cells; before, its error also hid the loss typo of grid.loss[1]
     text = THREE_BAD.replace("backbone: lenet++", "backbone: lenet+", 1).replace(
-        "{label: net, backbone: lenet_pp}", "{label: net, loss: softmax}").replace("m: 7", "m: 2")
+        "{label: net, backbone: lenet_pp}", "{label: net, loss: cosface}").replace("m: 7", "m: 2")
     with pytest.raises(GridError) as err:
         load_grid(write(tmp_path, text))
     assert [key for key, _ in err.value.problems] == ["base.backbone", "grid.loss[1].loss"]
@@ -507,8 +576,8 @@ base: {dataset: digits, backbone: lenet++, loss: {name: cosface, s: abc, m: 0.1}
 grid:
   loss:
     - {label: a, loss: {name: cosface, m: [1]}}
-    - {label: b, loss: {name: cosface, m: 0.2}}
-"""
+    - {label: b, loss: {name: cosface, m: 0.2}, embedding_dim: 3}
+"""  # b's embedding_dim keeps the cells two trials under a --set of their m (else that collapse is listed too)
 
 
 @pytest.mark.parametrize("overrides, typed, want", [
@@ -579,8 +648,8 @@ base: {dataset: digits, backbone: lenet++, loss: {name: cosface, m: 0.1}, epochs
 grid:
   loss:
     - {label: bad, loss: {s: 1}}
-    - {label: arc, loss: {name: arcface, m: 0.2}}
-"""
+    - {label: arc, loss: {name: arcface, m: 0.2}, embedding_dim: 3}
+"""  # arc's embedding_dim keeps the cells two trials under a whole --set loss=... (else they are one, a problem)
 
 
 @pytest.mark.parametrize("text", [MALFORMED_BASE_LOSS, MALFORMED_AXIS_LOSS])

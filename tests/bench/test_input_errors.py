@@ -385,3 +385,15 @@ def test_a_damaged_train_idx_file_with_download_true_fails_validation(tmp_path, 
     assert f"{path}: truncated or padded" in str(err.value) and "delete it and download it again" in str(err.value)
     path.unlink()  # the same folder with that file missing too: all to download, nothing wrong
     DATASETS.check(dataset, {"root": str(tmp_path / "data"), "download": True})
+
+
+def test_a_set_that_makes_every_cell_one_trial_exits_2_naming_the_option_as_typed(in_tmp, capsys):
+    # before: exit 0 and 2 cells of one trial key, so `bench run` trained cosface twice under soft and arc
+    grid = write(in_tmp, BASE + "grid:\n  loss:\n    - {label: soft, loss: softmax}\n"
+                                "    - {label: arc, loss: {name: arcface, m: 0.5}}\n")
+    assert main(["run", "--grid", str(grid), "--validate-only", "--set", "loss=cosface"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert ("--set loss=cosface: makes these cells one trial: {soft, arc}; the grid's axis loss varies loss, loss.m, "
+            "which --set loss=cosface sets the same in every cell") in err, err
+    assert not (in_tmp / "mlflow.db").exists()
