@@ -3,6 +3,7 @@ its paths; backbones as shipped (synthetic-faces)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,19 @@ def face_folder(tmp_path_factory):
     from registry.datasets.synthetic_faces import write_image_folder
 
     root = tmp_path_factory.mktemp("faces") / "set"
-    return write_image_folder(root, identities=3, images_per_identity=3, test_identities=3, pairs_per_fold=1)
+    paths = write_image_folder(root, identities=3, images_per_identity=3, test_identities=3, pairs_per_fold=1)
+    # the MTCNN-aligned copy lives elsewhere, as `bench align` writes it: with the same folders the MTCNN row would
+    # be the A-Softmax row's trial, which the grid check refuses
+    aligned = root.parent / "mtcnn"
+    shutil.copytree(root, aligned)
+    return paths | {"mtcnn_train": aligned / paths["train"].relative_to(root),
+                    "mtcnn_pairs_root": aligned / paths["pairs_root"].relative_to(root)}
 
 
 def casia_env(paths) -> dict[str, str]:
     return {"CASIA_ROOT": str(paths["train"]), "LFW_ROOT": str(paths["pairs_root"]),
-            "LFW_PAIRS": str(paths["pairs_txt"]), "CASIA_MTCNN_ROOT": str(paths["train"]),
-            "LFW_MTCNN_ROOT": str(paths["pairs_root"])}
+            "LFW_PAIRS": str(paths["pairs_txt"]), "CASIA_MTCNN_ROOT": str(paths["mtcnn_train"]),
+            "LFW_MTCNN_ROOT": str(paths["mtcnn_pairs_root"])}
 
 
 def test_casia_lfw_rows_and_schedules(face_folder):
