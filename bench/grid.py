@@ -956,6 +956,14 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
     metrics: list[tuple[dict[str, str], frozenset[str] | None]] = []  # each cell's labels and metric names
     metrics_checked: dict[str, tuple[frozenset[str] | None, str | None]] = {}
     built: list[_Built] = []  # the cells whose spec is as written
+    # what the --set options give every cell: the components they replace, each option's update (`_set_sources`),
+    # and the options that change each trial key, named as the cell's last sources
+    replaced = _replaced_components(overrides or {})
+    set_sources = _set_sources(overrides or {}, typed)
+    by_key: dict[str, list[str]] = {}
+    for k in overrides or {}:
+        by_key.setdefault(k.split(".")[0], []).append(k)
+    set_origins = [(_set_options(overrides or {}, typed, keys), {key: None}) for key, keys in by_key.items()]
     for combo in itertools.product(*per_axis) if per_axis else [()]:
         config = dict(base)
         sources: list[tuple[str, Mapping[str, Any]]] = []
@@ -974,7 +982,6 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
         own = own or bool(unknown)
         config = {k: v for k, v in config.items() if k in TrialSpec.nested_keys()}  # as the seed: checked on without
         whole = set(config)
-        replaced = _replaced_components(overrides or {})
         config, malformed = _without_malformed_components(config, sources, replaced)
         skip = frozenset(whole - set(config) - replaced)  # a replaced one is checked as the --set gives it
         config, refused = _without_refused_values(config, sources, labels)
@@ -987,17 +994,13 @@ def check_grid(source: str | Path, *, env: Mapping[str, str] | None = None,
                 if refused:
                     raise GridError.listing(path, [(_set_options(overrides, typed, [k]), str(err))
                                                    for k, err in refused.items()])
-                by_key: dict[str, list[str]] = {}  # trial key -> the --set options that change it
-                for k in overrides:
-                    by_key.setdefault(k.split(".")[0], []).append(k)
-                sources = [*sources, *((_set_options(overrides, typed, keys), {key: None})
-                                       for key, keys in by_key.items())]
+                sources = [*sources, *set_origins]
                 spec = _cell_spec(path, spec.to_nested(), sources, labels)
         except GridError as err:  # the cell has no spec to check further
             problems.update(dict.fromkeys(err.problems))
             metrics.append((labels, None))
             continue
-        found = _component_problems(spec, sources, checked, skip, _set_sources(overrides or {}, typed), grid_spec)
+        found = _component_problems(spec, sources, checked, skip, set_sources, grid_spec)
         problems.update(dict.fromkeys(found))
         if skip:  # a default stands in for a malformed component: the checks of the built cell wait for its fix
             metrics.append((labels, None))
