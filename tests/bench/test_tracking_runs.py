@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 
 import bench.fused
 import bench.runner
-from bench.runner import RecordingFailed, execute_fused_trials, execute_trial
+from bench.runner import RecordingFailed, TrialOutcome, execute_fused_trials, execute_trial
 from bench.spec import TrialSpec
 from bench.tracking import StudyTracker
 from bench.trial import TrialOptions, TrialResult
@@ -26,6 +26,18 @@ def trained(spec: TrialSpec, options: TrialOptions) -> TrialResult:
         options.on_epoch(epoch, metrics)
     return TrialResult(spec=spec, status="finished", metrics=history[-1], history=history, train_seconds=1.0,
                        images_per_second=10.0, device="cpu")
+
+
+def trained_each(specs: list[TrialSpec], options: list[TrialOptions]) -> list[TrialResult]:
+    """A stand-in for `bench.fused.run_fused_trials`: `trained` for each trial of the group."""
+    return [trained(s, o) for s, o in zip(specs, options, strict=True)]
+
+
+def _group_of_three(tracker: StudyTracker) -> list[TrialOutcome]:
+    """`execute_fused_trials` of SPEC at seeds 0, 1, 2, with default options."""
+    return execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
+                                [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
+                                on_epochs=[None] * 3)
 
 
 @pytest.fixture
@@ -100,7 +112,7 @@ def test_ctrl_c_while_the_result_is_recorded_closes_the_run_as_interrupted(tmp_p
     monkeypatch.setattr(TrialRun, "flush", interrupted_flush)
     monkeypatch.setattr(bench.runner, "run_trial", trained)
     monkeypatch.setattr(bench.fused, "run_fused_trials",
-                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+                        trained_each)
     with pytest.raises(KeyboardInterrupt):
         if fused:
             execute_fused_trials([SPEC, SPEC.replace(seed=1)], tracker, [TrialOptions(progress=False)] * 2,
@@ -303,7 +315,7 @@ def test_ctrl_c_while_runs_are_started_or_closed_leaves_no_run_running(tmp_path,
     monkeypatch.setattr(
         bench.fused,
         "run_fused_trials",
-        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)],
+        trained_each,
     )
     _interrupted_at(tracker, monkeypatch, tmp_path, where)
     with pytest.raises(KeyboardInterrupt):
@@ -353,12 +365,10 @@ def test_a_store_error_as_a_fused_group_opens_its_runs_closes_those_opened_as_fa
     # the second of three create_run calls fails: the first run stayed RUNNING, nothing held it
     tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(bench.fused, "run_fused_trials",
-                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+                        trained_each)
     _store_fails(tracker, monkeypatch, "create_run", lambda n, kw: n == 2)
     with pytest.raises(MlflowException, match="create_run: API request failed"):
-        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
-                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
-                             on_epochs=[None] * 3)
+        _group_of_three(tracker)
     (run,) = tracker.child_runs()
     assert (run.info.status, run.data.tags["marginbench.status"], run.data.params["seed"]) == ("FAILED", "failed", "0")
     assert "create_run: API request failed" in run.data.tags["error"]
@@ -385,12 +395,10 @@ def test_a_store_error_recording_a_fused_group_keeps_the_runs_recorded_before_it
     # outcome (and run); the second fails with both store errors, the third with why it was not recorded
     tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(bench.fused, "run_fused_trials",
-                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+                        trained_each)
     _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
     with pytest.raises(RecordingFailed) as failed:
-        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
-                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
-                             on_epochs=[None] * 3)
+        _group_of_three(tracker)
     both = f"{STORE_DOWN} (and the tracking store failed as it was recorded: {STORE_DOWN})"
     unrecorded = (f"not recorded: the tracking store failed as {SPEC.label} seed=1, trained with this trial, was "
                   f"recorded ({STORE_DOWN})")
@@ -434,9 +442,7 @@ def test_a_fused_crash_whose_recording_the_store_fails_keeps_both_errors(tmp_pat
     monkeypatch.setattr(bench.fused, "run_fused_trials", crashed)
     _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n == 2)
     with pytest.raises(RecordingFailed) as failed:
-        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
-                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
-                             on_epochs=[None] * 3)
+        _group_of_three(tracker)
     crash = "RuntimeError: CUDA out of memory"
     both = f"{crash} (and the tracking store failed as it was recorded: {STORE_DOWN})"
     assert [(o.spec.seed, o.status, o.error) for o in failed.value.outcomes] == [
@@ -528,12 +534,10 @@ def test_the_later_trials_of_a_fused_group_whose_recording_the_store_fails_get_a
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(bench.fused, "run_fused_trials", crash if crashed else
-                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+                        trained_each)
     _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
     with pytest.raises(RecordingFailed) as failed:
-        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
-                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
-                             on_epochs=[None] * 3)
+        _group_of_three(tracker)
     assert "traceback.txt" in _artifacts(tracker)["2"]
     text = _traceback_text(tracker, "2")
     assert text.splitlines()[0] == failed.value.outcomes[2].error
@@ -546,13 +550,11 @@ def test_a_store_down_for_the_later_trials_traceback_keeps_their_error_on_the_ou
     # failure does not replace it), and its run is still closed
     tracker = StudyTracker("s", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(bench.fused, "run_fused_trials",
-                        lambda specs, options: [trained(s, o) for s, o in zip(specs, options, strict=True)])
+                        trained_each)
     _store_fails(tracker, monkeypatch, "set_terminated", lambda n, kw: n in (2, 3))
     _store_fails(tracker, monkeypatch, "log_text", lambda n, kw: n >= 2)  # the second trial's traceback is logged
     with pytest.raises(RecordingFailed) as failed:
-        execute_fused_trials([SPEC, SPEC.replace(seed=1), SPEC.replace(seed=2)], tracker,
-                             [TrialOptions(progress=False)] * 3, trial_numbers=[None] * 3, extra_tags=[{}] * 3,
-                             on_epochs=[None] * 3)
+        _group_of_three(tracker)
     unrecorded = (f"not recorded: the tracking store failed as {SPEC.label} seed=1, trained with this trial, was "
                   f"recorded ({STORE_DOWN})")
     assert (failed.value.outcomes[2].status, failed.value.outcomes[2].error) == ("failed", unrecorded)
