@@ -322,7 +322,8 @@ def test_a_sigterm_while_a_step_failure_is_shared_waits_for_it_then_is_raised_or
         signal.signal(signal.SIGTERM, before)
 
 
-def _ddp_tracking_grid(write_grid, name: str) -> Path:
+def _one_epoch_grid(write_grid, name: str) -> Path:
+    """GRID as grid ``name``, one epoch."""
     return write_grid(GRID.replace("name: ddp", f"name: {name}").replace("epochs: 6", "epochs: 1"))
 
 
@@ -335,7 +336,7 @@ def test_bench_distributed_whose_recording_fails_on_rank_zero_ends_every_rank_wi
     # errors and exits 1, after meeting rank 1 in the barrier.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code, out = torchrun_with_fault("rank0-record", "distributed", "--grid",
-                                    str(_ddp_tracking_grid(write_grid, "ddp-record")), "--device", "cpu",
+                                    str(_one_epoch_grid(write_grid, "ddp-record")), "--device", "cpu",
                                     "--tracking", "--tracking-uri", uri, cwd=tmp_path, timeout=150)
     assert code == 1, out
     error = ("MlflowException: the tracking store is locked (injected, recording the result) (and the tracking store "
@@ -360,7 +361,7 @@ def test_bench_distributed_whose_run_cannot_open_on_rank_zero_tells_every_rank(f
     # "Connection closed by peer" traceback; the store's error only in rank 0's log). Now rank 1 trains only once
     # rank 0's run is open, and both ranks say why the trial did not train, in one line each.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code, out = torchrun_with_fault(fault, "distributed", "--grid", str(_ddp_tracking_grid(write_grid, "ddp-open")),
+    code, out = torchrun_with_fault(fault, "distributed", "--grid", str(_one_epoch_grid(write_grid, "ddp-open")),
                                     "--device", "cpu", "--tracking", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
     assert code == 1, out
     why = f"not trained: the MLflow tracking store {uri} failed as its run was opened ({store_error})"
@@ -379,7 +380,7 @@ def test_bench_distributed_with_tracking_ends_both_ranks_together_after_an_agree
     # in one line that the trial failed on rank 0, and rank 0 is the job's failure.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code, out = torchrun_with_fault("rank0-checkpoint", "distributed", "--grid",
-                                    str(_ddp_tracking_grid(write_grid, "ddp-agreed")), "--device", "cpu", "--tracking",
+                                    str(_one_epoch_grid(write_grid, "ddp-agreed")), "--device", "cpu", "--tracking",
                                     "--tracking-uri", uri, "--checkpoint", str(tmp_path / "ddp.pt"), cwd=tmp_path)
     assert code == 1, out
     error = "OSError: No space left on device (injected)"
@@ -402,7 +403,7 @@ def test_bench_distributed_in_one_process_says_in_one_line_that_the_tracking_sto
     from bench.tracking import StudyTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    argv = ["--grid", str(_ddp_tracking_grid(write_grid, "one-process")), "--device", "cpu", "--tracking",
+    argv = ["--grid", str(_one_epoch_grid(write_grid, "one-process")), "--device", "cpu", "--tracking",
             "--tracking-uri", uri]
 
     def locked(*args, **kwargs):
@@ -459,7 +460,7 @@ def test_bench_distributed_interrupted_on_rank_zero_before_training_ends_every_r
     # named by torchrun as the job's root cause. Now rank 1 is told and says so in one line; rank 0 exits 130.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code, out = torchrun_with_fault("rank0-interrupt-open", "distributed", "--grid",
-                                    str(_ddp_tracking_grid(write_grid, "ddp-interrupt")), "--device", "cpu",
+                                    str(_one_epoch_grid(write_grid, "ddp-interrupt")), "--device", "cpu",
                                     "--tracking", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
     assert code != 0, out
     assert "bench.distributed: cosface seed=3: interrupted before training\n" in out, out
@@ -479,7 +480,7 @@ def test_bench_distributed_stopped_with_sigterm_mid_step_closes_its_run_as_inter
     # rank 0 died at once and its trial's MLflow run stayed RUNNING forever. Now SIGTERM is taken as Ctrl-C, as in
     # `bench run` and `bench worker`: the run is closed KILLED, marginbench.status "interrupted".
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    grid = _ddp_tracking_grid(write_grid, "ddp-sigterm")
+    grid = _one_epoch_grid(write_grid, "ddp-sigterm")
     code, out = torchrun_with_fault("pause", "distributed", "--grid", str(grid), "--device", "cpu", "--tracking",
                                     "--tracking-uri", uri, cwd=tmp_path, timeout=120,
                                     interrupt_when=[tmp_path / "paused-0", tmp_path / "paused-1"])
@@ -500,7 +501,7 @@ def test_a_torchrun_worker_interrupted_on_rank_zero_before_training_stops_every_
     # interrupted, both meet in the barrier, and the trial goes back in the queue.
     from bench.workers import run_study
 
-    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-int").replace("epochs: 6", "epochs: 1")))
+    grid = load_grid(_one_epoch_grid(write_grid, "ddp-int"))
     prepared = run_study(grid, workers=0, echo=lambda s: None)
     code, out = torchrun_with_fault("rank0-interrupt-open", "bench", "worker", "--grid", str(grid.path), "--device",
                                     "cpu", "--no-progress", cwd=in_tmp, timeout=90)
@@ -522,7 +523,7 @@ def test_a_torchrun_worker_stopped_with_sigterm_before_a_trial_opens_ends_both_r
     # whose SIGTERM is raised once that stop has come, must join it rather than leave rank 0 with gloo's traceback
     from bench.workers import run_study
 
-    grid = load_grid(write_grid(GRID.replace("name: ddp", "name: ddp-term").replace("epochs: 6", "epochs: 1")))
+    grid = load_grid(_one_epoch_grid(write_grid, "ddp-term"))
     prepared = run_study(grid, workers=0, echo=lambda s: None)
     code, out = torchrun_with_fault("rank0-pause-open", "bench", "worker", "--grid", str(grid.path), "--device", "cpu",
                                     "--no-progress", cwd=in_tmp, timeout=90,
