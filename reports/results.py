@@ -250,9 +250,6 @@ def load_results(csv_path: Path | str) -> ResultsTable:
     table = ResultsTable(grid, spec, {k: list(v) for k, v in meta.get("order", {}).items()},
                          list(meta["metrics"]), frame, meta.get("description", ""))
     check_headers(table, reading=True)
-    for col in meta["value_columns"]:
-        frame[col] = pd.Series([_number(v) for v in frame[col]], index=frame.index, dtype=float)
-    frame["seed"] = frame["seed"].astype(int)
     return table
 
 
@@ -342,8 +339,9 @@ def _value_column_problems(meta_path: Path, spec: TableSpec, metrics: Sequence[s
 
 
 def _read_csv(csv_path: Path, meta_path: Path, spec: TableSpec, values: Sequence[str], grid: str) -> pd.DataFrame:
-    """A results CSV as text columns, checked to have the columns its meta's table reads (``values``: its value
-    columns), integer seeds and numbers (or empty cells) in its value columns.
+    """A results CSV, checked to have the columns its meta's table reads (``values``: its value columns), integer
+    seeds and numbers (or empty cells) in its value columns: those as floats (NaN for an empty cell), the seeds as
+    integers, the other columns as text.
 
     Raises:
         ReportError: an empty file, one pandas cannot parse or a missing column; or listing each seed that is not
@@ -360,9 +358,12 @@ def _read_csv(csv_path: Path, meta_path: Path, spec: TableSpec, values: Sequence
         raise ReportError(f"{csv_path}: no column {', '.join(repr(c) for c in missing)}, which the table of "
                           f"{meta_path.name} reads; columns it has: {', '.join(map(str, frame.columns)) or 'none'}"
                           f"\n{_export_again(grid)}")
-    problems = _cell_problems(csv_path, frame, values)
+    numbers, problems = _numbers(csv_path, frame, values)
     if problems:
         raise ReportError("\n".join([*problems, _export_again(grid)]))
+    for col in values:
+        frame[col] = pd.Series(numbers[col], index=frame.index, dtype=float)
+    frame["seed"] = frame["seed"].astype(int)
     return frame
 
 
@@ -370,9 +371,11 @@ def _read_csv(csv_path: Path, meta_path: Path, spec: TableSpec, values: Sequence
 _MAX_CELLS_LISTED = 10
 
 
-def _cell_problems(csv_path: Path, frame: pd.DataFrame, values: Sequence[str]) -> list[str]:
-    """A line per seed that is not an integer and per value (of the columns ``values``) that is not a number, row by
-    row: ``<csv>:<line>: <column>: ...``, the value's run named by its id and seed."""
+def _numbers(csv_path: Path, frame: pd.DataFrame, values: Sequence[str]) -> tuple[dict[str, list[float]], list[str]]:
+    """The value columns ``values`` read as numbers (`_number`), and a line per seed that is not an integer and per
+    value that is not a number, row by row: ``<csv>:<line>: <column>: ...``, the value's run named by its id and
+    seed."""
+    numbers: dict[str, list[float]] = {col: [] for col in values}
     problems = []
     for i, row in enumerate(frame.itertuples(index=False)):
         cells = dict(zip(frame.columns, row, strict=True))
@@ -381,14 +384,14 @@ def _cell_problems(csv_path: Path, frame: pd.DataFrame, values: Sequence[str]) -
             problems.append(f"{csv_path}:{i + 2}: seed: must be an integer, but got {seed!r}")
         for col in values:
             try:
-                _number(cells[col])
+                numbers[col].append(_number(cells[col]))
             except ValueError:
                 problems.append(f"{csv_path}:{i + 2}: {col}: must be a number, or empty for a run without the "
                                 f"metric, but got {cells[col]!r} (run {cells['run_id']}, seed {seed})")
     if len(problems) > _MAX_CELLS_LISTED:
         more = len(problems) - _MAX_CELLS_LISTED
         problems = [*problems[:_MAX_CELLS_LISTED], f"{csv_path}: and {more} more cell{'s' * (more > 1)} like these"]
-    return problems
+    return numbers, problems
 
 
 def _number(text: str) -> float:
